@@ -1,0 +1,43 @@
+"""`ssm-perception` command line: one typer app; each sub-command lives next to the code it drives.
+
+Sub-command modules keep heavy imports (torch, rclpy) inside their functions so that
+`ssm-perception --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="ssm-perception",
+    help="Temporal BEV perception with a Mamba state-space model: simulate, replay, evaluate, train, bench.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+@app.command("config")
+def show_config(
+    path: str = typer.Argument("", help="YAML file to validate; empty prints the defaults"),
+) -> None:
+    """Validate a configuration file (or print the defaults) in ROS 2 parameter-file form."""
+    from ssm_perception.config import ConfigError, PerceptionConfig
+
+    try:
+        cfg = PerceptionConfig.from_yaml(path) if path else PerceptionConfig()
+    except ConfigError as exc:
+        typer.secho(f"invalid configuration: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(cfg.to_yaml())
+
+
+# Sub-commands registered by their modules (one line each).
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

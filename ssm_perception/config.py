@@ -1,0 +1,222 @@
+"""The one configuration schema (pydantic), used by the node, the CLI and config/*.yaml.
+
+The YAML file is a regular ROS 2 parameter file (``<node>: ros__parameters: {...}``) so that
+``ros2 launch`` can pass it unchanged; nested sections become dotted parameter names
+(``grid.resolution``). A plain mapping without the ``ros__parameters`` wrapper is accepted too.
+Each module owns the meaning of its section; this file only declares the fields and limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NODE_NAME = "ssm_perception"
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GridConfig(_Section):
+    """Ego-centred BEV grid in base_link. Tensor layout [C, H, W]: H runs along +x, W along +y.
+
+    Cell (i, j) has its centre at x = x_min + (i + 0.5) * resolution, y = y_min + (j + 0.5) * resolution.
+    """
+
+    length_x: float = Field(100.0, gt=0, description="extent along x (forward) [m]")
+    length_y: float = Field(100.0, gt=0, description="extent along y (left) [m]")
+    resolution: float = Field(0.5, gt=0, description="cell size [m]")
+    z_min: float = Field(-2.5, description="lowest point height kept, in base_link [m]")
+    z_max: float = Field(3.5, description="highest point height kept, in base_link [m]")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GridConfig":
+        if self.z_max <= self.z_min:
+            raise ValueError("grid.z_max must be greater than grid.z_min")
+        for name in ("length_x", "length_y"):
+            cells = getattr(self, name) / self.resolution
+            if abs(cells - round(cells)) > 1e-6:
+                raise ValueError(f"grid.{name} must be a multiple of grid.resolution")
+        return self
+
+    @property
+    def nx(self) -> int:
+        return int(round(self.length_x / self.resolution))
+
+    @property
+    def ny(self) -> int:
+        return int(round(self.length_y / self.resolution))
+
+    @property
+    def x_min(self) -> float:
+        return -self.length_x / 2.0
+
+    @property
+    def y_min(self) -> float:
+        return -self.length_y / 2.0
+
+
+class FramesConfig(_Section):
+    map: str = "map"
+    odom: str = "odom"
+    base_link: str = "base_link"
+
+
+class TopicsConfig(_Section):
+    lidar: str = "/sensing/lidar/points"
+    radar: str = "/sensing/radar/points"
+    camera_image: str = "/sensing/camera/front/image_raw"
+    camera_info: str = "/sensing/camera/front/camera_info"
+    occupancy_grid: str = "/perception/occupancy_grid"
+    tracks: str = "/perception/tracks"
+    markers: str = "/perception/markers"
+    diagnostics: str = "/diagnostics"
+
+
+class SensorsConfig(_Section):
+    use_lidar: bool = True
+    use_radar: bool = True
+    use_camera: bool = True
+    radar_tolerance_s: float = Field(0.1, ge=0, description="max |stamp difference| radar vs LiDAR")
+    camera_tolerance_s: float = Field(0.1, ge=0, description="max |stamp difference| camera vs LiDAR")
+    tf_extrapolation_limit_s: float = Field(0.1, ge=0, description="TF lookups may extrapolate this far")
+    tf_cache_s: float = Field(10.0, gt=0)
+
+
+class ModelConfig(_Section):
+    kind: Literal["mamba", "logodds", "single", "convgru", "attention"] = "mamba"
+    backend: Literal["reference", "mamba_ssm", "fused"] = Field(
+        "reference", description="mamba only: pure PyTorch, stock mamba-ssm kernels, or fused Triton step"
+    )
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    checkpoint: str = Field("", description="path to weights; empty = the checkpoint shipped with the package")
+    d_model: int = Field(32, gt=0)
+    d_state: int = Field(16, gt=0)
+    headdim: int = Field(16, gt=0)
+    expand: int = Field(2, gt=0)
+    attention_history: int = Field(8, gt=0, description="frames kept by the attention baseline")
+    max_cells_per_call: int = Field(16384, gt=0, description="chunking for the mamba-ssm kernels")
+
+
+class ResetConfig(_Section):
+    max_time_gap_s: float = Field(1.0, gt=0, description="larger gap between frames resets the state")
+    pose_jump_m: float = Field(2.0, gt=0, description="odom->base_link jump beyond motion model")
+    pose_jump_yaw_rad: float = Field(0.5, gt=0)
+    max_speed_mps: float = Field(50.0, gt=0, description="plausible ego speed for jump detection")
+    sensor_dropout_s: float = Field(1.0, gt=0, description="LiDAR silence that resets the state")
+    unobserved_cell_reset_s: float = Field(5.0, gt=0, description="partial reset of stale cells")
+    state_norm_ratio: float = Field(10.0, gt=1, description="state norm vs running baseline")
+
+
+class TrackingConfig(_Section):
+    detection_threshold: float = Field(0.3, ge=0, le=1)
+    gate_mahalanobis: float = Field(11.83, gt=0, description="chi2(3 dof) 99.2%")
+    confirm_hits: int = Field(3, ge=1)
+    max_coast_s: float = Field(1.5, ge=0)
+    min_existence: float = Field(0.1, ge=0, le=1)
+
+
+class DiagnosticsConfig(_Section):
+    period_s: float = Field(1.0, gt=0)
+    latency_warn_ms: float = Field(100.0, gt=0)
+    latency_error_ms: float = Field(200.0, gt=0)
+    hardware_id: str = "ssm_perception"
+
+
+class PerceptionConfig(_Section):
+    grid: GridConfig = GridConfig()
+    frames: FramesConfig = FramesConfig()
+    topics: TopicsConfig = TopicsConfig()
+    sensors: SensorsConfig = SensorsConfig()
+    model: ModelConfig = ModelConfig()
+    reset: ResetConfig = ResetConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+
+    # ---------------------------------------------------------------- (de)serialization
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> "PerceptionConfig":
+        data = dict(data or {})
+        if len(data) == 1:  # ROS parameter file: {node_name: {ros__parameters: {...}}}
+            (only,) = data.values()
+            if isinstance(only, dict) and "ros__parameters" in only:
+                data = only["ros__parameters"] or {}
+        if "ros__parameters" in data:
+            data = data["ros__parameters"] or {}
+        data.pop("use_sim_time", None)  # a ROS parameter, handled by rclpy itself
+        return cls.model_validate(unflatten(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PerceptionConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        try:
+            return cls.from_mapping(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+
+    def to_ros_parameters(self) -> dict[str, Any]:
+        """Flat {'grid.resolution': 0.5, ...} for declare_parameters."""
+        return flatten(self.model_dump())
+
+    @classmethod
+    def from_ros_parameters(cls, params: dict[str, Any]) -> "PerceptionConfig":
+        try:
+            return cls.model_validate(unflatten(params))
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from exc
+
+    def to_yaml(self, node_name: str = NODE_NAME) -> str:
+        return yaml.safe_dump({node_name: {"ros__parameters": self.model_dump()}}, sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending field."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the dotted field: 'grid.resolution: Input should be > 0'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = unflatten(v)
+        parts = str(k).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"parameter {k!r} conflicts with a scalar at {p!r}")
+        if isinstance(v, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(v)
+        else:
+            node[parts[-1]] = v
+    return out
