@@ -42,9 +42,11 @@ fi
 FP=$(fingerprint "$ROOT/requirements.lock")
 if ! step_done wheels "$FP"; then
   say "installing pinned dependencies from requirements.lock (first run: about a minute)"
-  "$PY" -m pip install -q --disable-pip-version-check -U pip >/dev/null
+  mkdir -p "$ROOT/build"; log=$ROOT/build/setup-pip.log
   # torch==2.13.0 resolves to the CPU build where a local wheel directory provides it (see README).
-  "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.lock"
+  { "$PY" -m pip install -q --disable-pip-version-check -U pip \
+    && "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.lock"; } > "$log" 2>&1 \
+    || { grep -v "is ignored: it is neither" "$log" | tail -30 >&2; die "pip install failed (full log: $log)"; }
   rm -f "$STAMPS/msgs"  # the cmake export fix below must be re-applied after (re)installing wheels
   mark_done wheels "$FP"
 fi
@@ -80,7 +82,9 @@ fi
 FP=$(fingerprint "$ROOT/setup.py" "$ROOT/package.xml")
 if ! step_done package "$FP" || ! "$PY" -c "import ssm_perception" 2>/dev/null; then
   say "installing ssm_perception in development mode"
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+  mkdir -p "$ROOT/build"; log=$ROOT/build/setup-package.log
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" > "$log" 2>&1 \
+    || { tail -30 "$log" >&2; die "installing the package failed (full log: $log)"; }
   mark_done package "$FP"
 fi
 say "ready: $VENV (activate with: . .venv/bin/activate)"
