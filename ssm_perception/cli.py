@@ -33,6 +33,12 @@ def show_config(
 
 
 # Sub-commands registered by their modules (one line each).
+from ssm_perception.sim.cli import simulate as _simulate
+
+app.command("simulate")(_simulate)
+__import__("ssm_perception.nodes.replay", fromlist=["register"]).register(app)
+__import__("ssm_perception.nodes.launcher", fromlist=["register"]).register(app)
+__import__("ssm_perception.train.cli", fromlist=["register"]).register(app)
 
 
 def main() -> None:

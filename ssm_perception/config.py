@@ -96,7 +96,9 @@ class ModelConfig(_Section):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     checkpoint: str = Field("", description="path to weights; empty = the checkpoint shipped with the package")
     d_model: int = Field(32, gt=0)
-    d_state: int = Field(16, gt=0)
+    # 2 KB of fp32 state per cell (nheads 4 x headdim 16 x d_state 8): a 128x128 CPU step stays
+    # near 40 ms on 2 cores (results/bench_mamba_cpu.json); d_state must be a power of two (Triton).
+    d_state: int = Field(8, gt=0)
     headdim: int = Field(16, gt=0)
     expand: int = Field(2, gt=0)
     attention_history: int = Field(8, gt=0, description="frames kept by the attention baseline")
@@ -119,6 +121,10 @@ class TrackingConfig(_Section):
     confirm_hits: int = Field(3, ge=1)
     max_coast_s: float = Field(1.5, ge=0)
     min_existence: float = Field(0.1, ge=0, le=1)
+    detection_probability: float = Field(
+        0.5, gt=0, lt=1, description="P(detected | exists) per frame in the existence update; below the "
+        "detector's recall because occlusion is not modelled, so a short occlusion does not kill a track"
+    )
 
 
 class DiagnosticsConfig(_Section):

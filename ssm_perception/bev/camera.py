@@ -1,0 +1,128 @@
+"""Camera -> BEV by inverse perspective mapping (IPM) onto the ground plane.
+
+Each BEV cell centre, placed on the ground (z = ground_z in base_link), is projected into the
+image with the pinhole model (K from CameraInfo, T_base_camera to the optical frame: z forward,
+x right, y down); simple image features are sampled there. IPM is only right for things on the
+ground (lane marks, road vs kerb) and smears tall objects along their rays; the learned stem and
+the LiDAR channels correct for that. The frustum-visibility channel says which cells the camera
+can see at all. Lens distortion is ignored (rectified images, or small distortion assumed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm_perception.bev.grid import BevGrid
+
+CAMERA_CHANNELS = [
+    "camera_valid",  # 1 where an image was available this frame (constant plane)
+    "camera_r",  # sampled colour, [0, 1] - 0.5 (0 outside the frustum)
+    "camera_g",
+    "camera_b",
+    "camera_grad",  # Sobel gradient magnitude of the intensity (edges, lane marks)
+    "camera_visible",  # 1: the cell's ground point projects into the image in front of the camera
+]
+_WORK_HEIGHT = 240  # images are area-downsampled to about this height first: cheap, less aliasing
+
+
+def image_to_tensor(image, factor: int = 1) -> Tensor:
+    """[H, W, 3] RGB or [H, W] mono (uint8/uint16 or float in [0, 1]) -> float32 [1, 3, h, w] in
+    [0, 1], area-downsampled by an integer ``factor`` (h = H // factor).
+
+    The averaging runs on the raw HWC array with strided sums (integer accumulators for integer
+    images) before any float conversion or transpose: on the CPU target that is ~5x cheaper than
+    converting the full image and pooling it in torch."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
+    a = a[:, :, :3]
+    f = max(1, int(factor))
+    hh, ww = a.shape[0] // f, a.shape[1] // f
+    if hh == 0 or ww == 0:
+        raise ValueError(f"image {a.shape[:2]} smaller than the downsampling factor {f}")
+    scale = {np.dtype(np.uint8): 1 / 255.0, np.dtype(np.uint16): 1 / 65535.0}.get(a.dtype, 1.0)
+    acc_type = np.uint32 if a.dtype.kind in "ui" else np.float32
+    acc = np.zeros((hh, ww, a.shape[2]), dtype=acc_type)
+    for i in range(f):  # f*f strided adds over the image, not a per-pixel loop
+        for j in range(f):
+            acc += a[i : hh * f : f, j : ww * f : f]
+    t = torch.from_numpy(acc.astype(np.float32) * np.float32(scale / (f * f))).permute(2, 0, 1)
+    t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
+    t = t.contiguous().unsqueeze(0)
+    return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def project_cells(grid: BevGrid, K, T_base_camera, image_size: tuple[int, int], ground_z: float = 0.0,
+                  max_range: float = 80.0) -> tuple[Tensor, Tensor]:
+    """(uv [HW, 2] pixel coordinates, visible [HW] bool) of every cell's ground point.
+
+    Cached on (grid, K, T, image size, ground_z, max_range): the mounting is fixed while driving."""
+    k = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    t = np.asarray(T_base_camera, dtype=np.float64)
+    if t.shape != (4, 4) or not np.isfinite(t).all() or not np.isfinite(k).all():
+        raise ValueError("camera K must be 3x3 and T_base_camera a 4x4 transform, all finite")
+    key = (grid, k.tobytes(), t.tobytes(), tuple(image_size), float(ground_z), float(max_range))
+    hit = _PROJECTION_CACHE.get(key)
+    if hit is None:
+        hit = _project(grid, torch.from_numpy(k), torch.from_numpy(t), image_size, ground_z, max_range)
+        if len(_PROJECTION_CACHE) >= 8:
+            _PROJECTION_CACHE.pop(next(iter(_PROJECTION_CACHE)))
+        _PROJECTION_CACHE[key] = hit
+    return hit
+
+
+_PROJECTION_CACHE: dict = {}
+
+
+def _project(grid: BevGrid, k: Tensor, t: Tensor, image_size, ground_z: float, max_range: float):
+    h_img, w_img = image_size
+    c = grid.cell_centers().permute(1, 2, 0).reshape(-1, 2).double()  # [HW, 2]
+    p = torch.cat([c, torch.full((c.shape[0], 1), float(ground_z), dtype=torch.float64)], 1)
+    pc = (p - t[:3, 3]) @ t[:3, :3]  # [HW, 3] in the optical frame: R^T (p - t)
+    z = pc[:, 2]
+    uv = (pc @ k.T)[:, :2] / z.clamp_min(1e-6).unsqueeze(1)
+    rng = torch.hypot(p[:, 0] - t[0, 3], p[:, 1] - t[1, 3])
+    visible = (z > 0.3) & (uv[:, 0] >= 0) & (uv[:, 0] < w_img) & (uv[:, 1] >= 0) & (uv[:, 1] < h_img)
+    visible &= rng < max_range
+    return uv.float(), visible
+
+
+def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
+                  max_range: float = 80.0) -> tuple[Tensor, dict]:
+    """-> (features [len(CAMERA_CHANNELS), H, W] float32, stats)."""
+    h, w = grid.shape
+    feats = torch.zeros(len(CAMERA_CHANNELS), h * w)
+    stats = {"camera_visible_cells": 0}
+    if image is None:
+        return feats.view(-1, h, w), stats
+    a = np.asarray(image)
+    if a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        return feats.view(-1, h, w), stats
+    h_img, w_img = a.shape[:2]
+    uv, visible = project_cells(grid, K, T_base_camera, (h_img, w_img), ground_z, max_range)
+    factor = max(1, h_img // _WORK_HEIGHT)
+    small = image_to_tensor(a, factor)  # [1, 3, h, w]
+    hc, wc = small.shape[2] * factor, small.shape[3] * factor  # pixels covered (crop to a multiple)
+    gray = small.mean(1, keepdim=True)  # [1, 1, h, w]
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    kern = torch.stack([sobel, sobel.T]).unsqueeze(1)  # [2, 1, 3, 3]
+    g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kern)
+    grad = torch.hypot(g[:, 0:1], g[:, 1:2])
+    src = torch.cat([small, grad], 1)  # [1, 4, h, w]
+    # Pixel coordinates -> grid_sample's [-1, 1] (align_corners=False): resolution independent.
+    norm = torch.stack([(uv[:, 0] + 0.5) / wc * 2 - 1, (uv[:, 1] + 0.5) / hc * 2 - 1], 1)
+    norm = torch.where(visible.unsqueeze(1), norm, torch.zeros_like(norm))
+    sampled = F.grid_sample(src, norm.view(1, 1, -1, 2), mode="bilinear", padding_mode="border",
+                            align_corners=False)[0, :, 0]
+    vis = visible.float()
+    feats[0] = 1.0
+    feats[1:4] = (sampled[:3] - 0.5) * vis
+    feats[4] = sampled[3] * vis
+    feats[5] = vis
+    stats["camera_visible_cells"] = int(visible.sum())
+    return feats.view(-1, h, w), stats

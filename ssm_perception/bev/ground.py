@@ -1,0 +1,133 @@
+"""Ground-plane estimation (torch RANSAC on the hot path, open3d for comparison) and scan files.
+
+The hot path stays on torch: ``fit_ground_plane`` runs all RANSAC hypotheses as one batched
+matrix product on a fixed-size subsample, so its cost is flat in the cloud size, and it rejects
+steep planes (walls, vehicle sides) that open3d's ``segment_plane`` would happily return.
+scripts/bench_core_cpu.py measures both (results/bench_core_cpu.json).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# Flat ground at base_link z = 0 (REP-103 base_link sits on the ground under the vehicle):
+# the fallback when too few points support a plane.
+FLAT_GROUND = (0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class GroundPlane:
+    """Plane n . p + d = 0 with a unit normal pointing up (n_z > 0)."""
+
+    normal: tuple[float, float, float]
+    d: float
+    inlier_fraction: float  # of the candidate points used for the fit
+    fallback: bool  # True: not enough support, FLAT_GROUND used
+
+    def height(self, xyz: Tensor) -> Tensor:
+        """[N, 3] -> [N] signed height above the plane [m]."""
+        n = torch.tensor(self.normal, dtype=xyz.dtype, device=xyz.device)
+        return xyz @ n + self.d
+
+
+def _flat(frac: float = 0.0) -> GroundPlane:
+    return GroundPlane(FLAT_GROUND[:3], FLAT_GROUND[3], frac, True)
+
+
+def fit_ground_plane(
+    xyz: Tensor,
+    distance_threshold: float = 0.15,
+    iterations: int = 64,
+    max_tilt_deg: float = 15.0,
+    max_height: float = 1.0,
+    sample: int = 4096,
+    min_inliers: int = 50,
+    seed: int = 0,
+) -> GroundPlane:
+    """Batched RANSAC plane fit on [N, 3] base_link points, then a least-squares refit.
+
+    Candidates are points with |z| < max_height (the ground is near base_link z = 0); hypotheses
+    whose normal is tilted more than ``max_tilt_deg`` from vertical are discarded. Deterministic
+    (fixed seed). Returns FLAT_GROUND with ``fallback=True`` if fewer than ``min_inliers`` support it.
+    """
+    xyz = xyz.float()
+    cand = xyz[xyz[:, 2].abs() < max_height]
+    if cand.shape[0] < max(3, min_inliers):
+        return _flat()
+    gen = torch.Generator().manual_seed(seed)
+    if cand.shape[0] > sample:
+        cand = cand[torch.randperm(cand.shape[0], generator=gen)[:sample]]
+    m = cand.shape[0]
+    tri = cand[torch.randint(0, m, (iterations, 3), generator=gen)]  # [K, 3, 3]
+    n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # [K, 3]
+    norm = n.norm(dim=1, keepdim=True)
+    n = torch.where(n[:, 2:3] < 0, -n, n) / norm.clamp_min(1e-9)
+    ok = (norm[:, 0] > 1e-6) & (n[:, 2] > math.cos(math.radians(max_tilt_deg)))
+    if not bool(ok.any()):
+        return _flat()
+    d = -(n * tri[:, 0]).sum(1)  # [K]
+    dist = (cand @ n.T + d).abs()  # [M, K]: all hypotheses scored in one matmul
+    score = (dist < distance_threshold).sum(0).masked_fill(~ok, -1)
+    best = int(score.argmax())
+    inl = cand[dist[:, best] < distance_threshold]
+    if inl.shape[0] < min_inliers:
+        return _flat(inl.shape[0] / m)
+    # Least squares z = a x + b y + c on the inliers (well-conditioned for near-horizontal planes).
+    a_mat = torch.cat([inl[:, :2], torch.ones(inl.shape[0], 1)], 1).double()
+    sol = torch.linalg.lstsq(a_mat, inl[:, 2:3].double()).solution[:, 0]
+    normal = torch.tensor([-sol[0], -sol[1], 1.0], dtype=torch.float64)
+    scale = float(normal.norm())
+    normal = normal / scale
+    if not bool(torch.isfinite(normal).all()) or normal[2] < math.cos(math.radians(max_tilt_deg)):
+        return _flat(inl.shape[0] / m)
+    return GroundPlane(tuple(float(v) for v in normal), float(-sol[2] / scale), inl.shape[0] / m, False)
+
+
+def fit_ground_plane_open3d(
+    xyz: np.ndarray, distance_threshold: float = 0.15, iterations: int = 64, max_height: float = 1.0, seed: int = 0
+) -> GroundPlane:
+    """open3d ``segment_plane`` on the same candidates (for comparison; no tilt check inside
+    open3d, so a steep result is reported as a fallback)."""
+    import open3d as o3d  # heavy import (~1 s): only where it is used
+
+    pts = np.asarray(xyz, dtype=np.float64)
+    pts = pts[np.abs(pts[:, 2]) < max_height]
+    if pts.shape[0] < 3:
+        return _flat()
+    o3d.utility.random.seed(seed)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    (a, b, c, d), inliers = pcd.segment_plane(distance_threshold, 3, iterations)
+    n = np.array([a, b, c])
+    s = np.linalg.norm(n) * (1.0 if c >= 0 else -1.0)
+    n, d = n / s, d / s
+    if n[2] < math.cos(math.radians(15.0)):
+        return _flat(len(inliers) / pts.shape[0])
+    return GroundPlane(tuple(float(v) for v in n), float(d), len(inliers) / pts.shape[0], False)
+
+
+def read_scan(path: str | Path) -> np.ndarray:
+    """Read a .pcd or .ply point cloud with open3d into a structured array (x, y, z, intensity; f4).
+
+    Intensity is 0 when the file has none. Raises FileNotFoundError / ValueError with the path."""
+    import open3d as o3d
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scan not found: {path}")
+    if path.suffix.lower() not in (".pcd", ".ply"):
+        raise ValueError(f"{path}: unsupported scan format (expected .pcd or .ply)")
+    pcd = o3d.t.io.read_point_cloud(str(path))
+    if "positions" not in pcd.point:
+        raise ValueError(f"{path}: no points could be read")
+    pos = pcd.point.positions.numpy().astype(np.float32).reshape(-1, 3)
+    out = np.zeros(pos.shape[0], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")])
+    out["x"], out["y"], out["z"] = pos[:, 0], pos[:, 1], pos[:, 2]
+    if "intensity" in pcd.point:
+        out["intensity"] = pcd.point.intensity.numpy().reshape(-1).astype(np.float32)
+    return out

@@ -1,0 +1,78 @@
+"""Radar -> BEV features: hits, ego-motion-compensated radial velocity, RCS.
+
+The driver's radial_velocity is relative to the (moving) sensor, positive = moving away. The
+over-ground radial velocity of the target is v_r + v_sensor . u, with u the unit ray from the
+sensor to the detection and v_sensor = v_ego + yaw_rate x r_sensor (the lever arm matters when
+turning). A static object then reads ~0, whatever the ego speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.bev.lidar import cloud_to_tensors
+
+VELOCITY_SCALE = 10.0  # radar velocity channels are in units of 10 m/s
+RCS_SCALE = 20.0  # RCS channel is dBsm / 20, clamped to [-3, 3]
+RADAR_CHANNELS = [
+    "radar_valid",  # 1 where the radar delivered detections this frame (constant plane)
+    "radar_log_count",  # log(1 + detections in the cell)
+    "radar_vr",  # mean compensated radial velocity / VELOCITY_SCALE
+    "radar_vr_x",  # mean of compensated v_r * u_x (the observable part of the velocity) / scale
+    "radar_vr_y",  # mean of compensated v_r * u_y / scale
+    "radar_rcs",  # mean RCS [dBsm] / RCS_SCALE
+]
+
+
+def compensate_radial_velocity(xy: Tensor, vr: Tensor, sensor_xy: Tensor, ego_twist) -> tuple[Tensor, Tensor]:
+    """(over-ground radial velocity [N], unit ray u [N, 2]) in base_link."""
+    ray = xy - sensor_xy
+    u = ray / torch.hypot(ray[:, 0], ray[:, 1]).clamp_min(1e-3).unsqueeze(1)
+    if ego_twist is None:
+        return vr, u
+    vx, vy, wz = (float(v) for v in ego_twist)
+    v_sensor = torch.tensor([vx - wz * float(sensor_xy[1]), vy + wz * float(sensor_xy[0])])
+    return vr + u @ v_sensor, u
+
+
+def encode_radar(grid: BevGrid, points, T_base_radar, ego_twist=None) -> tuple[Tensor, dict]:
+    """-> (features [len(RADAR_CHANNELS), H, W] float32, stats). Non-finite detections are
+    dropped; detections outside the grid are counted. ``ego_twist`` (vx, vy, yaw_rate) in
+    base_link; without it the velocity is left uncompensated (stats['radar_compensated'] False)."""
+    h, w = grid.shape
+    feats = torch.zeros(len(RADAR_CHANNELS), h * w)
+    stats = {"radar_points": 0, "radar_used": 0, "radar_nonfinite": 0, "radar_out_of_grid": 0,
+             "radar_compensated": ego_twist is not None}
+    if points is None:
+        return feats.view(-1, h, w), stats
+    c = cloud_to_tensors(points, ("x", "y", "z", "radial_velocity", "rcs"))
+    n = c["x"].shape[0]
+    zeros = torch.zeros(n)
+    xyz = torch.stack([c["x"], c["y"], c["z"]], 1)
+    vr, rcs = c.get("radial_velocity", zeros), c.get("rcs", zeros)
+    finite = torch.isfinite(xyz).all(1) & torch.isfinite(vr) & torch.isfinite(rcs)
+    stats["radar_points"], stats["radar_nonfinite"] = n, int(n - finite.sum())
+    xyz, vr, rcs = xyz[finite], vr[finite], rcs[finite]
+    if xyz.shape[0] == 0:
+        return feats.view(-1, h, w), stats
+    t = torch.as_tensor(np.asarray(T_base_radar, dtype=np.float32))
+    if t.shape != (4, 4) or not torch.isfinite(t).all():
+        raise ValueError("T_base_radar must be a finite 4x4 transform")
+    xyz = xyz @ t[:3, :3].T + t[:3, 3]
+    vr, u = compensate_radial_velocity(xyz[:, :2], vr, t[:2, 3], ego_twist)
+    feats[0] = 1.0
+    flat, valid = grid.points_to_cells(xyz[:, :2])
+    stats["radar_out_of_grid"], stats["radar_used"] = int((~valid).sum()), int(valid.sum())
+    idx = flat[valid]
+    vr, u, rcs = vr[valid] / VELOCITY_SCALE, u[valid], rcs[valid]
+    count = torch.zeros(h * w).index_add_(0, idx, torch.ones_like(vr))
+    denom = count.clamp_min(1.0)
+    feats[1] = torch.log1p(count)
+    # One index_add_ for the four means: values [M, 4] -> sums [HW, 4].
+    vals = torch.stack([vr, vr * u[:, 0], vr * u[:, 1], (rcs / RCS_SCALE).clamp(-3.0, 3.0)], 1)
+    sums = torch.zeros(h * w, 4).index_add_(0, idx, vals)
+    feats[2:6] = (sums / denom.unsqueeze(1)).T
+    return feats.view(-1, h, w), stats

@@ -1,0 +1,227 @@
+"""The BEV perception model: stem -> temporal core -> heads, and its checkpoints.
+
+    features [B, C_in, H, W] --stem--> [B, d_model, H, W] --core(state, dt)--> [B, C_out, H, W] --heads--> dict
+
+The core is chosen by ``config.model.kind``; 'logodds' is the training-free classical filter: no
+stem, no learned heads (a fixed mapping from its log-odds to occupancy).
+
+Checkpoints are weights-only safetensors files (never pickle: loading a checkpoint must not be able
+to run code) with a JSON sidecar ``<file>.json`` holding the config, the caller's metadata, the
+feature layout and the sha256 of the weights file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ssm_perception.bev.features import FEATURE_CHANNELS
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.config import PerceptionConfig
+from ssm_perception.heads import BevHeads
+from ssm_perception.temporal.base import State, TemporalCore
+from ssm_perception.temporal.baselines import (
+    AttentionCore,
+    ConvGRUCore,
+    LogOddsCore,
+    SingleFrameCore,
+)
+
+CHECKPOINT_FORMAT = "ssm_perception.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+def build_core(config: PerceptionConfig) -> TemporalCore:
+    m = config.model
+    if m.kind == "logodds":
+        return LogOddsCore()
+    if m.kind == "mamba":
+        # Imported lazily: the Mamba core (temporal/mamba.py) may pull optional GPU kernels.
+        from ssm_perception.temporal.mamba import MambaCore
+
+        return MambaCore(m.d_model, m)
+    if m.kind == "single":
+        return SingleFrameCore(m.d_model, m.d_model)
+    if m.kind == "convgru":
+        return ConvGRUCore(m.d_model, m.d_model)
+    if m.kind == "attention":
+        return AttentionCore(m.d_model, m.d_model, history=m.attention_history)
+    raise ValueError(f"unknown model.kind {m.kind!r}")
+
+
+class BevPerceptionModel(nn.Module):
+    def __init__(self, config: PerceptionConfig):
+        super().__init__()
+        self.config = config
+        self.grid = BevGrid.from_config(config.grid)
+        self.kind = config.model.kind
+        self.in_channels = len(FEATURE_CHANNELS)
+        d = config.model.d_model
+        self.core = build_core(config)
+        if self.kind == "logodds":
+            self.stem = nn.Identity()
+            self.heads = None
+        else:
+            # Two light convs: 3x3 gathers a little neighbourhood (sensor footprints span cells),
+            # 1x1 mixes channels; GELU in between.
+            self.stem = nn.Sequential(nn.Conv2d(self.in_channels, d, 3, padding=1), nn.GELU(), nn.Conv2d(d, d, 1))
+            self.heads = BevHeads(self.core.out_channels)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def init_state(self, batch: int = 1, device=None) -> State:
+        return self.core.init_state(batch, self.grid.nx, self.grid.ny, device)
+
+    def _heads(self, y: Tensor) -> dict[str, Tensor]:
+        return LogOddsCore.heads(y) if self.heads is None else self.heads(y)
+
+    def _check(self, features: Tensor) -> None:
+        if features.dim() != 4 or features.shape[1:] != (self.in_channels, self.grid.nx, self.grid.ny):
+            raise ValueError(
+                f"features must be [B, {self.in_channels}, {self.grid.nx}, {self.grid.ny}], got {tuple(features.shape)}"
+            )
+
+    @staticmethod
+    def _check_dt(dt: Tensor) -> None:
+        if not bool(torch.isfinite(dt).all()) or bool((dt <= 0).any()):
+            raise ValueError(f"dt must be finite and > 0 (the caller skips or resets otherwise), got {dt.tolist()}")
+
+    def step(
+        self, features: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], State]:
+        """features [B, C_in, H, W]; state already warped to this frame; dt [B] seconds > 0;
+        reset_mask [B, H, W] bool. -> (heads dict, new state)."""
+        self._check(features)
+        dt = torch.as_tensor(dt, dtype=torch.float32, device=features.device).reshape(-1)
+        self._check_dt(dt)
+        y, state = self.core.step(self.stem(features), state, dt, reset_mask)
+        return self._heads(y), state
+
+    def forward(self, features: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None):
+        return self.step(features, state, dt, reset_mask)
+
+    def forward_sequence(
+        self, xs: Tensor, dts: Tensor, reset_masks: Tensor | None = None, state: State | None = None
+    ) -> tuple[dict[str, Tensor], State]:
+        """xs [T, B, C_in, H, W] (pre-warped), dts [T, B] -> ({head: [T, B, k, H, W]}, final state)."""
+        t, b = xs.shape[:2]
+        self._check(xs[0])
+        dts = torch.as_tensor(dts, dtype=torch.float32, device=xs.device).reshape(t, b)
+        self._check_dt(dts)
+        e = self.stem(xs.flatten(0, 1)).unflatten(0, (t, b))  # the stem is per frame: run it once
+        ys, state = self.core.forward_sequence(e, dts, reset_masks, state)
+        out = self._heads(ys.flatten(0, 1))
+        return {k: v.unflatten(0, (t, b)) for k, v in out.items()}, state
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def save_checkpoint(model: BevPerceptionModel, path: str | Path, metadata: dict | None = None) -> str:
+    """Write ``path`` (safetensors weights) and ``path.json``; returns the sha256 of the weights."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = dict(metadata or {})
+    try:
+        json.dumps(metadata)
+    except TypeError as exc:
+        raise TypeError(f"checkpoint metadata must be JSON-serializable: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # clone(): safetensors refuses tensors that share storage (e.g. views of one parameter).
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": CHECKPOINT_FORMAT, "kind": model.kind})
+    digest = _sha256(path)
+    sidecar = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": model.kind,
+        "sha256": digest,
+        "feature_channels": FEATURE_CHANNELS,
+        "config": model.config.model_dump(),
+        "metadata": metadata,
+    }
+    sidecar_path(path).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+    return digest
+
+
+def load_checkpoint(
+    path: str | Path,
+    expected_sha256: str | None = None,
+    map_location: str | torch.device = "cpu",
+    expected_kind: str | None = None,
+) -> tuple[BevPerceptionModel, dict]:
+    """Rebuild the model from ``path`` + ``path.json``; verifies the sha256 (against the sidecar
+    and ``expected_sha256`` if given), the kind, the feature layout and every tensor's shape.
+    Returns (model in eval mode on map_location, metadata). Raises CheckpointError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not side.is_file():
+        raise CheckpointError(f"checkpoint sidecar not found: {side}")
+    try:
+        info = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{side}: not valid JSON: {exc}") from exc
+    if info.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{side}: unknown format {info.get('format')!r} (expected {CHECKPOINT_FORMAT})")
+    digest = _sha256(path)
+    if digest != info.get("sha256"):
+        raise CheckpointError(f"{path}: sha256 {digest} does not match its sidecar ({info.get('sha256')})")
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise CheckpointError(f"{path}: sha256 {digest} != expected {expected_sha256}")
+    kind = info.get("kind")
+    if expected_kind is not None and kind != expected_kind:
+        raise CheckpointError(f"{path}: checkpoint is kind {kind!r}, expected {expected_kind!r}")
+    if info.get("feature_channels") != FEATURE_CHANNELS:
+        raise CheckpointError(f"{path}: trained on BEV features {info.get('feature_channels')}, "
+                              f"this build encodes {FEATURE_CHANNELS}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            file_kind = (f.metadata() or {}).get("kind")
+        tensors = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+    if file_kind != kind:
+        raise CheckpointError(f"{path}: weights are kind {file_kind!r} but the sidecar says {kind!r}")
+    config = PerceptionConfig.model_validate(info["config"])
+    if config.model.kind != kind:
+        raise CheckpointError(f"{side}: config says kind {config.model.kind!r} but the checkpoint is {kind!r}")
+    model = BevPerceptionModel(config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: parameters do not match model kind {kind!r}: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if tensors[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{path}: tensor shapes do not match the config: {wrong[:5]}")
+    model.load_state_dict(tensors, strict=True)
+    model.to(map_location).eval()
+    return model, dict(info.get("metadata", {}))

@@ -1,0 +1,566 @@
+"""The perception node: a thin rclpy adapter around `PerceptionPipeline`.
+
+Callbacks only decode and store; a worker thread runs the pipeline on the newest LiDAR frame, so
+slow model steps never starve the TF and clock subscriptions (the rclpy tf2 pitfall in the field
+notes) and a backlog of stale frames is dropped (and counted) instead of adding latency.
+
+Bad input never stops the node: each problem is counted under a flag name, logged at most once
+per `LOG_THROTTLE_S` per flag, and shown in /diagnostics (WARN while recent).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from nav_msgs.msg import OccupancyGrid
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from ssm_perception_msgs.msg import TrackArray
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import MarkerArray
+
+from ssm_perception.config import NODE_NAME, ConfigError, PerceptionConfig
+
+ZONE_TOPIC = "/vehicle/zone"
+LOG_THROTTLE_S = 5.0  # per flag: a flood of bad packets gives one line per 5 s, not one per packet
+FLAG_RECENT_S = 5.0  # a flag raised within this window keeps its diagnostics status at WARN
+STAMP_FUTURE_TOLERANCE_S = 0.5  # a sensor stamp this far ahead of the node clock is rejected
+RATE_WINDOW = 20  # arrivals kept per sensor for the rate estimate
+LATENCY_WINDOW = 200  # frames kept for latency percentiles
+
+# REP-2003: maps are served reliable + transient_local (depth 1) so late joiners (RViz) get the last one.
+MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+TF_STATIC_QOS = QoSProfile(
+    depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+SENSOR_QOS = qos_profile_sensor_data  # best effort, keep last 5, volatile
+OK, WARN, ERROR = (int.from_bytes(v, "little") for v in (DiagnosticStatus.OK, DiagnosticStatus.WARN,
+                                                          DiagnosticStatus.ERROR))
+
+
+def default_config_path() -> Path | None:
+    """config/ssm_perception.yaml: the source tree first, then the installed share directory."""
+    source = Path(__file__).resolve().parents[2] / "config" / "ssm_perception.yaml"
+    if source.is_file():
+        return source
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+
+        share = Path(get_package_share_directory("ssm_perception"))
+    except (ImportError, OSError, PackageNotFoundError):  # no ament index (pip install): the venv's share/
+        share = Path(sys.prefix) / "share" / "ssm_perception"
+    installed = share / "config" / "ssm_perception.yaml"
+    return installed if installed.is_file() else None
+
+
+def _ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass
+class _SensorStats:
+    """Arrival bookkeeping of one input topic (rate from the node clock, age of the last stamp)."""
+
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))
+    last_stamp_ns: int | None = None
+    received: int = 0
+    rejected: int = 0
+
+    def seen(self, now_ns: int, stamp_ns: int) -> None:
+        if self.arrivals and now_ns < self.arrivals[-1]:  # the clock went back (bag loop): restart
+            self.arrivals.clear()
+        self.arrivals.append(now_ns)
+        self.last_stamp_ns = stamp_ns
+        self.received += 1
+
+    def rate_hz(self) -> float:
+        if len(self.arrivals) < 2:
+            return 0.0
+        span = (self.arrivals[-1] - self.arrivals[0]) * 1e-9
+        return (len(self.arrivals) - 1) / span if span > 0 else 0.0
+
+    def age_s(self, now_ns: int) -> float:
+        return math.inf if self.last_stamp_ns is None else (now_ns - self.last_stamp_ns) * 1e-9
+
+
+class PerceptionNode(Node):
+    """rclpy node: sensors + TF in, occupancy grid / tracks / markers / diagnostics out.
+
+    Parameters are the dotted fields of `PerceptionConfig` (``grid.resolution``, ...); pass them
+    with ``--params-file config/ssm_perception.yaml`` or ``parameter_overrides``. An invalid
+    configuration raises `ConfigError` (one line naming the field) from the constructor.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        # dynamic_typing: the YAML may say `100` for a float field; pydantic validates the values
+        # (with the field named in the error) instead of rclpy rejecting the type opaquely.
+        any_type = ParameterDescriptor(dynamic_typing=True)
+        defaults = PerceptionConfig().to_ros_parameters()
+        self.declare_parameters("", [(name, value, any_type) for name, value in defaults.items()])
+        self.config = PerceptionConfig.from_ros_parameters(
+            {name: self.get_parameter(name).value for name in defaults}
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        cfg = self.config
+
+        from ssm_perception.pipeline import PerceptionPipeline
+        from ssm_perception.tf_buffer import TfBuffer
+
+        self.pipeline = PerceptionPipeline(cfg)
+        self.tf = TfBuffer(cfg.sensors.tf_cache_s)
+        self._tf_limit_ns = int(cfg.sensors.tf_extrapolation_limit_s * 1e9)
+
+        self._lock = threading.Lock()  # guards the latest-input slots below and the TF buffer
+        self._wake = threading.Condition(self._lock)
+        self._pending_lidar: tuple[PointCloud2, int] | None = None
+        self._radar: tuple[np.ndarray, str, int] | None = None  # (points, frame_id, stamp_ns)
+        self._image = None  # (decoded image, frame_id, stamp_ns)
+        self._camera_info = None
+        self._zone: str | None = None
+        self._last_lidar_ns: int | None = None
+        self._stop = False
+
+        self.stats = {name: _SensorStats() for name in ("lidar", "radar", "camera_image", "camera_info", "tf")}
+        self.flags: Counter[str] = Counter()  # flag name -> times raised
+        self._flag_last: dict[str, float] = {}  # flag name -> steady time last raised
+        self._flag_logged: dict[str, float] = {}
+        self._flag_text: dict[str, str] = {}
+        self.resets: Counter[str] = Counter()  # reason -> count
+        self.last_reset: tuple[str, int] | None = None
+        self.frames_processed = 0
+        self.frames_dropped_busy = 0
+        self.stage_ms: dict[str, deque] = {}
+        self.pipeline_latency_ms: deque = deque(maxlen=LATENCY_WINDOW)
+        self.last_health = None  # temporal.health.HealthReport of the last frame
+        self.partial_resets = 0
+
+        t = cfg.topics
+        self.pub_grid = self.create_publisher(OccupancyGrid, t.occupancy_grid, MAP_QOS)
+        self.pub_tracks = self.create_publisher(TrackArray, t.tracks, OUTPUT_QOS)
+        self.pub_markers = self.create_publisher(MarkerArray, t.markers, OUTPUT_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, t.diagnostics, OUTPUT_QOS)
+
+        s = cfg.sensors
+        if s.use_lidar:
+            self.create_subscription(PointCloud2, t.lidar, self._on_lidar, SENSOR_QOS)
+        if s.use_radar:
+            self.create_subscription(PointCloud2, t.radar, self._on_radar, SENSOR_QOS)
+        if s.use_camera:
+            self.create_subscription(Image, t.camera_image, self._on_image, SENSOR_QOS)
+            self.create_subscription(CameraInfo, t.camera_info, self._on_camera_info, SENSOR_QOS)
+        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, static=False), TF_QOS)
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True), TF_STATIC_QOS)
+        self.create_subscription(String, ZONE_TOPIC, self._on_zone, OUTPUT_QOS)
+        self.create_service(Trigger, "~/reset", self._on_reset_service)
+
+        # A backward jump of the node clock (bag loop, simulator restart) invalidates every cached
+        # transform; the pipeline sees the backward stamps and resets its state itself.
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
+            post_callback=self._on_time_jump,
+        )
+        # Diagnostics on the steady clock: they keep coming while a replay is paused or over.
+        self._diag_timer = self.create_timer(
+            cfg.diagnostics.period_s, self.publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
+        self._worker = threading.Thread(target=self._work, name="perception_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: grid {cfg.grid.nx}x{cfg.grid.ny} @ {cfg.grid.resolution} m, model {self.pipeline.model_info['kind']}"
+            f"/{cfg.model.backend} on {cfg.model.device}; lidar {t.lidar} -> {t.occupancy_grid}, {t.tracks}, "
+            f"{t.markers}, {t.diagnostics}"
+        )
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def flag(self, name: str, text: str) -> None:
+        """Count a problem, log it (throttled per flag name) and keep it for /diagnostics."""
+        now = time.monotonic()
+        self.flags[name] += 1
+        self._flag_last[name] = now
+        self._flag_text[name] = text
+        if now - self._flag_logged.get(name, -math.inf) >= LOG_THROTTLE_S:
+            self._flag_logged[name] = now
+            n = self.flags[name]
+            self.get_logger().warning(f"[{name}] {text} (seen {n}x; throttled to one line per {LOG_THROTTLE_S:g} s)")
+
+    def _check_stamp(self, sensor: str, stamp_ns: int) -> bool:
+        """Reject zero stamps and stamps from the future of the node clock."""
+        if stamp_ns <= 0:
+            self.flag(f"{sensor}_stamp_zero", f"{sensor}: message with a zero stamp dropped")
+            return False
+        ahead = (stamp_ns - self._now_ns()) * 1e-9
+        if ahead > STAMP_FUTURE_TOLERANCE_S:
+            self.flag(f"{sensor}_stamp_future",
+                      f"{sensor}: stamp {ahead:.2f} s ahead of the node clock (use_sim_time mismatch?); dropped")
+            return False
+        return True
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        # The pipeline is built once from the configuration; changing it live would silently
+        # desynchronise the model, the grid and the tracker.
+        names = ", ".join(p.name for p in params if p.name != "use_sim_time")
+        if names:
+            return SetParametersResult(successful=False, reason=f"restart the node to change {names}")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ callbacks (cheap)
+    def _on_lidar(self, msg: PointCloud2) -> None:
+        stamp = _ns(msg.header.stamp)
+        if not self._check_stamp("lidar", stamp):
+            self.stats["lidar"].rejected += 1
+            return
+        self.stats["lidar"].seen(self._now_ns(), stamp)
+        with self._wake:
+            if self._pending_lidar is not None:
+                self.frames_dropped_busy += 1
+            self._pending_lidar = (msg, stamp)
+            self._wake.notify()
+
+    def _on_radar(self, msg: PointCloud2) -> None:
+        from ssm_perception.io.ros_convert import pointcloud_to_array
+
+        stamp = _ns(msg.header.stamp)
+        if not self._check_stamp("radar", stamp):
+            self.stats["radar"].rejected += 1
+            return
+        try:
+            pts = pointcloud_to_array(msg)
+        except ValueError as exc:
+            self.stats["radar"].rejected += 1
+            self.flag("radar_malformed", f"radar cloud on {self.config.topics.radar} dropped: {exc}")
+            return
+        self.stats["radar"].seen(self._now_ns(), stamp)
+        with self._lock:
+            self._radar = (pts, msg.header.frame_id, stamp)
+
+    def _on_image(self, msg: Image) -> None:
+        from ssm_perception.io.ros_convert import image_to_array
+
+        stamp = _ns(msg.header.stamp)
+        if not self._check_stamp("camera", stamp):
+            self.stats["camera_image"].rejected += 1
+            return
+        try:
+            img = image_to_array(msg)
+        except ValueError as exc:
+            self.stats["camera_image"].rejected += 1
+            self.flag("camera_image_malformed", f"image on {self.config.topics.camera_image} dropped: {exc}")
+            return
+        self.stats["camera_image"].seen(self._now_ns(), stamp)
+        with self._lock:
+            self._image = (img, msg.header.frame_id, stamp)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        from ssm_perception.io.ros_convert import camera_info_to_model
+
+        stamp = _ns(msg.header.stamp)
+        try:
+            info = camera_info_to_model(msg)
+        except ValueError as exc:
+            self.stats["camera_info"].rejected += 1
+            self.flag("camera_info_malformed", f"camera_info on {self.config.topics.camera_info} dropped: {exc}")
+            return
+        self.stats["camera_info"].seen(self._now_ns(), stamp)
+        with self._lock:
+            self._camera_info = info
+
+    def _on_tf(self, msg: TFMessage, static: bool) -> None:
+        for t in msg.transforms:
+            try:
+                with self._lock:
+                    if not self.tf.set_from_message(t, static=static):
+                        # Older than the whole cache: time was reset (bag loop) before the clock said so.
+                        self.tf.clear()
+                        self.tf.set_from_message(t, static=static)
+            except ValueError as exc:  # TfDataError: NaN, zero quaternion, second parent, empty frame
+                self.flag("tf_malformed", f"{'/tf_static' if static else '/tf'} transform dropped: {exc}")
+                continue
+            self.stats["tf"].seen(self._now_ns(), _ns(t.header.stamp))
+
+    def _on_zone(self, msg: String) -> None:
+        # The reset policy sees the zone with every frame and resets when it changes.
+        if msg.data != self._zone:
+            self.get_logger().info(f"zone {self._zone!r} -> {msg.data!r}")
+        self._zone = msg.data
+
+    def _on_reset_service(self, request, response):
+        self.pipeline.request_reset("requested")
+        response.success = True
+        response.message = "reset requested: applied at the next LiDAR frame"
+        self.get_logger().info("reset requested through ~/reset")
+        return response
+
+    def _on_time_jump(self, jump) -> None:
+        if jump.delta.nanoseconds < 0:
+            with self._lock:
+                self.tf.clear()
+            self.get_logger().warning(
+                f"node clock jumped by {jump.delta.nanoseconds * 1e-9:.3f} s: TF buffer cleared"
+            )
+
+    # ------------------------------------------------------------------ the frame step (worker thread)
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending_lidar is None and not self._stop:
+                    self._wake.wait()
+                if self._stop:
+                    return
+                msg, stamp = self._pending_lidar
+                self._pending_lidar = None
+            try:
+                self.process_lidar(msg, stamp)
+            except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame can throw
+                self.flag("frame_error", f"frame at {stamp * 1e-9:.3f} s failed: {type(exc).__name__}: {exc}")
+
+    def process_lidar(self, msg: PointCloud2, stamp: int) -> None:
+        from ssm_perception.io import ros_convert as rc
+        from ssm_perception.pipeline import FrameInputs
+        from ssm_perception.tf_buffer import TfExtrapolationError, TfLookupError
+
+        cfg = self.config
+        frames = cfg.frames
+        try:
+            points = rc.pointcloud_to_array(msg)
+        except ValueError as exc:
+            self.flag("lidar_malformed", f"LiDAR cloud on {cfg.topics.lidar} dropped: {exc}")
+            return
+        if self._last_lidar_ns is not None and stamp == self._last_lidar_ns:
+            self.flag("lidar_duplicate", f"LiDAR frame at {stamp * 1e-9:.3f} s received twice; second dropped")
+            return
+
+        with self._lock:
+            radar, image, info = self._radar, self._image, self._camera_info
+            try:
+                T_base_lidar = self.tf.lookup(frames.base_link, msg.header.frame_id, stamp, self._tf_limit_ns)
+                T_odom_base = self.tf.lookup(frames.odom, frames.base_link, stamp, self._tf_limit_ns)
+            except TfExtrapolationError as exc:
+                self.flag("tf_extrapolation", f"LiDAR frame at {stamp * 1e-9:.3f} s dropped: {exc}")
+                return
+            except TfLookupError as exc:
+                self.flag("tf_missing", f"LiDAR frame at {stamp * 1e-9:.3f} s dropped: {exc}")
+                return
+            radar_in = self._match(radar, stamp, cfg.sensors.radar_tolerance_s, "radar")
+            camera_in = self._match(image, stamp, cfg.sensors.camera_tolerance_s, "camera")
+            if camera_in is not None and info is None:
+                camera_in = None
+
+        self._last_lidar_ns = stamp
+        inputs = FrameInputs(
+            stamp_ns=stamp, T_odom_base=T_odom_base, lidar=points, T_base_lidar=T_base_lidar,
+            radar=radar_in[0] if radar_in else None, T_base_radar=radar_in[1] if radar_in else None,
+            image=camera_in[0] if camera_in else None, K=info.K if camera_in else None,
+            T_base_camera=camera_in[1] if camera_in else None, zone=self._zone,
+        )
+        out = self.pipeline.process(inputs)
+        self._publish(out, stamp)
+
+    def _match(self, slot, stamp: int, tolerance_s: float, sensor: str):
+        """(data, T_base_sensor) of the latest message within the tolerance of the LiDAR stamp, else None."""
+        from ssm_perception.tf_buffer import TfLookupError
+
+        if slot is None:
+            return None
+        data, frame_id, s = slot
+        if abs(s - stamp) > tolerance_s * 1e9:
+            return None
+        try:
+            return data, self.tf.lookup(self.config.frames.base_link, frame_id, s, self._tf_limit_ns)
+        except (TfLookupError, ValueError) as exc:
+            self.flag(f"tf_{sensor}", f"{sensor} not used for this frame: {exc}")
+            return None
+
+    def _publish(self, out, stamp: int) -> None:
+        from ssm_perception.io import ros_convert as rc
+
+        cfg = self.config
+        grid = rc.occupancy_grid_msg(out.occupancy, out.unknown, cfg.grid, cfg.frames.base_link, stamp)
+        tracks = rc.track_array_msg(out.tracks, cfg.frames.odom, stamp)
+        markers = rc.marker_array_msg(out.tracks, cfg.frames.odom, stamp)
+        self.pub_grid.publish(grid)
+        self.pub_tracks.publish(tracks)
+        self.pub_markers.publish(markers)
+        # Pipeline latency as production stacks define it: publication time minus sensor stamp, on the
+        # node clock (sim time in replays), so it includes transport and queueing, not only compute.
+        self.pipeline_latency_ms.append((self._now_ns() - stamp) * 1e-6)
+        for stage, ms in out.latency_ms.items():
+            self.stage_ms.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(float(ms))
+        self.frames_processed += 1
+        self.last_health = out.health
+        decision = out.reset
+        if decision.full:
+            self.resets.update(decision.reasons)
+            self.last_reset = (",".join(decision.reasons), stamp)
+            self.get_logger().info(f"state reset at {stamp * 1e-9:.3f} s: " + "; ".join(
+                f"{r} ({d})" for r, d in zip(decision.reasons, decision.details, strict=False)))
+            self.publish_diagnostics()  # make the reset visible within the frame, not a period later
+        elif decision.cell_mask is not None:
+            self.partial_resets += 1  # stale cells: routine (grid edges), counted apart from full resets
+
+    # ------------------------------------------------------------------ diagnostics
+    def publish_diagnostics(self) -> None:
+        self.pub_diag.publish(self.diagnostics())
+
+    def diagnostics(self) -> DiagnosticArray:
+        """One DiagnosticArray: state health and resets, each input's rate and age, latency, input flags."""
+        from ssm_perception.io.ros_convert import diagnostic_array, diagnostic_status
+
+        cfg = self.config
+        now = self._now_ns()
+        statuses = []
+
+        def status(name: str, level: int, message: str, values: dict) -> None:
+            statuses.append(diagnostic_status(f"{NODE_NAME}: {name}", level, message, values,
+                                              cfg.diagnostics.hardware_id))
+
+        # state health (temporal.health) + resets with reasons
+        h = self.last_health
+        if h is None:
+            level, msg, health = OK, "no frame processed yet", {}
+        else:
+            level, msg = int(h.level), "; ".join(h.messages) or "state healthy"
+            health = {"nonfinite": h.nonfinite, "norm_mean": h.norm_mean, "norm_max": h.norm_max,
+                      "norm_ratio": h.norm_ratio, "never_observed_fraction": h.never_observed_fraction,
+                      "stale_cells": h.stale_cells}
+        status("state", level, msg, {
+            "model": f"{self.pipeline.model_info.get('kind')} ({self.pipeline.model_info.get('source')})",
+            "frames_processed": self.frames_processed, "frames_dropped_busy": self.frames_dropped_busy,
+            "resets_total": sum(self.resets.values()),
+            **{f"resets.{r}": n for r, n in sorted(self.resets.items())},
+            "partial_resets": self.partial_resets,
+            "last_reset_reason": self.last_reset[0] if self.last_reset else "",
+            "last_reset_stamp": self.last_reset[1] * 1e-9 if self.last_reset else "",
+            **{f"health.{k}": v for k, v in health.items()},
+        })
+
+        # inputs: rate (node clock) and age of the newest stamp
+        used = {"lidar": cfg.sensors.use_lidar, "radar": cfg.sensors.use_radar,
+                "camera_image": cfg.sensors.use_camera, "camera_info": cfg.sensors.use_camera, "tf": True}
+        for name, st in self.stats.items():
+            if not used[name]:
+                continue
+            age = st.age_s(now)
+            level, msg = OK, "ok"
+            if st.received == 0:
+                level, msg = (ERROR if name == "lidar" else WARN), "no data"
+            elif age > cfg.reset.sensor_dropout_s:
+                level, msg = (ERROR if name == "lidar" else WARN), f"silent for {age:.1f} s"
+            status(f"sensor {name}", level, msg, {
+                "rate_hz": st.rate_hz(), "age_s": age, "received": st.received, "rejected": st.rejected,
+            })
+
+        # latency: per stage (compute) and sensor stamp -> publication (what downstream sees)
+        lat = {}
+        for stage, xs in sorted(self.stage_ms.items()):
+            lat[f"{stage}_ms.last"] = xs[-1]
+            lat[f"{stage}_ms.p50"] = float(np.percentile(xs, 50))
+            lat[f"{stage}_ms.p99"] = float(np.percentile(xs, 99))
+        level, msg = OK, "no frame yet"
+        if self.pipeline_latency_ms:
+            xs = self.pipeline_latency_ms
+            p50 = float(np.percentile(xs, 50))
+            lat.update({"pipeline_latency_ms.last": xs[-1], "pipeline_latency_ms.p50": p50,
+                        "pipeline_latency_ms.p99": float(np.percentile(xs, 99))})
+            msg = f"pipeline latency p50 {p50:.1f} ms"
+            if p50 > cfg.diagnostics.latency_error_ms:
+                level = ERROR
+            elif p50 > cfg.diagnostics.latency_warn_ms:
+                level = WARN
+        status("latency", level, msg, lat)
+
+        # input problems: WARN while any flag was raised recently
+        t = time.monotonic()
+        recent = sorted(k for k, last in self._flag_last.items() if t - last < FLAG_RECENT_S)
+        msg = ("recent input problems: " + ", ".join(recent)) if recent else "no recent input problems"
+        status("input", WARN if recent else OK, msg, {
+            **{f"flags.{k}": n for k, n in sorted(self.flags.items())},
+            **{f"last.{k}": self._flag_text[k] for k in recent},
+        })
+        return diagnostic_array(statuses, now)
+
+    def summary(self) -> str:
+        received = ", ".join(f"{k} {v.received} (rejected {v.rejected})" for k, v in self.stats.items())
+        resets = ", ".join(f"{k} {n}" for k, n in sorted(self.resets.items())) or "none"
+        return (f"{self.frames_processed} frames processed, {self.frames_dropped_busy} dropped while busy; "
+                f"received: {received}; resets: {resets}")
+
+    def destroy_node(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def _params_files(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--params-file"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script `perception_node`. Without ``--params-file`` the packaged YAML is used."""
+    argv = list(sys.argv if argv is None else argv)
+    files = _params_files(argv)
+    if not files and (default := default_config_path()) is not None:
+        argv += (["--ros-args"] if "--ros-args" not in argv else []) + ["--params-file", str(default)]
+        files = [str(default)]
+    # Validate the files before rclpy reads them: rclpy ignores unknown keys (a typo would silently
+    # fall back to a default) and its type errors do not name the field.
+    for path in files:
+        try:
+            PerceptionConfig.from_yaml(path)
+        except ConfigError as exc:
+            print(f"{NODE_NAME}: invalid configuration: {exc}", file=sys.stderr)
+            return 2
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = PerceptionNode()
+        rclpy.spin(node)
+    except ConfigError as exc:
+        print(f"{NODE_NAME}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            # Printed, not logged: after Ctrl-C the context (and with it /rosout) is already shut down.
+            print(f"[{NODE_NAME}] shutting down: {node.summary()}", file=sys.stderr, flush=True)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Fused GPU step: ego-motion warp of the previous SSM state + selective state update in one kernel.
+
+Written by hand (Triton) because no library does this: the stock mamba-ssm step reads a state that
+something else has already warped (grid_sample: one full read and write of the state) and wants it
+cell-major, so the layout change costs two more passes. Here each program takes a block of cells
+of one head, gathers each cell's previous state at its SE(2)-shifted source position straight from
+the previous frame's cell-aligned tensor ([B, S, H, W], cells contiguous -> coalesced loads for
+the common near-translation motion), updates it and writes the new state and the gated output:
+the state is read once and written once, which is the bandwidth floor of the step.
+
+Sampling matches temporal/warp.py: source (fi, fj) = affine(i, j) of the current cell index;
+bilinear with edge clamping ('border') for sources inside the previous grid's extent, exactly zero
+outside; 'nearest' rounds half to even; a cell-aligned motion (integer shift, multiple of 90
+degrees) is sampled with 'nearest' so values move bit-exactly. The update is the one of
+temporal/mamba.py (``MambaCore._ssm_step_reference``). Inference only (no backward).
+
+On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before importing triton),
+which the tests use to check it against the reference warp + step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+try:  # Triton is optional: only this backend needs it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+
+_ALIGN_TOL = 1e-4  # same tolerance as temporal/warp.py: sources this close to centres are aligned
+BLOCK_CELLS = 128
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def warp_params(T_prev_cur, grid, batch: int, mode: str = "bilinear") -> tuple[Tensor, bool]:
+    """SE(2) motion -> (affine [B, 6] float32 on CPU, bilinear?) for ``fused_warp_step``.
+
+    The affine maps a current cell index (i, j) to its fractional source index in the previous
+    grid: fi = a0 i + a1 j + a2, fj = a3 i + a4 j + a5 (same geometry as warp.source_indices)."""
+    from ssm_perception.temporal.warp import _as_se2_batch
+
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if grid is None:
+        raise ValueError("warp_params needs the BevGrid the state lives on")
+    se2 = _as_se2_batch(T_prev_cur, batch)  # [B, 3] float64 (dx, dy, dyaw)
+    c, s = torch.cos(se2[:, 2]), torch.sin(se2[:, 2])
+    r, x0, y0 = grid.resolution, grid.x_min, grid.y_min
+    # x = x0 + (i + .5) r; x' = c x - s y + dx; fi = (x' - x0) / r - .5   (and likewise for j)
+    a2 = 0.5 * c - 0.5 * s + (c * x0 - s * y0 + se2[:, 0] - x0) / r - 0.5
+    a5 = 0.5 * s + 0.5 * c + (s * x0 + c * y0 + se2[:, 1] - y0) / r - 0.5
+    aff = torch.stack([c, -s, a2, s, c, a5], 1)  # float64 [B, 6]
+    lin = aff[:, [0, 1, 3, 4]]
+    off = aff[:, [2, 5]]
+    aligned = bool(((lin - lin.round()).abs() < 1e-9).all() and ((off - off.round()).abs() < _ALIGN_TOL).all())
+    if aligned:  # integer coefficients: every source is a cell centre -> move values exactly
+        aff = aff.round()
+    return aff.to(torch.float32), (mode == "bilinear" and not aligned)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_half_even(f):
+        r = tl.floor(f + 0.5)
+        tie = (r - f) == 0.5
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        return tl.where(tie & odd, r - 1.0, r)
+
+    @triton.jit
+    def _fused_warp_step_kernel(
+        prev_ptr, new_ptr, y_ptr, x_ptr, z_ptr, b_ptr, c_ptr, step_ptr, a_ptr, d_ptr, aff_ptr, reset_ptr,
+        H, W, HW,
+        s_prev_b, s_new_b, s_y_b, s_x_b, s_z_b, s_b_b, s_c_b, s_step_b,
+        NHEADS: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr, NGROUPS: tl.constexpr,
+        WARP: tl.constexpr, BILINEAR: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        h = tl.program_id(1)
+        bi = tl.program_id(2).to(tl.int64)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)  # cell index i * W + j
+        m = offs < HW
+        n = tl.arange(0, DSTATE)
+        g = h // (NHEADS // NGROUPS)
+        head_ch = h * HEADDIM * DSTATE  # first state channel of this head
+
+        step = tl.load(step_ptr + bi * s_step_b + h * HW + offs, mask=m, other=0.0)
+        a = tl.load(a_ptr + h)
+        dd = tl.load(d_ptr + h)
+        decay = tl.exp(step * a)
+        bt = tl.load(b_ptr + bi * s_b_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None], other=0.0)
+        ct = tl.load(c_ptr + bi * s_c_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None], other=0.0)
+
+        if WARP:
+            fi_ = (offs // W).to(tl.float32)
+            fj_ = (offs % W).to(tl.float32)
+            a0 = tl.load(aff_ptr + bi * 6 + 0)
+            a1 = tl.load(aff_ptr + bi * 6 + 1)
+            a2 = tl.load(aff_ptr + bi * 6 + 2)
+            a3 = tl.load(aff_ptr + bi * 6 + 3)
+            a4 = tl.load(aff_ptr + bi * 6 + 4)
+            a5 = tl.load(aff_ptr + bi * 6 + 5)
+            fi = a0 * fi_ + a1 * fj_ + a2  # source index along H (x)
+            fj = a3 * fi_ + a4 * fj_ + a5  # source index along W (y)
+            hf = H * 1.0
+            wf = W * 1.0
+            if BILINEAR:
+                inside = m & (fi > -0.5) & (fi < hf - 0.5) & (fj > -0.5) & (fj < wf - 0.5)
+                fi = tl.minimum(tl.maximum(fi, 0.0), hf - 1.0)  # 'border' inside the extent
+                fj = tl.minimum(tl.maximum(fj, 0.0), wf - 1.0)
+                i0f = tl.floor(fi)
+                j0f = tl.floor(fj)
+                wi1 = fi - i0f
+                wj1 = fj - j0f
+                i0 = i0f.to(tl.int32)
+                j0 = j0f.to(tl.int32)
+                ok_i1 = (i0 + 1) < H
+                ok_j1 = (j0 + 1) < W
+                m00 = inside
+                m01 = inside & ok_j1
+                m10 = inside & ok_i1
+                m11 = inside & ok_i1 & ok_j1
+                w00 = (1.0 - wi1) * (1.0 - wj1)
+                w01 = (1.0 - wi1) * wj1
+                w10 = wi1 * (1.0 - wj1)
+                w11 = wi1 * wj1
+                src00 = i0 * W + j0
+                src01 = src00 + 1
+                src10 = src00 + W
+                src11 = src10 + 1
+            else:
+                ri = _round_half_even(fi)
+                rj = _round_half_even(fj)
+                inside = m & (ri > -0.5) & (ri < hf - 0.5) & (rj > -0.5) & (rj < wf - 0.5)
+                src = tl.where(inside, ri.to(tl.int32) * W + rj.to(tl.int32), 0)
+        if HAS_RESET:
+            rst = tl.load(reset_ptr + bi * HW + offs, mask=m, other=0) != 0
+
+        prev_base = prev_ptr + bi * s_prev_b + head_ch * HW
+        new_base = new_ptr + bi * s_new_b + head_ch * HW
+        for p in tl.static_range(HEADDIM):
+            ch = ((p * DSTATE + n) * HW)[None, :]  # [1, N] channel offsets inside this head
+            if WARP:
+                if BILINEAR:
+                    old = w00[:, None] * tl.load(prev_base + ch + src00[:, None], mask=m00[:, None], other=0.0)
+                    old += w01[:, None] * tl.load(prev_base + ch + src01[:, None], mask=m01[:, None], other=0.0)
+                    old += w10[:, None] * tl.load(prev_base + ch + src10[:, None], mask=m10[:, None], other=0.0)
+                    old += w11[:, None] * tl.load(prev_base + ch + src11[:, None], mask=m11[:, None], other=0.0)
+                else:
+                    old = tl.load(prev_base + ch + src[:, None], mask=inside[:, None], other=0.0)
+            else:
+                old = tl.load(prev_base + ch + offs[:, None], mask=m[:, None], other=0.0)
+            if HAS_RESET:
+                old = tl.where(rst[:, None], 0.0, old)
+            xp = tl.load(x_ptr + bi * s_x_b + (h * HEADDIM + p) * HW + offs, mask=m, other=0.0)
+            new = old * decay[:, None] + (step * xp)[:, None] * bt
+            tl.store(new_base + ch + offs[:, None], new, mask=m[:, None])
+            yp = tl.sum(new * ct, axis=1) + dd * xp
+            zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=m, other=0.0)
+            yp = yp * zp * tl.sigmoid(zp)
+            tl.store(y_ptr + bi * s_y_b + (h * HEADDIM + p) * HW + offs, yp, mask=m)
+
+
+def _cell_aligned(t: Tensor) -> Tensor:
+    """The kernel wants channel stride H*W and cell stride 1 (any batch stride): channel slices of
+    a contiguous [B, C, H, W] tensor already are; anything else is made contiguous."""
+    _, _, hh, ww = t.shape
+    if t.stride(3) == 1 and t.stride(2) == ww and t.stride(1) == hh * ww and t.dtype == torch.float32:
+        return t
+    return t.float().contiguous()
+
+
+def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor, step: Tensor, A: Tensor,
+                    D: Tensor, nheads: int, headdim: int, d_state: int, ngroups: int,
+                    warp: tuple[Tensor, bool] | None = None, reset_mask: Tensor | None = None,
+                    out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """One fused step. h_prev [B, S, H, W] is the previous frame's state (not yet warped when
+    ``warp`` = (affine [B, 6], bilinear) from ``warp_params`` is given; None = no motion);
+    z, xs [B, nheads*headdim, H, W]; b, c [B, ngroups*d_state, H, W]; step [B, nheads, H, W];
+    A, D [nheads]; reset_mask [B, H, W] bool in the current frame (cleared before the update).
+    Returns y [B, nheads*headdim, H, W] (gated) and the new state [B, S, H, W].
+    ``out`` = (y, h_new) preallocated buffers (CUDA graphs); h_new must not alias h_prev."""
+    if triton is None:
+        raise RuntimeError("model.backend 'fused' needs the 'triton' package (pip install triton)")
+    if not h_prev.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("model.backend 'fused' runs on a CUDA device (or on CPU under TRITON_INTERPRET=1)")
+    if d_state & (d_state - 1):
+        raise ValueError(f"model.backend 'fused' needs d_state to be a power of two, got {d_state}")
+    bsz, s, hh, ww = h_prev.shape
+    if s != nheads * headdim * d_state:
+        raise ValueError(f"state has {s} channels, expected nheads*headdim*d_state = {nheads * headdim * d_state}")
+    hw = hh * ww
+    dev = h_prev.device
+    h_prev = _cell_aligned(h_prev)
+    z, xs, b, c, step = (_cell_aligned(t) for t in (z, xs, b, c, step))
+    if out is None:
+        y = torch.empty(bsz, nheads * headdim, hh, ww, device=dev, dtype=torch.float32)
+        h_new = torch.empty_like(h_prev, memory_format=torch.contiguous_format)
+    else:
+        y, h_new = out
+    if warp is None:
+        aff, bilinear = torch.zeros(bsz, 6, device=dev), False
+    else:
+        aff, bilinear = warp
+        aff = aff.to(device=dev, dtype=torch.float32).reshape(bsz, 6).contiguous()
+    reset = None if reset_mask is None else reset_mask.to(device=dev).reshape(bsz, hw).to(torch.uint8).contiguous()
+    grid = (math.ceil(hw / BLOCK_CELLS), nheads, bsz)
+    _fused_warp_step_kernel[grid](
+        h_prev, h_new, y, xs, z, b, c, step, A.float().contiguous(), D.float().contiguous(), aff,
+        reset if reset is not None else aff,
+        hh, ww, hw,
+        h_prev.stride(0), h_new.stride(0), y.stride(0), xs.stride(0), z.stride(0), b.stride(0), c.stride(0),
+        step.stride(0),
+        NHEADS=nheads, HEADDIM=headdim, DSTATE=d_state, NGROUPS=ngroups,
+        WARP=warp is not None, BILINEAR=bool(bilinear), HAS_RESET=reset is not None, BLOCK=BLOCK_CELLS,
+    )
+    return y, h_new

@@ -1,0 +1,170 @@
+"""Per-frame health of the temporal state: is the memory still trustworthy?
+
+Checks: non-finite values; the state norm against a running (EMA) baseline; which cells have
+never been observed and how long each cell has gone unobserved (both maps are warped with the
+state so they stay attached to the world); time since each sensor was last seen.
+The monitor only reports (levels as in diagnostic_msgs: OK 0, WARN 1, ERROR 2) and suggests a
+stale-cell reset mask; the reset policy decides what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import torch
+from torch import Tensor
+
+from ssm_perception.bev.features import channel_index
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.config import ResetConfig
+from ssm_perception.temporal.base import State
+from ssm_perception.temporal.warp import warp_tensor
+
+
+class Level(IntEnum):
+    OK = 0
+    WARN = 1
+    ERROR = 2
+
+
+@dataclass
+class HealthReport:
+    level: Level
+    messages: list[str]
+    nonfinite: int  # non-finite values in the state
+    norm_mean: float  # mean per-cell L2 norm of the state (all tensors, all channels)
+    norm_max: float
+    norm_baseline: float  # EMA of norm_mean over healthy frames
+    norm_ratio: float  # norm_mean / baseline (1.0 while warming up)
+    never_observed_fraction: float  # cells no sensor has observed since their last reset
+    stale_cells: int  # observed before, but not for longer than reset.unobserved_cell_reset_s
+    sensor_age_s: dict[str, float] = field(default_factory=dict)  # inf: never seen
+
+
+def observed_from_features(features: Tensor) -> Tensor:
+    """features [B, C, H, W] (FEATURE_CHANNELS layout) -> [B, H, W] bool: cells a sensor observed
+    this frame (a LiDAR return or free ray, a radar detection, or inside the camera frustum)."""
+    f = features
+    return (
+        (f[:, channel_index("lidar_log_count")] > 0)
+        | (f[:, channel_index("lidar_free")] > 0.5)
+        | (f[:, channel_index("radar_log_count")] > 0)
+        | (f[:, channel_index("camera_visible")] > 0.5)
+    )
+
+
+class StateHealthMonitor:
+    def __init__(
+        self,
+        grid: BevGrid,
+        reset: ResetConfig | None = None,
+        sensors: tuple[str, ...] = ("lidar", "radar", "camera"),
+        ema: float = 0.1,
+        warmup_frames: int = 10,
+        never_observed_warn: float = 0.9,
+    ):
+        self.grid = grid
+        self.cfg = reset or ResetConfig()
+        self.sensors = sensors
+        self.ema, self.warmup_frames, self.never_observed_warn = ema, warmup_frames, never_observed_warn
+        self.frames = 0
+        self.baseline = 0.0
+        self.last_seen: dict[str, float] = {}
+        self.observed: Tensor | None = None  # [B, 1, H, W] 1 = observed since last reset
+        self.unobserved_s: Tensor | None = None  # [B, 1, H, W] seconds since last observation
+
+    def reset(self, mask: Tensor | None = None) -> None:
+        """Forget cells (mask [B, H, W] bool) or everything (None), in step with a state reset."""
+        if mask is None or self.observed is None:
+            self.observed = self.unobserved_s = None
+            self.frames, self.baseline = 0, 0.0
+            return
+        keep = (~mask.bool()).unsqueeze(1).to(self.observed.dtype)
+        self.observed = self.observed * keep
+        self.unobserved_s = self.unobserved_s * keep
+
+    def stale_mask(self) -> Tensor | None:
+        """[B, H, W] bool: cells observed once but not within reset.unobserved_cell_reset_s."""
+        if self.observed is None:
+            return None
+        return ((self.observed > 0.5) & (self.unobserved_s > self.cfg.unobserved_cell_reset_s))[:, 0]
+
+    def update(
+        self,
+        state: State,
+        stamp: float,
+        observed: Tensor | None = None,
+        sensors_seen: dict[str, bool] | None = None,
+        T_prev_cur=None,
+        dt: float = 0.0,
+    ) -> HealthReport:
+        """Call once per frame after the state update.
+
+        observed [B, H, W] bool (see observed_from_features); sensors_seen {name: bool};
+        T_prev_cur: the motion the state was warped with this frame (None = no motion);
+        dt: seconds since the previous frame (ages the per-cell timers)."""
+        msgs: list[str] = []
+        level = Level.OK
+        for name, seen in (sensors_seen or {}).items():
+            if seen:
+                self.last_seen[name] = stamp
+        ages = {s: (stamp - self.last_seen[s]) if s in self.last_seen else math.inf for s in self.sensors}
+
+        tensors = [v for v in state.values() if v.numel()]
+        nonfinite = int(sum(int((~torch.isfinite(v)).sum()) for v in tensors))
+        if tensors:
+            sq = sum(torch.nan_to_num(v.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).pow(2).sum(1)
+                     for v in tensors)
+            cell_norm = sq.sqrt()  # [B, H, W]
+            norm_mean, norm_max = float(cell_norm.mean()), float(cell_norm.max())
+        else:
+            norm_mean = norm_max = 0.0
+        warm = self.frames >= self.warmup_frames
+        ratio = norm_mean / max(self.baseline, 1e-6) if warm else 1.0
+        if nonfinite:
+            level = Level.ERROR
+            msgs.append(f"{nonfinite} non-finite values in the state")
+        if warm and ratio > self.cfg.state_norm_ratio:
+            level = Level.ERROR
+            msgs.append(f"state norm {norm_mean:.3g} is {ratio:.1f}x its baseline {self.baseline:.3g}")
+        elif warm and ratio > math.sqrt(self.cfg.state_norm_ratio):
+            level = max(level, Level.WARN)
+            msgs.append(f"state norm drifting: {ratio:.1f}x baseline")
+
+        self._track_cells(observed, T_prev_cur, dt, state)
+        never = float((self.observed <= 0.5).float().mean()) if self.observed is not None else 1.0
+        stale = self.stale_mask()
+        n_stale = int(stale.sum()) if stale is not None else 0
+        if warm and never > self.never_observed_warn:
+            level = max(level, Level.WARN)
+            msgs.append(f"{100 * never:.0f}% of cells never observed")
+        for s, age in ages.items():
+            if age > self.cfg.sensor_dropout_s:
+                bad = Level.ERROR if s == "lidar" else Level.WARN  # the LiDAR drives the frame
+                level = max(level, bad)
+                msgs.append(f"{s} not seen for {age:.2f} s" if math.isfinite(age) else f"{s} never seen")
+
+        norm_ok = nonfinite == 0 and ratio <= math.sqrt(self.cfg.state_norm_ratio)
+        if norm_ok:  # learn the baseline only from healthy frames
+            self.baseline = norm_mean if self.frames == 0 else (1 - self.ema) * self.baseline + self.ema * norm_mean
+        self.frames += 1
+        return HealthReport(Level(level), msgs, nonfinite, norm_mean, norm_max, self.baseline, ratio, never,
+                            n_stale, ages)
+
+    def _track_cells(self, observed: Tensor | None, T_prev_cur, dt: float, state: State) -> None:
+        b = next((v.shape[0] for v in state.values()), 1) if observed is None else observed.shape[0]
+        if self.observed is None or self.observed.shape[0] != b:
+            self.observed = torch.zeros(b, 1, self.grid.nx, self.grid.ny)
+            self.unobserved_s = torch.zeros(b, 1, self.grid.nx, self.grid.ny)
+        if T_prev_cur is not None:
+            # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
+            # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
+            both = warp_tensor(torch.cat([self.observed, self.unobserved_s], 1), T_prev_cur, self.grid)
+            self.observed, self.unobserved_s = both[:, :1], both[:, 1:]
+        self.unobserved_s = self.unobserved_s + float(max(dt, 0.0))
+        if observed is not None:
+            obs = observed.bool().unsqueeze(1).to(self.observed.device)
+            self.observed = torch.where(obs, torch.ones_like(self.observed), self.observed)
+            self.unobserved_s = torch.where(obs, torch.zeros_like(self.unobserved_s), self.unobserved_s)

@@ -1,0 +1,318 @@
+"""Mamba-2 style selective state space per BEV cell over time (the temporal core of the model).
+
+Every BEV cell runs its own selective SSM over the frame sequence; cells share the weights, and a
+depthwise 3x3 conv before and after the SSM block mixes neighbours a little (the SSM itself is
+strictly per cell, so its state is cell-aligned and the generic ego-motion warp applies to it).
+
+Per frame, per cell (shapes per cell; P = headdim, N = d_state, nheads = expand * d_model / P):
+
+    u   = in_proj(x) ;  u = u + dwconv3x3(u)                       # [d_model]
+    z, xs, B, C, dt_raw = split(mix_in(LayerNorm(u)))              # xs, B, C through SiLU
+    step_h = min(softplus(dt_raw_h + dt_bias_h) * clamp(dt / dt_nominal, 0, DT_RATIO_MAX), STEP_MAX)
+    h_h   <- exp(step_h * A_h) * h_h + step_h * xs_h (outer) B     # h_h [P, N], A_h = -exp(A_log_h) < 0
+    y_h   = (h_h @ C + D_h * xs_h) * silu(z_h)                      # [P]
+    u   = u + mix_out(RMSNorm(y)) ;  u = u + dwconv3x3(u) ;  out = LayerNorm(u)
+
+``dt`` is the time since the previous frame in seconds and ``dt_nominal`` = 0.1 s (the 10 Hz rate
+the model is trained at), so a frame twice as late decays the memory as much as two nominal frames
+(exp(2 * step * A)): larger gaps forget more. The gap ratio and the step are clamped, so a huge or
+infinite dt saturates to "forget almost everything" and never produces inf/NaN. Unlike Mamba the
+block has no short causal conv1d over time: the state is then only the SSM state, which keeps it
+small and cell-aligned (a conv window would add d_conv-1 past frames per cell that must be warped).
+
+State: ``{'ssm': [B, nheads * headdim * d_state, H, W]}`` fp32, channels ordered (head, p, n).
+
+Backends (``cfg.backend``), same parameters, same function:
+- 'reference': pure PyTorch (CPU and GPU); ``forward_sequence`` is a chunked SSD-style scan.
+- 'mamba_ssm': the stock Triton kernels of mamba-ssm (GPU; ``selective_state_update`` per step,
+  ``mamba_chunk_scan_combined`` with ``initial_states`` per sequence), see temporal/mamba_kernels.py.
+- 'fused': one Triton kernel per step that also gathers the ego-motion-warped previous state,
+  see temporal/fused_step.py (inference only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssm_perception.config import ModelConfig
+from ssm_perception.temporal.base import State, TemporalCore, apply_reset, check_input, zeros_state
+
+DT_NOMINAL = 0.1  # [s] frame period the discretization is calibrated to
+DT_RATIO_MAX = 50.0  # gaps beyond 5 s count as 5 s (all memory is gone long before that)
+STEP_MAX = 10.0  # cap of the per-head step: exp(-10 * A) is below 5e-5 for every A <= -1
+SCAN_CHUNK = 16  # time chunk of the parallel scan (the stock kernels want 8-16 for short sequences)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each cell of a [B, C, H, W] tensor (no permute needed)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).square().mean(1, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def rms_norm_channels(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """RMSNorm over dim 1 of [B, C, ...]."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return x * torch.rsqrt(x.square().mean(1, keepdim=True) + eps) * weight.view(shape)
+
+
+def segsum(a: Tensor) -> Tensor:
+    """a [..., T] -> [..., T, T] with out[i, j] = sum_{k=j+1..i} a_k for i >= j, -inf above.
+
+    Built from a masked cumsum instead of cumsum differences, so a -inf entry (a reset) gives
+    -inf for the segments that cross it and never inf - inf = NaN."""
+    t = a.shape[-1]
+    a = a.unsqueeze(-1).expand(*a.shape, t)  # [..., T(k), T(j)]
+    strict = torch.tril(torch.ones(t, t, dtype=torch.bool, device=a.device), diagonal=-1)
+    a = a.masked_fill(~strict, 0.0)
+    out = torch.cumsum(a, dim=-2)
+    lower = torch.tril(torch.ones(t, t, dtype=torch.bool, device=a.device))
+    return out.masked_fill(~lower, -math.inf)
+
+
+def ssd_scan(x: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h0: Tensor, chunk: int = SCAN_CHUNK):
+    """Chunked parallel form of h_t = exp(log_a_t) h_{t-1} + x_t (outer) b_t, y_t = h_t c_t.
+
+    x [N, T, nh, P] (already scaled by the step), log_a [N, T, nh] (-inf = reset before the step),
+    b, c [N, T, nh, Ns], h0 [N, nh, P, Ns] -> y [N, T, nh, P], final state [N, nh, P, Ns].
+    Quadratic inside chunks of ``chunk`` frames, a recurrence over chunk states between them
+    (the SSD "minimal" algorithm of Mamba-2, written out here for the per-cell layout)."""
+    n, t, nh, p = x.shape
+    k = -(-t // chunk)
+    pad = k * chunk - t
+    if pad:  # padded steps: decay 1, no input -> the state passes through unchanged
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        b = F.pad(b, (0, 0, 0, 0, 0, pad))
+        c = F.pad(c, (0, 0, 0, 0, 0, pad))
+        log_a = F.pad(log_a, (0, 0, 0, pad))
+    x = x.view(n, k, chunk, nh, p)
+    b = b.view(n, k, chunk, nh, -1)
+    c = c.view(n, k, chunk, nh, -1)
+    a = log_a.view(n, k, chunk, nh).permute(0, 3, 1, 2)  # [N, nh, K, L]
+    a_cum = torch.cumsum(a, -1)
+    decay = torch.exp(segsum(a))  # [N, nh, K, L(l), L(s)]
+    # 1. inside each chunk: y_l += sum_{s<=l} (c_l . b_s) decay(l, s) x_s
+    cb = torch.einsum("nklhd,nkshd->nhkls", c, b)
+    y = torch.einsum("nhkls,nkshp->nklhp", cb * decay, x)
+    # 2. each chunk's own contribution to the state at its end
+    states = torch.einsum("nklhd,nhkl,nklhp->nkhpd", b, decay[..., -1, :], x)
+    # 3. carry states across chunks, starting from h0
+    states = torch.cat([h0.unsqueeze(1), states], 1)  # [N, K+1, nh, P, Ns]
+    chunk_decay = torch.exp(segsum(F.pad(a_cum[..., -1], (1, 0))))  # [N, nh, K+1, K+1]
+    states = torch.einsum("nhzc,nchpd->nzhpd", chunk_decay, states)
+    start, final = states[:, :-1], states[:, -1]
+    # 4. the state entering each chunk, decayed to each position, read out with c
+    y = y + torch.einsum("nklhd,nkhpd,nhkl->nklhp", c, start, torch.exp(a_cum))
+    return y.reshape(n, k * chunk, nh, p)[:, :t], final
+
+
+class MambaCore(TemporalCore):
+    """Selective SSM per BEV cell (see the module docstring). out_channels = cfg.d_model."""
+
+    def __init__(self, in_channels: int, cfg: ModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        self.in_channels = in_channels
+        self.out_channels = d_model = cfg.d_model
+        self.d_inner = d_inner = cfg.expand * d_model
+        if d_inner % cfg.headdim:
+            raise ValueError(f"model.expand * model.d_model ({d_inner}) must be divisible by model.headdim ({cfg.headdim})")
+        self.headdim = cfg.headdim
+        self.d_state = cfg.d_state
+        self.nheads = d_inner // cfg.headdim
+        self.ngroups = 1  # B and C shared by all heads, as in Mamba-2's default
+        self.backend = cfg.backend
+
+        self.in_proj = nn.Conv2d(in_channels, d_model, 1)
+        self.dw_pre = nn.Conv2d(d_model, d_model, 3, padding=1, groups=d_model)
+        self.norm = ChannelLayerNorm(d_model)
+        # z, xs, B, C, dt_raw
+        self.mix_in = nn.Conv2d(d_model, 2 * d_inner + 2 * self.ngroups * self.d_state + self.nheads, 1, bias=False)
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1.0, 16.0)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        # Mamba's dt init: step ~ log-uniform in [1e-3, 1e-1] at the nominal rate; dt_bias = softplus^-1.
+        step0 = torch.exp(torch.empty(self.nheads).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(step0 + torch.log(-torch.expm1(-step0)))
+        self.gate_norm_weight = nn.Parameter(torch.ones(d_inner))
+        self.mix_out = nn.Conv2d(d_inner, d_model, 1, bias=False)
+        self.dw_post = nn.Conv2d(d_model, d_model, 3, padding=1, groups=d_model)
+        self.norm_out = ChannelLayerNorm(d_model)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def state_channels(self) -> int:
+        return self.nheads * self.headdim * self.d_state
+
+    def state_bytes_per_cell(self) -> int:
+        return 4 * self.state_channels
+
+    def init_state(self, batch: int, height: int, width: int, device=None) -> State:
+        return zeros_state({"ssm": self.state_channels}, batch, height, width, device)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _pre(self, x: Tensor) -> Tensor:
+        u = self.in_proj(x)
+        return u + self.dw_pre(u)  # u [B, d_model, H, W]
+
+    def _project(self, u: Tensor, dt: Tensor):
+        """u [B, d_model, H, W], dt [B] -> z, xs [B, d_inner, H, W]; b, c [B, G*N, H, W];
+        step [B, nheads, H, W] (already dt-scaled and clamped)."""
+        proj = self.mix_in(self.norm(u))
+        gn = self.ngroups * self.d_state
+        z, xbc, dt_raw = torch.split(proj, [self.d_inner, self.d_inner + 2 * gn, self.nheads], 1)
+        xs, b, c = torch.split(F.silu(xbc), [self.d_inner, gn, gn], 1)
+        step = F.softplus(dt_raw + self.dt_bias.view(1, -1, 1, 1)) * self.dt_ratio(dt).view(-1, 1, 1, 1)
+        return z, xs, b, c, step.clamp(max=STEP_MAX)
+
+    @staticmethod
+    def dt_ratio(dt: Tensor) -> Tensor:
+        """dt [B] seconds -> dt / dt_nominal, clamped to [0, DT_RATIO_MAX]; NaN counts as 0 (no update)."""
+        dt = torch.as_tensor(dt, dtype=torch.float32)
+        return torch.nan_to_num(dt / DT_NOMINAL, nan=0.0, posinf=DT_RATIO_MAX).clamp(0.0, DT_RATIO_MAX)
+
+    def A(self) -> Tensor:
+        return -torch.exp(self.A_log.float())  # [nheads], < 0
+
+    def _post(self, u: Tensor, y: Tensor) -> Tensor:
+        """u [B, d_model, H, W] residual stream, y [B, d_inner, H, W] gated SSM output -> [B, d_model, H, W]."""
+        u = u + self.mix_out(rms_norm_channels(y, self.gate_norm_weight))
+        u = u + self.dw_post(u)
+        return self.norm_out(u)
+
+    # ------------------------------------------------------------------ streaming
+    def step(self, x: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None) -> tuple[Tensor, State]:
+        check_input(self, x)
+        dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
+        if self.backend == "fused":
+            return self.warp_step(x, state, None, dt, reset_mask)
+        state = apply_reset(state, reset_mask)
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        if self.backend == "reference":
+            y, h = self._ssm_step_reference(state["ssm"], z, xs, b, c, step)
+        elif self.backend == "mamba_ssm":
+            self._check_inference("mamba_ssm")
+            from ssm_perception.temporal import mamba_kernels
+
+            y, h = mamba_kernels.step(self, state["ssm"], z, xs, b, c, step)
+        else:
+            raise ValueError(f"unknown model.backend {self.backend!r}")
+        return self._post(u, y), {"ssm": h}
+
+    def _ssm_step_reference(self, h: Tensor, z, xs, b, c, step) -> tuple[Tensor, Tensor]:
+        """One state update in the cell-aligned layout. h [B, S, H, W] -> y [B, d_inner, H, W], h'."""
+        bsz, _, hh, ww = h.shape
+        nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
+        h = h.view(bsz, g, nh // g, p, n, hh, ww)
+        step = step.view(bsz, g, nh // g, 1, 1, hh, ww)
+        decay = torch.exp(step * self.A().view(1, g, nh // g, 1, 1, 1, 1))
+        xs_h = xs.view(bsz, g, nh // g, p, 1, hh, ww)
+        b = b.view(bsz, g, 1, 1, n, hh, ww)
+        c = c.view(bsz, g, 1, 1, n, hh, ww)
+        h_new = h * decay
+        h_new.addcmul_(step * xs_h, b)  # + step * xs (outer) B, in place on the fresh tensor
+        y = (h_new * c).sum(4) + self.D.view(1, g, nh // g, 1, 1, 1) * xs_h.squeeze(4)
+        y = y.reshape(bsz, self.d_inner, hh, ww) * F.silu(z)
+        return y, h_new.view(bsz, -1, hh, ww)
+
+    def warp_step(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None = None,
+                  grid=None, mode: str = "bilinear") -> tuple[Tensor, State]:
+        """Warp the previous frame's state into the current frame and step, in one call.
+
+        T_prev_cur and grid as for temporal.warp.warp_state (None = no motion). The 'fused' backend
+        gathers the warped state inside its kernel (one pass over the state); the others call
+        warp_state and then ``step``."""
+        dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
+        if self.backend != "fused":
+            if T_prev_cur is not None:
+                from ssm_perception.temporal.warp import warp_state
+
+                prev_state = warp_state(prev_state, T_prev_cur, grid, mode)
+            return self.step(x, prev_state, dt, reset_mask)
+        check_input(self, x)
+        self._check_inference("fused")
+        from ssm_perception.temporal import fused_step
+
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        warp = None if T_prev_cur is None else fused_step.warp_params(T_prev_cur, grid, x.shape[0], mode)
+        y, h = fused_step.fused_warp_step(prev_state["ssm"], z, xs, b, c, step, self.A(), self.D.float(),
+                                          self.nheads, self.headdim, self.d_state, self.ngroups, warp, reset_mask)
+        return self._post(u, y), {"ssm": h}
+
+    def _check_inference(self, name: str) -> None:
+        if torch.is_grad_enabled() and any(q.requires_grad for q in self.parameters()):
+            raise RuntimeError(
+                f"model.backend {name!r}: the streaming step is inference-only (no gradients); call it under "
+                "torch.no_grad() / torch.inference_mode(), or train with backend 'reference' or with "
+                "forward_sequence on 'mamba_ssm'"
+            )
+
+    # ------------------------------------------------------------------ parallel over time
+    def forward_sequence(self, xs: Tensor, dts: Tensor, reset_masks: Tensor | None = None,
+                         state: State | None = None) -> tuple[Tensor, State]:
+        """xs [T, B, C_in, H, W], dts [T, B] -> ys [T, B, d_model, H, W], final state.
+
+        Equals T calls of ``step`` (fp32: max abs difference ~1e-5 on outputs, see the tests).
+        The 'fused' backend has no parallel form and steps; 'mamba_ssm' steps when resets occur
+        inside the sequence (the stock chunk scan cannot reset single cells mid-sequence)."""
+        t, bsz, cin, hh, ww = xs.shape
+        if cin != self.in_channels:
+            raise ValueError(f"MambaCore: expected xs [T, B, {self.in_channels}, H, W], got {tuple(xs.shape)}")
+        if state is None:
+            state = self.init_state(bsz, hh, ww, xs.device)
+        has_resets = reset_masks is not None and bool(reset_masks.any())
+        if self.backend == "fused" or (self.backend == "mamba_ssm" and has_resets):
+            return super().forward_sequence(xs, dts, reset_masks, state)
+        dts = torch.as_tensor(dts, device=xs.device).reshape(t, -1).expand(t, bsz)
+        u = self._pre(xs.reshape(t * bsz, cin, hh, ww))
+        z, x_in, b, c, step = self._project(u, dts.reshape(t * bsz))
+        nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
+
+        def cells(v: Tensor, *tail: int) -> Tensor:  # [T*B, C, H, W] -> [B*H*W, T, *tail]
+            return v.view(t, bsz, -1, hh * ww).permute(1, 3, 0, 2).reshape(bsz * hh * ww, t, *tail)
+
+        h0 = state["ssm"].view(bsz, nh, p, n, hh * ww).permute(0, 4, 1, 2, 3).reshape(-1, nh, p, n)
+        if reset_masks is not None:
+            h0 = torch.where(reset_masks[0].reshape(-1, 1, 1, 1), torch.zeros((), device=h0.device), h0)
+        if self.backend == "reference":
+            step_c = cells(step, nh)  # [N, T, nh]
+            log_a = step_c * self.A()
+            if has_resets:  # reset before the update at t == decay 0 at t (first frame: h0 already cleared)
+                r = reset_masks.view(t, bsz, hh * ww).permute(1, 2, 0).reshape(-1, t).clone()
+                r[:, 0] = False
+                log_a = torch.where(r.unsqueeze(-1), torch.full((), -math.inf, device=log_a.device), log_a)
+            x_c = cells(x_in, nh, p)
+            b_c = cells(b, g, n).repeat_interleave(nh // g, dim=2)
+            c_c = cells(c, g, n).repeat_interleave(nh // g, dim=2)
+            y, h_final = ssd_scan(x_c * step_c.unsqueeze(-1), log_a, b_c, c_c, h0)
+            y = (y + self.D.view(1, 1, nh, 1) * x_c) * F.silu(cells(z, nh, p))
+        elif self.backend == "mamba_ssm":
+            from ssm_perception.temporal import mamba_kernels
+
+            y, h_final = mamba_kernels.sequence(self, cells(x_in, nh, p), cells(step, nh), cells(b, g, n),
+                                                cells(c, g, n), cells(z, nh, p), h0)
+        else:
+            raise ValueError(f"unknown model.backend {self.backend!r}")
+        # y [N, T, nh, P] -> [T*B, d_inner, H, W]
+        y = y.reshape(bsz, hh * ww, t, self.d_inner).permute(2, 0, 3, 1).reshape(t * bsz, self.d_inner, hh, ww)
+        out = self._post(u, y).view(t, bsz, self.d_model_out, hh, ww)
+        h_final = h_final.reshape(bsz, hh * ww, -1).permute(0, 2, 1).reshape(bsz, -1, hh, ww)
+        return out, {"ssm": h_final.contiguous()}
+
+    @property
+    def d_model_out(self) -> int:
+        return self.out_channels

@@ -1,0 +1,234 @@
+"""When to reset the temporal state (sequence-models-for-av section 13), and which cells.
+
+A state that persists through a discontinuity makes confidently wrong predictions, so the policy
+resets the whole state on: start of route, time going backwards (bag loop, sim-time reset), time
+not advancing, a gap longer than ``max_time_gap_s``, a localization jump in odom -> base_link
+(displacement beyond ``max_speed_mps * dt + pose_jump_m`` or a yaw step beyond
+``pose_jump_yaw_rad``), an invalid pose, LiDAR silence longer than ``sensor_dropout_s``, a
+non-finite state, a signalled zone change, and an explicit request (the node's ~/reset service).
+
+It also resets *cells*: memory of a cell nobody has observed for ``unobserved_cell_reset_s`` is
+stale. The policy keeps a per-cell age grid (seconds since last observed) [H, W] that moves with
+the state (same ego-motion warp), or takes one from the caller.
+
+Every reset is logged with its reasons (std ``logging``) and counted per reason in ``counts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ssm_perception.config import GridConfig, ResetConfig
+from ssm_perception.geometry import wrap_angle
+
+log = logging.getLogger(__name__)
+NS = 1_000_000_000
+
+# Reason keys (stable strings: counted, logged, shown in diagnostics).
+ROUTE_START = "route_start"
+TIME_BACKWARDS = "time_backwards"
+TIME_NOT_ADVANCING = "time_not_advancing"
+TIME_GAP = "time_gap"
+LOCALIZATION_JUMP = "localization_jump"
+INVALID_POSE = "invalid_pose"
+SENSOR_DROPOUT = "sensor_dropout"
+NON_FINITE_STATE = "non_finite_state"
+ZONE_CHANGE = "zone_change"
+REQUESTED = "requested"
+UNOBSERVED_CELLS = "unobserved_cells"  # partial reset
+FULL_RESET_REASONS = (ROUTE_START, TIME_BACKWARDS, TIME_NOT_ADVANCING, TIME_GAP, LOCALIZATION_JUMP,
+                      INVALID_POSE, SENSOR_DROPOUT, NON_FINITE_STATE, ZONE_CHANGE, REQUESTED)
+
+
+@dataclass
+class ResetDecision:
+    full: bool  # reset every cell (and drop the previous frame's pose for the warp)
+    reasons: list[str] = field(default_factory=list)  # keys above; empty when nothing happens
+    cell_mask: Tensor | None = None  # [H, W] bool, cells to reset (only when not full)
+    details: list[str] = field(default_factory=list)  # one human-readable line per reason
+    dt_s: float | None = None  # seconds since the previous frame (None on a full reset)
+    T_prev_cur: np.ndarray | None = None  # 4x4 motion of base_link since the previous frame
+
+    @property
+    def any(self) -> bool:
+        return self.full or self.cell_mask is not None
+
+
+class ResetPolicy:
+    """Decides per frame whether to reset the temporal state, fully or for stale cells.
+
+    Args:
+        cfg: thresholds (config.ResetConfig).
+        grid: the BEV grid (config.GridConfig or bev.grid.BevGrid). Needed only for the partial
+            reset with the internally kept age grid; without it, pass ``cell_age_s`` to ``decide``.
+    """
+
+    def __init__(self, cfg: ResetConfig | None = None, grid=None):
+        self.cfg = cfg or ResetConfig()
+        self.grid = _as_bev_grid(grid) if grid is not None else None
+        self.counts: Counter[str] = Counter()
+        self.last_decision: ResetDecision | None = None
+        self._pending: list[str] = []  # explicit requests since the last frame
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the previous frame (the next decision is a route start); counters are kept."""
+        self._prev_stamp: int | None = None
+        self._prev_pose: np.ndarray | None = None
+        self._last_lidar: int | None = None
+        self._zone: str | None = None
+        self._age: Tensor | None = None  # [1, 1, H, W] seconds since each cell was observed
+
+    def request_reset(self, reason: str = "") -> None:
+        """Queue an explicit reset for the next frame (the ~/reset service)."""
+        self._pending.append(reason or "no reason given")
+
+    # ------------------------------------------------------------------ the decision
+    def decide(self, stamp_ns: int, T_odom_base, lidar_present: bool = True, state_finite: bool = True,
+               zone: str | None = None, requested: str | None = None,
+               cell_age_s: Tensor | None = None) -> ResetDecision:
+        """Decide for the frame at ``stamp_ns`` and advance the policy's memory to it.
+
+        ``T_odom_base``: 4x4 pose at the stamp. ``cell_age_s`` [H, W]: seconds since each cell
+        was observed, already in the current frame; if None, the internal age grid is used
+        (after ``observe`` has been called at least once).
+        """
+        stamp_ns = int(stamp_ns)
+        reasons: list[str] = []
+        details: list[str] = []
+
+        def add(key: str, text: str) -> None:
+            reasons.append(key)
+            details.append(text)
+
+        pose = np.asarray(T_odom_base, dtype=np.float64) if T_odom_base is not None else None
+        pose_ok = pose is not None and pose.shape == (4, 4) and bool(np.all(np.isfinite(pose)))
+        dt_s: float | None = None
+        motion: np.ndarray | None = None
+        c = self.cfg
+
+        if self._prev_stamp is None:
+            add(ROUTE_START, "first frame of the route")
+        else:
+            dt_ns = stamp_ns - self._prev_stamp
+            dt_s = dt_ns / NS
+            if dt_ns < 0:
+                add(TIME_BACKWARDS, f"time went backwards by {-dt_s:.3f} s (bag loop or clock reset)")
+            elif dt_ns == 0:
+                add(TIME_NOT_ADVANCING, "stamp equals the previous frame's (duplicate frame)")
+            elif dt_s > c.max_time_gap_s:
+                add(TIME_GAP, f"gap of {dt_s:.3f} s since the previous frame (limit {c.max_time_gap_s} s)")
+        if not pose_ok:
+            add(INVALID_POSE, "odom -> base_link pose is missing or not finite")
+        elif self._prev_stamp is not None and self._prev_pose is None:
+            add(INVALID_POSE, "previous frame had no valid pose: the ego motion since then is unknown")
+        elif dt_s is not None and dt_s > 0:
+            motion = np.linalg.solve(self._prev_pose, pose)  # T_prev_cur
+            dist = float(np.hypot(motion[0, 3], motion[1, 3]))
+            dyaw = abs(float(wrap_angle(math.atan2(motion[1, 0], motion[0, 0]))))
+            allowed = c.max_speed_mps * dt_s + c.pose_jump_m
+            if dist > allowed:
+                add(LOCALIZATION_JUMP, f"odom -> base_link moved {dist:.2f} m in {dt_s:.3f} s (allowed {allowed:.2f} m)")
+            elif dyaw > c.pose_jump_yaw_rad:
+                add(LOCALIZATION_JUMP, f"odom -> base_link yaw changed {dyaw:.3f} rad in {dt_s:.3f} s "
+                                       f"(limit {c.pose_jump_yaw_rad} rad)")
+        if self._last_lidar is not None and stamp_ns < self._last_lidar:
+            self._last_lidar = None  # time went backwards: the old LiDAR stamp means nothing now
+        if lidar_present:
+            if self._last_lidar is not None and (stamp_ns - self._last_lidar) / NS > c.sensor_dropout_s:
+                add(SENSOR_DROPOUT, f"no LiDAR for {(stamp_ns - self._last_lidar) / NS:.3f} s "
+                                    f"(limit {c.sensor_dropout_s} s)")
+            self._last_lidar = stamp_ns
+        elif self._last_lidar is not None and (stamp_ns - self._last_lidar) / NS > c.sensor_dropout_s:
+            add(SENSOR_DROPOUT, f"no LiDAR for {(stamp_ns - self._last_lidar) / NS:.3f} s "
+                                f"(limit {c.sensor_dropout_s} s)")
+        if not state_finite:
+            add(NON_FINITE_STATE, "the temporal state has NaN/Inf values")
+        if zone is not None:
+            if self._zone is not None and zone != self._zone:
+                add(ZONE_CHANGE, f"zone changed from {self._zone!r} to {zone!r}")
+            self._zone = zone
+        requests = self._pending + ([requested] if requested is not None else [])
+        self._pending = []
+        for r in requests:
+            add(REQUESTED, f"reset requested: {r}")
+
+        full = bool(reasons)
+        cell_mask = None
+        if full:
+            self._age = None if self.grid is None else self._zero_age()
+            dt_s, motion = None, None
+        else:
+            if cell_age_s is None and self._age is not None:
+                self._age = self._warp_age(self._age, motion) + dt_s
+                cell_age_s = self._age[0, 0]
+            if cell_age_s is not None:
+                stale = cell_age_s > c.unobserved_cell_reset_s
+                if bool(stale.any()):
+                    cell_mask = stale
+                    n = int(stale.sum())
+                    reasons.append(UNOBSERVED_CELLS)
+                    details.append(f"{n} cells unobserved for more than {c.unobserved_cell_reset_s} s")
+                    if self._age is not None:
+                        self._age[0, 0][stale] = 0.0  # their memory restarts from the initial state
+
+        self._prev_stamp = stamp_ns
+        self._prev_pose = pose if pose_ok else None
+        self.counts.update(reasons)
+        decision = ResetDecision(full, reasons, cell_mask, details, dt_s, motion)
+        self.last_decision = decision
+        self._log(stamp_ns, decision)
+        return decision
+
+    def observe(self, observed: Tensor) -> None:
+        """Mark the cells observed in the current frame ([H, W] bool, current grid): age -> 0."""
+        if self.grid is None:
+            raise ValueError("ResetPolicy.observe needs the grid (pass grid= to the constructor)")
+        if self._age is None:
+            self._age = self._zero_age()
+        obs = observed.to(torch.bool).reshape(self.grid.shape)
+        self._age[0, 0][obs.to(self._age.device)] = 0.0
+
+    @property
+    def cell_age_s(self) -> Tensor | None:
+        """[H, W] seconds since each cell was last observed (None before the first observe)."""
+        return None if self._age is None else self._age[0, 0]
+
+    # ------------------------------------------------------------------ internals
+    def _zero_age(self) -> Tensor:
+        return torch.zeros(1, 1, *self.grid.shape, dtype=torch.float32)
+
+    def _warp_age(self, age: Tensor, motion: np.ndarray | None) -> Tensor:
+        from ssm_perception.temporal.warp import warp_tensor
+
+        if motion is None:
+            return age
+        # 'nearest': an age must not be averaged into a younger one. Cells entering the grid get 0:
+        # their state is the initial state as well, so there is no stale memory to clear.
+        return warp_tensor(age, motion, self.grid, mode="nearest")
+
+    def _log(self, stamp_ns: int, d: ResetDecision) -> None:
+        if d.full:
+            level = logging.INFO if d.reasons == [ROUTE_START] else logging.WARNING
+            log.log(level, "full state reset at %.3f s: %s", stamp_ns / NS, "; ".join(
+                f"{k}: {t}" for k, t in zip(d.reasons, d.details, strict=True)))
+        elif d.cell_mask is not None:
+            # Every frame has some never-seen cells at the grid's edges: keep this at DEBUG.
+            log.debug("partial state reset at %.3f s: %s", stamp_ns / NS, "; ".join(d.details))
+
+
+def _as_bev_grid(grid):
+    from ssm_perception.bev.grid import BevGrid
+
+    if isinstance(grid, BevGrid):
+        return grid
+    if isinstance(grid, GridConfig):
+        return BevGrid.from_config(grid)
+    raise TypeError(f"grid must be a GridConfig or BevGrid, got {type(grid).__name__}")

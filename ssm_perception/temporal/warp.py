@@ -1,0 +1,135 @@
+"""Ego-motion warp: resample the previous cell-aligned state into the current base_link frame.
+
+The state lives on an ego-centred grid, so when the vehicle moves, every cell's memory must move
+the opposite way. Only the planar part (x, y, yaw) of the motion is used (the BEV grid is 2D).
+A current cell centre p_cur maps to p_prev = T_prev_cur @ p_cur in the previous frame; the
+previous state is sampled there with torch grid_sample. Cells whose source lies outside the
+previous grid get exactly zero (== the initial state, see temporal/base.py).
+
+Exactness: when every source point falls on a cell centre (integer-cell shifts, 90-degree turns
+of a centred grid) the bilinear mode samples with 'nearest', so values move bit-exactly instead
+of picking up ~1e-6 weights from float32 round-off in grid_sample's un-normalization.
+
+Bilinear (default) diffuses memory a little on every non-aligned step but keeps its position:
+driving a 2 m circle in 72 steps moves a blob's centroid by < 0.1 m (it blurs: peak error 0.56
+for a sigma = 3 cell blob). 'nearest' keeps values sharp but drifts by up to half a cell per step
+(> 1 m over the same circle), so it is only the right choice for cell-aligned motion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.geometry import invert_transform, se2_from_se3
+from ssm_perception.temporal.base import State
+
+# Source points within this fraction of a cell of a cell centre count as cell-aligned.
+_ALIGN_TOL = 1e-4
+
+
+def se2_between(T_odom_base_prev, T_odom_base_cur) -> tuple[float, float, float]:
+    """Motion of the current base_link expressed in the previous base_link, planar part:
+    T_prev_cur = inv(T_odom_base_prev) @ T_odom_base_cur -> (dx, dy, dyaw)."""
+    t_prev = np.asarray(T_odom_base_prev, dtype=np.float64)
+    t_cur = np.asarray(T_odom_base_cur, dtype=np.float64)
+    if t_prev.shape != (4, 4) or t_cur.shape != (4, 4):
+        raise ValueError("se2_between expects two 4x4 transforms")
+    return se2_from_se3(invert_transform(t_prev) @ t_cur)
+
+
+def _as_se2_batch(T_prev_cur, batch: int) -> Tensor:
+    """Accepts (dx, dy, dyaw), a 4x4, [B, 4, 4], or [B, 3] -> float64 [B, 3] (dx, dy, dyaw)."""
+    if isinstance(T_prev_cur, tuple | list) and len(T_prev_cur) == 3 and np.ndim(T_prev_cur[0]) == 0:
+        se2 = torch.tensor([T_prev_cur], dtype=torch.float64)
+    else:
+        t = torch.as_tensor(np.asarray(T_prev_cur.cpu() if isinstance(T_prev_cur, Tensor) else T_prev_cur),
+                            dtype=torch.float64)
+        if t.shape == (4, 4):
+            t = t.unsqueeze(0)
+        if t.dim() == 3 and t.shape[1:] == (4, 4):
+            se2 = torch.stack([t[:, 0, 3], t[:, 1, 3], torch.atan2(t[:, 1, 0], t[:, 0, 0])], 1)
+        elif t.dim() == 2 and t.shape[1] == 3:
+            se2 = t
+        else:
+            raise ValueError(f"T_prev_cur must be (dx, dy, dyaw), 4x4, [B,4,4] or [B,3]; got {tuple(t.shape)}")
+    if not torch.isfinite(se2).all():
+        raise ValueError("T_prev_cur is not finite")
+    if se2.shape[0] == 1 and batch > 1:
+        se2 = se2.expand(batch, 3)
+    if se2.shape[0] != batch:
+        raise ValueError(f"T_prev_cur has {se2.shape[0]} poses for a batch of {batch}")
+    return se2
+
+
+def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1) -> Tensor:
+    """Fractional (i, j) in the previous grid of every current cell centre: float64 [B, H, W, 2]."""
+    se2 = _as_se2_batch(T_prev_cur, batch)
+    ii = torch.arange(grid.nx, dtype=torch.float64)
+    jj = torch.arange(grid.ny, dtype=torch.float64)
+    gi, gj = torch.meshgrid(ii, jj, indexing="ij")
+    x = grid.x_min + (gi + 0.5) * grid.resolution  # [H, W] current cell centres
+    y = grid.y_min + (gj + 0.5) * grid.resolution
+    c = torch.cos(se2[:, 2]).view(-1, 1, 1)
+    s = torch.sin(se2[:, 2]).view(-1, 1, 1)
+    xp = c * x - s * y + se2[:, 0].view(-1, 1, 1)  # [B, H, W] in the previous frame
+    yp = s * x + c * y + se2[:, 1].view(-1, 1, 1)
+    fi = (xp - grid.x_min) / grid.resolution - 0.5
+    fj = (yp - grid.y_min) / grid.resolution - 0.5
+    return torch.stack([fi, fj], -1)
+
+
+def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "bilinear",
+                  dtype=torch.float32, device=None) -> tuple[Tensor, str]:
+    """The grid_sample grid [B, H, W, 2] for a motion, and the mode to sample with.
+
+    Outside handling is folded into the grid so a warp is one grid_sample pass (memory traffic
+    is the cost on CPU): sources inside the previous grid's extent are clamped to the edge cell
+    centres (no fade at the half-cell rim), sources outside are sent far off the grid where
+    padding_mode='zeros' returns exactly 0."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    h, w = grid.shape
+    src = source_indices(T_prev_cur, grid, batch)  # [B, H, W, 2] float64 (i, j)
+    if mode == "nearest" or bool(((src - src.round()).abs() < _ALIGN_TOL).all()):
+        src, mode = src.round(), "nearest"
+    fi, fj = src[..., 0], src[..., 1]
+    inside = (fi > -0.5) & (fi < h - 0.5) & (fj > -0.5) & (fj < w - 0.5)
+    far = -8.0  # cells, off the grid: bilinear taps at -8/-7 are both padding zeros
+    fi = torch.where(inside, fi.clamp(0.0, h - 1.0), far)
+    fj = torch.where(inside, fj.clamp(0.0, w - 1.0), far)
+    # grid_sample (align_corners=False): last dim is (u along W, v along H) in [-1, 1].
+    g = torch.stack([(2.0 * fj + 1.0) / w - 1.0, (2.0 * fi + 1.0) / h - 1.0], -1)
+    return g.to(dtype=dtype, device=device), mode
+
+
+def _sample(x: Tensor, g: Tensor, mode: str) -> Tensor:
+    return F.grid_sample(x, g, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def warp_tensor(x: Tensor, T_prev_cur, grid: BevGrid, mode: str = "bilinear") -> Tensor:
+    """Resample one cell-aligned tensor x [B, C, H, W] into the current frame."""
+    b, _, h, w = x.shape
+    if (h, w) != grid.shape:
+        raise ValueError(f"tensor grid {h}x{w} does not match BevGrid {grid.nx}x{grid.ny}")
+    g, mode = sampling_grid(T_prev_cur, grid, b, mode, x.dtype, x.device)
+    return _sample(x, g, mode)
+
+
+def warp_state(state: State, T_prev_cur, grid: BevGrid, mode: str = "bilinear") -> State:
+    """Warp every tensor of a state (all [B, C_k, H, W]) with the same motion.
+
+    T_prev_cur: (dx, dy, dyaw) from ``se2_between``, a 4x4 transform, or per-batch [B, 4, 4] / [B, 3].
+    The sampling grid is built once; each tensor is resampled in one pass (channels_last tensors
+    are warped fastest on CPU: grid_sample then reads whole cells)."""
+    if not state:
+        return {}
+    first = next(iter(state.values()))
+    for k, v in state.items():
+        if v.dim() != 4 or v.shape[-2:] != grid.shape or v.shape[0] != first.shape[0]:
+            raise ValueError(f"state[{k!r}] {tuple(v.shape)} is not [B, C, {grid.nx}, {grid.ny}]")
+    g, mode = sampling_grid(T_prev_cur, grid, first.shape[0], mode, first.dtype, first.device)
+    return {k: _sample(v, g, mode) for k, v in state.items()}

@@ -1,0 +1,180 @@
+"""Object detections: decoded from the heads' centre heatmaps, refined with radar, moved to odom.
+
+A detection is one box at one LiDAR stamp. The decoder works in base_link (the grid frame); the
+tracker works in odom, so ``detections_to_odom`` is the hand-over. Velocities are over-ground
+(the heads predict them that way), so moving a detection to odom only rotates the velocity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssm_perception.config import GridConfig
+from ssm_perception.geometry import wrap_angle, yaw_of
+
+# Head channel k of center_logit is object class k + 1 (msg/Track.msg numbering).
+NUM_OBJECT_CLASSES = 4
+CLASS_NAMES = {0: "unknown", 1: "car", 2: "truck", 3: "cyclist", 4: "pedestrian"}
+
+_REQUIRED_HEADS = ("center_logit", "box_offset", "box_size", "box_yaw", "velocity")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One box. x, y, yaw, vx, vy are in ``frame``; vx/vy may be NaN when no velocity is known."""
+
+    x: float
+    y: float
+    yaw: float
+    length: float
+    width: float
+    height: float
+    vx: float
+    vy: float
+    cls: int
+    score: float
+    frame: Literal["base_link", "odom"] = "base_link"
+
+    def is_finite(self) -> bool:
+        """Position, heading, size and score usable (velocity may be missing)."""
+        vals = (self.x, self.y, self.yaw, self.length, self.width, self.height, self.score)
+        return all(math.isfinite(v) for v in vals)
+
+    @property
+    def has_velocity(self) -> bool:
+        return math.isfinite(self.vx) and math.isfinite(self.vy)
+
+
+def _unbatch(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept [1, C, H, W] or [C, H, W] per key; return [C, H, W] float32 on CPU."""
+    out = {}
+    for key in _REQUIRED_HEADS:
+        if key not in heads:
+            raise KeyError(f"decode_detections: heads dict lacks {key!r} (has {sorted(heads)})")
+        t = heads[key].detach()
+        if t.dim() == 4:
+            if t.shape[0] != 1:
+                raise ValueError(f"decode_detections decodes one frame; heads[{key!r}] has batch {t.shape[0]}")
+            t = t[0]
+        if t.dim() != 3:
+            raise ValueError(f"heads[{key!r}] must be [C, H, W] or [1, C, H, W], got {tuple(heads[key].shape)}")
+        out[key] = t.float().cpu()
+    return out
+
+
+@torch.no_grad()
+def decode_detections(
+    heads: dict[str, torch.Tensor],
+    grid: GridConfig,
+    score_threshold: float = 0.3,
+    max_detections: int = 100,
+) -> list[Detection]:
+    """Heatmap peaks -> boxes in base_link, best score first.
+
+    A peak is a cell whose sigmoid score is the maximum of its 3x3 neighbourhood in its own class
+    channel (the CenterPoint-style max-pool NMS) and at least ``score_threshold``. Non-finite
+    outputs never become detections.
+    """
+    h = _unbatch(heads)
+    center = h["center_logit"]  # [4, H, W]
+    _, nx, ny = center.shape
+    if (nx, ny) != (grid.nx, grid.ny):
+        raise ValueError(f"heads are {nx}x{ny} cells but the grid is {grid.nx}x{grid.ny}")
+    heat = torch.sigmoid(torch.nan_to_num(center, nan=-math.inf))  # NaN logits -> score 0
+    pooled = F.max_pool2d(heat[None], kernel_size=3, stride=1, padding=1)[0]
+    peaks = (heat == pooled) & (heat >= score_threshold)  # [4, H, W]
+    k, i, j = torch.nonzero(peaks, as_tuple=True)
+    if k.numel() == 0:
+        return []
+    scores = heat[k, i, j]
+    order = torch.argsort(scores, descending=True)[: max(0, int(max_detections))]
+    k, i, j, scores = k[order], i[order], j[order], scores[order]
+
+    res = grid.resolution
+    off = h["box_offset"][:, i, j]  # [2, N]
+    size = torch.exp(h["box_size"][:, i, j].clamp(max=5.0))  # [3, N]; exp(5) = 148 m bounds garbage
+    sin_cos = h["box_yaw"][:, i, j]  # [2, N]
+    vel = h["velocity"][:, i, j]  # [2, N]
+    xs = grid.x_min + (i.float() + 0.5) * res + off[0]
+    ys = grid.y_min + (j.float() + 0.5) * res + off[1]
+    yaws = torch.atan2(sin_cos[0], sin_cos[1])
+
+    dets = []
+    for n in range(k.numel()):
+        d = Detection(
+            x=float(xs[n]), y=float(ys[n]), yaw=float(yaws[n]),
+            length=float(size[0, n]), width=float(size[1, n]), height=float(size[2, n]),
+            vx=float(vel[0, n]), vy=float(vel[1, n]), cls=int(k[n]) + 1, score=float(scores[n]),
+        )
+        if d.is_finite():
+            dets.append(d)
+    return dets
+
+
+def refine_with_radar(
+    dets: list[Detection],
+    radar_points_base: np.ndarray,
+    sensor_xy: tuple[float, float] = (0.0, 0.0),
+    margin_m: float = 0.5,
+    min_points: int = 2,
+) -> list[Detection]:
+    """Replace the radial part of each detection's velocity by the radar's measurement.
+
+    radar_points_base: [N, 3] (x, y, radial_velocity) in base_link, radial velocity already
+    ego-motion compensated (over ground, positive = moving away from ``sensor_xy``). Radar measures
+    the radial component far better than a BEV head, but says nothing about the tangential one,
+    so only the component along the line of sight is replaced (median over the returns inside the
+    box, robust to a clutter point or two); detections with fewer than ``min_points`` returns, or
+    in another frame than base_link, are returned unchanged.
+    """
+    pts = np.asarray(radar_points_base, dtype=np.float64).reshape(-1, 3)
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    if pts.shape[0] == 0:
+        return list(dets)
+    out = []
+    for d in dets:
+        if d.frame != "base_link":
+            raise ValueError("refine_with_radar needs detections in base_link (radar points are in base_link)")
+        c, s = math.cos(d.yaw), math.sin(d.yaw)
+        dx, dy = pts[:, 0] - d.x, pts[:, 1] - d.y
+        along, across = c * dx + s * dy, -s * dx + c * dy  # box frame
+        inside = (np.abs(along) <= d.length / 2 + margin_m) & (np.abs(across) <= d.width / 2 + margin_m)
+        if int(inside.sum()) < min_points:
+            out.append(d)
+            continue
+        ray = np.array([d.x - sensor_xy[0], d.y - sensor_xy[1]])
+        rng = float(np.linalg.norm(ray))
+        if rng < 1e-3:
+            out.append(d)
+            continue
+        u = ray / rng  # line of sight, unit
+        vr = float(np.median(pts[inside, 2]))
+        v = np.array([d.vx, d.vy]) if d.has_velocity else np.zeros(2)
+        v = v + (vr - float(v @ u)) * u
+        out.append(replace(d, vx=float(v[0]), vy=float(v[1])))
+    return out
+
+
+def detections_to_odom(dets: list[Detection], T_odom_base: np.ndarray) -> list[Detection]:
+    """Move base_link detections into odom: rotate+translate positions, add the heading, rotate velocities."""
+    T = np.asarray(T_odom_base, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise ValueError("T_odom_base must be a finite 4x4 transform")
+    yaw0 = yaw_of(T)
+    c, s = math.cos(yaw0), math.sin(yaw0)
+    out = []
+    for d in dets:
+        if d.frame != "base_link":
+            raise ValueError(f"detection already in {d.frame!r}; detections_to_odom expects base_link")
+        p = T[:3, :3] @ np.array([d.x, d.y, 0.0]) + T[:3, 3]
+        out.append(replace(
+            d, x=float(p[0]), y=float(p[1]), yaw=float(wrap_angle(d.yaw + yaw0)),
+            vx=c * d.vx - s * d.vy, vy=s * d.vx + c * d.vy, frame="odom",
+        ))
+    return out

@@ -1,0 +1,303 @@
+"""Extended Kalman filters for one tracked object in odom: constant velocity and constant turn rate.
+
+Both models share one measurement, a detected box: z = [x, y, yaw, vx, vy] (velocity components
+may be missing). The heading of a box is ambiguous by pi for many detectors, so yaw innovations
+are folded into [-pi/2, pi/2): a flipped box pulls the heading, it does not spin it around.
+
+    CV   state [x, y, vx, vy, yaw]      yaw is a random walk (used for the box only)
+    CTRV state [x, y, yaw, v, yaw_rate] vehicles and cyclists, whose velocity follows the heading
+
+Written out by hand (filterpy is unmaintained and has no CTRV); the Jacobians are analytic and
+checked against finite differences in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+# z = [x, y, yaw, vx, vy]
+MEAS_DIM = 5
+IDX_YAW_MEAS = 2
+# Gating uses position and heading (3 dof): velocity from a single detection is too noisy to gate on.
+GATE_COMPONENTS = (0, 1, 2)
+
+
+def _fold_yaw(a: float) -> float:
+    """Wrap to [-pi/2, pi/2): headings differing by pi are the same box."""
+    return (a + math.pi / 2) % math.pi - math.pi / 2
+
+
+def _wrap(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+@dataclass(frozen=True)
+class MotionNoise:
+    """Per-class process noise and covariance limits."""
+
+    accel_std: float  # longitudinal (CTRV) or per-axis (CV) acceleration [m/s^2]
+    yaw_accel_std: float  # CTRV: yaw acceleration [rad/s^2]; CV: heading random walk [rad/sqrt(s)]
+    max_dt: float = 2.0  # predictions longer than this use max_dt: the model is not trusted beyond
+    max_pos_std: float = 30.0  # position covariance is capped here (a coasting track never explodes)
+    max_speed: float = 40.0  # initial velocity uncertainty when a detection carries none [m/s]
+
+
+class BoxEKF(ABC):
+    """Common EKF machinery; subclasses provide f, F, Q, h, H and the state layout."""
+
+    kind: Literal["cv", "ctrv"]
+    dim: int
+    pos_idx = (0, 1)
+    _yaw_idx: int
+
+    def __init__(self, x: np.ndarray, P: np.ndarray, noise: MotionNoise):
+        self.x = np.asarray(x, dtype=np.float64).copy()
+        self.P = np.asarray(P, dtype=np.float64).copy()
+        self.noise = noise
+
+    # ------------------------------------------------------------------ model (subclasses)
+    @abstractmethod
+    def _f(self, x: np.ndarray, dt: float) -> np.ndarray: ...
+
+    @abstractmethod
+    def _F(self, x: np.ndarray, dt: float) -> np.ndarray: ...
+
+    @abstractmethod
+    def _Q(self, x: np.ndarray, dt: float) -> np.ndarray: ...
+
+    @abstractmethod
+    def _h(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _H(self, x: np.ndarray) -> np.ndarray: ...
+
+    # ------------------------------------------------------------------ outputs
+    @property
+    def yaw_index(self) -> int:
+        return self._yaw_idx
+
+    @property
+    def yaw(self) -> float:
+        return float(self.x[self._yaw_idx])
+
+    def velocity(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vx, vy) over ground and its 2x2 covariance."""
+        hz = self._h(self.x)
+        Hv = self._H(self.x)[3:5]
+        return hz[3:5].copy(), Hv @ self.P @ Hv.T
+
+    def yaw_rate(self) -> tuple[float, float]:
+        """(yaw rate, variance); (0, nan) when the model does not estimate it."""
+        return 0.0, math.nan
+
+    # ------------------------------------------------------------------ filter steps
+    def predict(self, dt: float) -> bool:
+        """Propagate by dt seconds. Returns False (and changes nothing) for dt <= 0 or non-finite."""
+        if not math.isfinite(dt) or dt <= 0.0:
+            return False
+        dt = min(dt, self.noise.max_dt)
+        F = self._F(self.x, dt)
+        self.x = self._f(self.x, dt)
+        self.x[self._yaw_idx] = _wrap(self.x[self._yaw_idx])
+        self.P = F @ self.P @ F.T + self._Q(self.x, dt)
+        self._cap_covariance()
+        return True
+
+    def _cap_covariance(self) -> None:
+        # Scale the position block (with its correlations) so that no std exceeds max_pos_std:
+        # long coasting keeps a sane, positive-definite covariance.
+        self.P = 0.5 * (self.P + self.P.T)
+        var = np.array([self.P[i, i] for i in self.pos_idx])
+        limit = self.noise.max_pos_std**2
+        if np.any(var > limit):
+            scale = np.ones(self.dim)
+            for i, v in zip(self.pos_idx, var):
+                if v > limit:
+                    scale[i] = math.sqrt(limit / v)
+            self.P = self.P * np.outer(scale, scale)
+
+    def innovation(self, z: np.ndarray, R: np.ndarray, components=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y, S, H) for the finite measurement components (optionally a subset of them)."""
+        z = np.asarray(z, dtype=np.float64)
+        use = np.isfinite(z)
+        if components is not None:
+            mask = np.zeros(MEAS_DIM, dtype=bool)
+            mask[list(components)] = True
+            use &= mask
+        idx = np.flatnonzero(use)
+        H = self._H(self.x)[idx]
+        y = z[idx] - self._h(self.x)[idx]
+        for n, m in enumerate(idx):
+            if m == IDX_YAW_MEAS:
+                y[n] = _fold_yaw(y[n])
+        S = H @ self.P @ H.T + np.asarray(R, dtype=np.float64)[np.ix_(idx, idx)]
+        return y, S, H
+
+    def mahalanobis(self, z: np.ndarray, R: np.ndarray, components=GATE_COMPONENTS) -> float:
+        """Squared Mahalanobis distance of a measurement (default: x, y, yaw -> chi2 with 3 dof)."""
+        y, S, _ = self.innovation(z, R, components)
+        if y.size == 0:
+            return math.inf
+        try:
+            return float(y @ np.linalg.solve(S, y))
+        except np.linalg.LinAlgError:
+            return math.inf
+
+    def update(self, z: np.ndarray, R: np.ndarray) -> bool:
+        """Correct with a box measurement; NaN components are skipped. False if nothing usable."""
+        y, S, H = self.innovation(z, R)
+        if y.size == 0:
+            return False
+        idx = np.flatnonzero(np.isfinite(np.asarray(z, dtype=np.float64)))
+        Rs = np.asarray(R, dtype=np.float64)[np.ix_(idx, idx)]
+        K = np.linalg.solve(S, H @ self.P).T  # P H^T S^-1 (S symmetric)
+        self.x = self.x + K @ y
+        self.x[self._yaw_idx] = _wrap(self.x[self._yaw_idx])
+        IKH = np.eye(self.dim) - K @ H
+        self.P = IKH @ self.P @ IKH.T + K @ Rs @ K.T  # Joseph form: stays symmetric PSD
+        self.P = 0.5 * (self.P + self.P.T)
+        return True
+
+
+class ConstantVelocityEKF(BoxEKF):
+    """State [x, y, vx, vy, yaw]; linear, so the 'E' is only the yaw fold."""
+
+    kind = "cv"
+    dim = 5
+    _yaw_idx = 4
+
+    @classmethod
+    def from_measurement(cls, z: np.ndarray, R: np.ndarray, noise: MotionNoise) -> ConstantVelocityEKF:
+        z = np.asarray(z, dtype=np.float64)
+        has_v = bool(np.all(np.isfinite(z[3:5])))
+        x = np.array([z[0], z[1], z[3] if has_v else 0.0, z[4] if has_v else 0.0, z[2]])
+        P = np.diag([R[0, 0], R[1, 1], R[3, 3] if has_v else noise.max_speed**2,
+                     R[4, 4] if has_v else noise.max_speed**2, R[2, 2]])
+        return cls(x, P, noise)
+
+    def _f(self, x, dt):
+        return np.array([x[0] + x[2] * dt, x[1] + x[3] * dt, x[2], x[3], x[4]])
+
+    def _F(self, x, dt):
+        F = np.eye(5)
+        F[0, 2] = F[1, 3] = dt
+        return F
+
+    def _Q(self, x, dt):
+        q = self.noise.accel_std**2
+        Q = np.zeros((5, 5))
+        for p, v in ((0, 2), (1, 3)):  # discrete white-acceleration model per axis
+            Q[p, p] = dt**4 / 4 * q
+            Q[p, v] = Q[v, p] = dt**3 / 2 * q
+            Q[v, v] = dt**2 * q
+        Q[4, 4] = self.noise.yaw_accel_std**2 * dt
+        return Q
+
+    def _h(self, x):
+        return np.array([x[0], x[1], x[4], x[2], x[3]])
+
+    def _H(self, x):
+        H = np.zeros((MEAS_DIM, 5))
+        H[0, 0] = H[1, 1] = H[2, 4] = H[3, 2] = H[4, 3] = 1.0
+        return H
+
+
+class CTRVEKF(BoxEKF):
+    """State [x, y, yaw, v, yaw_rate]: constant speed along a circle (straight line when yaw_rate ~ 0)."""
+
+    kind = "ctrv"
+    dim = 5
+    _yaw_idx = 2
+    _EPS_W = 1e-4  # below this yaw rate a series expansion replaces v / w (no 0/0)
+
+    @classmethod
+    def from_measurement(cls, z: np.ndarray, R: np.ndarray, noise: MotionNoise) -> CTRVEKF:
+        z = np.asarray(z, dtype=np.float64)
+        yaw = z[2]
+        if np.all(np.isfinite(z[3:5])):
+            v = z[3] * math.cos(yaw) + z[4] * math.sin(yaw)
+            if v < 0.0:  # box heading flipped w.r.t. the motion: trust the motion
+                yaw, v = _wrap(yaw + math.pi), -v
+            v_var = max(R[3, 3], R[4, 4])
+        else:
+            v, v_var = 0.0, noise.max_speed**2
+        x = np.array([z[0], z[1], yaw, v, 0.0])
+        P = np.diag([R[0, 0], R[1, 1], R[2, 2], v_var, 0.5**2])  # yaw rate prior: |w| mostly < 0.5 rad/s
+        return cls(x, P, noise)
+
+    def yaw_rate(self) -> tuple[float, float]:
+        return float(self.x[4]), float(self.P[4, 4])
+
+    def _f(self, x, dt):
+        px, py, yaw, v, w = x
+        if abs(w) > self._EPS_W:
+            px = px + v / w * (math.sin(yaw + w * dt) - math.sin(yaw))
+            py = py + v / w * (math.cos(yaw) - math.cos(yaw + w * dt))
+        else:  # second-order expansion in w: continuous with the circle and differentiable in w
+            px = px + v * dt * math.cos(yaw) - 0.5 * v * w * dt**2 * math.sin(yaw)
+            py = py + v * dt * math.sin(yaw) + 0.5 * v * w * dt**2 * math.cos(yaw)
+        return np.array([px, py, yaw + w * dt, v, w])
+
+    def _F(self, x, dt):
+        _, _, yaw, v, w = x
+        F = np.eye(5)
+        F[2, 4] = dt
+        if abs(w) > self._EPS_W:
+            s0, c0 = math.sin(yaw), math.cos(yaw)
+            s1, c1 = math.sin(yaw + w * dt), math.cos(yaw + w * dt)
+            F[0, 2] = v / w * (c1 - c0)
+            F[0, 3] = (s1 - s0) / w
+            F[0, 4] = v / w**2 * (s0 - s1) + v * dt * c1 / w
+            F[1, 2] = v / w * (s1 - s0)
+            F[1, 3] = (c0 - c1) / w
+            F[1, 4] = v / w**2 * (c1 - c0) + v * dt * s1 / w
+        else:
+            s0, c0 = math.sin(yaw), math.cos(yaw)
+            F[0, 2] = -v * dt * s0 - 0.5 * v * w * dt**2 * c0
+            F[0, 3] = dt * c0 - 0.5 * w * dt**2 * s0
+            F[0, 4] = -0.5 * v * dt**2 * s0
+            F[1, 2] = v * dt * c0 - 0.5 * v * w * dt**2 * s0
+            F[1, 3] = dt * s0 + 0.5 * w * dt**2 * c0
+            F[1, 4] = 0.5 * v * dt**2 * c0
+        return F
+
+    def _Q(self, x, dt):
+        yaw = x[2]
+        G = np.array([  # noise inputs: longitudinal acceleration, yaw acceleration
+            [0.5 * dt**2 * math.cos(yaw), 0.0],
+            [0.5 * dt**2 * math.sin(yaw), 0.0],
+            [0.0, 0.5 * dt**2],
+            [dt, 0.0],
+            [0.0, dt],
+        ])
+        Q = G @ np.diag([self.noise.accel_std**2, self.noise.yaw_accel_std**2]) @ G.T
+        # A little lateral slack: real vehicles drift off a perfect circle.
+        lat = 0.5 * dt**2 * self.noise.accel_std * 0.3
+        Q[0, 0] += (lat * math.sin(yaw)) ** 2
+        Q[1, 1] += (lat * math.cos(yaw)) ** 2
+        return Q
+
+    def _h(self, x):
+        _, _, yaw, v, _ = x
+        return np.array([x[0], x[1], yaw, v * math.cos(yaw), v * math.sin(yaw)])
+
+    def _H(self, x):
+        _, _, yaw, v, _ = x
+        H = np.zeros((MEAS_DIM, 5))
+        H[0, 0] = H[1, 1] = H[2, 2] = 1.0
+        H[3, 2], H[3, 3] = -v * math.sin(yaw), math.cos(yaw)
+        H[4, 2], H[4, 3] = v * math.cos(yaw), math.sin(yaw)
+        return H
+
+
+def make_filter(kind: Literal["cv", "ctrv"], z: np.ndarray, R: np.ndarray, noise: MotionNoise) -> BoxEKF:
+    if kind == "cv":
+        return ConstantVelocityEKF.from_measurement(z, R, noise)
+    if kind == "ctrv":
+        return CTRVEKF.from_measurement(z, R, noise)
+    raise ValueError(f"unknown motion model {kind!r} (expected 'cv' or 'ctrv')")

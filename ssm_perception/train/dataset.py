@@ -1,0 +1,318 @@
+"""Training data: simulated sequences encoded once into BEV features + dense targets.
+
+A sequence is one simulator run (preset, seed, duration). Encoding the sensors into BEV features
+is the expensive part, so it is done once per sequence by worker processes and cached as a
+compressed .npz keyed by preset/seed/duration/grid/feature version; epochs then only read arrays.
+
+Cached arrays (T frames, grid H x W):
+    features    [T, C, H, W] float16   BEV features (the same encoder the pipeline runs)
+    occupied, dynamic, visible [T, H, W] bool   ground truth on the grid
+    velocity    [T, 2, H, W] float16   over-ground velocity of the object covering the cell, base_link axes
+    center      [T, 4, H, W] uint8     CenterNet Gaussian heatmap per class, x255
+    box         [T, 7, H, W] float16   offset x,y [m], log l,w,h, sin yaw, cos yaw at object centres
+    center_mask [T, H, W]    bool
+    pose        [T, 4, 4]    float64   T_odom_base (ego motion for the warp between steps)
+    stamp_ns    [T]          int64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssm_perception.config import GridConfig, PerceptionConfig
+
+# Bump when the cached arrays change meaning (encoder, targets): old caches are then ignored.
+CACHE_VERSION = 1
+
+# Object classes (msg/Track.msg): 0 unknown, 1 car, 2 truck, 3 cyclist, 4 pedestrian; head k = class k+1.
+NUM_CENTER_CLASSES = 4
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    preset: str
+    seed: int
+    duration_s: float
+
+    def key(self, cfg: PerceptionConfig) -> str:
+        """File-name key: preset, seed, duration and a hash of everything the encoding depends on."""
+        dep = json.dumps(
+            {"grid": cfg.grid.model_dump(), "sensors": cfg.sensors.model_dump(), "v": CACHE_VERSION},
+            sort_keys=True,
+        )
+        h = hashlib.sha256(dep.encode()).hexdigest()[:10]
+        return f"{self.preset}-s{self.seed}-{self.duration_s:g}s-{h}"
+
+
+def make_specs(presets: Sequence[str], seeds: Iterable[int], duration_s: float) -> list[SequenceSpec]:
+    """One sequence per seed, presets assigned round-robin so every preset is represented."""
+    seeds = list(seeds)
+    return [SequenceSpec(presets[i % len(presets)], int(s), float(duration_s)) for i, s in enumerate(seeds)]
+
+
+# ---------------------------------------------------------------------------------- targets
+def rasterize_objects(objects: np.ndarray, grid: GridConfig):
+    """Dense object targets from objects in base_link.
+
+    objects: [N, 9] columns (class, x, y, yaw, l, w, h, vx, vy), velocity over ground in base_link axes.
+    Returns velocity [2,H,W], center [4,H,W] in [0,1], box [7,H,W], center_mask [H,W] bool.
+    """
+    H, W, res = grid.nx, grid.ny, grid.resolution
+    velocity = np.zeros((2, H, W), np.float32)
+    center = np.zeros((NUM_CENTER_CLASSES, H, W), np.float32)
+    box = np.zeros((7, H, W), np.float32)
+    mask = np.zeros((H, W), bool)
+    xs = grid.x_min + (np.arange(H) + 0.5) * res
+    ys = grid.y_min + (np.arange(W) + 0.5) * res
+    for cls, x, y, yaw, length, width, height, vx, vy in np.asarray(objects, np.float64).reshape(-1, 9):
+        half = 0.5 * math.hypot(length, width) + res
+        i0, i1 = np.searchsorted(xs, x - half), np.searchsorted(xs, x + half)
+        j0, j1 = np.searchsorted(ys, y - half), np.searchsorted(ys, y + half)
+        if i0 >= i1 or j0 >= j1:
+            continue  # entirely outside the grid
+        # Cells whose centre lies in the box (inflated by half a cell so thin objects get cells).
+        dx = xs[i0:i1, None] - x
+        dy = ys[None, j0:j1] - y
+        c, s = math.cos(yaw), math.sin(yaw)
+        along, across = c * dx + s * dy, -s * dx + c * dy
+        inside = (np.abs(along) <= length / 2 + res / 2) & (np.abs(across) <= width / 2 + res / 2)
+        velocity[0, i0:i1, j0:j1][inside] = vx
+        velocity[1, i0:i1, j0:j1][inside] = vy
+        k = int(cls) - 1
+        ci, cj = math.floor((x - grid.x_min) / res), math.floor((y - grid.y_min) / res)
+        if not (0 <= k < NUM_CENTER_CLASSES and 0 <= ci < H and 0 <= cj < W):
+            continue  # unknown class or centre outside the grid: no centre target
+        # Gaussian spread ~ a quarter of the object's smaller side (CenterNet uses a size-based radius).
+        sigma = max(1.0, 0.25 * min(length, width) / res)
+        r = math.ceil(3 * sigma)
+        a0, a1, b0, b1 = max(ci - r, 0), min(ci + r + 1, H), max(cj - r, 0), min(cj + r + 1, W)
+        gi = np.arange(a0, a1)[:, None] - ci
+        gj = np.arange(b0, b1)[None, :] - cj
+        g = np.exp(-(gi**2 + gj**2) / (2 * sigma**2))
+        center[k, a0:a1, b0:b1] = np.maximum(center[k, a0:a1, b0:b1], g)
+        center[k, ci, cj] = 1.0
+        box[:, ci, cj] = (
+            x - xs[ci], y - ys[cj], math.log(max(length, 0.1)), math.log(max(width, 0.1)),
+            math.log(max(height, 0.1)), math.sin(yaw), math.cos(yaw),
+        )
+        mask[ci, cj] = True
+    return velocity, center, box, mask
+
+
+# ---------------------------------------------------------------------------------- generation
+def _objects_base_link(frame) -> np.ndarray:
+    """[N, 9] (class, x, y, yaw, l, w, h, vx, vy) in base_link from a SimFrame's objects_base."""
+    o = frame.objects_base
+    cols = [o["cls"], o["x"], o["y"], o["yaw"], o["l"], o["w"], o["h"], o["vx"], o["vy"]]
+    return np.stack([np.asarray(c, np.float64) for c in cols], 1) if len(o) else np.zeros((0, 9))
+
+
+class SimFrameEncoder:
+    """SimFrame -> BEV features [C, H, W] with the encoder the pipeline runs (bev.features.encode_frame).
+
+    Keeps the previous pose to give the encoder the ego twist (LiDAR deskew, radar ego-velocity
+    compensation), as the pipeline derives it from consecutive odom -> base_link poses.
+    """
+
+    def __init__(self, cfg: PerceptionConfig, frame_ids: dict[str, str]):
+        from ssm_perception.bev.grid import BevGrid
+
+        self.cfg = cfg
+        self.frame_ids = frame_ids  # sensor -> frame_id, for the static T_base_sensor of a SimFrame
+        self.grid = BevGrid.from_config(cfg.grid)
+        self._prev: tuple[int, np.ndarray] | None = None
+
+    def ego_twist(self, stamp_ns: int, T_odom_base: np.ndarray):
+        """(vx, vy, yaw_rate) of base_link in base_link from the previous frame, or None."""
+        from ssm_perception.temporal.warp import se2_between
+
+        prev, self._prev = self._prev, (stamp_ns, T_odom_base)
+        if prev is None or stamp_ns <= prev[0]:
+            return None
+        dt = (stamp_ns - prev[0]) * 1e-9
+        if dt > self.cfg.reset.max_time_gap_s:
+            return None
+        dx, dy, dyaw = se2_between(prev[1], T_odom_base)
+        return dx / dt, dy / dt, dyaw / dt
+
+    def __call__(self, frame) -> np.ndarray:
+        from ssm_perception.bev.features import (
+            CameraFrame,
+            LidarScan,
+            RadarScan,
+            encode_frame,
+        )
+
+        s, T = self.cfg.sensors, frame.T_base_sensor
+        lidar = radar = camera = None
+        if s.use_lidar and frame.lidar is not None:
+            lidar = LidarScan(frame.lidar, T[self.frame_ids["lidar"]])
+        if s.use_radar and frame.radar is not None:
+            radar = RadarScan(frame.radar.points, T[self.frame_ids["radar"]])
+        if s.use_camera and frame.camera is not None:
+            camera = CameraFrame(frame.camera.image, frame.camera.K, T[self.frame_ids["camera"]])
+        twist = self.ego_twist(int(frame.stamp_ns), np.asarray(frame.T_odom_base, np.float64))
+        return encode_frame(self.grid, lidar=lidar, radar=radar, camera=camera, ego_twist=twist).features.numpy()
+
+
+def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False) -> dict[str, np.ndarray]:
+    """Run the simulator for one sequence and encode every LiDAR frame (see the module doc)."""
+    from ssm_perception.sim.scenario import Scenario
+
+    scenario = Scenario.from_preset(spec.preset, seed=spec.seed, duration_s=spec.duration_s, grid=cfg.grid)
+    sc = scenario.config
+    encoder = SimFrameEncoder(cfg, {"lidar": sc.lidar.frame_id, "radar": sc.radar.frame_id,
+                                    "camera": sc.camera.frame_id})
+    cols: dict[str, list] = {k: [] for k in
+                             ("features", "occupied", "dynamic", "visible", "velocity", "center", "box",
+                              "center_mask", "pose", "stamp_ns")}
+    frames = scenario.frames()
+    if progress:
+        from tqdm import tqdm
+
+        frames = tqdm(frames, desc=f"sim {spec.preset}/{spec.seed}", unit="frame", leave=False)
+    for frame in frames:
+        feats = encoder(frame)
+        vel, ctr, box, cmask = rasterize_objects(_objects_base_link(frame), cfg.grid)
+        cols["features"].append(feats.astype(np.float16))
+        cols["occupied"].append(np.asarray(frame.occupied, bool))
+        cols["dynamic"].append(np.asarray(frame.dynamic, bool))
+        cols["visible"].append(np.asarray(frame.visible, bool))
+        cols["velocity"].append(vel.astype(np.float16))
+        cols["center"].append(np.round(ctr * 255).astype(np.uint8))
+        cols["box"].append(box.astype(np.float16))
+        cols["center_mask"].append(cmask)
+        cols["pose"].append(np.asarray(frame.T_odom_base, np.float64))
+        cols["stamp_ns"].append(int(frame.stamp_ns))
+    if not cols["stamp_ns"]:
+        raise RuntimeError(f"simulator produced no frames for {spec}")
+    return {k: np.stack(v) if k != "stamp_ns" else np.asarray(v, np.int64) for k, v in cols.items()}
+
+
+def cache_path(cache_dir: str | Path, spec: SequenceSpec, cfg: PerceptionConfig) -> Path:
+    return Path(cache_dir) / f"{spec.key(cfg)}.npz"
+
+
+def build_sequence(spec: SequenceSpec, cfg: PerceptionConfig, cache_dir: str | Path | None) -> Path | dict:
+    """Generate one sequence, or reuse its cache file. Returns the cache path (or the arrays)."""
+    if cache_dir is None:
+        return generate_sequence(spec, cfg)
+    path = cache_path(cache_dir, spec, cfg)
+    if path.is_file():
+        return path
+    data = generate_sequence(spec, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, spec=json.dumps(asdict(spec)), **data)
+    os.replace(tmp, path)  # atomic: a killed worker never leaves a truncated cache entry
+    return path
+
+
+def load_sequence(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k != "spec"}
+
+
+def _worker(args):
+    spec, cfg_json, cache_dir = args
+    # Each worker is single-threaded: parallelism comes from the pool, not from torch/BLAS threads.
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = PerceptionConfig.model_validate_json(cfg_json)
+    out = build_sequence(spec, cfg, cache_dir)
+    return spec, (str(out) if isinstance(out, Path) else out)
+
+
+class SequenceStore:
+    """Sequences in memory, filled by a pool of worker processes in the background.
+
+    Training can start as soon as ``min_ready`` sequences exist and sees more as they arrive
+    (``sequences`` only grows; appends are atomic under the GIL).
+    """
+
+    def __init__(self, specs: Sequence[SequenceSpec], cfg: PerceptionConfig, cache_dir: str | Path | None,
+                 workers: int = 0):
+        self.specs = list(specs)
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.workers = workers
+        self.sequences: list[dict[str, np.ndarray]] = []
+        self.ready_specs: list[SequenceSpec] = []
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SequenceStore:
+        self._thread = threading.Thread(target=self._run, name="sequence-store", daemon=True)
+        self._thread.start()
+        return self
+
+    def _add(self, spec, out) -> None:
+        data = load_sequence(out) if isinstance(out, str | Path) else out
+        self.sequences.append(data)
+        self.ready_specs.append(spec)
+
+    def _run(self) -> None:
+        try:
+            jobs = [(s, self.cfg.model_dump_json(), self.cache_dir) for s in self.specs]
+            if self.workers <= 0:
+                for job in jobs:
+                    self._add(*_worker(job))
+            else:
+                import multiprocessing as mp
+
+                # spawn: forking a process that already holds torch/CUDA threads is unsafe.
+                with mp.get_context("spawn").Pool(self.workers) as pool:
+                    for spec, out in pool.imap_unordered(_worker, jobs):
+                        self._add(spec, out)
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the trainer by wait()
+            self.error = exc
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, min_ready: int, timeout: float | None = None) -> None:
+        """Block until ``min_ready`` sequences exist (or all are done); re-raise a worker error."""
+        import time
+
+        t0 = time.monotonic()
+        while len(self.sequences) < min_ready and not self._done.is_set():
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"only {len(self.sequences)} of {min_ready} sequences after {timeout:.0f} s")
+            self._done.wait(0.2)
+        if self.error is not None:
+            raise RuntimeError(f"data generation failed: {self.error!r}") from self.error
+        if not self.sequences:
+            raise RuntimeError("data generation produced no sequences")
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"data generation failed: {self.error!r}") from self.error
+
+
+def frame_targets(seq: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
+    """Float32 targets of frame t, shaped like the heads ([1|2|4|7, H, W])."""
+    return {
+        "occupied": seq["occupied"][t][None].astype(np.float32),
+        "dynamic": seq["dynamic"][t][None].astype(np.float32),
+        "visible": seq["visible"][t][None].astype(np.float32),
+        "velocity": seq["velocity"][t].astype(np.float32),
+        "center": seq["center"][t].astype(np.float32) / 255.0,
+        "box": seq["box"][t].astype(np.float32),
+        "center_mask": seq["center_mask"][t][None].astype(np.float32),
+    }

@@ -1,0 +1,460 @@
+"""Training loop: stateful truncated BPTT over simulated sequences, with the node's ego-motion warp.
+
+Each of the B batch slots walks through one sequence, L frames per optimizer step; the temporal
+state is carried (detached) from one window to the next, so the model learns to use memory longer
+than L frames, exactly as it runs in the node: warp(previous state) -> step -> heads. A slot jumps
+to a random new sequence/position at the end of a sequence or with ``reset_prob`` (the state is
+then reset to zero, as the node's reset policy does), and random masked resets teach recovery.
+
+Mixed precision: bf16 autocast on CUDA for the step; parameters and the carried state stay fp32.
+Multi-GPU: torch DistributedDataParallel started by torchrun (NCCL on CUDA, gloo on CPU); each
+process generates and samples its own share of the training sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.config import PerceptionConfig
+from ssm_perception.train.config import TrainConfig
+from ssm_perception.train.dataset import SequenceStore, frame_targets, make_specs
+from ssm_perception.train.losses import LossWeights, total_loss
+
+TRAIN_STATE = "trainer_state_r{rank}.pt"
+
+
+# ---------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_pref: str) -> tuple[Dist, torch.device]:
+    """Process group from torchrun's environment (if any) and the device this process uses."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_pref == "auto":
+        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device asks for CUDA but torch.cuda.is_available() is False")
+        device = torch.device("cuda", d.local_rank if d.enabled else torch.device(device_pref).index or 0)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if d.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+# ---------------------------------------------------------------------------------- sampling
+class WindowSampler:
+    """B slots, each a cursor (sequence, next frame) through the ready sequences (stateful TBPTT)."""
+
+    def __init__(self, store: SequenceStore, cfg: TrainConfig, seed: int):
+        self.store = store
+        self.B, self.L = cfg.optim.batch_size, cfg.optim.tbptt
+        self.reset_prob = cfg.optim.reset_prob
+        self.partial_prob = cfg.optim.partial_reset_prob
+        self.max_gap_s = cfg.perception.reset.max_time_gap_s
+        self.rng = np.random.default_rng(seed)
+        self.slots: list[tuple[int, int] | None] = [None] * self.B  # (sequence index, next frame)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "slots": [list(s) if s else [-1, -1] for s in self.slots]}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.rng.bit_generator.state = st["rng"]
+        self.slots = [tuple(s) if s[0] >= 0 else None for s in st["slots"]]
+
+    def _fresh(self) -> tuple[int, int]:
+        n = len(self.store.sequences)
+        k = int(self.rng.integers(n))
+        T = len(self.store.sequences[k]["stamp_ns"])
+        return k, int(self.rng.integers(max(T - self.L, 0) + 1))
+
+    def next(self) -> dict:
+        """Numpy batch: features [L,B,C,H,W] f16, targets {name: [L,B,k,H,W]}, se2 [L,B,3] (motion of the
+        current frame in the previous one), dt [L,B] s, reset [L,B,H,W] bool (cells reset before the step)."""
+        B, L = self.B, self.L
+        seqs = self.store.sequences
+        feats, tgts, se2, dts, resets = [], [], [], [], []
+        for b in range(B):
+            slot = self.slots[b]
+            fresh = slot is None or self.rng.random() < self.reset_prob
+            if not fresh:
+                k, t = slot
+                fresh = t + L > len(seqs[k]["stamp_ns"])
+            if fresh:
+                k, t = self._fresh()
+            seq = seqs[k]
+            T = len(seq["stamp_ns"])
+            idx = [min(t + i, T - 1) for i in range(L)]  # a sequence shorter than L repeats its last frame
+            feats.append(seq["features"][idx])
+            tg = [frame_targets(seq, i) for i in idx]
+            tgts.append({name: np.stack([x[name] for x in tg]) for name in tg[0]})
+            m, d, r = _motion(seq, idx, first_fresh=fresh, max_gap_s=self.max_gap_s)
+            se2.append(m)
+            dts.append(d)
+            H, W = seq["occupied"].shape[1:]
+            rm = np.zeros((L, H, W), bool)
+            rm[r] = True
+            for i in range(L):
+                if self.rng.random() < self.partial_prob:  # a random rectangle of cells forgets
+                    h, w = int(self.rng.integers(H // 8, H // 2 + 1)), int(self.rng.integers(W // 8, W // 2 + 1))
+                    i0, j0 = int(self.rng.integers(H - h + 1)), int(self.rng.integers(W - w + 1))
+                    rm[i, i0 : i0 + h, j0 : j0 + w] = True
+            resets.append(rm)
+            self.slots[b] = (k, t + L)
+        return {
+            "features": np.stack(feats, 1),
+            "targets": {n: np.stack([t[n] for t in tgts], 1) for n in tgts[0]},
+            "se2": np.stack(se2, 1),
+            "dt": np.stack(dts, 1),
+            "reset": np.stack(resets, 1),
+        }
+
+
+def _motion(seq: dict, idx: list[int], first_fresh: bool, max_gap_s: float):
+    """Per frame of a window: se2 [L,3] warp motion, dt [L] s, full-reset flags [L] bool."""
+    from ssm_perception.temporal.warp import se2_between
+
+    stamps, poses = seq["stamp_ns"], seq["pose"]
+    nominal = float(np.median(np.diff(stamps))) * 1e-9 if len(stamps) > 1 else 0.1
+    L = len(idx)
+    se2, dt, reset = np.zeros((L, 3)), np.full(L, nominal), np.zeros(L, bool)
+    for i, t in enumerate(idx):
+        prev = idx[i - 1] if i > 0 else t - 1
+        if (i == 0 and first_fresh) or prev < 0:
+            reset[i] = True
+            continue
+        if prev == t:  # repeated last frame of a short sequence: no motion
+            continue
+        gap = (int(stamps[t]) - int(stamps[prev])) * 1e-9
+        if gap <= 0 or gap > max_gap_s:  # what the node's reset policy does on a time gap
+            reset[i] = True
+            continue
+        dt[i] = gap
+        se2[i] = se2_between(poses[prev], poses[t])
+    return se2, dt, reset
+
+
+# ---------------------------------------------------------------------------------- model wrapper
+class WindowModule(nn.Module):
+    """One TBPTT window as a single forward (what DDP needs): warp -> step -> heads -> loss per frame."""
+
+    def __init__(self, model: nn.Module, grid: BevGrid, weights: LossWeights, amp_dtype=None):
+        super().__init__()
+        self.model = model
+        self.grid = grid
+        self.weights = weights
+        self.amp_dtype = amp_dtype
+
+    def forward(self, x: Tensor, targets: dict[str, Tensor], se2: Tensor, dt: Tensor, reset: Tensor,
+                state: dict[str, Tensor]):
+        # x: [L, B, C, H, W]; se2: [L, B, 3] (cpu float64); dt: [L, B]; reset: [L, B, H, W] bool
+        from ssm_perception.temporal.warp import warp_state
+
+        L = x.shape[0]
+        total = x.new_zeros((), dtype=torch.float32)
+        parts_sum: dict[str, Tensor] = {}
+        for i in range(L):
+            state = warp_state(state, se2[i], self.grid)
+            amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+            with amp:
+                heads, state = self.model.step(x[i], state, dt[i], reset[i])
+            state = {k: v.float() for k, v in state.items()}  # the carried state stays fp32
+            loss, parts = total_loss(heads, {k: v[i] for k, v in targets.items()}, self.weights)
+            total = total + loss / L
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / L
+        return total, parts_sum, state
+
+
+def build_model(cfg: PerceptionConfig) -> nn.Module:
+    from ssm_perception.model import BevPerceptionModel
+
+    return BevPerceptionModel(cfg)
+
+
+def _to_device(batch: dict, device: torch.device) -> tuple:
+    nb = device.type == "cuda"
+    x = torch.from_numpy(batch["features"]).to(device, non_blocking=nb).float()
+    tg = {k: torch.from_numpy(v).to(device, non_blocking=nb).float() for k, v in batch["targets"].items()}
+    se2 = torch.from_numpy(batch["se2"])  # stays on the CPU: warp builds its sampling grid there
+    dt = torch.from_numpy(batch["dt"]).to(device).float()
+    reset = torch.from_numpy(batch["reset"]).to(device)
+    return x, tg, se2, dt, reset
+
+
+def lr_factor(step: int, progress: float, warmup: int) -> float:
+    """Linear warm-up, then cosine to 5% over ``progress`` (max of step and wall-clock fraction)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+# ---------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.d, self.device = setup(cfg.run.device)
+        self.progress = progress and self.d.main
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.grid = BevGrid.from_config(cfg.perception.grid)
+        self.model = build_model(cfg.perception).to(self.device)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        w = cfg.loss
+        weights = LossWeights(w.occupancy, w.dynamic, w.velocity, w.center, w.box, w.occ_static_pos,
+                              w.occ_dynamic_pos, w.occluded)
+        amp = torch.bfloat16 if (cfg.optim.amp and self.device.type == "cuda") else None
+        self.window = WindowModule(self.model, self.grid, weights, amp)
+        self.net = self.window
+        if self.d.enabled and self.trainable:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.window, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = (torch.optim.AdamW(self.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+                    if self.trainable else None)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.hidden: dict[str, Tensor] | None = None
+        self.log: list[dict] = []
+        data = cfg.data
+        all_specs = make_specs(data.presets, data.train_seeds.seeds(), data.duration_s)
+        self.train_specs = all_specs[self.d.rank :: self.d.world]
+        self.val_specs = make_specs(data.presets, data.val_seeds.seeds(), data.val_duration_s)
+        cache = data.cache_dir or None
+        self.store = SequenceStore(self.train_specs, cfg.perception, cache, data.workers)
+        self.sampler = WindowSampler(self.store, cfg, seed=cfg.run.seed * 1000 + self.d.rank)
+        self.resume = resume
+
+    # -------------------------------------------------------------- checkpoints
+    def _state_path(self, rank: int | None = None) -> Path:
+        return self.out / TRAIN_STATE.format(rank=self.d.rank if rank is None else rank)
+
+    def save_state(self) -> Path:
+        """Everything needed to continue bit-for-bit: weights, optimizer, sampler, carried state."""
+        st = {
+            "model": self.model.state_dict(),
+            "optim": self.opt.state_dict() if self.opt else {},
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "sampler": self.sampler.state_dict(),
+            "hidden": {k: v.detach().cpu() for k, v in (self.hidden or {}).items()},
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.model_dump_json(),
+        }
+        path = self._state_path()
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(st, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_state(self) -> bool:
+        path = self._state_path()
+        if not path.is_file():
+            return False
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if json.loads(st["config"])["perception"]["model"] != json.loads(self.cfg.model_dump_json())["perception"]["model"]:
+            raise RuntimeError(f"{path}: saved with a different perception.model section; cannot resume")
+        self.model.load_state_dict(st["model"])
+        if self.opt and st["optim"]:
+            self.opt.load_state_dict(st["optim"])
+        self.step, self.elapsed_s = int(st["step"]), float(st["elapsed_s"])
+        self.sampler.load_state_dict(st["sampler"])
+        self.hidden = {k: v.to(self.device) for k, v in st["hidden"].items()} or None
+        torch.set_rng_state(st["torch_rng"])
+        return True
+
+    # -------------------------------------------------------------- loop
+    def _should_stop(self, t_start: float, until_step: int | None = None) -> bool:
+        run = self.cfg.run
+        stop = self.step >= (run.max_steps if until_step is None else min(until_step, run.max_steps))
+        if run.max_minutes > 0 and self.elapsed_s + (time.monotonic() - t_start) >= run.max_minutes * 60:
+            stop = True
+        if self.d.enabled:  # every rank must stop at the same step
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
+        return stop
+
+    def train(self, until_step: int | None = None) -> dict:
+        """Train to run.max_steps / run.max_minutes and validate. ``until_step`` stops early without
+        validating (an interruption, as tests and preemptible machines need)."""
+        cfg = self.cfg
+        self.store.start()
+        self.store.wait(cfg.data.min_ready or len(self.train_specs))
+        if self.resume and self.load_state() and self.d.main:
+            print(f"resumed from {self._state_path()} at step {self.step}", flush=True)
+        if not self.trainable:
+            if self.d.main:
+                print(f"model.kind={cfg.perception.model.kind} has no trainable parameters: validating only", flush=True)
+            return self.finish(train_time_s=0.0)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.run.max_steps, initial=self.step, desc=f"train {cfg.perception.model.kind}",
+                       unit="step", dynamic_ncols=True)
+        t_start = time.monotonic()
+        self.model.train()
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_f = open(self.out / "train_log.jsonl", "a") if self.d.main else None  # noqa: SIM115
+        try:
+            while not self._should_stop(t_start, until_step):
+                self._one_step(t_start)
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.run.log_every == 0 and self.log:
+                    rec = self.log[-1]
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k not in ("step", "lr", "t")})
+                    if log_f:
+                        log_f.write(json.dumps(rec) + "\n")
+                        log_f.flush()
+                if self.step % cfg.run.checkpoint_every == 0:
+                    self.elapsed_s += time.monotonic() - t_start
+                    t_start = time.monotonic()
+                    self.save_state()
+        finally:
+            if bar is not None:
+                bar.close()
+            if log_f:
+                log_f.close()
+        self.elapsed_s += time.monotonic() - t_start
+        self.save_state()
+        if until_step is not None and self.step < cfg.run.max_steps:
+            return {}
+        return self.finish(train_time_s=self.elapsed_s)
+
+    def _one_step(self, t_start: float) -> None:
+        cfg = self.cfg
+        x, tg, se2, dt, reset = _to_device(self.sampler.next(), self.device)
+        B = x.shape[1]
+        if self.hidden is None:
+            self.hidden = self.model.init_state(B, self.device)
+        progress = self.step / max(cfg.run.max_steps, 1)
+        if cfg.run.max_minutes > 0:
+            progress = max(progress, (self.elapsed_s + time.monotonic() - t_start) / (cfg.run.max_minutes * 60))
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.optim.lr * lr_factor(self.step, progress, cfg.optim.warmup_steps)
+        loss, parts, state = self.net(x, tg, se2, dt, reset, self.hidden)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
+        self.opt.step()
+        self.hidden = {k: v.detach() for k, v in state.items()}
+        self.step += 1
+        if self.step % cfg.run.log_every == 0 or self.step == 1:
+            rec = {"step": self.step, "loss": float(loss.detach()), "gnorm": float(gnorm),
+                   "lr": self.opt.param_groups[0]["lr"]}
+            rec.update({k: float(v) for k, v in parts.items()})
+            self.log.append(rec)
+
+    # -------------------------------------------------------------- end of training
+    def finish(self, train_time_s: float) -> dict:
+        """Validate on the held-out seeds (rank 0) and write model.safetensors + metrics.json."""
+        if self.d.enabled:
+            dist.barrier()
+        result: dict = {}
+        if self.d.main:
+            from ssm_perception.model import save_checkpoint
+
+            cfg = self.cfg
+            val_store = SequenceStore(self.val_specs, cfg.perception, cfg.data.cache_dir or None, cfg.data.workers)
+            val_store.start().join()
+            val = validate(self.model, val_store.sequences, cfg.perception, self.device, cfg.run.val_frames,
+                           amp=self.window.amp_dtype)
+            hours = sum(float(s.duration_s) for s in make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(),
+                                                                  cfg.data.duration_s)) / 3600.0
+            meta = {
+                "kind": cfg.perception.model.kind,
+                "perception_config": json.loads(cfg.perception.model_dump_json()),
+                "presets": list(cfg.data.presets),
+                "train_seeds": cfg.data.train_seeds.seeds(),
+                "val_seeds": cfg.data.val_seeds.seeds(),
+                "sequence_duration_s": cfg.data.duration_s,
+                "train_hours": hours,
+                "steps": self.step,
+                "batch_size": cfg.optim.batch_size * self.d.world,
+                "tbptt": cfg.optim.tbptt,
+                "train_time_s": round(train_time_s, 1),
+                "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+                "world_size": self.d.world,
+            }
+            result = {"meta": meta, "val": val, "last_log": self.log[-1] if self.log else None}
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.trainable:
+                save_checkpoint(self.model, self.out / "model.safetensors", meta)
+            (self.out / "metrics.json").write_text(json.dumps(result, indent=2))
+        if self.d.enabled:
+            dist.barrier()
+        return result
+
+
+# ---------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: nn.Module, sequences: list[dict], cfg: PerceptionConfig, device: torch.device,
+             max_frames: int = 0, amp=None) -> dict:
+    """Run each held-out sequence frame by frame (warp -> step, resets on time gaps) and score it."""
+    from ssm_perception.eval.occupancy import OccupancyMetrics, range_map
+    from ssm_perception.temporal.warp import warp_state
+
+    grid = BevGrid.from_config(cfg.grid)
+    metrics = OccupancyMetrics(range_map(grid.nx, grid.ny, grid.resolution, grid.x_min, grid.y_min))
+    vel_err, vel_n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for seq in sequences:
+        T = len(seq["stamp_ns"])
+        T = min(T, max_frames) if max_frames else T
+        state = model.init_state(1, device)
+        for t in range(T):
+            se2, dt, reset = _motion(seq, [t], first_fresh=(t == 0), max_gap_s=cfg.reset.max_time_gap_s)
+            state = warp_state(state, torch.from_numpy(se2), grid)
+            x = torch.from_numpy(seq["features"][t : t + 1]).to(device).float()
+            mask = torch.full((1, grid.nx, grid.ny), bool(reset[0]), device=device)
+            ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
+            with ctx:
+                heads, state = model.step(x, state, torch.tensor([dt[0]], device=device, dtype=torch.float32), mask)
+            state = {k: v.float() for k, v in state.items()}
+            p_occ = torch.sigmoid(heads["occupancy_logit"].float()[0, 0]).cpu().numpy()
+            dyn = heads.get("dynamic_logit")  # the log-odds filter has no dynamic head
+            dyn = None if dyn is None else torch.sigmoid(dyn.float()[0, 0]).cpu().numpy()
+            metrics.add(p_occ, seq["occupied"][t], seq["dynamic"][t], seq["visible"][t], dyn_prob=dyn)
+            m = seq["dynamic"][t] & seq["occupied"][t]
+            if m.any() and "velocity" in heads:
+                v = heads["velocity"].float()[0].cpu().numpy()
+                tv = seq["velocity"][t].astype(np.float32)
+                vel_err += float(np.linalg.norm(v[:, m] - tv[:, m], axis=0).sum())
+                vel_n += int(m.sum())
+    model.train(was_training)
+    out = metrics.summary()
+    out["velocity_epe_mps"] = vel_err / vel_n if vel_n else None
+    out["sequences"] = len(sequences)
+    return out

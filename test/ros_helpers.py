@@ -1,0 +1,276 @@
+"""Helpers for the node tests over real DDS: start the node and the replay as processes, listen from
+the test process, and write small synthetic bags whose discontinuities are placed exactly.
+
+conftest.py gives every test run its own random ROS_DOMAIN_ID; subprocesses inherit os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ssm_perception.config import NODE_NAME, PerceptionConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = 1_000_000_000
+T0_NS = 1_700_000_000 * NS  # bag start: a realistic epoch so stamps are never zero
+
+# A small grid and the cheapest settings keep a frame well under the 10 Hz LiDAR period on 2 shared
+# cores, so the tests see every frame (dropped frames would turn into time-gap resets).
+TEST_OVERRIDES = {
+    "grid.length_x": 40.0, "grid.length_y": 40.0, "grid.resolution": 0.5,
+    "sensors.use_camera": False,
+}
+
+
+# Same transports as `ssm-perception launch` (see launcher.dds_env), for this process's listener too.
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def ros_env(**extra: str) -> dict[str, str]:
+    from ssm_perception.nodes.launcher import dds_env
+
+    env = dds_env()
+    env.setdefault("ROS_DOMAIN_ID", "42")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def write_params(path: Path, overrides: dict | None = None) -> Path:
+    """A ROS 2 parameter file: the defaults with dotted ``overrides`` applied."""
+    flat = PerceptionConfig().to_ros_parameters()
+    flat.update(overrides or {})
+    PerceptionConfig.from_ros_parameters(flat)  # fail here, not in the node, for a broken test setup
+    Path(path).write_text(yaml.safe_dump({NODE_NAME: {"ros__parameters": flat}}))
+    return Path(path)
+
+
+class Proc:
+    """A subprocess with its combined output in a file (no pipe to fill up)."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict | None = None):
+        self.log = Path(log)
+        self._fh = self.log.open("w")
+        self.p = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=env or ros_env(), cwd=ROOT)
+
+    def output(self) -> str:
+        if not self._fh.closed:
+            self._fh.flush()
+        return self.log.read_text()
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        return self.p.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._fh.close()
+        return self.p.returncode
+
+
+def start_node(tmp_path: Path, overrides: dict | None = None, use_sim_time: bool = True) -> Proc:
+    params = write_params(tmp_path / "params.yaml", {**TEST_OVERRIDES, **(overrides or {})})
+    from ssm_perception.nodes.launcher import node_command
+
+    return Proc(node_command(params, use_sim_time=use_sim_time), tmp_path / "node.log")
+
+
+def start_replay(bag: Path, log: Path, rate: float = 1.0, exclude: tuple[str, ...] = ()) -> Proc:
+    from ssm_perception.nodes.launcher import replay_command
+
+    return Proc(replay_command(bag, rate=rate, wait_subscribers_s=30.0, exclude=exclude, quiet=True), log)
+
+
+def wait_for(pred, timeout: float, what: str, proc: Proc | None = None, period: float = 0.05):
+    """Poll ``pred`` until truthy; on timeout fail with ``what`` and the process output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"process died while waiting for {what}:\n{proc.output()[-4000:]}")
+        time.sleep(period)
+    tail = f"\n--- process output ---\n{proc.output()[-4000:]}" if proc is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+
+
+class Listener:
+    """An rclpy node in the test process, in its own context, spun by a background thread.
+
+    ``subscribe(topic, type, qos)`` collects messages into ``self.msgs[topic]``.
+    """
+
+    def __init__(self, name: str = "test_listener"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.msgs: dict[str, list] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def subscribe(self, topic: str, msg_type, qos) -> None:
+        def cb(msg, topic=topic):
+            with self._lock:
+                self.msgs[topic].append(msg)
+        self.node.create_subscription(msg_type, topic, cb, qos)
+
+    def get(self, topic: str) -> list:
+        with self._lock:
+            return list(self.msgs[topic])
+
+    def call_trigger(self, service: str, timeout: float = 10.0):
+        from std_srvs.srv import Trigger
+
+        client = self.node.create_client(Trigger, service)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise AssertionError(f"service {service} not available after {timeout} s")
+            future = client.call_async(Trigger.Request())
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert future.done(), f"service {service} did not answer in {timeout} s"
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
+
+
+# ---------------------------------------------------------------------------------------- diagnostics
+def diag_values(arr, name_suffix: str) -> dict[str, str] | None:
+    """{key: value} of the status whose name ends with ``name_suffix`` in a DiagnosticArray."""
+    for st in arr.status:
+        if st.name.endswith(name_suffix):
+            return {kv.key: kv.value for kv in st.values}
+    return None
+
+
+def diag_level(arr, name_suffix: str) -> int | None:
+    for st in arr.status:
+        if st.name.endswith(name_suffix):
+            return st.level[0] if isinstance(st.level, bytes) else int(st.level)
+    return None
+
+
+def reset_counts(diags: list) -> dict[str, int]:
+    """Reset counts per reason from the newest DiagnosticArray that reports any."""
+    for arr in reversed(diags):
+        v = diag_values(arr, ": state")
+        if v is not None:
+            return {k.split(".", 1)[1]: int(x) for k, x in v.items() if k.startswith("resets.")}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------- synthetic bag
+def _scene_points(rng: np.random.Generator) -> np.ndarray:
+    """Static structure in odom [N, 3]: two walls along the road, a parked box, ground."""
+    walls = []
+    for y in (-9.0, 9.0):
+        x = rng.uniform(-30, 90, 6000)
+        walls.append(np.stack([x, np.full_like(x, y), rng.uniform(0.0, 2.5, x.size)], 1))
+    bx = rng.uniform(20, 24.5, 1500)
+    walls.append(np.stack([bx, np.full_like(bx, 4.0), rng.uniform(0.0, 1.6, bx.size)], 1))
+    g = rng.uniform(-30, 90, (6000, 2))
+    g[:, 1] = rng.uniform(-9, 9, 6000)
+    walls.append(np.concatenate([g, np.zeros((6000, 1))], 1))
+    return np.concatenate(walls).astype(np.float64)
+
+
+def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 5.0,
+                        jump_at_s: float | None = None, jump_m: float = 8.0,
+                        lidar_gap_s: tuple[float, float] | None = None) -> dict:
+    """A small bag: /tf_static, /tf (odom -> base_link at 50 Hz), LiDAR at 10 Hz, radar at 10 Hz.
+
+    ``jump_at_s``: from then on odom -> base_link is shifted by ``jump_m`` (a localization jump).
+    ``lidar_gap_s``: (start, end) without LiDAR messages (a sensor dropout).
+    Returns the LiDAR stamps [ns] written and the event times.
+    """
+    from ssm_perception.geometry import invert_transform, make_transform, se2_matrix, transform_points
+    from ssm_perception.io import bag as b
+    from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, RADAR_DTYPE
+
+    rng = np.random.default_rng(0)
+    scene = _scene_points(rng)
+    T_base_lidar = make_transform((1.0, 0.0, 1.8))
+    T_base_radar = make_transform((3.5, 0.0, 0.5))
+
+    def pose(t_s: float) -> np.ndarray:
+        x = speed_mps * t_s + (jump_m if jump_at_s is not None and t_s >= jump_at_s else 0.0)
+        return se2_matrix(x, 0.0, 0.0)
+
+    lidar_stamps = []
+    with b.BagWriter(path) as bag:
+        bag.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", latched=True)
+        bag.add_topic("/tf", "tf2_msgs/msg/TFMessage")
+        bag.add_topic("/sensing/lidar/points", "sensor_msgs/msg/PointCloud2")
+        bag.add_topic("/sensing/radar/points", "sensor_msgs/msg/PointCloud2")
+        bag.write("/tf_static", T0_NS, b.tf_message([(T_base_lidar, T0_NS, "base_link", "lidar_top"),
+                                                     (T_base_radar, T0_NS, "base_link", "radar_front")]))
+        events = []
+        for k in range(int(duration_s * 50) + 1):  # /tf at 50 Hz
+            t = T0_NS + k * NS // 50
+            events.append((t, "tf"))
+        for k in range(int(duration_s * 10) + 1):
+            t = T0_NS + k * NS // 10 + NS // 100  # sensors 10 ms after the TF sample
+            events.append((t, "lidar"))
+            events.append((t + NS // 50, "radar"))
+        for t, kind in sorted(events):
+            ts = (t - T0_NS) / NS
+            if kind == "tf":
+                bag.write("/tf", t, b.tf_message([(pose(ts), t, "odom", "base_link")]))
+                continue
+            if kind == "lidar" and lidar_gap_s is not None and lidar_gap_s[0] <= ts < lidar_gap_s[1]:
+                continue
+            T_sensor_odom = invert_transform(pose(ts) @ (T_base_lidar if kind == "lidar" else T_base_radar))
+            pts = transform_points(T_sensor_odom, scene)
+            pts = pts[np.linalg.norm(pts[:, :2], axis=1) < 30.0]
+            if kind == "lidar":
+                arr = np.zeros(len(pts), dtype=LIDAR_DTYPE)
+                arr["intensity"] = 50.0
+                arr["ring"] = np.arange(len(pts)) % 32
+                lidar_stamps.append(t)
+                frame = "lidar_top"
+            else:
+                pts = pts[pts[:, 0] > 0][:64]
+                arr = np.zeros(len(pts), dtype=RADAR_DTYPE)
+                arr["rcs"] = 10.0
+                frame = "radar_front"
+            arr["x"], arr["y"], arr["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+            topic = "/sensing/lidar/points" if kind == "lidar" else "/sensing/radar/points"
+            bag.write(topic, t, b.pointcloud2_msg(arr, t, frame))
+    return {"lidar_stamps": lidar_stamps}
+
+
+def python() -> str:
+    return sys.executable

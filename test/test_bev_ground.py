@@ -1,0 +1,73 @@
+"""Ground plane (torch RANSAC vs open3d) and scan files read with open3d."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssm_perception.bev.ground import fit_ground_plane, fit_ground_plane_open3d, read_scan
+
+
+def _scene(seed=0, slope=0.05, offset=-0.2):
+    """Ground z = slope * x + offset with noise, a wall (vertical plane) and clutter."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-20, 20, (6000, 2))
+    ground = np.c_[xy, slope * xy[:, 0] + offset + rng.normal(0, 0.02, len(xy))]
+    wall = np.c_[np.full(3000, 5.0), rng.uniform(-10, 10, 3000), rng.uniform(-0.5, 0.9, 3000)]
+    clutter = rng.uniform([-20, -20, -0.5], [20, 20, 0.9], (1500, 3))
+    return np.concatenate([ground, wall, clutter]).astype(np.float32)
+
+
+def _check(plane, slope=0.05, offset=-0.2):
+    n = np.array(plane.normal)
+    expected = np.array([-slope, 0.0, 1.0]) / math.hypot(slope, 1.0)
+    assert not plane.fallback
+    assert np.allclose(n, expected, atol=5e-3)
+    assert -plane.d / n[2] == pytest.approx(offset, abs=0.02)  # z at x = y = 0
+
+
+def test_torch_ransac_finds_the_tilted_ground_not_the_wall():
+    pts = _scene()
+    plane = fit_ground_plane(torch.from_numpy(pts))
+    _check(plane)
+    h = plane.height(torch.tensor([[0.0, 0.0, 1.0]]))
+    assert h.item() == pytest.approx(1.2 / math.hypot(0.05, 1.0), abs=0.02)
+    again = fit_ground_plane(torch.from_numpy(pts))
+    assert again == plane  # deterministic
+
+
+def test_open3d_agrees_with_torch():
+    _check(fit_ground_plane_open3d(_scene(seed=1)))
+
+
+def test_fallback_on_too_few_points():
+    plane = fit_ground_plane(torch.zeros(0, 3))
+    assert plane.fallback and plane.normal == (0.0, 0.0, 1.0)
+    wall_only = np.c_[np.full(500, 3.0), np.random.default_rng(0).uniform(-5, 5, (500, 2))].astype(np.float32)
+    wall_only[:, 2] = np.clip(wall_only[:, 2], -0.9, 0.9)
+    assert fit_ground_plane(torch.from_numpy(wall_only)).fallback
+
+
+@pytest.mark.parametrize("ext", ["pcd", "ply"])
+def test_read_scan_roundtrip(tmp_path, ext):
+    import open3d as o3d
+
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(100, 3)).astype(np.float32)
+    inten = rng.uniform(0, 255, (100, 1)).astype(np.float32)
+    pc = o3d.t.geometry.PointCloud()
+    pc.point.positions = o3d.core.Tensor(pos)
+    pc.point.intensity = o3d.core.Tensor(inten)
+    path = tmp_path / f"scan.{ext}"
+    assert o3d.t.io.write_point_cloud(str(path), pc)
+    scan = read_scan(path)
+    assert scan.dtype.names == ("x", "y", "z", "intensity")
+    assert np.allclose(np.c_[scan["x"], scan["y"], scan["z"]], pos)
+    assert np.allclose(scan["intensity"], inten[:, 0])
+    with pytest.raises(FileNotFoundError):
+        read_scan(tmp_path / "missing.pcd")
+    bad = tmp_path / "scan.xyz"
+    bad.write_text("0 0 0\n")
+    with pytest.raises(ValueError):
+        read_scan(bad)

@@ -1,0 +1,125 @@
+"""BevPerceptionModel: step / forward_sequence per kind, and safetensors checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from ssm_perception.bev.features import FEATURE_CHANNELS
+from ssm_perception.config import PerceptionConfig
+from ssm_perception.heads import HEAD_CHANNELS
+from ssm_perception.model import BevPerceptionModel, CheckpointError, load_checkpoint, save_checkpoint, sidecar_path
+
+KINDS = ["logodds", "single", "convgru", "attention"]
+
+
+def config(kind, d_model=8):
+    return PerceptionConfig.model_validate(
+        {"grid": {"length_x": 8.0, "length_y": 6.0, "resolution": 0.5},
+         "model": {"kind": kind, "d_model": d_model, "attention_history": 3}})
+
+
+def model(kind, **kw):
+    torch.manual_seed(0)
+    return BevPerceptionModel(config(kind, **kw)).eval()
+
+
+def frames(t=4, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = (torch.rand(t, b, len(FEATURE_CHANNELS), 16, 12, generator=g) > 0.6).float()
+    return xs, torch.full((t, b), 0.1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_and_sequence(kind):
+    m = model(kind)
+    xs, dts = frames()
+    s = m.init_state(2)
+    assert all((v == 0).all() for v in s.values())
+    with torch.no_grad():
+        outs = []
+        for t in range(xs.shape[0]):
+            out, s = m.step(xs[t], s, dts[t])
+            outs.append(out)
+        seq, final = m.forward_sequence(xs, dts)
+    assert {k: tuple(v.shape) for k, v in outs[0].items()} == {k: (2, c, 16, 12) for k, c in HEAD_CHANNELS.items()}
+    for k in HEAD_CHANNELS:
+        assert seq[k].shape == (4, 2, HEAD_CHANNELS[k], 16, 12)
+        for t in range(4):
+            assert torch.allclose(seq[k][t], outs[t][k], atol=1e-5), (k, t)
+    assert all(torch.allclose(final[k], s[k], atol=1e-5) for k in s)
+
+
+def test_bad_inputs_raise_clearly():
+    m = model("single")
+    s = m.init_state(1)
+    x = torch.zeros(1, len(FEATURE_CHANNELS), 16, 12)
+    with pytest.raises(ValueError, match="dt"):
+        m.step(x, s, torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="dt"):
+        m.step(x, s, torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match="features"):
+        m.step(torch.zeros(1, 3, 16, 12), s, torch.tensor([0.1]))
+
+
+def test_mamba_kind_is_built_lazily():
+    # The Mamba core is another module; the model must build it through the same protocol.
+    mamba = pytest.importorskip("ssm_perception.temporal.mamba")
+    m = model("mamba", d_model=16)
+    assert isinstance(m.core, mamba.MambaCore)
+    xs, dts = frames(t=2, b=1)
+    with torch.no_grad():
+        out, s = m.step(xs[0, :1], m.init_state(1), dts[0, :1])
+    assert torch.isfinite(out["occupancy_logit"]).all()
+
+
+@pytest.mark.parametrize("kind", ["attention", "logodds"])
+def test_checkpoint_roundtrip(tmp_path, kind):
+    m = model(kind)
+    path = tmp_path / "ckpt" / "model.safetensors"
+    digest = save_checkpoint(m, path, {"epoch": 3, "note": "unit test"})
+    assert path.read_bytes()[8:9] == b"{"  # safetensors header, not a pickle
+    side = json.loads(sidecar_path(path).read_text())
+    assert side["sha256"] == digest and side["kind"] == kind and side["config"]["model"]["kind"] == kind
+    loaded, meta = load_checkpoint(path, expected_sha256=digest, expected_kind=kind)
+    assert meta == {"epoch": 3, "note": "unit test"}
+    xs, dts = frames(t=1)
+    with torch.no_grad():
+        a, _ = m.step(xs[0], m.init_state(2), dts[0])
+        b, _ = loaded.step(xs[0], loaded.init_state(2), dts[0])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_errors(tmp_path):
+    m = model("convgru")
+    path = tmp_path / "m.safetensors"
+    digest = save_checkpoint(m, path, {})
+    with pytest.raises(CheckpointError, match="expected"):
+        load_checkpoint(path, expected_sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="kind"):
+        load_checkpoint(path, expected_kind="mamba")
+    # wrong shapes: a sidecar whose config disagrees with the weights
+    side = sidecar_path(path)
+    info = json.loads(side.read_text())
+    info["config"]["model"]["d_model"] = 4
+    side.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="shapes"):
+        load_checkpoint(path)
+    # the weights of another kind under this sidecar
+    info["config"]["model"]["d_model"] = 8
+    info["config"]["model"]["kind"] = "attention"
+    side.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="kind|parameters"):
+        load_checkpoint(path)
+    # tampered weights
+    save_checkpoint(m, path, {})
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(TypeError):
+        save_checkpoint(m, tmp_path / "x.safetensors", {"bad": object()})
+    assert digest  # the first save succeeded
