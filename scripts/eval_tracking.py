@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +57,17 @@ def print_table(metrics: dict[str, dict[str, float]], title: str, console: Conso
         table.add_row(name, *(f"{row[c]:.3f}" if c in ("mota", "motp", "idf1", "hota") else f"{row[c]:.0f}"
                               for c in TABLE_COLUMNS))
     (console or Console(width=120)).print(table)
+
+
+def _json_safe(v):
+    """NaN (e.g. MOTP without a single match) becomes null: strict JSON has no NaN."""
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 @app.command()
@@ -144,7 +156,7 @@ def main(
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    out.write_text(json.dumps(_json_safe(result), indent=2, default=str))
     console.print(f"wrote {out}")
 
 

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssm_perception.bev.grid import BevGrid  # noqa: E402
-from ssm_perception.config import ModelConfig  # noqa: E402
-from ssm_perception.temporal import fused_step  # noqa: E402
-from ssm_perception.temporal.mamba import MambaCore  # noqa: E402
-from ssm_perception.temporal.warp import source_indices, warp_state  # noqa: E402
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.config import ModelConfig
+from ssm_perception.temporal import fused_step
+from ssm_perception.temporal.mamba import MambaCore
+from ssm_perception.temporal.warp import source_indices, warp_state
 
 C_IN = 64  # BEV feature channels entering the core (the encoders' order of magnitude)
 NOMINAL_HBM_BPS = 3.35e12  # H100 SXM5 HBM3 datasheet peak
@@ -54,7 +54,7 @@ def versions() -> dict:
                     memory_gib=round(p.total_memory / 2**30, 1))
         try:
             info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=30).stdout.strip()
+                                            check=False, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError) as exc:
             info["driver"] = f"unknown ({exc})"
     return info
@@ -83,6 +83,10 @@ def make_cores(device: str, backends: list[str]) -> dict[str, MambaCore]:
     return cores
 
 
+def _to(device: str, t: torch.Tensor) -> torch.Tensor:
+    return t.to(device)
+
+
 def err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double().cpu() - b.double().cpu()).abs().max())
 
@@ -103,7 +107,6 @@ def parity(device: str, backends: list[str], n: int, seq_len: int = 8) -> dict:
     cpu64 = MambaCore(C_IN, ModelConfig()).double().eval()
     cpu64.load_state_dict({k: v.double().cpu() for k, v in ref.state_dict().items()})
     st64 = {"ssm": st["ssm"].double()}
-    dev = lambda t: t.to(device)  # noqa: E731
     out: dict = {"grid": [n, n], "cells": n * n, "seq_len": seq_len, "motion_dx_dy_dyaw": list(MOTION)}
 
     y64, s64 = cpu64.step(x.double(), st64, dt, mask)
@@ -111,36 +114,36 @@ def parity(device: str, backends: list[str], n: int, seq_len: int = 8) -> dict:
     ys64, ss64 = cpu64.forward_sequence(xs.double(), dts, None, st64)
     for name, core in cores.items():
         r: dict = {}
-        y, s = core.step(dev(x), {"ssm": dev(st["ssm"])}, dev(dt), dev(mask))
+        y, s = core.step(_to(device, x), {"ssm": _to(device, st["ssm"])}, _to(device, dt), _to(device, mask))
         r["step_y_vs_fp64"], r["step_state_vs_fp64"] = err(y, y64), err(s["ssm"], s64["ssm"])
-        y, s = core.warp_step(dev(x), {"ssm": dev(st["ssm"])}, MOTION, dev(dt), dev(mask), grid)
+        y, s = core.warp_step(_to(device, x), {"ssm": _to(device, st["ssm"])}, MOTION, _to(device, dt), _to(device, mask), grid)
         r["warp_step_y_vs_fp64"], r["warp_step_state_vs_fp64"] = err(y, yw64), err(s["ssm"], sw64["ssm"])
         t0 = time.perf_counter()
-        y, s = core.forward_sequence(dev(xs), dev(dts), None, {"ssm": dev(st["ssm"])})
+        y, s = core.forward_sequence(_to(device, xs), _to(device, dts), None, {"ssm": _to(device, st["ssm"])})
         r["sequence_seconds_incl_compile"] = round(time.perf_counter() - t0, 2)
         r["sequence_y_vs_fp64"], r["sequence_state_vs_fp64"] = err(y, ys64), err(s["ssm"], ss64["ssm"])
         out[name] = r
         print(name, r)
     # the backends against the fp32 reference on the same device
-    y_r, s_r = ref.warp_step(dev(x), {"ssm": dev(st["ssm"])}, MOTION, dev(dt), dev(mask), grid)
-    ys_r, ss_r = ref.forward_sequence(dev(xs), dev(dts), None, {"ssm": dev(st["ssm"])})
-    stream_state, stream_ys = {"ssm": dev(st["ssm"])}, []
+    y_r, s_r = ref.warp_step(_to(device, x), {"ssm": _to(device, st["ssm"])}, MOTION, _to(device, dt), _to(device, mask), grid)
+    ys_r, ss_r = ref.forward_sequence(_to(device, xs), _to(device, dts), None, {"ssm": _to(device, st["ssm"])})
+    stream_state, stream_ys = {"ssm": _to(device, st["ssm"])}, []
     for t in range(seq_len):
-        yy, stream_state = ref.step(dev(xs[t]), stream_state, dev(dts[t]))
+        yy, stream_state = ref.step(_to(device, xs[t]), stream_state, _to(device, dts[t]))
         stream_ys.append(yy)
     out["reference_stream_vs_parallel"] = {"y": err(torch.stack(stream_ys), ys_r),
                                            "state": err(stream_state["ssm"], ss_r["ssm"])}
     for name, core in cores.items():
         if name == "reference":
             continue
-        y, s = core.warp_step(dev(x), {"ssm": dev(st["ssm"])}, MOTION, dev(dt), dev(mask), grid)
-        ys, ss = core.forward_sequence(dev(xs), dev(dts), None, {"ssm": dev(st["ssm"])})
+        y, s = core.warp_step(_to(device, x), {"ssm": _to(device, st["ssm"])}, MOTION, _to(device, dt), _to(device, mask), grid)
+        ys, ss = core.forward_sequence(_to(device, xs), _to(device, dts), None, {"ssm": _to(device, st["ssm"])})
         out[f"{name}_vs_reference"] = {"warp_step_y": err(y, y_r), "warp_step_state": err(s["ssm"], s_r["ssm"]),
                                        "sequence_y": err(ys, ys_r), "sequence_state": err(ss["ssm"], ss_r["ssm"])}
     if "fused" in cores:  # cell-aligned motion and nearest mode are exact gathers
         for label, motion, mode in (("integer_shift", (1.0, -0.5, 0.0), "bilinear"), ("nearest", MOTION, "nearest")):
-            y1, s1 = ref.warp_step(dev(x), {"ssm": dev(st["ssm"])}, motion, dev(dt), dev(mask), grid, mode)
-            y2, s2 = cores["fused"].warp_step(dev(x), {"ssm": dev(st["ssm"])}, motion, dev(dt), dev(mask), grid, mode)
+            y1, s1 = ref.warp_step(_to(device, x), {"ssm": _to(device, st["ssm"])}, motion, _to(device, dt), _to(device, mask), grid, mode)
+            y2, s2 = cores["fused"].warp_step(_to(device, x), {"ssm": _to(device, st["ssm"])}, motion, _to(device, dt), _to(device, mask), grid, mode)
             out[f"fused_vs_reference_{label}"] = {"y": err(y1, y2), "state": err(s1["ssm"], s2["ssm"])}
     return out
 
@@ -209,89 +212,95 @@ def bench(device: str, backends: list[str], sizes: list[int], iters: int) -> dic
                  "state_bytes_per_cell": ref.state_bytes_per_cell(), "in_channels": C_IN,
                  "config": ref.cfg.model_dump(), "motion_dx_dy_dyaw": list(MOTION), "sizes": {}}
     for n in sizes:
-        grid = BevGrid.square(n, 0.5)
-        g = torch.Generator().manual_seed(n)
-        x = torch.randn(1, C_IN, n, n, generator=g).to(device)
-        prev = {"ssm": (torch.randn(1, ref.state_channels, n, n, generator=g) * 0.5).to(device)}
-        dt = torch.tensor([0.1], device=device)
-        # the warp's sampling grid for a fixed motion, precomputed as warp.py computes it (a graph
-        # cannot contain warp.py's host-side float64 geometry and its host-to-device copy)
-        src = source_indices(MOTION, grid, 1)
-        inside = ((src[..., 0] > -0.5) & (src[..., 0] < n - 0.5) & (src[..., 1] > -0.5) & (src[..., 1] < n - 0.5))
-        inside = inside.to(device).unsqueeze(1)
-        samp = torch.stack([(2 * src[..., 1] + 1) / n - 1, (2 * src[..., 0] + 1) / n - 1], -1).float().to(device)
-        zero = torch.zeros((), device=device)
-
-        def static_warp(t, samp=samp, inside=inside, zero=zero):
-            out = torch.nn.functional.grid_sample(t, samp, mode="bilinear", padding_mode="border", align_corners=False)
-            return torch.where(inside, out, zero)
-
-        aff, bil = fused_step.warp_params(MOTION, grid, 1, "bilinear")
-        aff = aff.to(device)
-        state_bytes = 2 * ref.state_bytes_per_cell() * n * n  # read once + write once
-        row: dict = {"cells": n * n, "state_MB": ref.state_bytes_per_cell() * n * n / 1e6,
-                     "bound_state_bytes": state_bytes,
-                     "bound_ms_measured_bw": state_bytes / bw * 1e3,
-                     "bound_ms_nominal_bw": state_bytes / NOMINAL_HBM_BPS * 1e3, "variants": {}}
-        # projections of the current frame, for the state-update-only variants
-        u = ref._pre(x)
-        z, xs, b, c, step = ref._project(u, dt)
-        y_buf = torch.empty_like(xs)
-        h_buf = torch.empty_like(prev["ssm"])
-        A, D = ref.A(), ref.D.float()
-        nh, p, ds, ng = ref.nheads, ref.headdim, ref.d_state, ref.ngroups
-        variants = {}
-        for name, core in cores.items():
-            if name == "fused":
-                def full(core=core):  # whole MambaCore step with the in-kernel warp, static buffers
-                    uu = core._pre(x)
-                    zz, xx, bb, cc, ss = core._project(uu, dt)
-                    yy, _ = fused_step.fused_warp_step(prev["ssm"], zz, xx, bb, cc, ss, A, D, nh, p, ds, ng,
-                                                       (aff, bil), None, out=(y_buf, h_buf))
-                    return core._post(uu, yy)
-
-                def update():
-                    return fused_step.fused_warp_step(prev["ssm"], z, xs, b, c, step, A, D, nh, p, ds, ng,
-                                                      (aff, bil), None, out=(y_buf, h_buf))
-
-                variants["fused/full/eager_host_warp"] = lambda core=core: core.warp_step(x, prev, MOTION, dt, None, grid)
-            else:
-                def full(core=core):
-                    return core.step(x, {"ssm": static_warp(prev["ssm"])}, dt)
-
-                if name == "reference":
-                    def update():
-                        return ref._ssm_step_reference(static_warp(prev["ssm"]), z, xs, b, c, step)
-                else:
-                    from ssm_perception.temporal import mamba_kernels
-
-                    def update(core=core):
-                        return mamba_kernels.step(core, static_warp(prev["ssm"]), z, xs, b, c, step)
-
-                variants[f"{name}/full/eager_warp_py"] = lambda core=core: core.step(x, warp_state(prev, MOTION, grid), dt)
-            variants[f"{name}/full/eager"] = full
-            variants[f"{name}/update/eager"] = update
-            for kind, fn in (("full", full), ("update", update)):
-                try:
-                    rep = graphed(fn, device)
-                except Exception as exc:  # noqa: BLE001 - recorded, not fatal
-                    rep = None
-                    row["variants"][f"{name}/{kind}/cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-                if rep is not None:
-                    variants[f"{name}/{kind}/cuda_graph"] = rep
-        for label, fn in variants.items():
-            torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
-            r = time_fn(fn, device, iters)
-            r["x_bound_measured_bw"] = round(r["p50_ms"] / row["bound_ms_measured_bw"], 2)
-            r["achieved_over_limit"] = round(row["bound_ms_measured_bw"] / r["p50_ms"], 3)
-            r["achieved_over_nominal_limit"] = round(row["bound_ms_nominal_bw"] / r["p50_ms"], 3)
-            if device == "cuda":
-                r["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
-            row["variants"][label] = r
-            print(f"{n}^2 {label:36s} p50 {r['p50_ms']:.4f} ms  p99 {r['p99_ms']:.4f} ms  "
-                  f"x bound {r['x_bound_measured_bw']}")
-        res["sizes"][str(n)] = row
+        res["sizes"][str(n)] = _bench_size(n, device, cores, iters, bw)
     return res
+
+
+@torch.no_grad()
+def _bench_size(n: int, device: str, cores: dict[str, MambaCore], iters: int, bw: float) -> dict:
+    ref = cores["reference"]
+    grid = BevGrid.square(n, 0.5)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(1, C_IN, n, n, generator=g).to(device)
+    prev = {"ssm": (torch.randn(1, ref.state_channels, n, n, generator=g) * 0.5).to(device)}
+    dt = torch.tensor([0.1], device=device)
+    # the warp's sampling grid for a fixed motion, precomputed as warp.py computes it (a graph
+    # cannot contain warp.py's host-side float64 geometry and its host-to-device copy)
+    src = source_indices(MOTION, grid, 1)
+    inside = ((src[..., 0] > -0.5) & (src[..., 0] < n - 0.5) & (src[..., 1] > -0.5) & (src[..., 1] < n - 0.5))
+    inside = inside.to(device).unsqueeze(1)
+    samp = torch.stack([(2 * src[..., 1] + 1) / n - 1, (2 * src[..., 0] + 1) / n - 1], -1).float().to(device)
+    zero = torch.zeros((), device=device)
+
+    def static_warp(t, samp=samp, inside=inside, zero=zero):
+        out = torch.nn.functional.grid_sample(t, samp, mode="bilinear", padding_mode="border", align_corners=False)
+        return torch.where(inside, out, zero)
+
+    aff, bil = fused_step.warp_params(MOTION, grid, 1, "bilinear")
+    aff = aff.to(device)
+    state_bytes = 2 * ref.state_bytes_per_cell() * n * n  # read once + write once
+    row: dict = {"cells": n * n, "state_MB": ref.state_bytes_per_cell() * n * n / 1e6,
+                 "bound_state_bytes": state_bytes,
+                 "bound_ms_measured_bw": state_bytes / bw * 1e3,
+                 "bound_ms_nominal_bw": state_bytes / NOMINAL_HBM_BPS * 1e3, "variants": {}}
+    # projections of the current frame, for the state-update-only variants
+    u = ref._pre(x)
+    z, xs, b, c, step = ref._project(u, dt)
+    y_buf = torch.empty_like(xs)
+    h_buf = torch.empty_like(prev["ssm"])
+    A, D = ref.A(), ref.D.float()
+    nh, p, ds, ng = ref.nheads, ref.headdim, ref.d_state, ref.ngroups
+    variants = {}
+    for name, core in cores.items():
+        if name == "fused":
+            def full(core=core):  # whole MambaCore step with the in-kernel warp, static buffers
+                uu = core._pre(x)
+                zz, xx, bb, cc, ss = core._project(uu, dt)
+                yy, _ = fused_step.fused_warp_step(prev["ssm"], zz, xx, bb, cc, ss, A, D, nh, p, ds, ng,
+                                                   (aff, bil), None, out=(y_buf, h_buf))
+                return core._post(uu, yy)
+
+            def update():
+                return fused_step.fused_warp_step(prev["ssm"], z, xs, b, c, step, A, D, nh, p, ds, ng,
+                                                  (aff, bil), None, out=(y_buf, h_buf))
+
+            variants["fused/full/eager_host_warp"] = lambda core=core: core.warp_step(x, prev, MOTION, dt, None, grid)
+        else:
+            def full(core=core):
+                return core.step(x, {"ssm": static_warp(prev["ssm"])}, dt)
+
+            if name == "reference":
+                def update():
+                    return ref._ssm_step_reference(static_warp(prev["ssm"]), z, xs, b, c, step)
+            else:
+                from ssm_perception.temporal import mamba_kernels
+
+                def update(core=core):
+                    return mamba_kernels.step(core, static_warp(prev["ssm"]), z, xs, b, c, step)
+
+            variants[f"{name}/full/eager_warp_py"] = lambda core=core: core.step(x, warp_state(prev, MOTION, grid), dt)
+        variants[f"{name}/full/eager"] = full
+        variants[f"{name}/update/eager"] = update
+        for kind, fn in (("full", full), ("update", update)):
+            try:
+                rep = graphed(fn, device)
+            except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+                rep = None
+                row["variants"][f"{name}/{kind}/cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            if rep is not None:
+                variants[f"{name}/{kind}/cuda_graph"] = rep
+    for label, fn in variants.items():
+        torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
+        r = time_fn(fn, device, iters)
+        r["x_bound_measured_bw"] = round(r["p50_ms"] / row["bound_ms_measured_bw"], 2)
+        r["achieved_over_limit"] = round(row["bound_ms_measured_bw"] / r["p50_ms"], 3)
+        r["achieved_over_nominal_limit"] = round(row["bound_ms_nominal_bw"] / r["p50_ms"], 3)
+        if device == "cuda":
+            r["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
+        row["variants"][label] = r
+        print(f"{n}^2 {label:36s} p50 {r['p50_ms']:.4f} ms  p99 {r['p99_ms']:.4f} ms  "
+              f"x bound {r['x_bound_measured_bw']}")
+    return row
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from ssm_perception.temporal.baselines import (
     LogOddsCore,
     SingleFrameCore,
 )
+from ssm_perception.temporal.warp import warp_state
 
 CHECKPOINT_FORMAT = "ssm_perception.checkpoint/1"
 
@@ -81,6 +82,10 @@ class BevPerceptionModel(nn.Module):
 
     def init_state(self, batch: int = 1, device=None) -> State:
         return self.core.init_state(batch, self.grid.nx, self.grid.ny, device)
+
+    def warp(self, state: State, T_prev_cur, mode: str = "bilinear") -> State:
+        """Move the state into the current base_link frame (see temporal/warp.py)."""
+        return warp_state(state, T_prev_cur, self.grid, mode)
 
     def _heads(self, y: Tensor) -> dict[str, Tensor]:
         return LogOddsCore.heads(y) if self.heads is None else self.heads(y)

@@ -83,7 +83,9 @@ class FrameOutputs:
     tracks: list[TrackState]  # odom
     health: HealthReport
     reset: ResetDecision
-    latency_ms: dict[str, float]  # encode, warp, temporal, heads, tracking, total
+    # reset, encode, warp, temporal (model.step incl. its head convolutions), heads (decoding the
+    # heads into grids and detections), tracking, health, total (the whole process() call)
+    latency_ms: dict[str, float]
     sensors: dict[str, bool]  # which sensors contributed this frame
     input_problems: list[str] = field(default_factory=list)  # rejected inputs, one line each
     feature_stats: dict = field(default_factory=dict)
@@ -105,7 +107,7 @@ def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
         return model, {"kind": model.kind, "source": str(m.checkpoint), "metadata": meta}
     if m.kind == "logodds":
         return BevPerceptionModel(config).to(m.device).eval(), {"kind": "logodds", "source": "training-free"}
-    shipped = _shipped_checkpoint(m.kind)
+    shipped = shipped_checkpoint(m.kind)
     if shipped is not None:
         model, meta = load_checkpoint(shipped, map_location=m.device, expected_kind=m.kind)
         return model, {"kind": model.kind, "source": str(shipped), "metadata": meta}
@@ -118,7 +120,9 @@ def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
                                                                "fallback": reason}
 
 
-def _shipped_checkpoint(kind: str) -> Path | None:
+def shipped_checkpoint(kind: str) -> Path | None:
+    """The checkpoint of ``kind`` shipped in ssm_perception/checkpoints/ (``<kind>.safetensors``
+    first, else any whose sidecar says that kind), or None."""
     import json
 
     if not SHIPPED_CHECKPOINTS.is_dir():
@@ -133,6 +137,9 @@ def _shipped_checkpoint(kind: str) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+_shipped_checkpoint = shipped_checkpoint  # the name eval/evaluate.py imports
 
 
 class PerceptionPipeline:
@@ -178,19 +185,29 @@ class PerceptionPipeline:
         camera_ok = use.use_camera and _checked_camera(inp, problems)
 
         # 1. Reset decision (cheap, first: it tells whether there is a motion to warp with).
+        t0 = time.perf_counter()
         decision = self.policy.decide(stamp_ns, inp.T_odom_base, lidar_present=lidar is not None,
                                       state_finite=self._state_finite, zone=inp.zone)
         twist = inp.ego_twist if inp.ego_twist is not None else _twist_from_motion(decision)
+        lat["reset"] = _ms(t0)
 
         # 2. Encode the sensors present.
         t0 = time.perf_counter()
-        feats = encode_frame(
-            self.grid,
-            LidarScan(lidar, inp.T_base_lidar) if lidar is not None else None,
-            RadarScan(radar, inp.T_base_radar) if radar is not None else None,
-            CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
-            ego_twist=twist,
-        )
+        try:
+            feats = encode_frame(
+                self.grid,
+                LidarScan(lidar, inp.T_base_lidar) if lidar is not None else None,
+                RadarScan(radar, inp.T_base_radar) if radar is not None else None,
+                CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
+                ego_twist=twist,
+            )
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+            # Last line of defence: input the checks above did not foresee must not stop the node.
+            # The frame still advances the state (as a frame without sensors) so time stays consistent.
+            log.exception("BEV encoding failed at %.3f s; frame treated as having no sensor data", stamp_ns / NS)
+            problems.append(f"encoder failed: {type(exc).__name__}: {exc}")
+            lidar = radar = None
+            feats = encode_frame(self.grid, ego_twist=twist)
         x = feats.features.unsqueeze(0).to(self.device)  # [1, C_in, H, W]
         observed = observed_from_features(x)  # [1, H, W] bool
         lat["encode"] = _ms(t0)
@@ -235,6 +252,7 @@ class PerceptionPipeline:
         lat["tracking"] = _ms(t0)
 
         # 7. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells).
+        t0 = time.perf_counter()
         report = self.health.update(self.state, stamp_ns / NS, observed, feats.sensor_mask, motion,
                                     0.0 if decision.full else dt_s)
         # The monitor already counts non-finite state values; no second pass over the state here.
@@ -248,6 +266,7 @@ class PerceptionPipeline:
         unknown = (self.health.observed[0, 0] <= 0.5).cpu().numpy() | ~np.isfinite(occ)
         occ = np.nan_to_num(occ, nan=0.5, posinf=1.0, neginf=0.0)
         dyn = np.nan_to_num(dyn, nan=0.0, posinf=1.0, neginf=0.0)
+        lat["health"] = _ms(t0)
         lat["total"] = _ms(t_start)
         self.frames += 1
         return FrameOutputs(
@@ -277,6 +296,10 @@ def _checked_points(name: str, pts, T, fields: tuple[str, ...], problems: list[s
     names = getattr(getattr(pts, "dtype", None), "names", None)
     if names is None or any(f not in names for f in fields):
         problems.append(f"{name}: cloud needs fields {list(fields)}, has {list(names or [])}")
+        return None
+    vector = [f for f in fields if pts.dtype[f].shape != () or pts.dtype[f].kind not in "uif"]
+    if vector:
+        problems.append(f"{name}: fields {vector} must be scalar numbers (PointField count 1)")
         return None
     return pts
 

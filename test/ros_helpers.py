@@ -23,6 +23,7 @@ from ssm_perception.config import NODE_NAME, PerceptionConfig
 ROOT = Path(__file__).resolve().parents[1]
 NS = 1_000_000_000
 T0_NS = 1_700_000_000 * NS  # bag start: a realistic epoch so stamps are never zero
+SENSOR_LATENCY_NS = 30_000_000  # driver latency: a scan arrives after the TF samples around its stamp
 
 # A small grid and the cheapest settings keep a frame well under the 10 Hz LiDAR period on 2 shared
 # cores, so the tests see every frame (dropped frames would turn into time-gap resets).
@@ -93,10 +94,14 @@ def start_node(tmp_path: Path, overrides: dict | None = None, use_sim_time: bool
     return Proc(node_command(params, use_sim_time=use_sim_time), tmp_path / "node.log")
 
 
-def start_replay(bag: Path, log: Path, rate: float = 1.0, exclude: tuple[str, ...] = ()) -> Proc:
+def start_replay(bag: Path, log: Path, rate: float = 1.0, exclude: tuple[str, ...] = (),
+                 lockstep: str = "/perception/occupancy_grid", lockstep_timeout_s: float = 3.0) -> Proc:
+    """Replay in lockstep with the node's grid by default: every frame is processed however loaded
+    the machine is, so the tests can expect exact frames and resets."""
     from ssm_perception.nodes.launcher import replay_command
 
-    return Proc(replay_command(bag, rate=rate, wait_subscribers_s=30.0, exclude=exclude, quiet=True), log)
+    cmd = replay_command(bag, rate=rate, wait_subscribers_s=30.0, exclude=exclude, quiet=True, lockstep=lockstep)
+    return Proc(cmd + ["--lockstep-timeout", str(lockstep_timeout_s)], log)
 
 
 def wait_for(pred, timeout: float, what: str, proc: Proc | None = None, period: float = 0.05):
@@ -209,14 +214,23 @@ def _scene_points(rng: np.random.Generator) -> np.ndarray:
 
 def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 5.0,
                         jump_at_s: float | None = None, jump_m: float = 8.0,
-                        lidar_gap_s: tuple[float, float] | None = None) -> dict:
+                        lidar_gap_s: tuple[float, float] | None = None, tf_gap_s: tuple[float, float] | None = None,
+                        duplicate_at_s: float | None = None, late_at_s: float | None = None) -> dict:
     """A small bag: /tf_static, /tf (odom -> base_link at 50 Hz), LiDAR at 10 Hz, radar at 10 Hz.
 
     ``jump_at_s``: from then on odom -> base_link is shifted by ``jump_m`` (a localization jump).
     ``lidar_gap_s``: (start, end) without LiDAR messages (a sensor dropout).
+    ``tf_gap_s``: (start, end) without /tf messages (TF loss).
+    ``duplicate_at_s``: the scan at this time is received twice; ``late_at_s``: the scan at this time
+    is received 250 ms late, after two newer scans (out of order).
     Returns the LiDAR stamps [ns] written and the event times.
     """
-    from ssm_perception.geometry import invert_transform, make_transform, se2_matrix, transform_points
+    from ssm_perception.geometry import (
+        invert_transform,
+        make_transform,
+        se2_matrix,
+        transform_points,
+    )
     from ssm_perception.io import bag as b
     from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, RADAR_DTYPE
 
@@ -237,18 +251,23 @@ def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 
         bag.add_topic("/sensing/radar/points", "sensor_msgs/msg/PointCloud2")
         bag.write("/tf_static", T0_NS, b.tf_message([(T_base_lidar, T0_NS, "base_link", "lidar_top"),
                                                      (T_base_radar, T0_NS, "base_link", "radar_front")]))
-        events = []
-        for k in range(int(duration_s * 50) + 1):  # /tf at 50 Hz
+        events = []  # (bag time = reception, kind, stamp)
+        for k in range(int(duration_s * 50) + 1):  # /tf at 50 Hz, no latency
             t = T0_NS + k * NS // 50
-            events.append((t, "tf"))
+            events.append((t, "tf", t))
         for k in range(int(duration_s * 10) + 1):
-            t = T0_NS + k * NS // 10 + NS // 100  # sensors 10 ms after the TF sample
-            events.append((t, "lidar"))
-            events.append((t + NS // 50, "radar"))
-        for t, kind in sorted(events):
+            t = T0_NS + k * NS // 10 + NS // 100  # scans 10 ms after a TF sample, received 30 ms later
+            ts = (t - T0_NS) / NS
+            late = 250_000_000 if late_at_s is not None and abs(ts - late_at_s) < 0.05 else 0
+            events.append((t + SENSOR_LATENCY_NS + late, "lidar", t))
+            if duplicate_at_s is not None and abs(ts - duplicate_at_s) < 0.05:
+                events.append((t + SENSOR_LATENCY_NS + 1_000_000, "lidar", t))
+            events.append((t + NS // 50 + SENSOR_LATENCY_NS, "radar", t + NS // 50))
+        for bag_t, kind, t in sorted(events):
             ts = (t - T0_NS) / NS
             if kind == "tf":
-                bag.write("/tf", t, b.tf_message([(pose(ts), t, "odom", "base_link")]))
+                if tf_gap_s is None or not tf_gap_s[0] <= ts < tf_gap_s[1]:
+                    bag.write("/tf", t, b.tf_message([(pose(ts), t, "odom", "base_link")]))
                 continue
             if kind == "lidar" and lidar_gap_s is not None and lidar_gap_s[0] <= ts < lidar_gap_s[1]:
                 continue
@@ -259,7 +278,8 @@ def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 
                 arr = np.zeros(len(pts), dtype=LIDAR_DTYPE)
                 arr["intensity"] = 50.0
                 arr["ring"] = np.arange(len(pts)) % 32
-                lidar_stamps.append(t)
+                if t not in lidar_stamps:  # a duplicate is the same scan
+                    lidar_stamps.append(t)
                 frame = "lidar_top"
             else:
                 pts = pts[pts[:, 0] > 0][:64]
@@ -268,7 +288,7 @@ def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 
                 frame = "radar_front"
             arr["x"], arr["y"], arr["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
             topic = "/sensing/lidar/points" if kind == "lidar" else "/sensing/radar/points"
-            bag.write(topic, t, b.pointcloud2_msg(arr, t, frame))
+            bag.write(topic, bag_t, b.pointcloud2_msg(arr, t, frame))
     return {"lidar_stamps": lidar_stamps}
 
 

@@ -93,6 +93,12 @@ def test_lidar_free_space_and_occlusion():
     assert occ[at(8.5, 0.0)] == 1 and free[at(8.5, 0.0)] == 0
     assert free[at(0.0, 8.0)] == 1 and free[at(-8.0, 0.0)] == 1  # no obstacle that way
     assert free[at(9.8, 9.8)] == 0  # beyond the farthest return (r > 12 m): unknown
+    # an overhanging return (3 m up, e.g. a sign) is counted but does not block the ray
+    rows2 = rows + [(-4.1, y, 3.0, 5.0) for y in np.linspace(-1.0, 1.0, 41)]
+    f2, _ = encode_lidar(GRID, cloud(rows2), EYE, ground="flat")
+    assert ch(f2, "lidar_nonground", LIDAR_CHANNELS)[at(-4.1, 0.0)] > 0
+    assert ch(f2, "lidar_free", LIDAR_CHANNELS)[at(-8.0, 0.0)] == 1
+    assert ch(f2, "lidar_occluded", LIDAR_CHANNELS)[at(-8.0, 0.0)] == 0
 
 
 def test_lidar_extrinsics_and_ground_fit():
@@ -124,13 +130,22 @@ def test_deskew_moves_points_to_stamp():
 
 def test_lidar_bad_input_is_counted_never_nan():
     rows = [(1.0, 1.0, 0.5, 1.0), (float("nan"), 0.0, 0.0, 0.0), (float("inf"), 1.0, 0.0, 0.0),
-            (1e30, 1e30, 0.0, 0.0), (500.0, 0.0, 0.5, 0.0), (1.0, 1.0, 50.0, 0.0), (2.0, 2.0, 0.5, float("nan"))]
+            (1e30, 1e30, 0.0, 0.0), (500.0, 0.0, 0.5, 0.0), (1.0, 1.0, 50.0, 0.0), (2.0, 2.0, 0.5, float("nan")),
+            (8.25 * 12, 0.25 * 12, 0.5, 0.0)]  # ~99 m away, through the centre of cell (8.25, 0.25)
     f, stats = encode_lidar(GRID, cloud(rows), EYE, ground="ransac")
     assert torch.isfinite(f).all()
     assert stats["lidar_nonfinite"] == 2
+    assert stats["lidar_out_of_range"] == 2
     assert stats["lidar_out_of_height"] == 1
-    assert stats["lidar_out_of_grid"] == 2
+    assert stats["lidar_out_of_grid"] == 1
     assert stats["lidar_used"] == 2
+    # the real return ~99 m away (outside the grid) proves its beam free inside the grid; the bogus
+    # 1e30 return was dropped, so its beam (45 degrees) stays unknown
+    free = ch(f, "lidar_free", LIDAR_CHANNELS)
+    i, j = GRID.metric_to_index(torch.tensor([[8.25, 0.25]]))[0].tolist()
+    assert free[i, j] == 1
+    i, j = GRID.metric_to_index(torch.tensor([[8.0, 8.0]]))[0].tolist()
+    assert free[i, j] == 0
     empty, s = encode_lidar(GRID, np.zeros(0, dtype=LIDAR_DTYPE), EYE)
     assert (empty == 0).all() and s["lidar_points"] == 0
     allnan, s = encode_lidar(GRID, cloud([(float("nan"),) * 4] * 5), EYE)

@@ -32,7 +32,7 @@ def test_static_dynamic_visible_splits():
     dyn = np.array([[0, 1, 0], [0, 0, 0]], bool)  # cell (0,1) is a moving object
     vis = np.array([[1, 1, 1], [0, 0, 0]], bool)
     prob = np.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.1]])  # misses the mover, one FP at (0,2)
-    m.add(prob, occ, dyn, vis, dyn_prob=np.full((2, 3), 0.9))
+    m.add(prob, occ, dyn, vis, dyn_joint=prob * 0.9)
     s = m.summary()["splits"]
     assert s["all"]["iou"] == pytest.approx(2 / 4)  # tp (0,0),(1,1); fp (0,2); fn (0,1)
     assert s["static"]["iou"] == pytest.approx(2 / 3)  # mover ignored

@@ -160,10 +160,14 @@ def test_big_endian_overlapping_fields():
 # ------------------------------------------------------------------------------------------ Image
 _ENC = {  # encoding -> bytes per pixel
     "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "8UC3": 3, "mono8": 1, "8UC1": 1, "mono16": 2, "16UC1": 2,
-    "32FC1": 4, "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2,
+    "16SC1": 2, "32SC1": 4, "32FC1": 4, "64FC1": 8, "rgb16": 6, "bgr16": 6, "rgba16": 8, "bgra16": 8,
+    "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2,
     "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1,
+    "bayer_rggb16": 2, "bayer_bggr16": 2, "bayer_gbrg16": 2, "bayer_grbg16": 2,
 }
-_BAD_ENC = ["jpeg", "RGB8", "", "bayer_rggb16", "64FC1", "nv12", "rgb8 "]
+_SINGLE = {"mono8": "B", "8UC1": "B", "mono16": "H", "16UC1": "H", "16SC1": "h", "32SC1": "i", "32FC1": "f",
+           "64FC1": "d"}  # single-channel encodings -> struct format of a pixel
+_BAD_ENC = ["jpeg", "RGB8", "", "bayer_rggb32", "8UC4", "nv12", "rgb8 "]
 
 
 @st.composite
@@ -215,17 +219,17 @@ def _check_pixel(m, out, r, c):
     enc, d = m.encoding, m.data
     at = r * m.step + c * _ENC[enc]
     px = d[at: at + _ENC[enc]]
-    if enc in ("rgb8", "8UC3"):
+    e = ">" if m.is_bigendian else "<"
+    if enc in ("rgb16", "bgr16", "rgba16", "bgra16"):
+        px = struct.unpack(f"{e}{len(px) // 2}H", px)
+    if enc in ("rgb8", "8UC3", "rgb16"):
         assert tuple(out[r, c]) == tuple(px)
-    elif enc in ("bgr8", "bgra8"):
+    elif enc in ("bgr8", "bgra8", "bgr16", "bgra16"):
         assert tuple(out[r, c]) == (px[2], px[1], px[0])
-    elif enc == "rgba8":
+    elif enc in ("rgba8", "rgba16"):
         assert tuple(out[r, c]) == tuple(px[:3])
-    elif enc in ("mono8", "8UC1"):
-        assert out[r, c] == px[0]
-    elif enc in ("mono16", "16UC1", "32FC1"):
-        fmt = (">" if m.is_bigendian else "<") + ("f" if enc == "32FC1" else "H")
-        ref = struct.unpack(fmt, px)[0]
+    elif enc in _SINGLE:
+        ref = struct.unpack(e + _SINGLE[enc], px)[0]
         assert (math.isnan(ref) and math.isnan(out[r, c])) or out[r, c] == ref
     elif enc in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv"):
         pair = d[r * m.step + (c // 2) * 4: r * m.step + (c // 2) * 4 + 4]
@@ -238,8 +242,9 @@ def _check_pixel(m, out, r, c):
     else:  # Bayer: a pixel keeps its own measured colour (interior; the border is interpolated)
         pattern = enc[6:10]
         colour = pattern[(r % 2) * 2 + (c % 2)]
+        raw = px[0] if enc.endswith("8") else struct.unpack(e + "H", px)[0]
         if 0 < r < m.height - 1 and 0 < c < m.width - 1:
-            assert out[r, c, "rgb".index(colour)] == px[0]
+            assert out[r, c, "rgb".index(colour)] == raw
 
 
 @fuzz("image")
@@ -251,7 +256,7 @@ def test_fuzz_image(m, pick):
             rc.image_to_array(m)
         return
     out = rc.image_to_array(m)
-    channels = 3 if m.encoding not in ("mono8", "8UC1", "mono16", "16UC1", "32FC1") else None
+    channels = 3 if m.encoding not in _SINGLE else None
     assert out.shape == ((m.height, m.width, 3) if channels else (m.height, m.width))
     assert out.dtype.isnative
     for k in range(3):

@@ -134,7 +134,7 @@ def test_reset_mask_means_exact_initial_state():
     mask = torch.zeros(b, h, w, dtype=torch.bool)
     mask[0, 1, 1] = mask[1, 2, 3] = mask[0, 4, 0] = True
     with torch.no_grad():
-        y_m, st_m = core.step(x, garbage, dt, mask)
+        _, st_m = core.step(x, garbage, dt, mask)
         y_0, st_0 = core.step(x, core.init_state(b, h, w), dt)
         y_all, st_all = core.step(x, garbage, dt, torch.ones(b, h, w, dtype=torch.bool))
     sel = mask.unsqueeze(1).expand_as(st_m["ssm"])

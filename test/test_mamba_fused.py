@@ -12,9 +12,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-from ssm_perception.bev.grid import BevGrid  # noqa: E402
-from ssm_perception.config import ModelConfig  # noqa: E402
-from ssm_perception.temporal.mamba import MambaCore  # noqa: E402
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.config import ModelConfig
+from ssm_perception.temporal.mamba import MambaCore
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -123,3 +123,24 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(TypeError):
         save_checkpoint(m, tmp_path / "x.safetensors", {"bad": object()})
     assert digest  # the first save succeeded
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_huge_dt_gives_finite_outputs(kind):
+    m = model(kind)
+    xs, _ = frames(t=3)
+    s = m.init_state(2)
+    with torch.no_grad():
+        for t, dt in enumerate([0.1, 1e6, 1e-6]):
+            out, s = m.step(xs[t], s, torch.full((2,), dt))
+            assert all(torch.isfinite(v).all() for v in out.values()), (kind, dt)
+            assert all(torch.isfinite(v).all() for v in s.values()), (kind, dt)
+
+
+def test_model_warp_moves_state():
+    m = model("convgru")
+    xs, dts = frames(t=1)
+    with torch.no_grad():
+        _, s = m.step(xs[0], m.init_state(2), dts[0])
+    moved = m.warp(s, (m.grid.resolution, 0.0, 0.0))  # one cell forward
+    assert torch.equal(moved["h"][:, :, :-1], s["h"][:, :, 1:]) and (moved["h"][:, :, -1] == 0).all()

@@ -61,6 +61,18 @@ def test_match_threshold_is_two_metres():
     assert (car["num_matches"], car["misses"], car["false_positives"]) == (1, 1, 1)
 
 
+def test_ignored_ground_truth_neither_rewards_nor_punishes():
+    ev = MotEvaluator()
+    # frame 0: both visible; frame 1: object 2 hidden (ignored) and the tracker coasts on it
+    ev.update([gt(1, 0.0, 0.0), gt(2, 10.0, 0.0)], [hyp(1, 0.2, 0.0), hyp(2, 10.2, 0.0)])
+    ev.update([gt(1, 0.0, 0.0)], [hyp(1, 0.2, 0.0), hyp(2, 10.5, 0.0), hyp(3, 30.0, 0.0)],
+              ignored_gt=[gt(2, 10.0, 0.0)])
+    car = ev.compute()["car"]
+    assert car["num_gt"] == 3 and car["num_matches"] == 3
+    assert car["false_positives"] == 1  # only the far clutter; the coasting track on the hidden object is dropped
+    assert car["misses"] == 0
+
+
 def test_bad_input_is_explained():
     ev = MotEvaluator()
     with pytest.raises(ValueError, match="non-finite"):

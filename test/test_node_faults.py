@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
-from tf2_msgs.msg import TFMessage  # noqa: E402
-
-from ros_helpers import Listener, Proc, diag_level, diag_values, start_node, wait_for, write_params  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TransformStamped
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from ros_helpers import (
+    Listener,
+    Proc,
+    diag_level,
+    diag_values,
+    start_node,
+    wait_for,
+    write_params,
+)
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from tf2_msgs.msg import TFMessage
 
 pytestmark = pytest.mark.ros
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)

@@ -58,8 +58,9 @@ def test_world_fixed_map_and_stage_latencies(caplog):
     assert all(o.reset.reasons == [] for o in outs[1:])
     o = outs[-1]
     assert o.occupancy.shape == (40, 40) and o.unknown.shape == (40, 40) and o.dynamic.shape == (40, 40)
-    assert set(o.latency_ms) == {"encode", "warp", "temporal", "heads", "tracking", "total"}
-    assert all(v >= 0 for v in o.latency_ms.values()) and o.latency_ms["total"] >= o.latency_ms["encode"]
+    assert set(o.latency_ms) == {"reset", "encode", "warp", "temporal", "heads", "tracking", "health", "total"}
+    assert all(v >= 0 for v in o.latency_ms.values())
+    assert o.latency_ms["total"] >= sum(v for k, v in o.latency_ms.items() if k != "total")
     assert o.sensors["lidar"] and not o.sensors["camera"]
     for k, out in enumerate(outs):
         i_wall = 36 - k  # the wall's cell moves one cell towards the ego per frame
@@ -186,12 +187,72 @@ def test_detections_reach_the_tracker_in_odom():
     assert [t.id for t in out.tracks] != [track.id] and all(t.status == "tentative" for t in out.tracks)
 
 
-def test_model_resolution_is_explicit(caplog, tmp_path):
+def test_model_fallback_is_explicit(caplog, tmp_path, monkeypatch):
+    import ssm_perception.pipeline as pl
+
+    monkeypatch.setattr(pl, "SHIPPED_CHECKPOINTS", tmp_path)  # nothing shipped
     with caplog.at_level(logging.WARNING, logger="ssm_perception.pipeline"):
         p = PerceptionPipeline(PerceptionConfig(grid=GRID, model={"kind": "convgru"}))
-    if "fallback" in p.model_info:  # no shipped convgru checkpoint: the fallback is said out loud
-        assert p.model.kind == "logodds" and "falling back" in caplog.text
-    else:
-        assert p.model.kind == "convgru"
+    assert p.model.kind == "logodds" and "falling back" in caplog.text
+    assert "convgru" in p.model_info["fallback"] and p.model_info["kind"] == "logodds"
     with pytest.raises(CheckpointError, match="not found"):
         PerceptionPipeline(_cfg(kind="mamba", checkpoint=str(tmp_path / "missing.safetensors")))
+
+
+ODD_CLOUDS = {
+    "empty": np.zeros(0, LIDAR_DTYPE),
+    "all_nan": np.full(64, np.nan, LIDAR_DTYPE),
+    "far_away": np.full(64, 1e30, LIDAR_DTYPE),
+    "xyz_only_float64": np.ones(64, np.dtype([("x", "<f8"), ("y", "<f8"), ("z", "<f8")])),
+    "int16_xyz": np.ones(64, np.dtype([("x", "<i2"), ("y", "<i2"), ("z", "<i2")])),
+    "big_endian": np.ones(64, np.dtype([("x", ">f4"), ("y", ">f4"), ("z", ">f4")])),
+    "vector_x": np.ones(64, np.dtype([("x", "<f4", (2,)), ("y", "<f4"), ("z", "<f4")])),
+    "plain_array": np.ones((64, 3), np.float32),
+}
+
+
+def test_odd_clouds_never_raise_or_produce_nan():
+    rng = np.random.default_rng(5)
+    p = PerceptionPipeline(_cfg())
+    p.process(_frame(0, rng))
+    for k, (name, cloud) in enumerate(ODD_CLOUDS.items(), start=1):
+        out = p.process(_frame(k, rng, lidar=cloud))
+        assert np.isfinite(out.occupancy).all() and np.isfinite(out.dynamic).all(), name
+        assert out.reset.reasons == [], name
+        if name in ("vector_x", "plain_array"):
+            assert not out.sensors["lidar"] and out.input_problems, name
+
+
+def test_encoder_failure_is_contained(monkeypatch):
+    import ssm_perception.pipeline as pl
+
+    calls = []
+    real = pl.encode_frame
+
+    def flaky(grid, lidar=None, *a, **kw):
+        calls.append(lidar is not None)
+        if lidar is not None:
+            raise RuntimeError("simulated encoder bug")
+        return real(grid, lidar, *a, **kw)
+
+    monkeypatch.setattr(pl, "encode_frame", flaky)
+    out = PerceptionPipeline(_cfg()).process(_frame(0, np.random.default_rng(6)))
+    assert calls == [True, False] and not out.sensors["lidar"]
+    assert out.input_problems == ["encoder failed: RuntimeError: simulated encoder bug"]
+
+
+def test_checkpoint_resolution_explicit_then_shipped(tmp_path, monkeypatch):
+    import ssm_perception.pipeline as pl
+    from ssm_perception.model import save_checkpoint
+
+    cfg = PerceptionConfig(grid=GRID, model={"kind": "convgru", "d_model": 8})
+    path = tmp_path / "convgru.safetensors"
+    save_checkpoint(BevPerceptionModel(cfg), path, {"note": "test"})
+    explicit = PerceptionPipeline(cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": str(path)})}))
+    assert explicit.model.kind == "convgru" and explicit.model_info["source"] == str(path)
+    monkeypatch.setattr(pl, "SHIPPED_CHECKPOINTS", tmp_path)
+    shipped = PerceptionPipeline(cfg)
+    assert shipped.model_info["source"] == str(path) and "fallback" not in shipped.model_info
+    assert pl.shipped_checkpoint("attention") is None
+    out = shipped.process(_frame(0, np.random.default_rng(7)))
+    assert np.isfinite(out.occupancy).all()

@@ -70,19 +70,34 @@ def test_image_8bit_encodings_with_row_padding(enc, raw, expected):
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("enc,dtype", [("mono16", np.uint16), ("16UC1", np.uint16), ("32FC1", np.float32)])
+@pytest.mark.parametrize("enc,dtype", [("mono16", np.uint16), ("16UC1", np.uint16), ("32FC1", np.float32),
+                                       ("16SC1", np.int16), ("32SC1", np.int32), ("64FC1", np.float64)])
 @pytest.mark.parametrize("big", [0, 1])
 def test_image_wide_encodings_both_byte_orders(enc, dtype, big):
-    vals = (np.arange(12).reshape(3, 4) * 1000 + 1).astype(dtype)
+    vals = (np.arange(12).reshape(3, 4) * 1000 - 3001).astype(dtype) if np.dtype(dtype).kind != "u" else \
+        (np.arange(12).reshape(3, 4) * 1000 + 1).astype(dtype)
     stored = vals.astype(np.dtype(dtype).newbyteorder(">" if big else "<"))
     out = rc.image_to_array(_img(enc, stored, big=big))
     assert out.dtype == dtype and out.dtype.isnative
     np.testing.assert_array_equal(out, vals)
 
 
+@pytest.mark.parametrize("big", [0, 1])
+def test_image_16bit_colour(big):
+    rgb16 = RGB.astype(np.uint16) * 257 + 3
+    alpha = np.full((5, 6, 1), 9, np.uint16)
+    cases = {"rgb16": rgb16, "bgr16": rgb16[..., ::-1], "rgba16": np.concatenate([rgb16, alpha], 2),
+             "bgra16": np.concatenate([rgb16[..., ::-1], alpha], 2)}
+    for enc, raw in cases.items():
+        raw = raw.astype(np.dtype(np.uint16).newbyteorder(">" if big else "<"))  # stored byte order
+        out = rc.image_to_array(_img(enc, raw, big=big, step=raw.nbytes // 5 + 2))
+        assert out.dtype == np.uint16 and out.dtype.isnative, enc
+        np.testing.assert_array_equal(out, RGB.astype(np.uint16) * 257 + 3, err_msg=enc)
+
+
 def _bayer(rgb, pattern):
     idx = {"r": 0, "g": 1, "b": 2}
-    raw = np.zeros(rgb.shape[:2], np.uint8)
+    raw = np.zeros(rgb.shape[:2], rgb.dtype)
     for k, ch in enumerate(pattern):
         i, j = divmod(k, 2)
         raw[i::2, j::2] = rgb[i::2, j::2, idx[ch]]
@@ -96,6 +111,10 @@ def test_bayer_demosaic_recovers_flat_colour(pattern):
     out = rc.image_to_array(_img(f"bayer_{pattern}8", _bayer(flat, pattern)))
     assert out.shape == (8, 10, 3)
     np.testing.assert_array_equal(out[2:-2, 2:-2], flat[2:-2, 2:-2])  # a wrong pattern swaps R/B
+    flat16 = flat.astype(np.uint16) * 200
+    out16 = rc.image_to_array(_img(f"bayer_{pattern}16", _bayer(flat16, pattern).astype(">u2"), big=1))
+    assert out16.dtype == np.uint16
+    np.testing.assert_array_equal(out16[2:-2, 2:-2], flat16[2:-2, 2:-2])
 
 
 @pytest.mark.parametrize("enc", ["yuv422", "uyvy", "yuv422_yuy2", "yuyv"])

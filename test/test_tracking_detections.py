@@ -87,7 +87,8 @@ def test_decode_rejects_wrong_shapes():
 
 
 def _det(**kw):
-    base = dict(x=20.0, y=0.0, yaw=0.0, length=4.5, width=1.9, height=1.6, vx=0.0, vy=0.0, cls=1, score=0.9)
+    base = {"x": 20.0, "y": 0.0, "yaw": 0.0, "length": 4.5, "width": 1.9, "height": 1.6, "vx": 0.0, "vy": 0.0,
+            "cls": 1, "score": 0.9}
     return Detection(**(base | kw))
 
 

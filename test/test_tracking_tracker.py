@@ -7,7 +7,11 @@ import pytest
 
 from ssm_perception.config import TrackingConfig
 from ssm_perception.tracking.detections import Detection
-from ssm_perception.tracking.tracker import UNOBSERVED_VAR, MultiObjectTracker, TrackState
+from ssm_perception.tracking.tracker import (
+    UNOBSERVED_VAR,
+    MultiObjectTracker,
+    TrackState,
+)
 
 SIZES = {1: (4.5, 1.9, 1.6), 2: (10.0, 2.5, 3.2), 3: (1.8, 0.6, 1.7), 4: (0.6, 0.6, 1.75)}
 
@@ -196,3 +200,20 @@ def test_track_state_fills_a_track_array_message():
     assert m.id == tracks[0].id and m.status == 1 and m.classification == 1
     assert m.pose_covariance.shape == (36,) and m.pose_covariance[0] == pytest.approx(tracks[0].pose_cov[0, 0])
     assert m.twist.linear.x == pytest.approx(tracks[0].vx)
+
+
+def test_batched_cost_matrix_equals_per_pair_mahalanobis():
+    rng = np.random.default_rng(7)
+    trk = MultiObjectTracker(TrackingConfig(confirm_hits=1, gate_mahalanobis=1e9))
+    truth = [(rng.uniform(-20, 20), rng.uniform(-20, 20), c) for c in (1, 1, 2, 3, 4, 4)]
+    for k in range(3):
+        trk.update([odet(x + 0.5 * k, y, 5.0, 0.0, cls=c) for x, y, c in truth], 0.1 * k)
+    dets = [odet(x + rng.normal(0, 1), y + rng.normal(0, 1), cls=c, yaw=rng.uniform(-3, 3)) for x, y, c in truth]
+    cost = trk.cost_matrix(dets)
+    for ti, t in enumerate(trk._tracks):
+        for di, d in enumerate(dets):
+            if (t.cls == d.cls) or {t.cls, d.cls} <= {1, 2}:
+                ref = t.kf.mahalanobis(np.array([d.x, d.y, d.yaw, d.vx, d.vy]), trk.models[d.cls].R())
+                assert cost[ti, di] == pytest.approx(ref, rel=1e-9)
+            else:
+                assert cost[ti, di] == np.inf

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_train_fakes as fk
 import torch
 
-import train_fakes as fk
 from ssm_perception.config import GridConfig
 from ssm_perception.train.config import TrainConfig
 from ssm_perception.train.dataset import SequenceSpec, SequenceStore, rasterize_objects
-from ssm_perception.train.losses import LossWeights, center_focal_loss, occupancy_loss, total_loss
+from ssm_perception.train.losses import (
+    LossWeights,
+    center_focal_loss,
+    occupancy_loss,
+)
 
 
 def small_train_config(tmp_path, **run) -> TrainConfig:
@@ -109,9 +113,11 @@ def test_sequence_store_caches_to_disk(monkeypatch, tmp_path):
     specs = [SequenceSpec("urban", 3, 0.5)]
     store = SequenceStore(specs, cfg, tmp_path / "c").start()
     store.join()
-    files = list((tmp_path / "c").glob("*.npz"))
-    assert len(files) == 1 and files[0].name.startswith("urban-s3-0.5s-")
+    entries = [p for p in (tmp_path / "c").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and entries[0].name.startswith("urban-s3-0.5s-")
+    assert (entries[0] / "spec.json").is_file() and not list((tmp_path / "c").glob(".*tmp"))
     seq = store.sequences[0]
+    assert isinstance(seq["features"], np.memmap)
     assert seq["features"].dtype == np.float16 and seq["features"].shape[0] == 5
 
     def boom(*a, **k):

@@ -122,3 +122,13 @@ def test_bad_motion_raises():
         warp_tensor(_rand(), (float("nan"), 0.0, 0.0), GRID)
     with pytest.raises(ValueError):
         warp_tensor(_rand(), (0.0, 0.0, 0.0), GRID, mode="cubic")
+
+
+def test_warp_state_several_tensors_same_motion():
+    a, b = _rand(c=2), _rand(c=5)
+    out = warp_state({"a": a, "b": b}, (0.3, -0.2, 0.05), GRID)
+    assert torch.equal(out["a"], warp_tensor(a, (0.3, -0.2, 0.05), GRID))
+    assert torch.equal(out["b"], warp_tensor(b, (0.3, -0.2, 0.05), GRID))
+    assert warp_state({}, (1.0, 0.0, 0.0), GRID) == {}
+    with pytest.raises(ValueError):
+        warp_state({"a": torch.zeros(2, 1, 8, 8)}, (0.0, 0.0, 0.0), GRID)

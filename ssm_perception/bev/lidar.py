@@ -25,6 +25,9 @@ from ssm_perception.bev.ground import GroundPlane, fit_ground_plane
 
 HEIGHT_BIN_EDGES = (0.25, 0.75, 1.5, 2.5)  # height above ground [m] between the 5 bins
 GROUND_THRESHOLD = 0.25  # above this height a return is an obstacle [m]
+# Returns higher than this (branches, signs, bridges) are counted but do not block free space:
+# a vehicle passes under them. Autoware's occupancy grid uses a similar height window.
+OVERHANG_HEIGHT = 2.5
 LIDAR_CHANNELS = [
     "lidar_valid",  # 1 where the LiDAR delivered points this frame (constant plane)
     "lidar_log_count",  # log(1 + returns in the cell)
@@ -123,16 +126,19 @@ def encode_lidar(
     ego_twist=None,
     ground: str = "ransac",
     n_beams: int = 720,
+    max_range: float = 250.0,
 ) -> tuple[Tensor, dict]:
     """-> (features [len(LIDAR_CHANNELS), H, W] float32, stats).
 
     ``ground``: 'ransac' (torch plane fit, see bev/ground.py) or 'flat' (base_link z = 0).
-    Non-finite points are dropped; points outside [z_min, z_max] or outside the grid do not
-    enter the cell statistics (counted in stats); never produces NaN."""
+    Non-finite points and returns beyond ``max_range`` from the sensor (no real LiDAR sees that
+    far: a corrupt point must not clear a whole beam) are dropped; points outside [z_min, z_max]
+    or outside the grid do not enter the cell statistics (all counted in stats); never NaN."""
     h, w = grid.shape
     feats = torch.zeros(len(LIDAR_CHANNELS), h * w)
     stats = {"lidar_points": 0, "lidar_used": 0, "lidar_nonfinite": 0, "lidar_out_of_height": 0,
-             "lidar_out_of_grid": 0, "lidar_ground_fallback": True, "lidar_stage_ms": {}}
+             "lidar_out_of_grid": 0, "lidar_out_of_range": 0, "lidar_ground_fallback": True,
+             "lidar_stage_ms": {}}
     tick = [time.perf_counter()]
 
     def lap(name: str) -> None:  # per-stage wall time, for scripts/bench_core_cpu.py
@@ -161,10 +167,16 @@ def encode_lidar(
     inten = cloud.get("intensity", torch.zeros(n))
     inten = torch.log1p(torch.nan_to_num(inten, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0))
 
+    far = (xyz * xyz).sum(1) > max_range * max_range  # range in the sensor frame
+    stats["lidar_out_of_range"] = int((far & finite).sum())
+    finite &= ~far
     t_bl = torch.as_tensor(np.asarray(T_base_lidar, dtype=np.float32))
     if t_bl.shape != (4, 4) or not torch.isfinite(t_bl).all():
         raise ValueError("T_base_lidar must be a finite 4x4 transform")
     xyz = torch.addmm(t_bl[:3, 3], xyz, t_bl[:3, :3].T)  # [N, 3] base_link
+    if ego_twist is not None and not all(math.isfinite(float(v)) for v in ego_twist):
+        ego_twist = None  # a corrupt twist must not poison the cloud: leave it skewed
+    stats["lidar_deskewed"] = ego_twist is not None and t is not None
     if ego_twist is not None and t is not None:
         xyz = deskew(xyz, t, ego_twist)
     in_h = (xyz[:, 2] >= grid.z_min) & (xyz[:, 2] <= grid.z_max)
@@ -178,13 +190,14 @@ def encode_lidar(
     plane = fit_ground_plane(xyz) if ground == "ransac" else GroundPlane((0.0, 0.0, 1.0), 0.0, 0.0, True)
     stats["lidar_ground_fallback"] = plane.fallback
     height = plane.height(xyz)  # [N] above ground
-    obstacle = height > GROUND_THRESHOLD
+    above = height > GROUND_THRESHOLD
+    obstacle = above & (height < OVERHANG_HEIGHT)  # blocks rays (free space / occlusion)
     lap("ground")
     feats[0] = 1.0
     flat, valid = grid.points_to_cells(xyz[:, :2])
     stats["lidar_out_of_grid"] = int((~valid).sum())
     stats["lidar_used"] = int(valid.sum())
-    idx, hv, iv, ov = flat[valid], height[valid], inten[valid], obstacle[valid]
+    idx, hv, iv, ov = flat[valid], height[valid], inten[valid], above[valid]
 
     count = torch.zeros(h * w).index_add_(0, idx, torch.ones_like(hv))
     has = count > 0

@@ -62,6 +62,9 @@ def encode_radar(grid: BevGrid, points, T_base_radar, ego_twist=None) -> tuple[T
     if t.shape != (4, 4) or not torch.isfinite(t).all():
         raise ValueError("T_base_radar must be a finite 4x4 transform")
     xyz = xyz @ t[:3, :3].T + t[:3, 3]
+    if ego_twist is not None and not all(np.isfinite([float(v) for v in ego_twist])):
+        ego_twist = None
+        stats["radar_compensated"] = False
     vr, u = compensate_radial_velocity(xyz[:, :2], vr, t[:2, 3], ego_twist)
     feats[0] = 1.0
     flat, valid = grid.points_to_cells(xyz[:, :2])

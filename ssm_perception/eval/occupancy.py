@@ -14,8 +14,8 @@ Definitions (the metrics.json schema documents the same):
   The static/dynamic split scores the occupancy output itself, so the log-odds filter (which has
   no dynamic head) is measured on the same footing; free cells count in both splits (a trail left
   behind a moving object is a false positive of either).
-- ``moving``: IoU of P(occ) * P(dynamic | occ) >= threshold against truth-dynamic cells; only for
-  models with a dynamic head.
+- ``moving``: IoU of P(occupied and dynamic) >= threshold against truth-dynamic cells (when the
+  model gives a dynamic output).
 - ECE: cells binned by predicted probability into ``n_bins`` equal-width bins;
   ECE = sum_b (n_b / N) |mean(truth)_b - mean(p)_b| over all cells.
 """
@@ -156,7 +156,7 @@ class OccupancyMetrics:
     """Accumulates occupancy metrics frame by frame for one model.
 
     ``add`` takes [H, W] arrays: prob (P occupied), truth occupied / dynamic / visible (bool) and
-    optionally dyn_prob (P dynamic | occupied). Returns the frame's headline numbers (for plots).
+    optionally dyn_joint (P occupied and dynamic). Returns the frame's headline IoUs (for plots).
     """
 
     SPLITS = ("all", "static", "dynamic", "visible", "occluded",
@@ -172,7 +172,7 @@ class OccupancyMetrics:
         self.calibration = Calibration(n_bins)
         self.frames = 0
 
-    def add(self, prob, occupied, dynamic, visible, dyn_prob=None) -> dict[str, float | None]:
+    def add(self, prob, occupied, dynamic, visible, dyn_joint=None) -> dict[str, float | None]:
         prob = np.asarray(prob, np.float32)
         occ = np.asarray(occupied, bool)
         dyn = np.asarray(dynamic, bool) & occ
@@ -196,12 +196,28 @@ class OccupancyMetrics:
             self.counts[name].add(pred, occ, m)
             if name in ("all", "static", "dynamic", "occluded"):
                 frame[name] = Counts().add(pred, occ, m).iou
-        if dyn_prob is not None:
+        if dyn_joint is not None:
             self.has_dynamic_head = True
-            self.moving.add(prob * np.asarray(dyn_prob, np.float32) >= self.threshold, dyn)
+            self.moving.add(np.asarray(dyn_joint, np.float32) >= self.threshold, dyn)
         self.calibration.add(prob, occ)
         self.frames += 1
         return frame
+
+    def merge(self, other: OccupancyMetrics) -> OccupancyMetrics:
+        """Add another accumulator's counts (e.g. per-bag into a total)."""
+        for k, c in other.counts.items():
+            mine = self.counts.setdefault(k, Counts())
+            mine.tp, mine.fp, mine.fn, mine.tn = mine.tp + c.tp, mine.fp + c.fp, mine.fn + c.fn, mine.tn + c.tn
+        m = self.moving
+        m.tp, m.fp, m.fn, m.tn = m.tp + other.moving.tp, m.fp + other.moving.fp, m.fn + other.moving.fn, \
+            m.tn + other.moving.tn
+        self.has_dynamic_head |= other.has_dynamic_head
+        cal, oc = self.calibration, other.calibration
+        cal.count += oc.count
+        cal.sum_p += oc.sum_p
+        cal.sum_y += oc.sum_y
+        self.frames += other.frames
+        return self
 
     def summary(self) -> dict:
         return {

@@ -125,22 +125,31 @@ _IMAGE_LAYOUT = {
     "rgb8": (3, np.uint8, 3), "bgr8": (3, np.uint8, 3), "rgba8": (4, np.uint8, 4),
     "bgra8": (4, np.uint8, 4), "8UC3": (3, np.uint8, 3), "mono8": (1, np.uint8, 1),
     "8UC1": (1, np.uint8, 1), "mono16": (2, np.uint16, 1), "16UC1": (2, np.uint16, 1),
-    "32FC1": (4, np.float32, 1), "yuv422": (2, np.uint8, 2), "uyvy": (2, np.uint8, 2),
-    "yuv422_yuy2": (2, np.uint8, 2), "yuyv": (2, np.uint8, 2),
+    "16SC1": (2, np.int16, 1), "32SC1": (4, np.int32, 1), "32FC1": (4, np.float32, 1),
+    "64FC1": (8, np.float64, 1),
+    "rgb16": (6, np.uint16, 3), "bgr16": (6, np.uint16, 3), "rgba16": (8, np.uint16, 4),
+    "bgra16": (8, np.uint16, 4),
+    "yuv422": (2, np.uint8, 2), "uyvy": (2, np.uint8, 2), "yuv422_yuy2": (2, np.uint8, 2),
+    "yuyv": (2, np.uint8, 2),
     "bayer_rggb8": (1, np.uint8, 1), "bayer_bggr8": (1, np.uint8, 1),
     "bayer_gbrg8": (1, np.uint8, 1), "bayer_grbg8": (1, np.uint8, 1),
+    "bayer_rggb16": (2, np.uint16, 1), "bayer_bggr16": (2, np.uint16, 1),
+    "bayer_gbrg16": (2, np.uint16, 1), "bayer_grbg16": (2, np.uint16, 1),
 }
 SUPPORTED_IMAGE_ENCODINGS = tuple(_IMAGE_LAYOUT)
+_YUV422 = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
 
 # OpenCV names a Bayer pattern after its second row's first two pixels, ROS after the first row:
 # ROS rggb == OpenCV BG (the same table cv_bridge uses). Checked by test_ros_convert.
 _CV_CONVERSION = {
-    "bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
     "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
     "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
-    "bayer_rggb8": cv2.COLOR_BayerBG2RGB, "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
-    "bayer_gbrg8": cv2.COLOR_BayerGR2RGB, "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
+    "rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB,
 }
+# Channel reordering to RGB for the packed colour encodings (a numpy view, no OpenCV needed).
+_TO_RGB = {"bgr8": slice(None, None, -1), "bgr16": slice(None, None, -1), "rgba8": slice(0, 3),
+           "rgba16": slice(0, 3), "bgra8": slice(2, None, -1), "bgra16": slice(2, None, -1)}
 _MAX_IMAGE_SIDE = 1 << 16
 
 
@@ -168,10 +177,12 @@ def _buffer_bytes(data, what: str) -> np.ndarray:
 def image_to_array(msg) -> np.ndarray:
     """sensor_msgs/Image -> numpy array.
 
-    Colour encodings (rgb8, bgr8, rgba8, bgra8, yuv422/uyvy, yuv422_yuy2/yuyv, bayer_*8) give RGB
-    uint8 [H, W, 3] (alpha dropped, Bayer demosaiced bilinearly by OpenCV). 8UC3 has no channel
-    meaning and is returned as stored, [H, W, 3] uint8. mono8/8UC1 -> [H, W] uint8,
-    mono16/16UC1 -> [H, W] uint16, 32FC1 -> [H, W] float32 (native byte order).
+    Colour encodings give RGB [H, W, 3]: uint8 for rgb8, bgr8, rgba8, bgra8, yuv422/uyvy,
+    yuv422_yuy2/yuyv and bayer_*8; uint16 for rgb16, bgr16, rgba16, bgra16 and bayer_*16 (alpha
+    dropped, Bayer demosaiced bilinearly by OpenCV, YUV as BT.601 like cv_bridge). 8UC3 has no
+    channel meaning and is returned as stored, [H, W, 3] uint8. Single channel: mono8/8UC1 uint8,
+    mono16/16UC1 uint16, 16SC1 int16, 32SC1 int32, 32FC1 float32, 64FC1 float64, all [H, W].
+    Output is in native byte order and never shares memory with the message.
     """
     enc = msg.encoding
     if enc not in _IMAGE_LAYOUT:
@@ -185,7 +196,7 @@ def image_to_array(msg) -> np.ndarray:
         raise ImageDecodeError(f"empty image ({w}x{h})")
     if h > _MAX_IMAGE_SIDE or w > _MAX_IMAGE_SIDE:
         raise ImageDecodeError(f"image size {w}x{h} exceeds {_MAX_IMAGE_SIDE} pixels per side")
-    if enc in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") and w % 2:
+    if enc in _YUV422 and w % 2:
         raise ImageDecodeError(f"{enc} packs pixel pairs: width must be even, got {w}")
     if enc.startswith("bayer_") and (w < 2 or h < 2):
         raise ImageDecodeError(f"{enc} needs at least 2x2 pixels, got {w}x{h}")
@@ -203,15 +214,18 @@ def image_to_array(msg) -> np.ndarray:
         raise ImageDecodeError(str(exc)) from exc
     if raw.size != step * h:
         raise ImageDecodeError(f"image data has {raw.size} bytes, expected step*height = {step}*{h} = {step * h}")
-    rows = raw.reshape(h, step)[:, :row_bytes]  # drop row padding: [H, W*bpp]
-    if np.dtype(dtype).itemsize > 1:
-        dt = np.dtype(dtype).newbyteorder(">" if big else "<")
-        img = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(dtype)  # native order out
-        return img
-    img = np.ascontiguousarray(rows).reshape(h, w, channels) if channels > 1 else np.ascontiguousarray(rows)
-    if enc in ("rgb8", "8UC3", "mono8", "8UC1"):
-        return img.copy() if img.base is not None else img  # never a view of the message buffer
-    return cv2.cvtColor(img, _CV_CONVERSION[enc])
+    rows = np.ascontiguousarray(raw.reshape(h, step)[:, :row_bytes])  # drop row padding: [H, W*bpp]
+    if np.dtype(dtype).itemsize > 1:  # stored byte order -> native
+        rows = rows.view(np.dtype(dtype).newbyteorder(">" if big else "<")).astype(dtype)
+    img = rows.reshape(h, w, channels) if channels > 1 else rows.reshape(h, w)
+    if enc in _TO_RGB:
+        img = img[..., _TO_RGB[enc]]
+    elif enc in _YUV422:
+        img = cv2.cvtColor(img, _CV_CONVERSION[enc])
+    elif enc.startswith("bayer_"):
+        img = cv2.cvtColor(img, _CV_CONVERSION[enc[6:10]])
+    out = np.ascontiguousarray(img)
+    return out.copy() if np.may_share_memory(out, raw) else out  # never a view of the message buffer
 
 
 def array_to_image_msg(img: np.ndarray, encoding: str, frame_id: str, stamp_ns: int):

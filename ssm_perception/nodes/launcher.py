@@ -26,9 +26,10 @@ def node_command(config: str | Path, use_sim_time: bool = False) -> list[str]:
 
 
 def replay_command(bag: str | Path, rate: float = 1.0, loop: bool = False, wait_subscribers_s: float = 30.0,
-                   exclude: tuple[str, ...] = (), quiet: bool = False) -> list[str]:
+                   exclude: tuple[str, ...] = (), quiet: bool = False, lockstep: str = "") -> list[str]:
     cmd = [sys.executable, "-m", "ssm_perception.cli", "replay", str(bag), "--rate", str(rate),
            "--wait-subscribers", str(wait_subscribers_s)]
+    cmd += ["--lockstep", lockstep] if lockstep else []
     cmd += ["--loop"] if loop else []
     cmd += ["--quiet"] if quiet else []
     for topic in exclude:

@@ -147,6 +147,7 @@ class PerceptionNode(Node):
         self._camera_info = None
         self._zone: str | None = None
         self._last_lidar_ns: int | None = None
+        self._clock_jumped_back = False
         self._stop = False
 
         self.stats = {name: _SensorStats() for name in ("lidar", "radar", "camera_image", "camera_info", "tf")}
@@ -316,7 +317,7 @@ class PerceptionNode(Node):
         self._zone = msg.data
 
     def _on_reset_service(self, request, response):
-        self.pipeline.request_reset("requested")
+        self.pipeline.request_reset("~/reset service call")
         response.success = True
         response.message = "reset requested: applied at the next LiDAR frame"
         self.get_logger().info("reset requested through ~/reset")
@@ -324,6 +325,7 @@ class PerceptionNode(Node):
 
     def _on_time_jump(self, jump) -> None:
         if jump.delta.nanoseconds < 0:
+            self._clock_jumped_back = True
             with self._lock:
                 self.tf.clear()
             self.get_logger().warning(
@@ -357,9 +359,18 @@ class PerceptionNode(Node):
         except ValueError as exc:
             self.flag("lidar_malformed", f"LiDAR cloud on {cfg.topics.lidar} dropped: {exc}")
             return
-        if self._last_lidar_ns is not None and stamp == self._last_lidar_ns:
+        last = self._last_lidar_ns
+        if last is not None and stamp == last:
             self.flag("lidar_duplicate", f"LiDAR frame at {stamp * 1e-9:.3f} s received twice; second dropped")
             return
+        if last is not None and stamp < last:
+            # A late packet is dropped; time itself going back (bag loop, simulator restart: the node
+            # clock jumped back, or the step is larger than any plausible delay) resets the state.
+            jumped, self._clock_jumped_back = self._clock_jumped_back, False
+            if not jumped and (last - stamp) * 1e-9 <= cfg.reset.max_time_gap_s:
+                self.flag("lidar_out_of_order", f"LiDAR frame at {stamp * 1e-9:.3f} s is older than the last "
+                          f"processed one ({(last - stamp) * 1e-6:.0f} ms earlier); dropped")
+                return
 
         with self._lock:
             radar, image, info = self._radar, self._image, self._camera_info

@@ -63,10 +63,13 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, dt: np.ndarray | None = None,
-         ground_material=None) -> Hits:
+         ground_material=None, beams: int = 1) -> Hits:
     """Cast rays (origins [N, 3], unit dirs [N, 3], world frame) at times t_ref + dt [N].
 
     ground_material(x, y) -> material ids for ground hits (road / sidewalk / marking).
+    beams > 1: the rays form a spinning-LiDAR grid [N / beams, beams] (one azimuth per column,
+    the same ascending elevations in every column, one origin height); culling then works on
+    column and beam ranges instead of single rays. Falls back to per-ray culling otherwise.
     """
     n = len(origins)
     dt = np.zeros(n) if dt is None else dt
@@ -90,12 +93,61 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
     o_mean = origins.mean(axis=0)
     spread = float(np.max(np.hypot(ox - o_mean[0], oy - o_mean[1]))) if n else 0.0
     az = np.arctan2(dy, dx)
-    order = np.argsort(az, kind="stable")
-    az2 = np.concatenate([az[order], az[order] + 2 * np.pi])
-    order2 = np.concatenate([order, order])
     dt_max = float(np.max(np.abs(dt))) if n else 0.0
 
-    def pairs_for(px, py, radius, speed):
+    slope = dz / np.maximum(dxy, 1e-9)  # height change per metre travelled horizontally
+    grid = None
+    if beams > 1 and n % beams == 0 and n:
+        az_c, slope_b = az.reshape(-1, beams), slope.reshape(-1, beams)
+        spin = (az_c - az_c[:, :1] + np.pi) % (2 * np.pi) - np.pi
+        ok = (np.abs(spin).max() < 1e-6 and np.ptp(slope_b, axis=0).max() < 1e-9
+              and np.all(np.diff(slope_b[0]) >= 0) and np.ptp(oz) < 1e-9)
+        if ok:
+            c_order = np.argsort(az_c[:, 0], kind="stable")
+            grid = (np.concatenate([az_c[c_order, 0], az_c[c_order, 0] + 2 * np.pi]),
+                    np.concatenate([c_order, c_order]), slope_b[0].copy(), float(oz[0]))
+    if grid is None:
+        order = np.argsort(az, kind="stable")
+        az2 = np.concatenate([az[order], az[order] + 2 * np.pi])
+        order2 = np.concatenate([order, order])
+
+    def sectors(px, py, radius, speed):
+        rel_x, rel_y = px - o_mean[0], py - o_mean[1]
+        dist = np.hypot(rel_x, rel_y)
+        r_eff = radius + spread + speed * dt_max + 0.05
+        keep = np.nonzero(dist - r_eff < max_range)[0]
+        dist, r_eff = dist[keep], r_eff[keep]
+        center = np.arctan2(rel_y[keep], rel_x[keep])
+        half = np.where(dist <= r_eff, np.pi, np.arcsin(np.minimum(r_eff / np.maximum(dist, 1e-9), 1.0)))
+        a0 = center - half
+        a0 = np.where(a0 < -np.pi, a0 + 2 * np.pi, a0)
+        return keep, dist, r_eff, a0, half
+
+    def grid_pairs_for(px, py, radius, speed, z0, z1):
+        az2c, order2c, slope_b, h = grid
+        keep, dist, r_eff, a0, half = sectors(px, py, radius, speed)
+        n_cols = len(order2c) // 2
+        lo = np.searchsorted(az2c, a0)
+        hi = np.minimum(np.searchsorted(az2c, a0 + 2 * half), lo + n_cols)
+        near = np.maximum(dist - r_eff, 1e-6)
+        far = dist + r_eff
+        z0k, z1k = z0[keep], z1[keep]
+        # beams (ascending slope) that can be inside [z0, z1] somewhere in the disc, and that do
+        # not reach the ground before the disc
+        s_max = np.maximum((z1k - h) / near, (z1k - h) / far)
+        s_min = np.maximum(np.minimum((z0k - h) / near, (z0k - h) / far), -h / near)
+        b_lo = np.searchsorted(slope_b, s_min, side="left")
+        b_hi = np.searchsorted(slope_b, s_max, side="right")
+        sel = np.nonzero((b_hi > b_lo) & (hi > lo))[0]
+        cpos, cown = _ranges(lo[sel], hi[sel])  # (primitive, column) pairs
+        own = sel[cown]
+        bpos, bown = _ranges(b_lo[own], b_hi[own])  # expand each to its beam range
+        rays = order2c[cpos][bown] * beams + bpos
+        return rays, keep[own[bown]]
+
+    def pairs_for(px, py, radius, speed, z0, z1):
+        if grid is not None:
+            return grid_pairs_for(px, py, radius, speed, z0, z1)
         rel_x, rel_y = px - o_mean[0], py - o_mean[1]
         dist = np.hypot(rel_x, rel_y)
         r_eff = radius + spread + speed * dt_max + 0.05
@@ -110,14 +162,21 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
         hi = np.minimum(hi, lo + n)
         pos, owner = _ranges(lo, hi)
         rays = order2[pos]
-        ok = reach[rays] > dist[owner] - r_eff[owner]
-        return rays[ok], keep[owner[ok]]
+        near_d = np.maximum(dist[owner] - r_eff[owner], 0.0)
+        far_d = dist[owner] + r_eff[owner]
+        ok = reach[rays] > near_d
+        # vertical cull: the ray passes entirely above or below the primitive's slab in its disc
+        z_near = oz[rays] + slope[rays] * near_d
+        z_far = oz[rays] + slope[rays] * far_d
+        prim = keep[owner]
+        ok &= (np.minimum(z_near, z_far) <= z1[prim]) & (np.maximum(z_near, z_far) >= z0[prim])
+        return rays[ok], prim[ok]
 
     hit_t, hit_ray, hit_prim, hit_n = [], [], [], []
     # ---- boxes (slab test in each box's frame, at each ray's own time)
     if scene.n_boxes:
         speed = np.hypot(scene.bvx, scene.bvy) + np.abs(scene.bwz) * 0.5 * scene.bl
-        r, p = pairs_for(scene.bx, scene.by, 0.5 * np.hypot(scene.bl, scene.bw), speed)
+        r, p = pairs_for(scene.bx, scene.by, 0.5 * np.hypot(scene.bl, scene.bw), speed, scene.bz0, scene.bz1)
         if len(r):
             t = dt[r]
             yaw = scene.byaw[p] + scene.bwz[p] * t
@@ -153,7 +212,7 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
                 hit_n.append(nrm)
     # ---- cylinders (static)
     if len(scene.cx):
-        r, p = pairs_for(scene.cx, scene.cy, scene.cr, np.zeros(len(scene.cx)))
+        r, p = pairs_for(scene.cx, scene.cy, scene.cr, np.zeros(len(scene.cx)), scene.cz0, scene.cz1)
         if len(r):
             rx, ry = ox[r] - scene.cx[p], oy[r] - scene.cy[p]
             a = np.maximum(dx[r] ** 2 + dy[r] ** 2, 1e-12)

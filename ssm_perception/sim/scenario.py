@@ -23,7 +23,7 @@ from ssm_perception.config import GridConfig
 from ssm_perception.geometry import invert_transform, se2_matrix
 from ssm_perception.sim import world as W
 from ssm_perception.sim.config import ScenarioConfig
-from ssm_perception.sim.raycast import Scene, is_ground_material
+from ssm_perception.sim.raycast import Scene
 from ssm_perception.sim.sensors import Camera, Lidar, Radar
 
 OBJECT_DTYPE = np.dtype([
@@ -33,7 +33,8 @@ OBJECT_DTYPE = np.dtype([
 SENSORS = ("lidar", "radar", "camera")
 _SENSOR_KEY = {"lidar": 1, "radar": 2, "camera": 3}
 DYNAMIC_SPEED = 0.5  # m/s: agents moving faster than this are "dynamic" in the ground truth
-OBJECT_RANGE = 80.0  # objects farther than this from ego are left out of the per-frame lists
+OBJECT_RANGE = 80.0
+VISIBILITY_BAND = 1.0  # m: a cell is visible when a LiDAR ray passed through it below this height  # objects farther than this from ego are left out of the per-frame lists
 
 
 class ScenarioError(ValueError):
@@ -399,24 +400,48 @@ class Scenario:
         return i0, i1, j0, j1
 
     def _visibility(self, hits, T_bw) -> np.ndarray:
-        """Cells not hidden behind the nearest obstacle return of their LiDAR azimuth column."""
+        """Cells the LiDAR sweep observed: some beam of the cell's azimuth column passed through the
+        cell below VISIBILITY_BAND metres (so an obstacle that tall standing there would have been
+        hit), or a return landed in the cell. Low obstacles (barriers, kerbs) hide only what is
+        below the rays passing over them; motion during the sweep is neglected here."""
         lid = self.lidar
         n_az, n_b = lid.cfg.azimuth_steps, lid.cfg.beams
+        res = self.grid.resolution
+        h = float(lid.T_base_sensor[2, 3])
         rng_ = hits.range.reshape(n_az, n_b)
-        mat = hits.material.reshape(n_az, n_b)
-        horiz = rng_ * np.hypot(lid.dirs[..., 0], lid.dirs[..., 1])
-        obstacle = np.isfinite(rng_) & ~is_ground_material(mat) & (mat != W.KERB)
-        r_vis = np.where(obstacle, horiz, np.inf).min(axis=1)
-        r_vis = np.minimum(r_vis, lid.cfg.max_range)
-        # cell centres relative to the LiDAR, in the lidar frame at the stamp (sweep motion neglected)
+        dxy = np.hypot(lid.dirs[0, :, 0], lid.dirs[0, :, 1])  # [n_b] horizontal part of each beam
+        tan_el = lid.dirs[0, :, 2] / np.maximum(dxy, 1e-9)
+        # horizontal interval [lo, hi] of each beam inside the band z in [0, VISIBILITY_BAND]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if h <= VISIBILITY_BAND:
+                lo = np.zeros(n_b)
+                r_out = np.where(tan_el > 0, (VISIBILITY_BAND - h) / tan_el, np.inf)
+            else:
+                lo = np.where(tan_el < 0, (h - VISIBILITY_BAND) / -tan_el, np.inf)
+                r_out = np.full(n_b, np.inf)
+        reach = np.where(np.isfinite(rng_), rng_ * dxy[None, :], lid.cfg.max_range)  # [n_az, n_b]
+        hi = np.minimum(reach, r_out[None, :])
         T_lb = invert_transform(lid.T_base_sensor)
         X, Y = np.meshgrid(self._gx, self._gy, indexing="ij")
         lx = T_lb[0, 0] * X + T_lb[0, 1] * Y + T_lb[0, 3]
         ly = T_lb[1, 0] * X + T_lb[1, 1] * Y + T_lb[1, 3]
-        az = np.arctan2(ly, lx)
-        col = np.round((np.pi - az) / (2 * np.pi) * n_az).astype(np.int64) % n_az
+        r = np.hypot(lx, ly)[..., None]  # [H, W, 1]
+        col = np.round((np.pi - np.arctan2(ly, lx)) / (2 * np.pi) * n_az).astype(np.int64) % n_az
+        margin = res * 0.71
+        used = np.isfinite(lo)  # beams that ever get below the band top
+        visible = ((lo[None, None, used] <= r + margin) & (r - margin <= hi[:, used][col])).any(axis=-1)
+        # cells holding a return (walls hit above the band, object tops) were observed too
+        finite = np.isfinite(hits.range)
+        if finite.any():
+            d = lid.dirs.reshape(-1, 3)[finite] * hits.range[finite, None]
+            bx = lid.T_base_sensor[0, 0] * d[:, 0] + lid.T_base_sensor[0, 1] * d[:, 1] + lid.T_base_sensor[0, 3]
+            by = lid.T_base_sensor[1, 0] * d[:, 0] + lid.T_base_sensor[1, 1] * d[:, 1] + lid.T_base_sensor[1, 3]
+            i = np.floor((bx - self.grid.x_min) / res).astype(np.int64)
+            j = np.floor((by - self.grid.y_min) / res).astype(np.int64)
+            ok = (i >= 0) & (i < self.grid.nx) & (j >= 0) & (j < self.grid.ny)
+            visible[i[ok], j[ok]] = True
         del T_bw
-        return np.hypot(lx, ly) <= r_vis[col] + self.grid.resolution * 0.71
+        return visible
 
     # ------------------------------------------------------------------ frames
     def events(self) -> list[dict]:

@@ -73,7 +73,7 @@ class Lidar:
         o = np.repeat(origins, n_b, axis=0)
         d = dirs.reshape(-1, 3)
         dt = np.repeat(self.col_t, n_b)
-        hits = cast(scene, o, d, cfg.max_range, dt, ground_material)
+        hits = cast(scene, o, d, cfg.max_range, dt, ground_material, beams=n_b)
         rng_ = hits.range.copy()
         # rain-like clutter: drops intercept the beam close to the sensor (first return wins)
         clutter = np.zeros(len(rng_), dtype=bool)

@@ -258,12 +258,16 @@ class World:
         """Road / sidewalk / marking for ground points (camera shading, LiDAR intensity)."""
         on_x = np.abs(y) < self.road_half_width
         on_y = (np.abs(x) < self.road_half_width) if self.intersection else np.zeros_like(on_x)
-        mat = np.where(on_x | on_y | self.parking_lot, GROUND, SIDEWALK)
-        dash = (np.floor(x / 3.0) % 2 == 0)
-        for off in self.lane_markings:
-            mat = np.where(on_x & dash & (np.abs(y - off) < 0.08), MARKING, mat)
-            if self.intersection:
-                mat = np.where(on_y & (np.floor(y / 3.0) % 2 == 0) & (np.abs(x - off) < 0.08), MARKING, mat)
+        mat = np.full(x.shape, SIDEWALK, dtype=np.int64)
+        mat[on_x | on_y | self.parking_lot] = GROUND
+        # dashed lane lines (3 m dash, 3 m gap): only points near a line offset are tested
+        for along, across, on in ((x, y, on_x), (y, x, on_y)):
+            if not self.lane_markings or not on.any():
+                continue
+            near = np.min(np.abs(across[:, None] - np.asarray(self.lane_markings)[None, :]), axis=1) < 0.08
+            idx = np.nonzero(near & on)[0]
+            dash = np.floor(along[idx] / 3.0) % 2 == 0
+            mat[idx[dash]] = MARKING
         return mat
 
 

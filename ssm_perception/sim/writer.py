@@ -142,7 +142,9 @@ def _push_ground_truth(push, sc: Scenario, fr, frames) -> None:
         push(s, topic, B.occupancy_grid_msg(np.where(grid, 100, 0).astype(np.int8), g.resolution, (g.x_min, g.y_min),
                                             s, frames["base"]))
     keys = ("id", "cls", "x", "y", "z", "yaw", "l", "w", "h", "vx", "vy", "yaw_rate")
-    objs = [{k: o[k].item() for k in keys} for o in fr.objects_odom]
+    # status: CONFIRMED (1) when at least one LiDAR return hit the object in this scan, COASTING (2)
+    # when it is fully hidden or out of range (evaluation can ignore unobservable objects)
+    objs = [{**{k: o[k].item() for k in keys}, "status": 1 if o["num_points"] > 0 else 2} for o in fr.objects_odom]
     push(s, GT_OBJECTS, B.track_array_msg(objs, s, frames["odom"]))
     T_mb = fr.T_world_base
     v, yaw_rate = sc.ego_velocity_at(fr.t_s)

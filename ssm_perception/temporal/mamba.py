@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_perception.config import ModelConfig
-from ssm_perception.temporal.base import State, TemporalCore, apply_reset, check_input, zeros_state
+from ssm_perception.temporal.base import (
+    State,
+    TemporalCore,
+    apply_reset,
+    check_input,
+    zeros_state,
+)
 
 DT_NOMINAL = 0.1  # [s] frame period the discretization is calibrated to
 DT_RATIO_MAX = 50.0  # gaps beyond 5 s count as 5 s (all memory is gone long before that)

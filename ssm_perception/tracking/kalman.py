@@ -27,8 +27,8 @@ IDX_YAW_MEAS = 2
 GATE_COMPONENTS = (0, 1, 2)
 
 
-def _fold_yaw(a: float) -> float:
-    """Wrap to [-pi/2, pi/2): headings differing by pi are the same box."""
+def fold_yaw(a):
+    """Wrap to [-pi/2, pi/2): headings differing by pi are the same box (floats or arrays)."""
     return (a + math.pi / 2) % math.pi - math.pi / 2
 
 
@@ -123,6 +123,10 @@ class BoxEKF(ABC):
 
     def innovation(self, z: np.ndarray, R: np.ndarray, components=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(y, S, H) for the finite measurement components (optionally a subset of them)."""
+        y, S, H, _ = self._innovation(z, R, components)
+        return y, S, H
+
+    def _innovation(self, z, R, components=None):
         z = np.asarray(z, dtype=np.float64)
         use = np.isfinite(z)
         if components is not None:
@@ -132,11 +136,16 @@ class BoxEKF(ABC):
         idx = np.flatnonzero(use)
         H = self._H(self.x)[idx]
         y = z[idx] - self._h(self.x)[idx]
-        for n, m in enumerate(idx):
-            if m == IDX_YAW_MEAS:
-                y[n] = _fold_yaw(y[n])
-        S = H @ self.P @ H.T + np.asarray(R, dtype=np.float64)[np.ix_(idx, idx)]
-        return y, S, H
+        yaw_pos = np.flatnonzero(idx == IDX_YAW_MEAS)
+        y[yaw_pos] = fold_yaw(y[yaw_pos])
+        Rs = np.asarray(R, dtype=np.float64)[idx][:, idx]
+        return y, H @ self.P @ H.T + Rs, H, Rs
+
+    def gate_prediction(self) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted (x, y, yaw) and its covariance H P H^T: the track's half of the gating distance."""
+        idx = list(GATE_COMPONENTS)
+        H = self._H(self.x)[idx]
+        return self._h(self.x)[idx], H @ self.P @ H.T
 
     def mahalanobis(self, z: np.ndarray, R: np.ndarray, components=GATE_COMPONENTS) -> float:
         """Squared Mahalanobis distance of a measurement (default: x, y, yaw -> chi2 with 3 dof)."""
@@ -150,11 +159,9 @@ class BoxEKF(ABC):
 
     def update(self, z: np.ndarray, R: np.ndarray) -> bool:
         """Correct with a box measurement; NaN components are skipped. False if nothing usable."""
-        y, S, H = self.innovation(z, R)
+        y, S, H, Rs = self._innovation(z, R)
         if y.size == 0:
             return False
-        idx = np.flatnonzero(np.isfinite(np.asarray(z, dtype=np.float64)))
-        Rs = np.asarray(R, dtype=np.float64)[np.ix_(idx, idx)]
         K = np.linalg.solve(S, H @ self.P).T  # P H^T S^-1 (S symmetric)
         self.x = self.x + K @ y
         self.x[self._yaw_idx] = _wrap(self.x[self._yaw_idx])

@@ -1,8 +1,9 @@
 """SYNTHETIC detections made from ground truth, for exercising the tracker before a model exists.
 
 Nothing here is a detector: ``synthetic_detections`` perturbs ground-truth boxes with per-class
-noise, drops boxes that are occluded (by other boxes, seen from the ego) or missed at random
-(more often far away), and adds false positives. Numbers measured on these detections describe the
+noise, drops boxes that are occluded (too few LiDAR returns where the truth counts them, else
+hidden behind other boxes as seen from the ego) or missed at random (more often far away), and
+adds false positives. Numbers measured on these detections describe the
 tracker, not the perception model, and are labelled 'synthetic' wherever they are written.
 
 ``crossing_scenario`` is a hand-made ground-truth sequence covering the hard cases of the issue:
@@ -45,6 +46,7 @@ class SyntheticDetectionConfig:
     miss_prob_near: float = 0.03  # random miss probability at the ego
     miss_prob_far: float = 0.20  # ... at 50 m (quadratic in range in between)
     min_visible_fraction: float = 0.3  # less of the box's angular extent visible -> not detected
+    min_points: int = 3  # where the truth knows LiDAR returns per object (simulator), fewer -> not detected
     false_positives_per_frame: float = 1.0  # Poisson mean, uniform over the grid, random class
     fp_score_range: tuple[float, float] = (0.3, 0.55)
     tp_score_range: tuple[float, float] = (0.55, 0.95)
@@ -111,7 +113,10 @@ def synthetic_detections(
             continue
         r = float(np.hypot(*p)) / 50.0
         p_miss = cfg.miss_prob_near + (cfg.miss_prob_far - cfg.miss_prob_near) * min(r, 1.5) ** 2
-        if vis < cfg.min_visible_fraction or rng.random() < p_miss:
+        # The simulator's per-object LiDAR return count is the better occlusion model (it knows
+        # buildings); the box-on-box geometry is the fallback for hand-made ground truth.
+        hidden = o.num_points < cfg.min_points if o.num_points >= 0 else vis < cfg.min_visible_fraction
+        if hidden or rng.random() < p_miss:
             continue
         n = cfg.noise.get(o.cls, ClassNoise(0.4, 0.3, 0.8))
         yaw = o.yaw + dyaw + rng.normal(0, n.yaw_std)

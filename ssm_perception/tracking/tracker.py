@@ -27,7 +27,13 @@ from scipy.optimize import linear_sum_assignment
 
 from ssm_perception.config import TrackingConfig
 from ssm_perception.tracking.detections import Detection
-from ssm_perception.tracking.kalman import BoxEKF, MotionNoise, make_filter
+from ssm_perception.tracking.kalman import (
+    GATE_COMPONENTS,
+    BoxEKF,
+    MotionNoise,
+    fold_yaw,
+    make_filter,
+)
 
 Status = Literal["tentative", "confirmed", "coasting"]
 STATUS_CODES = {"tentative": 0, "confirmed": 1, "coasting": 2}  # msg/Track.msg STATUS_*
@@ -35,6 +41,7 @@ STATUS_CODES = {"tentative": 0, "confirmed": 1, "coasting": 2}  # msg/Track.msg 
 # Variance reported for quantities the tracker does not estimate (z, roll, pitch, vz, ...): large,
 # so no consumer mistakes them for measured.
 UNOBSERVED_VAR = 1.0e4
+_POSE_XY_YAW = [0, 1, 5]  # rows of x, y, rot z in the 6x6 pose covariance
 
 
 @dataclass(frozen=True)
@@ -63,14 +70,14 @@ DEFAULT_CLASS_MODELS: dict[int, ClassModel] = {
 }
 
 # Detector confusions that association tolerates (car <-> truck); anything else must match exactly.
-_COMPATIBLE = {(1, 2), (2, 1)}
+_VEHICLES = (1, 2)
 _MAX_EXISTENCE = 0.999
 _FALSE_ALARM_IN_GATE = 0.05  # chance that clutter produces a detection inside a track's gate in one frame
 _SIZE_SMOOTHING = 0.3  # weight of a new detection in the box-size running average
 
 
 def classes_compatible(a: int, b: int) -> bool:
-    return a == b or (a, b) in _COMPATIBLE
+    return a == b or (a in _VEHICLES and b in _VEHICLES)
 
 
 @dataclass
@@ -198,18 +205,28 @@ class MultiObjectTracker:
         return np.array([d.x, d.y, d.yaw, d.vx, d.vy], dtype=np.float64)  # NaN velocity = not measured
 
     def cost_matrix(self, dets: list[Detection]) -> np.ndarray:
-        """[tracks, detections] squared Mahalanobis distances; inf across classes or beyond the gate."""
-        cost = np.full((len(self._tracks), len(dets)), np.inf)
-        for ti, t in enumerate(self._tracks):
-            for di, d in enumerate(dets):
-                if not classes_compatible(t.cls, d.cls):
-                    continue
-                # Cheap Euclidean pre-gate (40 m): most pairs are far apart.
-                if (t.kf.x[0] - d.x) ** 2 + (t.kf.x[1] - d.y) ** 2 > 1600.0:
-                    continue
-                d2 = t.kf.mahalanobis(self._measurement(d), self.models[d.cls].R())
-                if d2 <= self.cfg.gate_mahalanobis:
-                    cost[ti, di] = d2
+        """[tracks, detections] squared Mahalanobis distances over (x, y, yaw); inf across
+        incompatible classes or beyond the gate. Batched over all pairs (numpy, no Python pair loop)."""
+        n_t, n_d = len(self._tracks), len(dets)
+        cost = np.full((n_t, n_d), np.inf)
+        if n_t == 0 or n_d == 0:
+            return cost
+        gi = list(GATE_COMPONENTS)
+        pred = [t.kf.gate_prediction() for t in self._tracks]
+        z_pred = np.stack([p[0] for p in pred])  # [T, 3]
+        hph = np.stack([p[1] for p in pred])  # [T, 3, 3]
+        z = np.array([[d.x, d.y, d.yaw] for d in dets])  # [D, 3]
+        r = np.stack([self.models[d.cls].R()[np.ix_(gi, gi)] for d in dets])  # [D, 3, 3]
+        y = z[None, :, :] - z_pred[:, None, :]  # [T, D, 3]
+        y[..., 2] = fold_yaw(y[..., 2])
+        s = hph[:, None] + r[None, :]  # [T, D, 3, 3]
+        d2 = np.einsum("tdi,tdi->td", y, np.linalg.solve(s, y[..., None])[..., 0])
+        t_cls = np.array([t.cls for t in self._tracks])
+        d_cls = np.array([d.cls for d in dets])
+        compatible = (t_cls[:, None] == d_cls[None, :]) | (
+            np.isin(t_cls, _VEHICLES)[:, None] & np.isin(d_cls, _VEHICLES)[None, :])
+        ok = compatible & np.isfinite(d2) & (d2 <= self.cfg.gate_mahalanobis)
+        cost[ok] = d2[ok]
         return cost
 
     def _associate(self, dets: list[Detection]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
@@ -225,8 +242,7 @@ class MultiObjectTracker:
         return matches, [i for i in range(n_t) if i not in mt], [j for j in range(n_d) if j not in md]
 
     def _hit(self, t: _Track, d: Detection, stamp: float) -> None:
-        model = self.models[d.cls] if d.cls in self.models else self.models[t.cls]
-        t.kf.update(self._measurement(d), model.R())
+        t.kf.update(self._measurement(d), self.models[d.cls].R())
         t.size = (1 - _SIZE_SMOOTHING) * t.size + _SIZE_SMOOTHING * np.array([d.length, d.width, d.height])
         t.class_votes[d.cls] = t.class_votes.get(d.cls, 0.0) + d.score
         t.hits += 1
@@ -260,6 +276,8 @@ class MultiObjectTracker:
         self._tracks.append(t)
 
     def _dead(self, t: _Track, now: float) -> bool:
+        if not (np.all(np.isfinite(t.kf.x)) and np.all(np.isfinite(t.kf.P))):
+            return True  # a numerically broken filter is dropped, never published
         if t.status == "tentative":
             return t.last_update_s < now  # a tentative track must be seen every frame
         return now - t.last_update_s > self.cfg.max_coast_s or t.existence < self.cfg.min_existence
@@ -269,10 +287,7 @@ class MultiObjectTracker:
         kf = t.kf
         pos_idx = [0, 1, kf.yaw_index]
         pose_cov = np.diag([UNOBSERVED_VAR] * 6)
-        sub = kf.P[np.ix_(pos_idx, pos_idx)]
-        for a, i in enumerate((0, 1, 5)):  # x, y, rot z
-            for b, j in enumerate((0, 1, 5)):
-                pose_cov[i, j] = sub[a, b]
+        pose_cov[np.ix_(_POSE_XY_YAW, _POSE_XY_YAW)] = kf.P[np.ix_(pos_idx, pos_idx)]
         v, v_cov = kf.velocity()
         w, w_var = kf.yaw_rate()
         twist_cov = np.diag([UNOBSERVED_VAR] * 6)

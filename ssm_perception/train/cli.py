@@ -13,8 +13,8 @@ import typer
 
 
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="TrainConfig YAML (config/train_default.yaml)"),
-    out: Path = typer.Option(Path("out/train"), "--out", "-o", help="run directory: checkpoints, logs, metrics"),
+    config: Path = typer.Option(..., "--config", "-c", help="TrainConfig YAML (config/train_default.yaml)"),  # noqa: B008
+    out: Path = typer.Option(Path("out/train"), "--out", "-o", help="run directory: checkpoints, logs, metrics"),  # noqa: B008
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/trainer_state_r<rank>.pt"),
     kind: str = typer.Option("", "--kind", help="override perception.model.kind (mamba|single|convgru|attention)"),
     max_minutes: float = typer.Option(-1.0, "--max-minutes", help="override run.max_minutes (wall-clock budget)"),

@@ -248,7 +248,9 @@ class Trainer:
         self.train_specs = all_specs[self.d.rank :: self.d.world]
         self.val_specs = make_specs(data.presets, data.val_seeds.seeds(), data.val_duration_s)
         cache = data.cache_dir or None
-        self.store = SequenceStore(self.train_specs, cfg.perception, cache, data.workers)
+        # Rank 0 also generates the held-out validation sequences, after its training share.
+        self.store = SequenceStore(self.train_specs, cfg.perception, cache, data.workers,
+                                   val_specs=self.val_specs if self.d.main else ())
         self.sampler = WindowSampler(self.store, cfg, seed=cfg.run.seed * 1000 + self.d.rank)
         self.resume = resume
 
@@ -386,9 +388,10 @@ class Trainer:
             from ssm_perception.model import save_checkpoint
 
             cfg = self.cfg
-            val_store = SequenceStore(self.val_specs, cfg.perception, cfg.data.cache_dir or None, cfg.data.workers)
-            val_store.start().join()
-            val = validate(self.model, val_store.sequences, cfg.perception, self.device, cfg.run.val_frames,
+            if not self.store.started:
+                self.store.start()
+            self.store.join()  # the validation sequences come last
+            val = validate(self.model, self.store.val_sequences, cfg.perception, self.device, cfg.run.val_frames,
                            amp=self.window.amp_dtype)
             hours = sum(float(s.duration_s) for s in make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(),
                                                                   cfg.data.duration_s)) / 3600.0
@@ -444,9 +447,9 @@ def validate(model: nn.Module, sequences: list[dict], cfg: PerceptionConfig, dev
                 heads, state = model.step(x, state, torch.tensor([dt[0]], device=device, dtype=torch.float32), mask)
             state = {k: v.float() for k, v in state.items()}
             p_occ = torch.sigmoid(heads["occupancy_logit"].float()[0, 0]).cpu().numpy()
-            dyn = heads.get("dynamic_logit")  # the log-odds filter has no dynamic head
-            dyn = None if dyn is None else torch.sigmoid(dyn.float()[0, 0]).cpu().numpy()
-            metrics.add(p_occ, seq["occupied"][t], seq["dynamic"][t], seq["visible"][t], dyn_prob=dyn)
+            dyn = heads.get("dynamic_logit")
+            dyn = None if dyn is None else p_occ * torch.sigmoid(dyn.float()[0, 0]).cpu().numpy()
+            metrics.add(p_occ, seq["occupied"][t], seq["dynamic"][t], seq["visible"][t], dyn_joint=dyn)
             m = seq["dynamic"][t] & seq["occupied"][t]
             if m.any() and "velocity" in heads:
                 v = heads["velocity"].float()[0].cpu().numpy()

@@ -30,7 +30,7 @@ def num_features() -> int:
 def synthetic_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False) -> dict:
     g: GridConfig = cfg.grid
     rng = np.random.default_rng(spec.seed)
-    T = int(round(spec.duration_s * 10))
+    T = round(spec.duration_s * 10)
     H, W, res = g.nx, g.ny, g.resolution
     xs = g.x_min + (np.arange(H) + 0.5) * res
     ys = g.y_min + (np.arange(W) + 0.5) * res

@@ -1,0 +1,53 @@
+"""`ssm-perception evaluate BAG... [--model CKPT] [--baselines logodds,single,...] -o DIR`.
+
+Heavy imports (torch, the pipeline) stay inside the command so that `ssm-perception --help` is fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def evaluate(
+    bags: list[Path] = typer.Argument(..., help="rosbag2 directories (mcap or sqlite3)"),  # noqa: B008
+    out: Path = typer.Option(Path("out/eval"), "--out", "-o", help="output directory"),  # noqa: B008
+    model: str = typer.Option("", "--model", "-m", help="checkpoint (.safetensors); default: the shipped one"),
+    baselines: str = typer.Option("", "--baselines", "-b",
+                                  help="comma-separated kinds, each optionally kind=checkpoint "
+                                       "(logodds,single,convgru,attention)"),
+    config: str = typer.Option("", "--config", "-c", help="PerceptionConfig YAML (grid, topics, thresholds)"),
+    topic_map: list[str] = typer.Option(  # noqa: B008
+        [], "--topic-map", "-t", help="role=/topic, repeatable (roles: lidar, radar, camera_image, camera_info, "
+                                      "tf, tf_static, zone, gt_occupancy, gt_dynamic, gt_visibility, gt_objects, "
+                                      "gt_events)"),
+    no_plots: bool = typer.Option(False, "--no-plots", help="metrics.json and report.md without PNGs"),
+) -> None:
+    """Replay bags offline through the node's PerceptionPipeline and write metrics.json + report.md."""
+    from ssm_perception.config import ConfigError, PerceptionConfig
+    from ssm_perception.eval.evaluate import EvaluationError, parse_topic_map
+    from ssm_perception.eval.evaluate import evaluate as run
+
+    try:
+        cfg = PerceptionConfig.from_yaml(config) if config else PerceptionConfig()
+        result = run([str(b) for b in bags], cfg, out, main_checkpoint=model,
+                     baselines=[b for b in (x.strip() for x in baselines.split(",")) if b],
+                     topic_map=parse_topic_map(topic_map), plots=not no_plots)
+    except (ConfigError, EvaluationError) as exc:
+        typer.secho(f"evaluate: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    for name, m in result["models"].items():
+        occ = m["occupancy"]
+        lat = m["latency_ms"].get("total", {})
+        head = "no ground truth" if occ is None else (
+            f"IoU {occ['splits']['all']['iou'] or 0:.3f} (dynamic {occ['splits']['dynamic']['iou'] or 0:.3f}, "
+            f"occluded {occ['splits']['occluded']['iou'] or 0:.3f}), ECE {occ['ece'] or 0:.3f}")
+        typer.echo(f"{name:>10}: {head}; latency p50 {lat.get('p50', 0):.1f} ms; resets {m['resets']['count']}")
+    for name, why in result.get("skipped_models", {}).items():
+        typer.secho(f"{name:>10}: skipped ({why})", fg="yellow")
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

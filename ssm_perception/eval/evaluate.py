@@ -1,0 +1,608 @@
+"""Offline evaluation: replay rosbag2 files through PerceptionPipeline (the node's code path) and score.
+
+A bag is decoded once (deterministic, no DDS): TF from /tf and /tf_static into a TfBuffer, each LiDAR
+frame paired with the latest radar/camera within the configured tolerances, exactly as the node
+does. LiDAR frames wait until the bag has advanced ``TF_WAIT_NS`` past their stamp before the TF
+lookup, so a transform recorded just after the cloud is still found. Every model then replays the
+same decoded frames through its own fresh PerceptionPipeline.
+
+Ground truth (simulated bags): /ground_truth/{occupancy,dynamic,visibility} (OccupancyGrid in
+base_link at the LiDAR stamp, 100 = yes), /ground_truth/objects (TrackArray in odom),
+/ground_truth/events (JSON per adversity). A bag without them is still evaluated for latency,
+health and resets ("no ground truth" path).
+
+metrics.json (``SCHEMA_VERSION``; keys are only ever added, never renamed):
+    schema_version, created_utc, tool, threshold, grid {nx, ny, resolution}
+    bags: [{path, name, frames, duration_s, ground_truth (bool), topics {role: topic}, missing_topics [..],
+            dropped_frames {reason: n}, events [..]}]
+    models: {name: {
+        kind, source, sha256,
+        occupancy: null | {frames, threshold, splits {all, static, dynamic, visible, occluded,
+                   static_visible, static_occluded, dynamic_visible, dynamic_occluded, range_<a>_<b>:
+                   {iou, f1, precision, recall, tp, fp, fn, tn}}, moving {..}, ece, reliability [bins]}
+        tracking: null | {class: {mota, motp, idf1, id_switches, fragmentations, hota, deta, assa, ...}}
+        latency_ms: {stage: {p50, p99, mean, max, n}}
+        resets: {count, by_reason {reason: n}, events [{bag, t_s, reasons}]}
+        recovery: [{bag, type, start_s, end_s, iou_before, iou_during, iou_after, recovery_s}]
+        health: {OK: n, WARN: n, ERROR: n}
+        per_bag: {bag name: {frames, iou_all, iou_static, iou_dynamic, iou_occluded, ece}}}}
+See eval/occupancy.py for the metric definitions (splits, threshold, ECE).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssm_perception.config import PerceptionConfig, TopicsConfig
+from ssm_perception.eval.occupancy import OccupancyMetrics, range_map
+
+SCHEMA_VERSION = 1
+NS = 1_000_000_000
+TF_WAIT_NS = 200_000_000  # bag time a LiDAR frame waits for its TF (the node waits on arrival instead)
+RECOVERY_WINDOW_S = 3.0  # IoU after an adversity/reset is averaged over this many seconds
+BEFORE_WINDOW_S = 2.0
+
+GT_TOPICS = {
+    "gt_occupancy": "/ground_truth/occupancy",
+    "gt_dynamic": "/ground_truth/dynamic",
+    "gt_visibility": "/ground_truth/visibility",
+    "gt_objects": "/ground_truth/objects",
+    "gt_events": "/ground_truth/events",
+    "gt_scenario": "/ground_truth/scenario",
+}
+POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
+
+
+class EvaluationError(RuntimeError):
+    """A bag or option that cannot be evaluated; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------- topics
+def topic_roles(topics: TopicsConfig, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """{role: topic} for every input the evaluator reads; ``overrides`` from --topic-map role=/topic."""
+    roles = {
+        "lidar": topics.lidar, "radar": topics.radar, "camera_image": topics.camera_image,
+        "camera_info": topics.camera_info, "tf": "/tf", "tf_static": "/tf_static", "zone": "/vehicle/zone",
+        **GT_TOPICS,
+    }
+    aliases = {"camera": "camera_image", "image": "camera_image", "occupancy": "gt_occupancy",
+               "objects": "gt_objects", "events": "gt_events"}
+    for key, topic in (overrides or {}).items():
+        role = aliases.get(key, key)
+        if role not in roles:
+            raise EvaluationError(f"--topic-map: unknown role {key!r}; roles: {sorted(roles)}")
+        if not topic.startswith("/"):
+            raise EvaluationError(f"--topic-map {key}={topic}: a topic name starts with '/'")
+        roles[role] = topic
+    return roles
+
+
+def parse_topic_map(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise EvaluationError(f"--topic-map expects role=/topic, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def describe_bag(contents: dict[str, tuple[str, int]]) -> str:
+    if not contents:
+        return "  (no topics)"
+    return "\n".join(f"  {t}  [{ty}, {n} msgs]" for t, (ty, n) in sorted(contents.items()))
+
+
+# ---------------------------------------------------------------------------------- decoding
+@dataclass
+class GroundTruth:
+    grids: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)  # stamp -> occ, dyn, vis
+    objects: dict[int, list] = field(default_factory=dict)  # stamp -> [GroundTruthObject] (odom)
+    events: list[dict] = field(default_factory=list)
+    scenario: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return bool(self.grids)
+
+
+@dataclass
+class DecodedBag:
+    path: Path
+    frames: list  # [FrameInputs] in stamp order
+    gt: GroundTruth
+    roles: dict[str, str]
+    contents: dict[str, tuple[str, int]]
+    missing: list[str]
+    dropped: Counter
+    start_ns: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def t_s(self, stamp_ns: int) -> float:
+        return (stamp_ns - self.start_ns) / NS
+
+
+def _grid_bool(msg, cfg: PerceptionConfig, topic: str) -> np.ndarray:
+    from ssm_perception.io.bag import occupancy_grid_to_array
+
+    arr = occupancy_grid_to_array(msg)
+    if arr.shape != (cfg.grid.nx, cfg.grid.ny) or abs(msg.info.resolution - cfg.grid.resolution) > 1e-6:
+        raise EvaluationError(
+            f"{topic}: ground-truth grid {arr.shape[0]}x{arr.shape[1]} at {msg.info.resolution:g} m does not match "
+            f"the configured grid {cfg.grid.nx}x{cfg.grid.ny} at {cfg.grid.resolution:g} m; pass --config with the "
+            "bag's grid"
+        )
+    return arr >= 50
+
+
+def _gt_objects(msg) -> list:
+    from ssm_perception.eval.mot import GroundTruthObject
+    from ssm_perception.geometry import quat_xyzw_to_matrix
+
+    out = []
+    for t in msg.tracks:
+        q = t.pose.orientation
+        r = quat_xyzw_to_matrix((q.x, q.y, q.z, q.w))
+        out.append(GroundTruthObject(
+            id=int(t.id), cls=int(t.classification), x=float(t.pose.position.x), y=float(t.pose.position.y),
+            yaw=math.atan2(r[1, 0], r[0, 0]), vx=float(t.twist.linear.x), vy=float(t.twist.linear.y),
+            length=float(t.size.x), width=float(t.size.y), height=float(t.size.z),
+        ))
+    return out
+
+
+def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], progress: bool = True) -> DecodedBag:
+    """Read a bag once into FrameInputs (TF resolved) + ground truth. Raises EvaluationError with the
+    bag's topic list when the LiDAR topic is missing or of the wrong type."""
+    from ssm_perception.io.bag import BagError, bag_topics, read_messages
+    from ssm_perception.io.pointcloud2 import PointCloudDecodeError, cloud_to_array
+    from ssm_perception.io.ros_convert import (
+        CameraInfoError,
+        camera_info_to_model,
+        image_to_array,
+        stamp_to_ns,
+    )
+    from ssm_perception.pipeline import FrameInputs
+    from ssm_perception.tf_buffer import TfBuffer, TfError
+
+    path = Path(path)
+    try:
+        contents = bag_topics(path)
+    except BagError as exc:
+        raise EvaluationError(str(exc)) from None
+    lidar_topic = roles["lidar"]
+    if lidar_topic not in contents:
+        clouds = [t for t, (ty, _) in contents.items() if ty == POINTCLOUD2]
+        hint = f" PointCloud2 topics in it: {clouds}; map one with --topic-map lidar=<topic>." if clouds else ""
+        raise EvaluationError(f"{path}: LiDAR topic {lidar_topic} is not in the bag.{hint}\n"
+                              f"The bag contains:\n{describe_bag(contents)}")
+    if contents[lidar_topic][0] != POINTCLOUD2:
+        raise EvaluationError(f"{path}: {lidar_topic} is {contents[lidar_topic][0]}, not {POINTCLOUD2}.\n"
+                              f"The bag contains:\n{describe_bag(contents)}")
+    if roles["tf"] not in contents and roles["tf_static"] not in contents:
+        raise EvaluationError(f"{path}: no TF ({roles['tf']} / {roles['tf_static']}): the odom -> base_link pose "
+                              f"and the sensor mounts come from TF.\nThe bag contains:\n{describe_bag(contents)}")
+    disabled = {"radar"} if not cfg.sensors.use_radar else set()
+    disabled |= {"camera_image", "camera_info"} if not cfg.sensors.use_camera else set()
+    wanted = {r: t for r, t in roles.items() if t in contents and r not in disabled}
+    missing = sorted(f"{r} ({t})" for r, t in roles.items()
+                     if t not in contents and not r.startswith("gt_") and r not in disabled)
+    by_topic: dict[str, list[str]] = {}
+    for r, t in wanted.items():
+        by_topic.setdefault(t, []).append(r)
+
+    s = cfg.sensors
+    fr = cfg.frames
+    tf = TfBuffer(cache_s=max(s.tf_cache_s, 30.0), extrapolation_limit_s=s.tf_extrapolation_limit_s)
+    gt = GroundTruth()
+    frames: list = []
+    dropped: Counter = Counter()
+    pending: list[tuple] = []  # (stamp, points, frame_id, radar, image, info, zone)
+    latest: dict[str, object] = {"radar": None, "image": None, "info": None, "zone": None}
+    start_ns: int | None = None
+    first_tf_errors: list[str] = []
+
+    def resolve(item) -> None:
+        stamp, pts, frame_id, radar, image, info, zone = item
+        try:
+            T_base_lidar = tf.lookup(fr.base_link, frame_id, stamp)
+            T_odom_base = tf.lookup(fr.odom, fr.base_link, stamp)
+        except TfError as exc:
+            dropped[f"tf: {type(exc).__name__}"] += 1
+            if not first_tf_errors:
+                first_tf_errors.append(str(exc))
+            return
+        try:
+            T_map_odom = tf.lookup(fr.map, fr.odom, stamp)
+        except TfError:
+            T_map_odom = None
+        kw = {}
+        if radar is not None and abs(radar[2] - stamp) <= s.radar_tolerance_s * NS:
+            try:
+                kw.update(radar=radar[0], T_base_radar=tf.lookup(fr.base_link, radar[1], radar[2]))
+            except TfError:
+                dropped["radar: no TF (frame kept without radar)"] += 1
+        if image is not None and info is not None and abs(image[2] - stamp) <= s.camera_tolerance_s * NS:
+            try:
+                kw.update(image=image[0], K=info.K, T_base_camera=tf.lookup(fr.base_link, image[1], image[2]))
+            except TfError:
+                dropped["camera: no TF (frame kept without camera)"] += 1
+        frames.append(FrameInputs(stamp_ns=stamp, T_odom_base=T_odom_base, lidar=pts, T_base_lidar=T_base_lidar,
+                                  T_map_odom=T_map_odom, zone=zone, **kw))
+
+    total = sum(contents[t][1] for t in by_topic)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"read {path.name}", unit="msg", leave=False)
+    for topic, _msgtype, bag_ns, msg in read_messages(path, list(by_topic)):
+        if bar is not None:
+            bar.update(1)
+        start_ns = bag_ns if start_ns is None else start_ns
+        while pending and pending[0][0] + TF_WAIT_NS <= bag_ns:
+            resolve(pending.pop(0))
+        for role in by_topic[topic]:
+            if role in ("tf", "tf_static"):
+                for t in msg.transforms:
+                    try:
+                        tf.set_from_message(t, static=role == "tf_static")
+                    except TfError:
+                        dropped["tf: invalid transform message"] += 1
+            elif role == "lidar":
+                try:
+                    stamp = stamp_to_ns(msg.header.stamp)
+                    pts = cloud_to_array(msg)
+                except (PointCloudDecodeError, ValueError) as exc:
+                    dropped[f"lidar: {type(exc).__name__}"] += 1
+                    continue
+                if frames and stamp <= frames[-1].stamp_ns or pending and stamp <= pending[-1][0]:
+                    dropped["lidar: stamp not increasing"] += 1
+                    continue
+                pending.append((stamp, pts, msg.header.frame_id, latest["radar"], latest["image"], latest["info"],
+                                latest["zone"]))
+            elif role == "radar":
+                try:
+                    latest["radar"] = (cloud_to_array(msg), msg.header.frame_id, stamp_to_ns(msg.header.stamp))
+                except (PointCloudDecodeError, ValueError):
+                    dropped["radar: undecodable cloud"] += 1
+            elif role == "camera_image":
+                try:
+                    latest["image"] = (image_to_array(msg), msg.header.frame_id, stamp_to_ns(msg.header.stamp))
+                except ValueError:
+                    dropped["camera: undecodable image"] += 1
+            elif role == "camera_info":
+                try:
+                    latest["info"] = camera_info_to_model(msg)
+                except CameraInfoError:
+                    dropped["camera: invalid camera_info"] += 1
+            elif role == "zone":
+                latest["zone"] = str(msg.data)
+            elif role == "gt_scenario":
+                gt.scenario = str(msg.data)
+            elif role == "gt_events":
+                gt.events.append(json.loads(msg.data))
+            elif role == "gt_objects":
+                gt.objects[stamp_to_ns(msg.header.stamp)] = _gt_objects(msg)
+            elif role in ("gt_occupancy", "gt_dynamic", "gt_visibility"):
+                st = stamp_to_ns(msg.header.stamp)
+                k = ("gt_occupancy", "gt_dynamic", "gt_visibility").index(role)
+                entry = list(gt.grids.get(st, (None, None, None)))
+                entry[k] = _grid_bool(msg, cfg, topic)
+                gt.grids[st] = tuple(entry)
+    for item in pending:
+        resolve(item)
+    if bar is not None:
+        bar.close()
+    # Ground truth is usable only where all three grids arrived for a stamp.
+    gt.grids = {k: v for k, v in gt.grids.items() if all(a is not None for a in v)}
+    if not frames:
+        why = f" First TF error: {first_tf_errors[0]}" if first_tf_errors else ""
+        raise EvaluationError(f"{path}: no LiDAR frame could be used ({dict(dropped)}).{why}\n"
+                              f"The bag contains:\n{describe_bag(contents)}")
+    return DecodedBag(path, frames, gt, {r: roles[r] for r in wanted}, contents, missing, dropped,
+                      start_ns or frames[0].stamp_ns)
+
+
+# ---------------------------------------------------------------------------------- replay + scoring
+@dataclass
+class BagRun:
+    """One model on one bag."""
+
+    bag: str
+    occupancy: OccupancyMetrics | None
+    per_frame: list[dict]  # t_s, iou_all/static/dynamic/occluded (None without truth), reset reasons, health
+    snapshots: dict[int, tuple[np.ndarray, np.ndarray]]  # frame index -> (P occ, P dyn)
+    latency: dict[str, list[float]]
+    resets: list[dict]
+    health: Counter
+
+
+def _in_grid(objs, T_odom_base: np.ndarray, cfg: PerceptionConfig):
+    """Objects (odom) whose centre lies in the BEV grid; with their cell index (i, j)."""
+    from ssm_perception.geometry import invert_transform
+
+    T = invert_transform(np.asarray(T_odom_base, np.float64))
+    g = cfg.grid
+    out = []
+    for o in objs:
+        x = T[0, 0] * o.x + T[0, 1] * o.y + T[0, 3]
+        y = T[1, 0] * o.x + T[1, 1] * o.y + T[1, 3]
+        i, j = math.floor((x - g.x_min) / g.resolution), math.floor((y - g.y_min) / g.resolution)
+        if 0 <= i < g.nx and 0 <= j < g.ny:
+            out.append((o, i, j))
+    return out
+
+
+def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_frames: set[int], label: str,
+            progress: bool = True) -> BagRun:
+    """Replay the decoded frames through ``pipeline`` (fresh state) and accumulate the metrics."""
+    g = cfg.grid
+    occ_metrics = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min)) if bag.gt.available \
+        else None
+    run = BagRun(bag.name, occ_metrics, [], {}, {}, [], Counter())
+    frames = bag.frames
+    if progress:
+        from tqdm import tqdm
+
+        frames = tqdm(frames, desc=f"{label} on {bag.name}", unit="frame", leave=False)
+    for k, inp in enumerate(frames):
+        out = pipeline.process(inp)
+        for stage, ms in out.latency_ms.items():
+            run.latency.setdefault(stage, []).append(float(ms))
+        run.health[out.health.level.name] += 1
+        rec = {"t_s": bag.t_s(inp.stamp_ns), "reset": list(out.reset.reasons) if out.reset.full else [],
+               "partial_reset": bool(out.reset.cell_mask is not None)}
+        if out.reset.full:
+            run.resets.append({"bag": bag.name, "t_s": rec["t_s"], "reasons": list(out.reset.reasons)})
+        truth = bag.gt.grids.get(inp.stamp_ns)
+        if occ_metrics is not None and truth is not None:
+            occ, dyn, vis = truth
+            rec.update(occ_metrics.add(out.occupancy, occ, dyn, vis, dyn_joint=out.dynamic))
+            if mot is not None and inp.stamp_ns in bag.gt.objects:
+                gt_in = _in_grid(bag.gt.objects[inp.stamp_ns], inp.T_odom_base, cfg)
+                seen = [o for o, i, j in gt_in if vis[i, j]]
+                hidden = [o for o, i, j in gt_in if not vis[i, j]]
+                hyp = [t for t, _, _ in _in_grid([t for t in out.tracks if t.status != "tentative"],
+                                                 inp.T_odom_base, cfg)]
+                mot.update(seen, hyp, ignored_gt=hidden)
+        run.per_frame.append(rec)
+        if k in snapshot_frames:
+            run.snapshots[k] = (out.occupancy.copy(), out.dynamic.copy())
+    return run
+
+
+def choose_snapshots(bag: DecodedBag, max_frames: int = 3) -> list[int]:
+    """Frames to draw: one a second after the first adversity ends (if any), then evenly spread."""
+    n = len(bag.frames)
+    stamps = np.array([f.stamp_ns for f in bag.frames])
+    picks: list[int] = []
+    for ev in bag.gt.events:
+        end = int(ev.get("end_ns", ev.get("start_ns", 0)))
+        k = int(np.searchsorted(stamps, end + NS))
+        if k < n and ev.get("type") != "zone_change":
+            picks.append(k)
+            break
+    for frac in (0.5, 0.85, 0.25):
+        if len(picks) >= max_frames:
+            break
+        k = min(int(frac * n), n - 1)
+        if all(abs(k - p) > 5 for p in picks):
+            picks.append(k)
+    return sorted(picks)
+
+
+def recovery(bag: DecodedBag, run: BagRun) -> list[dict]:
+    """IoU before, during and after each adversity event and each full reset (from the model's own
+    reset decisions), and the time until the IoU is back to 90% of its pre-event level."""
+    if run.occupancy is None:
+        return []
+    t = np.array([r["t_s"] for r in run.per_frame])
+    iou = np.array([np.nan if r.get("all") is None else r["all"] for r in run.per_frame], np.float64)
+    items = [{"type": e.get("type", "?"), "start_s": bag.t_s(int(e["start_ns"])), "end_s": bag.t_s(int(e["end_ns"]))}
+             for e in bag.gt.events if "start_ns" in e and "end_ns" in e]
+    items += [{"type": "reset:" + "+".join(r["reasons"]), "start_s": r["t_s"], "end_s": r["t_s"]}
+              for r in run.resets if r["t_s"] > t[0] + 1e-6]
+
+    def mean(mask):
+        v = iou[mask & np.isfinite(iou)]
+        return float(v.mean()) if v.size else None
+
+    out = []
+    for it in items:
+        s0, s1 = it["start_s"], max(it["end_s"], it["start_s"])
+        before = mean((t >= s0 - BEFORE_WINDOW_S) & (t < s0))
+        during = mean((t >= s0) & (t <= s1))
+        after_mask = (t > s1) & (t <= s1 + RECOVERY_WINDOW_S)
+        after = mean(after_mask)
+        rec_s = None
+        if before is not None:
+            ok = np.nonzero((t > s1) & np.isfinite(iou) & (iou >= 0.9 * before))[0]
+            rec_s = float(t[ok[0]] - s1) if ok.size else None
+        out.append({"bag": bag.name, **it, "iou_before": before, "iou_during": during, "iou_after": after,
+                    "recovery_s": rec_s})
+    return out
+
+
+def _percentiles(values: list[float]) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
+            "max": float(a.max()), "n": int(a.size)}
+
+
+# ---------------------------------------------------------------------------------- models
+@dataclass
+class ModelSpec:
+    name: str
+    kind: str
+    checkpoint: str = ""  # empty: shipped checkpoint / training-free
+
+
+def model_specs(main_checkpoint: str, baselines: list[str], cfg: PerceptionConfig) -> list[ModelSpec]:
+    """Our model first (``--model`` or the configured/shipped one), then each baseline
+    (``kind`` or ``kind=checkpoint``)."""
+    specs = [ModelSpec("model", cfg.model.kind, main_checkpoint)]
+    for b in baselines:
+        kind, _, ckpt = b.partition("=")
+        kind = kind.strip()
+        if kind not in ("logodds", "single", "convgru", "attention", "mamba"):
+            raise EvaluationError(f"--baselines: unknown kind {kind!r} (logodds, single, convgru, attention, mamba)")
+        specs.append(ModelSpec(kind if not ckpt else f"{kind}", kind, ckpt.strip()))
+    names = Counter(s.name for s in specs)
+    for s in specs:  # two entries of one kind get their checkpoint's file name to tell them apart
+        if names[s.name] > 1 and s.checkpoint:
+            s.name = f"{s.kind}:{Path(s.checkpoint).stem}"
+    return specs
+
+
+def build_pipeline(spec: ModelSpec, cfg: PerceptionConfig):
+    """(PerceptionPipeline, info) for a spec, or (None, reason) when it has no weights to run."""
+    from ssm_perception.pipeline import PerceptionPipeline
+
+    c = cfg.model_copy(deep=True)
+    c.model.kind = spec.kind
+    c.model.checkpoint = spec.checkpoint
+    if spec.kind != "logodds" and not spec.checkpoint:
+        from ssm_perception.pipeline import _shipped_checkpoint
+
+        if _shipped_checkpoint(spec.kind) is None:
+            return None, (f"no weights for kind {spec.kind!r}: none shipped in ssm_perception/checkpoints/ and none "
+                          f"given (use --model PATH, or --baselines {spec.kind}=PATH)")
+    pipe = PerceptionPipeline(c)
+    return pipe, dict(pipe.model_info)
+
+
+# ---------------------------------------------------------------------------------- main entry
+def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path, main_checkpoint: str = "",
+             baselines: list[str] | None = None, topic_map: dict[str, str] | None = None,
+             progress: bool = True, plots: bool = True) -> dict:
+    """Evaluate every model on every bag; write metrics.json, report.md and PNGs into ``out_dir``."""
+    from datetime import UTC, datetime
+
+    from ssm_perception.eval.mot import MotEvaluator
+
+    if not bags:
+        raise EvaluationError("no bag given")
+    out = Path(out_dir)
+    roles = topic_roles(cfg.topics, topic_map)
+    decoded = [decode_bag(b, cfg, roles, progress) for b in bags]
+    specs = model_specs(main_checkpoint, list(baselines or []), cfg)
+    metrics: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool": "ssm-perception evaluate",
+        "threshold": 0.5,
+        "grid": {"nx": cfg.grid.nx, "ny": cfg.grid.ny, "resolution": cfg.grid.resolution},
+        "bags": [{
+            "path": str(b.path), "name": b.name, "frames": len(b.frames),
+            "duration_s": b.t_s(b.frames[-1].stamp_ns), "ground_truth": b.gt.available, "topics": b.roles,
+            "missing_topics": b.missing, "dropped_frames": dict(b.dropped), "events": b.gt.events,
+        } for b in decoded],
+        "models": {},
+        "skipped_models": {},
+    }
+    snaps = {b.name: choose_snapshots(b) for b in decoded}
+    runs: dict[str, list[BagRun]] = {}
+    for spec in specs:
+        pipe_info = build_pipeline(spec, cfg)
+        if pipe_info[0] is None:
+            metrics["skipped_models"][spec.name] = pipe_info[1]
+            continue
+        mot = MotEvaluator() if any(b.gt.objects for b in decoded) else None
+        bag_runs = []
+        for b in decoded:
+            pipe, info = build_pipeline(spec, cfg)  # a fresh pipeline (state, tracker) per bag
+            bag_runs.append(run_bag(b, pipe, cfg, mot, set(snaps[b.name]), spec.name, progress))
+        runs[spec.name] = bag_runs
+        metrics["models"][spec.name] = _finite(_model_summary(spec, info, decoded, bag_runs, mot, cfg))
+    if not metrics["models"]:
+        raise EvaluationError(f"no model could be run: {metrics['skipped_models']}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=_json_default, allow_nan=False))
+    from ssm_perception.eval.report import write_report
+
+    write_report(metrics, decoded, runs, snaps, out, plots=plots)
+    return metrics
+
+
+def _model_summary(spec: ModelSpec, info: dict, decoded: list[DecodedBag], bag_runs: list[BagRun], mot,
+                   cfg: PerceptionConfig) -> dict:
+    g = cfg.grid
+    total = None
+    if any(r.occupancy is not None for r in bag_runs):
+        total = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min))
+        for r in bag_runs:
+            if r.occupancy is not None:
+                total.merge(r.occupancy)
+    latency: dict[str, list[float]] = {}
+    for r in bag_runs:
+        for k, v in r.latency.items():
+            latency.setdefault(k, []).extend(v)
+    resets = [e for r in bag_runs for e in r.resets]
+    by_reason = Counter(reason for e in resets for reason in e["reasons"])
+    health: Counter = Counter()
+    for r in bag_runs:
+        health.update(r.health)
+    per_bag = {}
+    for r in bag_runs:
+        if r.occupancy is None:
+            per_bag[r.bag] = {"frames": len(r.per_frame), "ground_truth": False}
+            continue
+        s = r.occupancy.summary()["splits"]
+        per_bag[r.bag] = {"frames": len(r.per_frame), "ground_truth": True, "iou_all": s["all"]["iou"],
+                          "iou_static": s["static"]["iou"], "iou_dynamic": s["dynamic"]["iou"],
+                          "iou_occluded": s["occluded"]["iou"], "ece": r.occupancy.calibration.ece()}
+    meta = info.get("metadata") or {}
+    return {
+        "kind": spec.kind,
+        "source": info.get("source"),
+        "sha256": _sha256_of(info.get("source")),
+        "trained": {k: meta.get(k) for k in ("steps", "train_hours", "train_time_s", "presets") if k in meta},
+        "occupancy": total.summary() if total is not None else None,
+        "tracking": mot.compute() if mot is not None and mot.num_frames else None,
+        "latency_ms": {k: _percentiles(v) for k, v in latency.items()},
+        "resets": {"count": len(resets), "by_reason": dict(by_reason), "events": resets},
+        "recovery": [x for b, r in zip(decoded, bag_runs, strict=True) for x in recovery(b, r)],
+        "health": dict(health),
+        "per_bag": per_bag,
+    }
+
+
+def _sha256_of(source) -> str | None:
+    if not source:
+        return None
+    side = Path(str(source) + ".json")
+    if side.is_file():
+        try:
+            return json.loads(side.read_text()).get("sha256")
+        except ValueError:
+            return None
+    return None
+
+
+def _finite(o):
+    """NaN/inf -> None everywhere (metrics.json must be strict JSON; e.g. MOTP without matches is NaN)."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    if isinstance(o, float | np.floating) and not math.isfinite(float(o)):
+        return None
+    return o
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serializable: {type(o).__name__}")

@@ -1,0 +1,80 @@
+"""Issue 11 (item 2): faults injected into the node over DDS: a duplicated and a late (out-of-order)
+LiDAR scan, TF loss and sensor silence. Diagnostics go to WARN/ERROR, only the silence resets
+(on the first frame after it), the others drop frames with a flag, and the node recovers."""
+
+import pytest
+
+pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import OccupancyGrid
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_helpers import (
+    NS,
+    T0_NS,
+    Listener,
+    diag_level,
+    diag_values,
+    reset_counts,
+    start_node,
+    start_replay,
+    wait_for,
+    write_synthetic_bag,
+)
+
+pytestmark = pytest.mark.ros
+RELIABLE = QoSProfile(depth=300, reliability=ReliabilityPolicy.RELIABLE)
+DUPLICATE_AT, LATE_AT, TF_GAP, SILENCE = 0.6, 1.2, (1.8, 2.15), (2.6, 5.2)
+
+
+def test_faults_flag_reset_only_when_needed_and_recover(tmp_path):
+    written = write_synthetic_bag(tmp_path / "bag", duration_s=6.0, duplicate_at_s=DUPLICATE_AT, late_at_s=LATE_AT,
+                                  tf_gap_s=TF_GAP, lidar_gap_s=SILENCE)
+    lis = Listener("fault_listener")
+    lis.subscribe("/perception/occupancy_grid", OccupancyGrid, RELIABLE)
+    lis.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+    node = start_node(tmp_path)
+    try:
+        # Lockstep: each of the ~5 frames the node drops costs the timeout; long enough for a slow frame.
+        replay = start_replay(tmp_path / "bag", tmp_path / "replay.log", lockstep_timeout_s=2.0)
+        assert replay.wait(90) == 0, replay.output()
+        diags = lis.get("/diagnostics")
+
+        def settled():
+            v = diag_values(lis.get("/diagnostics")[-1], ": state")
+            return int(v["frames_processed"]) == len(lis.get("/perception/occupancy_grid"))
+        wait_for(settled, 10, "diagnostics after the last frame", node)
+        diags = lis.get("/diagnostics")
+        assert node.alive(), node.output()
+    finally:
+        rc = node.stop()
+        lis.close()
+    assert rc == 0, node.output()
+    log = node.output()
+
+    # Each fault is flagged and logged with its name.
+    flags = {k.split(".", 1)[1]: int(v) for k, v in diag_values(diags[-1], ": input").items() if k.startswith("flags.")}
+    assert flags.get("lidar_duplicate") == 1, flags
+    assert flags.get("lidar_out_of_order") == 1, flags
+    assert flags.get("tf_extrapolation", 0) >= 2, flags  # the scans inside the TF gap, minus the limit
+    for name in ("lidar_duplicate", "lidar_out_of_order", "tf_extrapolation"):
+        assert f"[{name}]" in log
+    assert any(diag_level(d, ": input") == 1 for d in diags)  # WARN while the problems were recent
+
+    # The silence is an ERROR on the LiDAR while it lasts, and the only fault that resets the state.
+    assert any(diag_level(d, ": sensor lidar") == 2 and "silent" in d.status[1].message + "".join(
+        s.message for s in d.status) for d in diags)
+    counts = reset_counts(diags)
+    assert counts.get("sensor_dropout") == 1 and counts.get("route_start") == 1, counts
+    assert "time_backwards" not in counts and "localization_jump" not in counts, counts
+    reset = next(ln for ln in log.splitlines() if "]: state reset" in ln and "sensor_dropout" in ln)
+    stamp_s = float(reset.split("state reset at ")[1].split(" s")[0]) - T0_NS / NS
+    assert SILENCE[1] <= stamp_s < SILENCE[1] + 0.11  # the first scan after the silence
+
+    # Recovery: every scan outside the faults produced a grid, and the LiDAR is OK again at the end.
+    grids = {g.header.stamp.sec * NS + g.header.stamp.nanosec for g in lis.get("/perception/occupancy_grid")}
+    lost = sorted((s - T0_NS) / NS for s in set(written["lidar_stamps"]) - grids)
+    late = [t for t in lost if abs(t - LATE_AT) < 0.05]
+    assert len(late) == 1  # the late scan is dropped (a newer one was processed already) ...
+    assert all(TF_GAP[0] <= t < TF_GAP[1] for t in lost if t not in late), lost  # ... and those without TF
+    assert max(grids) == max(written["lidar_stamps"])
+    assert diag_level(diags[-1], ": sensor lidar") == 0
