@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -182,6 +183,11 @@ def main() -> None:
 
     result: dict = {
         "script": "scripts/bench_core_cpu.py",
+        "command": "python " + " ".join(sys.argv),
+        "note": ("medians and mins over repeats; 'model' step = stem + temporal core + heads on one frame "
+                 "(batch 1, inference_mode), 'warp' = warp_state of that kind's state with a non-aligned "
+                 "motion. On a shared 2-core machine (see load_avg) 2-thread timings suffer from OpenMP "
+                 "barrier stalls; the per-call min is the least contended sample."),
         "args": vars(args),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -2,7 +2,8 @@
 """Tracking metrics (MOTA, MOTP, IDF1, IDS, Frag, MT/ML, HOTA) per class on ground-truth sequences.
 
 Ground truth: the simulator run in-process (--preset, seeds = simulator seeds), simulated bags
-(--bag: /ground_truth/objects + /tf), or the hand-made crossing scenario (--scenario crossing).
+(--bag: /ground_truth/objects + /tf; sensor topics too for learned detections), or the hand-made
+crossing scenario (--scenario crossing).
 Detections (--detections, repeatable; every source feeds the same tracker):
 
     synthetic     SYNTHETIC detections perturbed from the ground truth (measures the tracker only)
@@ -31,6 +32,7 @@ from rich.table import Table
 
 from ssm_perception.config import ConfigError, PerceptionConfig
 from ssm_perception.tracking.evaluation import (
+    bag_sequence,
     evaluate_tracking,
     load_gt_frames,
     pipeline_source,
@@ -57,6 +59,11 @@ def print_table(metrics: dict[str, dict[str, float]], title: str, console: Conso
         table.add_row(name, *(f"{row[c]:.3f}" if c in ("mota", "motp", "idf1", "hota") else f"{row[c]:.0f}"
                               for c in TABLE_COLUMNS))
     (console or Console(width=120)).print(table)
+
+
+def _decoded_lazily(path: Path, cfg: PerceptionConfig):
+    """A bag decodes when its turn comes: decoded sensor data of several bags need not fit in memory."""
+    yield from bag_sequence(path, cfg)
 
 
 def _json_safe(v):
@@ -95,9 +102,9 @@ def main(
         raise typer.BadParameter("give exactly one of --bag (repeatable), --preset or --scenario")
     if scenario and scenario != "crossing":
         raise typer.BadParameter(f"unknown scenario {scenario!r} (available: crossing)")
-    if not preset and set(sources) - {"synthetic"}:
-        raise typer.BadParameter("learned detections need sensor data: use --preset (bags and --scenario "
-                                 "only carry ground truth here)")
+    if scenario and set(sources) - {"synthetic"}:
+        raise typer.BadParameter("learned detections need sensor data: use --preset or --bag (the crossing "
+                                 "scenario is ground truth only)")
     try:
         cfg = PerceptionConfig.from_yaml(config) if config else PerceptionConfig()
     except ConfigError as exc:
@@ -130,8 +137,16 @@ def main(
                 names.append(f"scenario:{scenario}:noise_seed{seed}")
         else:
             for k, path in enumerate(bag):
-                sequences.append((load_gt_frames(path, cfg.frames.odom, cfg.frames.base_link),
-                                  synthetic_source(cfg.grid, seeds[k % len(seeds)])))
+                if source_name == "synthetic":
+                    sequences.append((load_gt_frames(path, cfg.frames.odom, cfg.frames.base_link),
+                                      synthetic_source(cfg.grid, seeds[k % len(seeds)])))
+                else:
+                    try:
+                        source = pipeline_source(src_cfg, source_name)  # fresh state and tracker per bag
+                    except RuntimeError as exc:
+                        raise typer.BadParameter(str(exc)) from exc
+                    model_info = source.model_info
+                    sequences.append((_decoded_lazily(path, src_cfg), source))
                 names.append(str(path))
         evaluator = evaluate_tracking(sequences, cfg.tracking, cfg.grid, progress=progress)
         metrics = evaluator.compute()

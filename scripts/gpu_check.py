@@ -289,6 +289,10 @@ def _bench_size(n: int, device: str, cores: dict[str, MambaCore], iters: int, bw
                 row["variants"][f"{name}/{kind}/cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             if rep is not None:
                 variants[f"{name}/{kind}/cuda_graph"] = rep
+    if "fused" in cores:  # run 1's layout (one program per head and 128 cells), for comparison
+        variants["fused/update/eager_block128_p16"] = lambda: fused_step.fused_warp_step(
+            prev["ssm"], z, xs, b, c, step, A, D, nh, p, ds, ng, (aff, bil), None, out=(y_buf, h_buf),
+            config={"BLOCK": 128, "P_PER": p})
     for label, fn in variants.items():
         torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
         r = time_fn(fn, device, iters)
@@ -297,6 +301,8 @@ def _bench_size(n: int, device: str, cores: dict[str, MambaCore], iters: int, bw
         r["achieved_over_nominal_limit"] = round(row["bound_ms_nominal_bw"] / r["p50_ms"], 3)
         if device == "cuda":
             r["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
+        if label.startswith("fused/update/cuda_graph"):
+            r["autotuned_config"] = fused_step.best_config()
         row["variants"][label] = r
         print(f"{n}^2 {label:36s} p50 {r['p50_ms']:.4f} ms  p99 {r['p99_ms']:.4f} ms  "
               f"x bound {r['x_bound_measured_bw']}")

@@ -155,9 +155,12 @@ dt = torch.rand(n, nh, p, device=dev)
 A = -torch.rand(nh, p, ds, device=dev)
 B = torch.randn(n, 1, ds, device=dev)
 C = torch.randn(n, 1, ds, device=dev)
-ref = torch.einsum("bhpn,bhn->bhp", state * torch.exp(dt[..., None] * A) + dt[..., None] * B[:, :1, None, :] * x[..., None], C.expand(n, nh, ds))
-out = ssu(state, x, dt, A, B, C)
-err = (out - ref).abs().max().item()
+D = torch.randn(nh, p, device=dev)
+new = state * torch.exp(dt[..., None] * A) + dt[..., None] * B[:, :1, None, :] * x[..., None]
+ref = torch.einsum("bhpn,bhn->bhp", new, C.expand(n, nh, ds)) + D * x
+# (the stock kernel needs D and dt_bias as tensors: it unpacks their strides unconditionally)
+out = ssu(state, x, dt, A, B, C, D=D, dt_bias=torch.zeros(nh, p, device=dev))
+err = max((out - ref).abs().max().item(), (state - new).abs().max().item())
 assert err < 1e-4, err
 print(f"selective_state_update ok (max abs err {err:.2e})")
 EOF

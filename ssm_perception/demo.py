@@ -47,7 +47,7 @@ def generate(bag: Path, seed: int, duration_s: float | None) -> None:
 
 
 # ------------------------------------------------------------------------------------ 2. node graph
-def run_graph(out: Path, bag: Path, config: Path, rate: float) -> dict:
+def run_graph(out: Path, bag: Path, config: Path, rate: float, lockstep: bool = False) -> dict:
     from ssm_perception.nodes.launcher import (
         Graph,
         dds_env,
@@ -59,7 +59,8 @@ def run_graph(out: Path, bag: Path, config: Path, rate: float) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     env = dds_env()
     env["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 101))
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # Isolation comes from the random domain id: LOCALHOST discovery would lose large clouds (dds_env).
+    env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     env["PYTHONUNBUFFERED"] = "1"
     graph = Graph(env=env)
     recorded = out / "outputs_bag"
@@ -74,7 +75,8 @@ def run_graph(out: Path, bag: Path, config: Path, rate: float) -> dict:
         graph.start("recorder", rec_cmd, stdout=files["recorder"], stderr=files["recorder"])
         say(f"replaying {bag.name} at x{rate:g} once the node subscribes (progress below)")
         # The replay's progress bar goes to this terminal; its messages to the log.
-        replay = graph.start("replay", replay_command(bag, rate=rate, wait_subscribers_s=60.0),
+        replay = graph.start("replay", replay_command(bag, rate=rate, wait_subscribers_s=60.0,
+                                                      lockstep="/perception/occupancy_grid" if lockstep else ""),
                              stdout=files["replay"])
         while replay.poll() is None:
             done = graph.poll()
@@ -194,8 +196,12 @@ def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
                  for st in last.status}
     lat = _diag_values(d["diag"][-1], ": latency")[2] if d["diag"] else {}
     e2e_ms = [(d["recv_ns"][s] - s) / 1e6 for s in sorted(d["recv_ns"])]
+    state = final.get("ssm_perception: state", {}).get("values", {})
+    lidar = final.get("ssm_perception: sensor lidar", {}).get("values", {})
     return {
-        "frames": {"lidar_frames_with_ground_truth": len(d["gt_occ"]), "grids_received": len(d["grid"]),
+        "t0_ns": min(d["gt_occ"]) if d["gt_occ"] else 0,
+        "frames": {"lidar_frames_with_ground_truth": len(d["gt_occ"]), "lidar_received_by_node": lidar.get("received"),
+                   "dropped_while_busy": state.get("frames_dropped_busy"), "grids_received": len(d["grid"]),
                    "grids_matched": len(matched), "track_messages": len(d["tracks"])},
         "occupancy": {"iou_all": occ["splits"]["all"]["iou"], "iou_visible": occ["splits"]["visible"]["iou"],
                       "iou_occluded": occ["splits"]["occluded"]["iou"], "iou_static": occ["splits"]["static"]["iou"],
@@ -228,7 +234,7 @@ def pictures(out: Path, d: dict, m: dict, grid_cfg) -> list[str]:
     # Occupancy strip: prediction over ground truth, x forward = up, y left = left.
     stamps = [f["stamp_ns"] for f in m["per_frame"]]
     if stamps:
-        t0 = stamps[0]
+        t0 = m["t0_ns"]
         pick = [stamps[int(i)] for i in np.linspace(0, len(stamps) - 1, min(6, len(stamps)))]
         fig, axes = plt.subplots(2, len(pick), figsize=(3.0 * len(pick), 6.4), squeeze=False)
         extent = (-g.y_min, g.y_min, g.x_min, -g.x_min)  # left = +y
@@ -262,7 +268,7 @@ def pictures(out: Path, d: dict, m: dict, grid_cfg) -> list[str]:
             ax.text((r["stamp_ns"] - t0) / NS, 1.02, r["what"].split(" (")[0], color="r", fontsize=7, rotation=30)
         for e in m["events"]:
             ax.axvspan((e["start_ns"] - t0) / NS, (e["end_ns"] - t0) / NS + 0.05, color="orange", alpha=0.25)
-        ax.set_xlabel("time since first frame [s] (orange: injected events, red: resets)")
+        ax.set_xlabel("time since the first LiDAR frame [s] (orange: injected events, red: resets)")
         ax.set_ylim(0, 1.1)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
@@ -328,13 +334,17 @@ def report(out: Path, m: dict, pics: list[str], info: dict) -> Path:
     fr, oc, tr = m["frames"], m["occupancy"], m["tracks"]
     lines = [
         "# ssm_perception demo report", "",
-        (f"Scenario `demo` (seed {info['seed']}, {info['duration_s']:g} s), replayed at x{info['rate']:g} over DDS "
+        (f"Scenario `demo` (seed {info['seed']}, {info['duration_s']:g} s), replayed at x{info['rate']:g}"
+        f"{' in lockstep with the node' if info['lockstep'] else ' in real time'} over DDS "
         f"(ROS_DOMAIN_ID {info['domain_id']}) into the perception node with `{info['config']}`; "
         f"model: {info['model']}. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in "
         f"{info['wall_s']:.0f} s."), "",
         "## Frames", "",
-        (f"- LiDAR frames with ground truth: {fr['lidar_frames_with_ground_truth']}; grids received: "
-        f"{fr['grids_received']}; matched by stamp: {fr['grids_matched']}; track messages: {fr['track_messages']}"),
+        (f"- LiDAR frames in the bag (with ground truth): {fr['lidar_frames_with_ground_truth']}; received by the "
+         f"node: {fr['lidar_received_by_node']}; skipped because the node was still busy with the previous frame: "
+         f"{fr['dropped_while_busy']}"),
+        (f"- grids received: {fr['grids_received']}; matched to ground truth by stamp: {fr['grids_matched']}; "
+         f"track messages: {fr['track_messages']}"),
         "",
         "## Occupancy (threshold P >= 0.5; unknown cells count as free)", "",
         "| split | IoU |", "|---|---|",
@@ -353,7 +363,7 @@ def report(out: Path, m: dict, pics: list[str], info: dict) -> Path:
         lines += ["", "| class | MOTA | IDF1 | ID switches | HOTA |", "|---|---|---|---|---|"]
         for cls, row in tr["mot"].items():
             lines.append(f"| {cls} | {_f(row.get('mota'))} | {_f(row.get('idf1'))} | "
-                         f"{_f(row.get('num_switches'), '{:.0f}')} | {_f(row.get('HOTA'))} |")
+                         f"{_f(row.get('id_switches'), '{:.0f}')} | {_f(row.get('hota'))} |")
     lines += ["", "## Latency (node's /diagnostics at the end of the run; window of the last 200 frames)", "",
               "| stage | p50 [ms] | p99 [ms] |", "|---|---|---|"]
     stages = sorted({k.rsplit("_ms.", 1)[0] for k in m["latency_ms"]})
@@ -364,13 +374,13 @@ def report(out: Path, m: dict, pics: list[str], info: dict) -> Path:
         lines += ["", (f"Sensor stamp -> grid received by the recorder (node clock): p50 "
                       f"{np.percentile(m['e2e_ms'], 50):.0f} ms, p99 {np.percentile(m['e2e_ms'], 99):.0f} ms "
                       "(sim time: quantized by the /clock rate of the replay; includes the simulated sensor latency).")]
-    lines += ["", "## Resets", "", "| t [s] | reasons |", "|---|---|"]
-    t0 = m["per_frame"][0]["stamp_ns"] if m["per_frame"] else 0
+    t0 = m["t0_ns"]
+    lines += ["", "## Resets (t: seconds since the first LiDAR frame)", "", "| t [s] | reasons |", "|---|---|"]
     for r in m["resets"]:
         lines.append(f"| {(r['stamp_ns'] - t0) / NS:.2f} | {r['what']} |")
     lines += ["", "Injected events (ground truth):", ""]
     for e in m["events"]:
-        lines.append(f"- {e['type']} at {e['start_s']:.2f}-{e['end_s']:.2f} s (scenario time)")
+        lines.append(f"- {e['type']} at t = {(e['start_ns'] - t0) / NS:.2f}-{(e['end_ns'] - t0) / NS:.2f} s")
     lines += ["", "## Diagnostics summary", "", "| status | OK | WARN | ERROR | final message |", "|---|---|---|---|---|"]
     for name, lv in sorted(m["diagnostics"]["levels"].items()):
         final = m["diagnostics"]["final"].get(name, {}).get("message", "")
@@ -388,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="replay waits for the node's grid after each scan: every frame is processed, however "
+                         "slow the machine (latency then no longer reflects real time)")
     ap.add_argument("--duration", type=float, default=None, help="scenario seconds (default: the preset's)")
     ap.add_argument("--config", default="", help="node parameter file (default: config/ssm_perception.yaml)")
     args = ap.parse_args(argv)
@@ -404,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bag = out / "scenario_bag"
     generate(bag, args.seed, args.duration)
-    ran = run_graph(out, bag, config, args.rate)
+    ran = run_graph(out, bag, config, args.rate, args.lockstep)
     say("comparing the node's output with the ground truth")
     data = load(bag, ran["recorded"])
     if not data["grid"]:
@@ -417,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     model = next((ln.split("model ", 1)[1].split(";")[0] for ln in ran["node_log"].read_text().splitlines()
                   if "ready: grid" in ln), "?")
     info = {"seed": args.seed, "duration_s": args.duration or PRESETS["demo"][1], "rate": args.rate,
+            "lockstep": args.lockstep,
             "domain_id": ran["domain_id"], "config": str(config), "model": model,
             "wall_s": time.monotonic() - t_start}
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "e2e_ms"} | {"run": info},

@@ -39,7 +39,6 @@ from ssm_perception.temporal.health import (
     observed_from_features,
 )
 from ssm_perception.temporal.reset_policy import ResetDecision, ResetPolicy
-from ssm_perception.temporal.warp import warp_state
 from ssm_perception.tracking.detections import (
     Detection,
     decode_detections,
@@ -221,7 +220,7 @@ class PerceptionPipeline:
             dt_s, motion, reset_mask = _FIRST_FRAME_DT_S, None, None
         else:
             dt_s, motion = float(decision.dt_s), decision.T_prev_cur
-            self.state = warp_state(self.state, motion, self.grid)
+            self.state = self.model.warp(self.state, motion)  # the model's warp (backend-specific)
             reset_mask = None if decision.cell_mask is None else decision.cell_mask.to(self.device).unsqueeze(0)
         lat["warp"] = _ms(t0)
 
@@ -273,7 +272,8 @@ class PerceptionPipeline:
             stamp_ns=stamp_ns, occupancy=occ, unknown=unknown, dynamic=dyn, detections_base=dets_base,
             detections_odom=dets_odom, tracks=tracks, health=report, reset=decision, latency_ms=lat,
             sensors=dict(feats.sensor_mask), input_problems=problems, feature_stats=feats.stats,
-            T_odom_base=np.asarray(inp.T_odom_base, dtype=np.float64), T_map_odom=inp.T_map_odom,
+            T_odom_base=None if inp.T_odom_base is None else np.asarray(inp.T_odom_base, dtype=np.float64),
+            T_map_odom=inp.T_map_odom,
         )
 
 

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from ssm_perception.bev.features import FEATURE_CHANNELS, channel_index
-from ssm_perception.temporal.baselines import AttentionCore, ConvGRUCore, LogOddsCore, SingleFrameCore
 from ssm_perception.temporal.base import TemporalCore, apply_reset
+from ssm_perception.temporal.baselines import (
+    AttentionCore,
+    ConvGRUCore,
+    LogOddsCore,
+    SingleFrameCore,
+)
 
 H, W = 12, 10
 

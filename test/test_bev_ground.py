@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ssm_perception.bev.ground import fit_ground_plane, fit_ground_plane_open3d, read_scan
+from ssm_perception.bev.ground import (
+    fit_ground_plane,
+    fit_ground_plane_open3d,
+    read_scan,
+)
 
 
 def _scene(seed=0, slope=0.05, offset=-0.2):
@@ -33,8 +37,9 @@ def test_torch_ransac_finds_the_tilted_ground_not_the_wall():
     _check(plane)
     h = plane.height(torch.tensor([[0.0, 0.0, 1.0]]))
     assert h.item() == pytest.approx(1.2 / math.hypot(0.05, 1.0), abs=0.02)
-    again = fit_ground_plane(torch.from_numpy(pts))
-    assert again == plane  # deterministic
+    again = fit_ground_plane(torch.from_numpy(pts))  # fixed seed: the same hypotheses again
+    # (not bit-exact: CPU matmul reduction order may change with threading, flipping a border inlier)
+    assert np.allclose(again.normal, plane.normal, atol=1e-5) and again.d == pytest.approx(plane.d, abs=1e-4)
 
 
 def test_open3d_agrees_with_torch():

@@ -10,7 +10,11 @@ from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import ResetConfig
 from ssm_perception.temporal.base import apply_reset
 from ssm_perception.temporal.baselines import ConvGRUCore
-from ssm_perception.temporal.health import Level, StateHealthMonitor, observed_from_features
+from ssm_perception.temporal.health import (
+    Level,
+    StateHealthMonitor,
+    observed_from_features,
+)
 
 GRID = BevGrid.square(16, 0.5)
 SEEN = {"lidar": True, "radar": True, "camera": True}

@@ -28,6 +28,16 @@ BILINEAR_TOL = 2e-4
 C_IN = 6
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """TF32 convolutions round their inputs to 10 bits: a 1e-7 difference in the SSM output can
+    flip a rounding and show up as 1e-3 after the output projection. Compare in true fp32."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def pair(**kw):
     torch.manual_seed(0)
     ref = MambaCore(C_IN, ModelConfig(**kw)).to(DEVICE).eval()
@@ -91,3 +101,25 @@ def test_fused_backend_is_inference_only():
     x, st, _ = inputs(fused, 1, 4)
     with pytest.raises(RuntimeError, match="inference-only"):
         fused.step(x, st, torch.tensor([0.1], device=DEVICE))
+
+
+@pytest.mark.parametrize("block,p_per", [(64, 3), (32, 1)])
+def test_fused_kernel_block_shapes_agree(block, p_per):
+    """The kernel split into programs of BLOCK cells x P_PER headdim rows (what the GPU autotuner
+    chooses between) computes the same thing as one program per head; 3 does not divide 16."""
+    from ssm_perception.temporal import fused_step
+
+    ref, _ = pair()
+    grid = BevGrid.square(N, 0.5)
+    x, st, mask = inputs(ref, 1, N, seed=5)
+    dt = torch.tensor([0.2], device=DEVICE)
+    with torch.no_grad():
+        u = ref._pre(x)
+        z, xs, b, c, step = ref._project(u, dt)
+        warp = fused_step.warp_params((0.73, 0.31, 0.2), grid, 1, "bilinear")
+        common = (st["ssm"], z, xs, b, c, step, ref.A(), ref.D, ref.nheads, ref.headdim, ref.d_state, ref.ngroups, warp,
+                  mask)
+        y1, h1 = fused_step.fused_warp_step(*common, config={"BLOCK": 128, "P_PER": ref.headdim})
+        y2, h2 = fused_step.fused_warp_step(*common, config={"BLOCK": block, "P_PER": p_per})
+    assert torch.equal(h1, h2)
+    assert (y1 - y2).abs().max().item() < 1e-6

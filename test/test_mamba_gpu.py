@@ -15,7 +15,7 @@ needs_mamba_ssm = pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is No
                                      reason="mamba-ssm not installed (make setup-gpu)")
 C_IN = 8
 STEP_TOL = 1e-4  # same arithmetic, different kernels: observed ~1e-6
-SEQ_TOL = 2e-3  # the stock chunk scan multiplies in TF32 (notes: 1e-4..1e-3 step-vs-forward gaps)
+SEQ_TOL = 5e-3  # the stock chunk scan multiplies in TF32: observed 2.6e-3 (40x40), 3.2e-3 vs fp64 at 200x200
 
 
 @pytest.fixture(autouse=True)

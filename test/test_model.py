@@ -8,7 +8,13 @@ import torch
 from ssm_perception.bev.features import FEATURE_CHANNELS
 from ssm_perception.config import PerceptionConfig
 from ssm_perception.heads import HEAD_CHANNELS
-from ssm_perception.model import BevPerceptionModel, CheckpointError, load_checkpoint, save_checkpoint, sidecar_path
+from ssm_perception.model import (
+    BevPerceptionModel,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    sidecar_path,
+)
 
 KINDS = ["logodds", "single", "convgru", "attention"]
 
@@ -69,7 +75,7 @@ def test_mamba_kind_is_built_lazily():
     assert isinstance(m.core, mamba.MambaCore)
     xs, dts = frames(t=2, b=1)
     with torch.no_grad():
-        out, s = m.step(xs[0, :1], m.init_state(1), dts[0, :1])
+        out, _ = m.step(xs[0, :1], m.init_state(1), dts[0, :1])
     assert torch.isfinite(out["occupancy_logit"]).all()
 
 

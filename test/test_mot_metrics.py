@@ -73,6 +73,23 @@ def test_ignored_ground_truth_neither_rewards_nor_punishes():
     assert car["misses"] == 0
 
 
+def test_sequences_do_not_alias_ids():
+    def run(separate: bool):
+        ev = MotEvaluator()
+        for k in range(2):  # two bags: object id 7 in both, each tracker starting at id 1 but assigned differently
+            if separate:
+                ev.start_sequence()
+            for _ in range(3):
+                ev.update([gt(7, 0.0, 0.0), gt(8, 20.0, 0.0)], [hyp(1 + k, 0.0, 0.0), hyp(2 - k, 20.0, 0.0)])
+        return ev
+    assert run(separate=False).compute()["car"]["id_switches"] == 2  # what aliasing would wrongly report
+    ev = run(separate=True)
+    m = ev.compute()["car"]
+    assert m["id_switches"] == 0 and m["idf1"] == pytest.approx(1.0) and m["hota"] == pytest.approx(1.0)
+    assert ev.id_switches() == []
+    assert run(separate=False).id_switches()[0][2:] in {(7, 2), (8, 1)}  # reported with the ids as given
+
+
 def test_bad_input_is_explained():
     ev = MotEvaluator()
     with pytest.raises(ValueError, match="non-finite"):

@@ -16,6 +16,7 @@ from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, RADAR_DTYPE
 from ssm_perception.model import BevPerceptionModel, CheckpointError
 from ssm_perception.pipeline import FrameInputs, PerceptionPipeline
 from ssm_perception.temporal import reset_policy as rp
+from ssm_perception.temporal.warp import warp_state
 
 S = 1_000_000_000
 DT = S // 10
@@ -150,6 +151,9 @@ class _PeakModel(nn.Module):
 
     def init_state(self, batch=1, device=None):
         return {"h": torch.zeros(batch, 1, *self.grid.shape)}
+
+    def warp(self, state, T_prev_cur, mode="bilinear"):
+        return warp_state(state, T_prev_cur, self.grid, mode)
 
     def step(self, x, state, dt, reset_mask=None):
         b, _, h, w = x.shape

@@ -5,6 +5,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ssm_perception.config import GridConfig, ResetConfig
 from ssm_perception.geometry import se2_matrix
@@ -129,3 +131,49 @@ def test_external_age_grid():
     assert d.cell_mask.sum() == 1 and d.cell_mask[1, 2]
     with pytest.raises(ValueError, match="grid"):
         p.observe(torch.ones(4, 4, dtype=torch.bool))
+
+
+_STEPS = st.lists(st.tuples(
+    st.sampled_from([100_000_000, 100_000_000, 50_000_000, 0, -100_000_000, -5 * S, 3 * S, 1]),  # dt [ns]
+    st.sampled_from(["drive", "drive", "drive", "jump", "spin", "nan", "none"]),
+    st.booleans(),  # LiDAR present
+    st.sampled_from([None, None, "a", "b"]),  # zone
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(_STEPS)
+def test_policy_invariants_on_random_streams(steps):
+    """Whatever the stream does, a frame that is not fully reset has a finite, positive, bounded
+    dt and a finite, plausible motion; every full reset names at least one reason."""
+    cfg = ResetConfig()
+    p = rp.ResetPolicy(cfg, grid=GridConfig(length_x=4.0, length_y=4.0, resolution=1.0))
+    t, x, yaw = 10 * S, 0.0, 0.0
+    for dt_ns, motion, lidar, zone in steps:
+        t += dt_ns
+        pose = se2_matrix(x, 0.0, yaw)
+        if motion == "drive":
+            x += 1.0 * dt_ns / S
+            pose = se2_matrix(x, 0.0, yaw)
+        elif motion == "jump":
+            x += 100.0
+            pose = se2_matrix(x, 0.0, yaw)
+        elif motion == "spin":
+            yaw += 1.0
+            pose = se2_matrix(x, 0.0, yaw)
+        elif motion == "nan":
+            pose = np.full((4, 4), np.nan)
+        elif motion == "none":
+            pose = None
+        d = p.decide(t, pose, lidar_present=lidar, zone=zone)
+        p.observe(torch.zeros(4, 4, dtype=torch.bool))
+        if d.full:
+            assert d.reasons and set(d.reasons) <= set(rp.FULL_RESET_REASONS) and d.dt_s is None
+            assert len(d.details) == len(d.reasons)
+        else:
+            assert 0 < d.dt_s <= cfg.max_time_gap_s
+            assert d.T_prev_cur is not None and np.isfinite(d.T_prev_cur).all()
+            assert np.hypot(*d.T_prev_cur[:2, 3]) <= cfg.max_speed_mps * d.dt_s + cfg.pose_jump_m
+        if dt_ns <= 0:  # time not moving forward is always a full reset (never a dt <= 0 step)
+            assert d.full
+    assert p.counts[rp.ROUTE_START] == 1  # only the very first frame is a route start

@@ -15,6 +15,7 @@ from ssm_perception.config import GridConfig, PerceptionConfig, TrackingConfig
 from ssm_perception.eval.mot import GroundTruthObject
 from ssm_perception.geometry import se2_matrix
 from ssm_perception.tracking.evaluation import (
+    bag_sequence,
     evaluate_tracking,
     load_gt_frames,
     pipeline_source,
@@ -111,8 +112,10 @@ def test_bag_ground_truth_round_trip_and_script(tmp_path):
     assert "MOTA" in run.stdout and "car" in run.stdout
 
     script = _load_script()
-    bad = CliRunner().invoke(script.app, ["--bag", str(path), "--detections", "model", "--out", str(out)])
+    bad = CliRunner().invoke(script.app, ["--scenario", "crossing", "--detections", "model", "--out", str(out)])
     assert bad.exit_code != 0 and "sensor data" in bad.output
+    bad = CliRunner().invoke(script.app, ["--bag", str(path), "--detections", "model", "--out", str(out)])
+    assert bad.exit_code != 0 and "checkpoint" in bad.output  # nothing trained: refuses, no fallback numbers
     bad = CliRunner().invoke(script.app, ["--scenario", "crossing", "--detections", "magic"])
     assert bad.exit_code != 0 and "detections" in bad.output
 
@@ -124,28 +127,63 @@ def _load_script():
     return mod
 
 
-def test_pipeline_source_hook(tmp_path):
-    """The learned-detection hook runs the real PerceptionPipeline on simulator frames."""
+@pytest.fixture(scope="module")
+def untrained_single(tmp_path_factory):
+    """An untrained 'single' checkpoint: enough to exercise the plumbing, says nothing about accuracy."""
     from ssm_perception.model import BevPerceptionModel, save_checkpoint
 
     cfg = PerceptionConfig()
-    with pytest.raises(RuntimeError, match="checkpoint"):
-        pipeline_source(cfg, "single-frame")  # nothing trained: refuses to label the fallback as a model
-    single = cfg.model_copy(deep=True)
-    single.model.kind = "single"
-    save_checkpoint(BevPerceptionModel(single), tmp_path / "single.safetensors")  # untrained: plumbing only
-    cfg.model.checkpoint = str(tmp_path / "single.safetensors")
-    source = pipeline_source(cfg, "single-frame")
-    assert source.model_info["kind"] == "single"
-    frames = list(sim_sequence("urban", 5, 0.15, cfg))
-    assert frames and all(f.sensors is not None for f in frames)
-    assert any(o.num_points > 0 for o in frames[0].objects)
+    cfg.model.kind = "single"
+    path = tmp_path_factory.mktemp("ckpt") / "single.safetensors"
+    save_checkpoint(BevPerceptionModel(cfg), path)
+    return path
+
+
+def _recording(source):
     seen = []
 
     def recording(frame):
         seen.append(source(frame))
         return seen[-1]
 
+    return recording, seen
+
+
+def test_pipeline_source_hook_on_simulator(untrained_single):
+    """The learned-detection hook runs the real PerceptionPipeline on simulator frames."""
+    cfg = PerceptionConfig()
+    with pytest.raises(RuntimeError, match="checkpoint"):
+        pipeline_source(cfg, "single-frame")  # nothing trained: refuses to label the fallback as a model
+    cfg.model.checkpoint = str(untrained_single)
+    source = pipeline_source(cfg, "single-frame")
+    assert source.model_info["kind"] == "single"
+    frames = list(sim_sequence("urban", 5, 0.15, cfg))
+    assert frames and all(f.sensors is not None for f in frames)
+    assert any(o.num_points > 0 for o in frames[0].objects)
+    recording, seen = _recording(source)
     ev = evaluate_tracking([(frames, recording)], cfg.tracking, cfg.grid)
     assert ev.num_frames == len(frames) == len(seen)
     assert all(isinstance(d, list) and all(x.frame == "base_link" for x in d) for d in seen)
+
+
+def test_pipeline_source_hook_on_a_simulated_bag(tmp_path, untrained_single):
+    from ssm_perception.sim.scenario import Scenario
+    from ssm_perception.sim.writer import write_bag
+
+    path = write_bag(Scenario.from_preset("urban", seed=7, duration_s=0.25), tmp_path / "sim", progress=False)
+    cfg = PerceptionConfig()
+    cfg.model.checkpoint = str(untrained_single)
+    frames = bag_sequence(path, cfg)
+    assert frames and all(f.sensors is not None and f.objects for f in frames)
+    # objects hidden in /ground_truth/visibility are marked so the metrics ignore them
+    assert any(o.num_points == 0 for f in frames for o in f.objects)
+    assert any(o.num_points != 0 for f in frames for o in f.objects)
+    # the script end to end on the bag, with the baseline source (AB3DMOT-style: single-frame + same tracker)
+    out = tmp_path / "m.json"
+    run = CliRunner().invoke(_load_script().app, [
+        "--bag", str(path), "--detections", "single-frame", "--baseline-checkpoint", str(untrained_single),
+        "--out", str(out), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    r = json.loads(out.read_text())["results"]["single-frame"]
+    assert r["model"]["kind"] == "single" and r["synthetic_detections"] is False
+    assert r["num_frames"] == len(frames)

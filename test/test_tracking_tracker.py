@@ -149,6 +149,15 @@ def test_leave_and_reenter_gets_a_new_track_without_spurious_ones():
     assert tr.id != first_id and tr.status == "confirmed"
 
 
+def test_long_gap_starts_fresh_tracks():
+    trk = MultiObjectTracker(TrackingConfig(max_coast_s=1.5))
+    for k in range(5):
+        trk.update([odet(0.5 * k, 0.0, 5.0, 0.0)], 0.1 * k)
+    # 10 s without any frame (e.g. the sensor died), then an object near where the old one would be
+    tracks = trk.update([odet(2.5, 0.0, 5.0, 0.0)], 10.4)
+    assert [(t.id, t.status) for t in tracks] == [(2, "tentative")]
+
+
 def test_gating_and_class_awareness():
     trk = MultiObjectTracker(TrackingConfig())
     for k in range(5):

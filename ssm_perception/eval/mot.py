@@ -67,7 +67,7 @@ class GtFrame:
 
     stamp_s: float
     T_odom_base: np.ndarray  # [4, 4]
-    objects: list[GroundTruthObject]
+    objects: list[GroundTruthObject] | None  # None: no truth at this stamp (tracked, not scored)
     sensors: Any = None  # what a detection source needs besides the truth (e.g. the simulator's frame)
 
 
@@ -96,6 +96,16 @@ class MotEvaluator:
         # per class: list of (gt_ids [G], hyp_ids [H], similarity [G, H]) for HOTA
         self._hota_frames: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {c: [] for c in self.classes}
         self.num_frames = 0
+        self._sequence = 0
+        self._uids: dict[tuple[str, int, int], int] = {}  # (side, sequence, id) -> id unique over sequences
+
+    def start_sequence(self) -> None:
+        """Begin an independent sequence (another bag or run): ids seen from now on never alias the
+        earlier ones, so a tracker restarting at id 1 or a reused object id is not an ID switch."""
+        self._sequence += 1
+
+    def _uid(self, side: str, i: int) -> int:
+        return self._uids.setdefault((side, self._sequence, int(i)), len(self._uids))
 
     def update(self, gt: Sequence[PlanarObject], hyp: Sequence[PlanarObject],
                ignored_gt: Sequence[PlanarObject] = ()) -> None:
@@ -112,10 +122,10 @@ class MotEvaluator:
             if ign and h:
                 h = self._drop_hypotheses_on_ignored(g, ign, h)
             d = _distances(g, h)
-            gids = np.array([o.id for o in g], dtype=np.int64)
-            hids = np.array([o.id for o in h], dtype=np.int64)
-            if len(set(gids.tolist())) != len(gids) or len(set(hids.tolist())) != len(hids):
+            if len({o.id for o in g}) != len(g) or len({o.id for o in h}) != len(h):
                 raise ValueError(f"duplicate ids in one frame (class {c})")
+            gids = np.array([self._uid("gt", o.id) for o in g], dtype=np.int64)
+            hids = np.array([self._uid("hyp", o.id) for o in h], dtype=np.int64)
             dist = np.where(d <= self.max_distance_m, d, np.nan)  # NaN = may not be matched
             self._acc[c].update(gids.tolist(), hids.tolist(), dist, frameid=self.num_frames)
             sim = np.clip(1.0 - d / self.max_distance_m, 0.0, None)
@@ -131,12 +141,14 @@ class MotEvaluator:
         return [o for k, o in enumerate(h) if k not in drop]
 
     def id_switches(self) -> list[tuple[str, int, int, int]]:
-        """(class name, frame index, ground-truth id, new hypothesis id) of every ID switch."""
+        """(class name, frame index, ground-truth id, new hypothesis id) of every ID switch (ids as given)."""
+        original = {uid: i for (_, _, i), uid in self._uids.items()}
         out = []
         for c, acc in self._acc.items():
             ev = acc.mot_events
             for (frame, _), row in ev[ev["Type"] == "SWITCH"].iterrows():
-                out.append((CLASS_NAMES.get(c, str(c)), int(frame), int(row["OId"]), int(row["HId"])))
+                out.append((CLASS_NAMES.get(c, str(c)), int(frame), original[int(row["OId"])],
+                            original[int(row["HId"])]))
         return out
 
     def compute(self) -> dict[str, dict[str, float]]:

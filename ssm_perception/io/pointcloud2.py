@@ -94,7 +94,13 @@ def cloud_to_array(msg) -> np.ndarray:
         arr = np.ndarray((height, width), dtype=dtype, buffer=buf, strides=(row_step, point_step)).reshape(-1)
     if dtype.isnative or not msg.is_bigendian:
         return arr
-    return arr.astype(dtype.newbyteorder("="))
+    # Field by field into a packed native layout: a whole-record astype() would write fields that
+    # share bytes (PCL's rgb/rgba views of one offset) over each other.
+    native = np.dtype([(name, dtype.fields[name][0].newbyteorder("=")) for name in dtype.names])
+    out = np.empty(n, dtype=native)
+    for name in dtype.names:
+        out[name] = arr[name]
+    return out
 
 
 def array_to_cloud_fields(arr: np.ndarray) -> tuple[list[tuple[str, int, int, int]], int, bytes]:

@@ -37,12 +37,18 @@ def replay_command(bag: str | Path, rate: float = 1.0, loop: bool = False, wait_
     return cmd
 
 
+LOCALHOST_WARNING = ("ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST is set: with it Fast DDS ignores "
+                     "FASTDDS_BUILTIN_TRANSPORTS and loses large point clouds and images between processes")
+
+
 def dds_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for the graph's processes.
 
-    Fast DDS's default transports lose most 1-2 MB point clouds between processes on one host
-    (measured: 52 of 108 LiDAR scans of the demo bag reached the node); its LARGE_DATA mode (shared
-    memory + TCP for user data) delivered all 108. An explicit setting in the environment wins.
+    Fast DDS's default transports lose many 1-2 MB point clouds between processes on one host
+    (measured on the demo bag: 52-60 of 108 LiDAR scans reached a subscriber); its LARGE_DATA mode
+    (shared memory + TCP for user data) delivered all 108. ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+    undoes that (41-59 of 108), so use a separate ROS_DOMAIN_ID to isolate runs instead.
+    An explicit FASTDDS_BUILTIN_TRANSPORTS in the environment wins.
     """
     env = dict(os.environ if env is None else env)
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
@@ -116,6 +122,8 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
     if bag:
         print(f"[launch] replay {bag} at x{rate:g}{' in a loop' if loop else ''}, with /clock")
         graph.start("replay", replay_command(bag, rate, loop))
+    if graph.env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST":
+        print(f"[launch] warning: {LOCALHOST_WARNING}", file=sys.stderr)
     print("[launch] Ctrl-C stops everything")
 
     stopping = []

@@ -23,7 +23,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -140,6 +140,7 @@ class PerceptionNode(Node):
         self._tf_limit_ns = int(cfg.sensors.tf_extrapolation_limit_s * 1e9)
 
         self._lock = threading.Lock()  # guards the latest-input slots below and the TF buffer
+        self._stats_lock = threading.Lock()  # latency windows: written by the worker, read by diagnostics
         self._wake = threading.Condition(self._lock)
         self._pending_lidar: tuple[PointCloud2, int] | None = None
         self._radar: tuple[np.ndarray, str, int] | None = None  # (points, frame_id, stamp_ns)
@@ -171,16 +172,16 @@ class PerceptionNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, t.diagnostics, OUTPUT_QOS)
 
         s = cfg.sensors
-        if s.use_lidar:
-            self.create_subscription(PointCloud2, t.lidar, self._on_lidar, SENSOR_QOS)
-        if s.use_radar:
-            self.create_subscription(PointCloud2, t.radar, self._on_radar, SENSOR_QOS)
-        if s.use_camera:
-            self.create_subscription(Image, t.camera_image, self._on_image, SENSOR_QOS)
-            self.create_subscription(CameraInfo, t.camera_info, self._on_camera_info, SENSOR_QOS)
-        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, static=False), TF_QOS)
-        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True), TF_STATIC_QOS)
-        self.create_subscription(String, ZONE_TOPIC, self._on_zone, OUTPUT_QOS)
+        subs = [(s.use_lidar, PointCloud2, t.lidar, self._on_lidar, SENSOR_QOS),
+                (s.use_radar, PointCloud2, t.radar, self._on_radar, SENSOR_QOS),
+                (s.use_camera, Image, t.camera_image, self._on_image, SENSOR_QOS),
+                (s.use_camera, CameraInfo, t.camera_info, self._on_camera_info, SENSOR_QOS),
+                (True, TFMessage, "/tf", lambda m: self._on_tf(m, static=False), TF_QOS),
+                (True, TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True), TF_STATIC_QOS),
+                (True, String, ZONE_TOPIC, self._on_zone, OUTPUT_QOS)]
+        for used, msg_type, topic, callback, qos in subs:
+            if used:
+                self.create_subscription(msg_type, topic, self._guarded(topic, callback), qos)
         self.create_service(Trigger, "~/reset", self._on_reset_service)
 
         # A backward jump of the node clock (bag loop, simulator restart) invalidates every cached
@@ -202,6 +203,15 @@ class PerceptionNode(Node):
         )
 
     # ------------------------------------------------------------------ bookkeeping
+    def _guarded(self, topic: str, callback):
+        """An exception escaping a callback would stop rclpy.spin: turn it into a flag instead."""
+        def run(msg) -> None:
+            try:
+                callback(msg)
+            except Exception as exc:  # noqa: BLE001 - whatever a message does, the node keeps running
+                self.flag("callback_error", f"message on {topic} dropped: {type(exc).__name__}: {exc}")
+        return run
+
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
@@ -221,8 +231,9 @@ class PerceptionNode(Node):
         if stamp_ns <= 0:
             self.flag(f"{sensor}_stamp_zero", f"{sensor}: message with a zero stamp dropped")
             return False
-        ahead = (stamp_ns - self._now_ns()) * 1e-9
-        if ahead > STAMP_FUTURE_TOLERANCE_S:
+        now = self._now_ns()
+        ahead = (stamp_ns - now) * 1e-9
+        if now > 0 and ahead > STAMP_FUTURE_TOLERANCE_S:  # now == 0: sim time without /clock yet
             self.flag(f"{sensor}_stamp_future",
                       f"{sensor}: stamp {ahead:.2f} s ahead of the node clock (use_sim_time mismatch?); dropped")
             return False
@@ -324,7 +335,7 @@ class PerceptionNode(Node):
         return response
 
     def _on_time_jump(self, jump) -> None:
-        if jump.delta.nanoseconds < 0:
+        if jump.clock_change == ClockChange.ROS_TIME_NO_CHANGE and jump.delta.nanoseconds < 0:
             self._clock_jumped_back = True
             with self._lock:
                 self.tf.clear()
@@ -425,9 +436,10 @@ class PerceptionNode(Node):
         self.pub_markers.publish(markers)
         # Pipeline latency as production stacks define it: publication time minus sensor stamp, on the
         # node clock (sim time in replays), so it includes transport and queueing, not only compute.
-        self.pipeline_latency_ms.append((self._now_ns() - stamp) * 1e-6)
-        for stage, ms in out.latency_ms.items():
-            self.stage_ms.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(float(ms))
+        with self._stats_lock:
+            self.pipeline_latency_ms.append((self._now_ns() - stamp) * 1e-6)
+            for stage, ms in out.latency_ms.items():
+                self.stage_ms.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(float(ms))
         self.frames_processed += 1
         self.last_health = out.health
         decision = out.reset
@@ -442,7 +454,9 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------ diagnostics
     def publish_diagnostics(self) -> None:
-        self.pub_diag.publish(self.diagnostics())
+        with self._stats_lock:  # the timer (executor) and the worker (after a reset) both publish
+            msg = self.diagnostics()
+        self.pub_diag.publish(msg)
 
     def diagnostics(self) -> DiagnosticArray:
         """One DiagnosticArray: state health and resets, each input's rate and age, latency, input flags."""

@@ -140,13 +140,14 @@ class BagPlayer:
         self._stop.set()
         self._running.set()
 
-    def wait_for_subscribers(self, topics, timeout_s: float, settle_s: float = 1.0) -> bool:
-        """Block until one of ``topics`` has a subscriber (then ``settle_s`` more, so that discovery of
-        the subscriber's other topics completes too); False if none appeared within ``timeout_s``."""
+    def wait_for_subscribers(self, topics, timeout_s: float, settle_s: float = 0.5) -> bool:
+        """Block until one of ``topics`` has a subscriber and so do /tf and /tf_static (a frame without
+        its transforms is useless), then ``settle_s`` more; False if that did not happen in ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         pubs = [self.pubs[t] for t in topics if t in self.pubs]
+        tf = [self.pubs[t] for t in ("/tf", "/tf_static") if t in self.pubs]
         while time.monotonic() < deadline and not self._stop.is_set():
-            if any(p.get_subscription_count() > 0 for p in pubs):
+            if any(p.get_subscription_count() > 0 for p in pubs) and all(p.get_subscription_count() > 0 for p in tf):
                 self._stop.wait(settle_s)
                 return True
             time.sleep(0.05)

@@ -82,9 +82,14 @@ if triton is not None:
         s_prev_b, s_new_b, s_y_b, s_x_b, s_z_b, s_b_b, s_c_b, s_step_b,
         NHEADS: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr, NGROUPS: tl.constexpr,
         WARP: tl.constexpr, BILINEAR: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK: tl.constexpr,
+        P_PER: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        h = tl.program_id(1)
+        # axis 1 = (head, slice of P_PER of its headdim rows): more, smaller programs keep more
+        # loads in flight than one program looping over the whole head
+        n_slices = (HEADDIM + P_PER - 1) // P_PER
+        h = tl.program_id(1) // n_slices
+        p0 = (tl.program_id(1) % n_slices) * P_PER
         bi = tl.program_id(2).to(tl.int64)
         offs = pid * BLOCK + tl.arange(0, BLOCK)  # cell index i * W + j
         m = offs < HW
@@ -146,27 +151,47 @@ if triton is not None:
 
         prev_base = prev_ptr + bi * s_prev_b + head_ch * HW
         new_base = new_ptr + bi * s_new_b + head_ch * HW
-        for p in tl.static_range(HEADDIM):
+        for pp in tl.static_range(P_PER):
+            p = p0 + pp
+            mp = m & (p < HEADDIM)
             ch = ((p * DSTATE + n) * HW)[None, :]  # [1, N] channel offsets inside this head
             if WARP:
                 if BILINEAR:
-                    old = w00[:, None] * tl.load(prev_base + ch + src00[:, None], mask=m00[:, None], other=0.0)
-                    old += w01[:, None] * tl.load(prev_base + ch + src01[:, None], mask=m01[:, None], other=0.0)
-                    old += w10[:, None] * tl.load(prev_base + ch + src10[:, None], mask=m10[:, None], other=0.0)
-                    old += w11[:, None] * tl.load(prev_base + ch + src11[:, None], mask=m11[:, None], other=0.0)
+                    old = w00[:, None] * tl.load(prev_base + ch + src00[:, None], mask=(m00 & mp)[:, None], other=0.0)
+                    old += w01[:, None] * tl.load(prev_base + ch + src01[:, None], mask=(m01 & mp)[:, None], other=0.0)
+                    old += w10[:, None] * tl.load(prev_base + ch + src10[:, None], mask=(m10 & mp)[:, None], other=0.0)
+                    old += w11[:, None] * tl.load(prev_base + ch + src11[:, None], mask=(m11 & mp)[:, None], other=0.0)
                 else:
-                    old = tl.load(prev_base + ch + src[:, None], mask=inside[:, None], other=0.0)
+                    old = tl.load(prev_base + ch + src[:, None], mask=(inside & mp)[:, None], other=0.0)
             else:
-                old = tl.load(prev_base + ch + offs[:, None], mask=m[:, None], other=0.0)
+                old = tl.load(prev_base + ch + offs[:, None], mask=mp[:, None], other=0.0)
             if HAS_RESET:
                 old = tl.where(rst[:, None], 0.0, old)
-            xp = tl.load(x_ptr + bi * s_x_b + (h * HEADDIM + p) * HW + offs, mask=m, other=0.0)
+            xp = tl.load(x_ptr + bi * s_x_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0)
             new = old * decay[:, None] + (step * xp)[:, None] * bt
-            tl.store(new_base + ch + offs[:, None], new, mask=m[:, None])
+            tl.store(new_base + ch + offs[:, None], new, mask=mp[:, None])
             yp = tl.sum(new * ct, axis=1) + dd * xp
-            zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=m, other=0.0)
+            zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0)
             yp = yp * zp * tl.sigmoid(zp)
-            tl.store(y_ptr + bi * s_y_b + (h * HEADDIM + p) * HW + offs, yp, mask=m)
+            tl.store(y_ptr + bi * s_y_b + (h * HEADDIM + p) * HW + offs, yp, mask=mp)
+
+    # Block shapes are picked per problem size on the GPU (the kernel writes only its outputs, so
+    # the autotuner's repeated launches are harmless); the interpreter uses one fixed shape.
+    _CONFIGS = [
+        triton.Config({"BLOCK": b, "P_PER": pp}, num_warps=w)
+        for b, pp, w in ((128, 16, 4), (128, 4, 4), (256, 4, 4), (256, 4, 8), (128, 2, 4), (256, 2, 8),
+                         (128, 1, 4), (512, 2, 8), (64, 1, 2), (256, 1, 4))
+    ]
+    _fused_warp_step_autotuned = triton.autotune(
+        configs=_CONFIGS, key=["HW", "NHEADS", "HEADDIM", "DSTATE", "NGROUPS", "WARP", "BILINEAR", "HAS_RESET"]
+    )(_fused_warp_step_kernel)
+
+
+def best_config() -> str | None:
+    """The block shape the autotuner picked last (for benchmark records)."""
+    if triton is None or getattr(_fused_warp_step_autotuned, "best_config", None) is None:
+        return None
+    return str(_fused_warp_step_autotuned.best_config)
 
 
 def _cell_aligned(t: Tensor) -> Tensor:
@@ -181,13 +206,15 @@ def _cell_aligned(t: Tensor) -> Tensor:
 def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor, step: Tensor, A: Tensor,
                     D: Tensor, nheads: int, headdim: int, d_state: int, ngroups: int,
                     warp: tuple[Tensor, bool] | None = None, reset_mask: Tensor | None = None,
-                    out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                    out: tuple[Tensor, Tensor] | None = None, config: dict | None = None) -> tuple[Tensor, Tensor]:
     """One fused step. h_prev [B, S, H, W] is the previous frame's state (not yet warped when
     ``warp`` = (affine [B, 6], bilinear) from ``warp_params`` is given; None = no motion);
     z, xs [B, nheads*headdim, H, W]; b, c [B, ngroups*d_state, H, W]; step [B, nheads, H, W];
     A, D [nheads]; reset_mask [B, H, W] bool in the current frame (cleared before the update).
     Returns y [B, nheads*headdim, H, W] (gated) and the new state [B, S, H, W].
-    ``out`` = (y, h_new) preallocated buffers (CUDA graphs); h_new must not alias h_prev."""
+    ``out`` = (y, h_new) preallocated buffers (CUDA graphs); h_new must not alias h_prev.
+    ``config`` = {"BLOCK": cells per program, "P_PER": headdim rows per program} fixes the block
+    shape instead of autotuning it (the interpreter always uses a fixed shape)."""
     if triton is None:
         raise RuntimeError("model.backend 'fused' needs the 'triton' package (pip install triton)")
     if not h_prev.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -212,14 +239,22 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
         aff, bilinear = warp
         aff = aff.to(device=dev, dtype=torch.float32).reshape(bsz, 6).contiguous()
     reset = None if reset_mask is None else reset_mask.to(device=dev).reshape(bsz, hw).to(torch.uint8).contiguous()
-    grid = (math.ceil(hw / BLOCK_CELLS), nheads, bsz)
-    _fused_warp_step_kernel[grid](
+    args = (
         h_prev, h_new, y, xs, z, b, c, step, A.float().contiguous(), D.float().contiguous(), aff,
         reset if reset is not None else aff,
         hh, ww, hw,
         h_prev.stride(0), h_new.stride(0), y.stride(0), xs.stride(0), z.stride(0), b.stride(0), c.stride(0),
         step.stride(0),
-        NHEADS=nheads, HEADDIM=headdim, DSTATE=d_state, NGROUPS=ngroups,
-        WARP=warp is not None, BILINEAR=bool(bilinear), HAS_RESET=reset is not None, BLOCK=BLOCK_CELLS,
     )
+    meta = {"NHEADS": nheads, "HEADDIM": headdim, "DSTATE": d_state, "NGROUPS": ngroups,
+            "WARP": warp is not None, "BILINEAR": bool(bilinear), "HAS_RESET": reset is not None}
+    if config is not None or os.environ.get("TRITON_INTERPRET") == "1":
+        cfg = {"BLOCK": BLOCK_CELLS, "P_PER": headdim, **(config or {})}
+        grid = (math.ceil(hw / cfg["BLOCK"]), nheads * math.ceil(headdim / cfg["P_PER"]), bsz)
+        _fused_warp_step_kernel[grid](*args, **meta, BLOCK=cfg["BLOCK"], P_PER=cfg["P_PER"])
+    else:
+        def grid(cfg):
+            return (triton.cdiv(hw, cfg["BLOCK"]), nheads * triton.cdiv(headdim, cfg["P_PER"]), bsz)
+
+        _fused_warp_step_autotuned[grid](*args, **meta)
     return y, h_new

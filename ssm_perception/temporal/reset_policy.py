@@ -108,7 +108,10 @@ class ResetPolicy:
             reasons.append(key)
             details.append(text)
 
-        pose = np.asarray(T_odom_base, dtype=np.float64) if T_odom_base is not None else None
+        try:
+            pose = np.asarray(T_odom_base, dtype=np.float64) if T_odom_base is not None else None
+        except (TypeError, ValueError):
+            pose = None  # not a matrix at all: treated like a missing pose
         pose_ok = pose is not None and pose.shape == (4, 4) and bool(np.all(np.isfinite(pose)))
         dt_s: float | None = None
         motion: np.ndarray | None = None

@@ -11,14 +11,15 @@ the tracker on the vehicle:
                     baseline, single-frame detections + the same Kalman tracker
 
 The tracker, its configuration and the metrics are identical for every source, so differences
-between sources are differences of the detections. The learned sources need the simulator's
-sensor data (``GtFrame.sensors``), so they run on ``sim_sequence``; bags give ground truth only.
+between sources are differences of the detections. The learned sources need sensor data
+(``GtFrame.sensors``): ``sim_sequence`` (simulator in-process) and ``bag_sequence`` (a simulated bag
+decoded like ``ssm-perception evaluate`` does) carry it; ``load_gt_frames`` reads ground truth only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +43,6 @@ from ssm_perception.tracking.tracker import MultiObjectTracker
 DetectionSource = Callable[[GtFrame], list[Detection]]  # frame -> detections in base_link
 GT_OBJECTS_TOPIC = "/ground_truth/objects"
 TF_TOPIC = "/tf"
-_SEQUENCE_ID_STRIDE = 1_000_000  # ids of sequence k are offset by k * stride so sequences never share ids
-
-
-@dataclass(frozen=True)
-class _Labelled:
-    id: int
-    cls: int
-    x: float
-    y: float
 
 
 def in_grid(x: float, y: float, T_odom_base: np.ndarray, grid: GridConfig) -> bool:
@@ -62,7 +54,7 @@ def in_grid(x: float, y: float, T_odom_base: np.ndarray, grid: GridConfig) -> bo
 
 def synthetic_source(grid: GridConfig, seed: int, cfg: SyntheticDetectionConfig | None = None) -> DetectionSource:
     rng = np.random.default_rng(seed)
-    return lambda frame: synthetic_detections(frame.objects, frame.T_odom_base, grid, rng, cfg)
+    return lambda frame: synthetic_detections(frame.objects or [], frame.T_odom_base, grid, rng, cfg)
 
 
 def evaluate_tracking(
@@ -77,22 +69,24 @@ def evaluate_tracking(
     Evaluated hypotheses are confirmed and coasting tracks (tentative ones are not reported to the
     planner as objects); ground truth and hypotheses are both restricted to the grid of the frame.
     Ground truth known to have no LiDAR return this frame (num_points == 0) is 'ignored': tracks on
-    it are neither rewarded nor punished, the nuScenes/MOTChallenge treatment of invisible objects.
+    it are neither rewarded nor punished (MOTChallenge's distractors; nuScenes drops such boxes from
+    the truth but then counts a track coasting on them as a false positive).
     """
     evaluator = evaluator or MotEvaluator()
     tracker = MultiObjectTracker(tracking)
     for k, (frames, source) in enumerate(sequences):
         tracker.reset()
-        offset = k * _SEQUENCE_ID_STRIDE
+        evaluator.start_sequence()
         for frame in tqdm(frames, desc=f"sequence {k}", unit="frame", disable=not progress, leave=False):
             dets = detections_to_odom(source(frame), frame.T_odom_base)
             tracks = tracker.update(dets, frame.stamp_s)
-            hyp = [_Labelled(t.id + offset, t.cls, t.x, t.y) for t in tracks
-                   if t.status != "tentative" and in_grid(t.x, t.y, frame.T_odom_base, grid)]
+            hyp = [t for t in tracks if t.status != "tentative" and in_grid(t.x, t.y, frame.T_odom_base, grid)]
+            if frame.objects is None:  # no truth at this stamp: tracked (state continuity), not scored
+                continue
             gt, ignored = [], []
             for o in frame.objects:
                 if in_grid(o.x, o.y, frame.T_odom_base, grid):
-                    (ignored if o.num_points == 0 else gt).append(_Labelled(o.id + offset, o.cls, o.x, o.y))
+                    (ignored if o.num_points == 0 else gt).append(o)
             evaluator.update(gt, hyp, ignored)
     return evaluator
 
@@ -118,10 +112,39 @@ def sim_sequence(preset: str, seed: int, duration_s: float | None, config) -> It
                       objects=objects, sensors=(scenario.config, fr))
 
 
+def bag_sequence(bag: str | Path, config) -> list[GtFrame]:
+    """Every LiDAR frame of a simulated bag, decoded for the pipeline (``GtFrame.sensors`` holds the
+    FrameInputs), with its ground truth. Decoding is the offline evaluator's (eval/evaluate.py), so
+    frames are paired with radar/camera/TF exactly as in ``ssm-perception evaluate`` and the node.
+    Objects whose centre cell is not visible in /ground_truth/visibility get ``num_points = 0``
+    (ignored by the metrics); frames without /ground_truth/objects have ``objects = None``."""
+    from ssm_perception.eval.evaluate import decode_bag, topic_roles
+
+    decoded = decode_bag(bag, config, topic_roles(config.topics), progress=False)
+    g = config.grid
+    frames = []
+    for inp in decoded.frames:
+        objects = decoded.gt.objects.get(inp.stamp_ns)
+        truth = decoded.gt.grids.get(inp.stamp_ns)
+        if objects is not None and truth is not None:
+            vis = truth[2]  # [H, W] bool
+            T_base_odom = invert_transform(np.asarray(inp.T_odom_base, np.float64))
+            marked = []
+            for o in objects:
+                p = T_base_odom[:2, :2] @ [o.x, o.y] + T_base_odom[:2, 3]
+                i, j = int((p[0] - g.x_min) // g.resolution), int((p[1] - g.y_min) // g.resolution)
+                hidden = 0 <= i < g.nx and 0 <= j < g.ny and not vis[i, j]
+                marked.append(replace(o, num_points=0) if hidden else o)
+            objects = marked
+        frames.append(GtFrame(stamp_s=inp.stamp_ns * 1e-9, T_odom_base=np.asarray(inp.T_odom_base, np.float64),
+                              objects=objects, sensors=inp))
+    return frames
+
+
 def pipeline_source(config, kind: str) -> DetectionSource:
     """Detections of the learned heads through PerceptionPipeline ('model' or 'single-frame').
 
-    Frames must come from ``sim_sequence`` (the sensor data rides in ``GtFrame.sensors``). A
+    Frames come from ``sim_sequence`` or ``bag_sequence`` (sensor data in ``GtFrame.sensors``). A
     pipeline that would fall back to the training-free filter (no checkpoint of the requested
     kind) is refused: its numbers would be labelled with the wrong model.
     """
@@ -138,7 +161,9 @@ def pipeline_source(config, kind: str) -> DetectionSource:
 
     def source(frame: GtFrame) -> list[Detection]:
         if frame.sensors is None:
-            raise ValueError(f"--detections {kind} needs sensor data: use simulator sequences (--preset)")
+            raise ValueError(f"--detections {kind} needs sensor data: frames from sim_sequence or bag_sequence")
+        if isinstance(frame.sensors, FrameInputs):  # decoded from a bag
+            return pipeline.process(frame.sensors).detections_base
         sc, fr = frame.sensors
         T = fr.T_base_sensor
         inp = FrameInputs(

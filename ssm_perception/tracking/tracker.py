@@ -168,6 +168,9 @@ class MultiObjectTracker:
                 self.reset()
         dets = self._valid(detections_in_odom)
         if self._stamp is not None:
+            # Tracks unseen for longer than max_coast_s by now (a gap in the data) are gone before
+            # association: a stale prediction must not capture a new object.
+            self._tracks = [t for t in self._tracks if stamp_s - t.last_update_s <= self.cfg.max_coast_s]
             dt = stamp_s - self._stamp
             for t in self._tracks:
                 t.kf.predict(dt)

@@ -72,8 +72,8 @@ class LossConfig(_Section):
     velocity: float = 0.2
     center: float = 1.0
     box: float = 0.2
-    occ_static_pos: float = Field(2.0, gt=0)
-    occ_dynamic_pos: float = Field(4.0, gt=0)
+    occ_static_pos: float = Field(1.0, gt=0)
+    occ_dynamic_pos: float = Field(2.0, gt=0)
     occluded: float = Field(2.0, gt=0)
 
 

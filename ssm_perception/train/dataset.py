@@ -267,6 +267,8 @@ class SequenceStore:
         self.error: BaseException | None = None
         self._done = threading.Event()
         self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pool = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> SequenceStore:
@@ -285,24 +287,50 @@ class SequenceStore:
     def _run(self) -> None:
         try:
             cfg_json = self.cfg.model_dump_json()
-            jobs = [(i, s, cfg_json, self.cache_dir) for i, s in enumerate(self.specs + self.val_specs)]
+            n = len(self.specs)
+            # Validation first: it is small, and the end of training must not wait for the rest of
+            # the training data (see stop()).
+            jobs = [(n + i, s, cfg_json, self.cache_dir) for i, s in enumerate(self.val_specs)]
+            jobs += [(i, s, cfg_json, self.cache_dir) for i, s in enumerate(self.specs)]
             if self.workers <= 0:
                 for job in jobs:
+                    if self._stop.is_set():
+                        break
                     self._add(*_worker(job))
                     self._wake.set()
             else:
                 import multiprocessing as mp
 
                 # spawn: forking a process that already holds torch/CUDA threads is unsafe.
-                with mp.get_context("spawn").Pool(self.workers) as pool:
+                with mp.get_context("spawn").Pool(min(self.workers, len(jobs))) as pool:
+                    self._pool = pool
                     for i, spec, out in pool.imap_unordered(_worker, jobs):
                         self._add(i, spec, out)
                         self._wake.set()
+                        if self._stop.is_set():
+                            break
         except BaseException as exc:  # noqa: BLE001 - surfaced to the trainer by wait()
-            self.error = exc
+            if not self._stop.is_set():
+                self.error = exc
         finally:
             self._done.set()
             self._wake.set()
+
+    def wait_validation(self) -> None:
+        """Block until every validation sequence exists (they are generated first)."""
+        while len(self.val_sequences) < len(self.val_specs) and not self._done.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+        if self.error is not None:
+            raise RuntimeError(f"data generation failed: {self.error!r}") from self.error
+        if len(self.val_sequences) < len(self.val_specs):
+            raise RuntimeError(f"only {len(self.val_sequences)} of {len(self.val_specs)} validation sequences")
+
+    def stop(self) -> None:
+        """Stop generating (training is over); finished sequences stay in the cache."""
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.terminate()
 
     @property
     def started(self) -> bool:
@@ -333,16 +361,3 @@ class SequenceStore:
             self._thread.join()
         if self.error is not None:
             raise RuntimeError(f"data generation failed: {self.error!r}") from self.error
-
-
-def frame_targets(seq: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
-    """Float32 targets of frame t, shaped like the heads ([1|2|4|7, H, W])."""
-    return {
-        "occupied": seq["occupied"][t][None].astype(np.float32),
-        "dynamic": seq["dynamic"][t][None].astype(np.float32),
-        "visible": seq["visible"][t][None].astype(np.float32),
-        "velocity": seq["velocity"][t].astype(np.float32),
-        "center": seq["center"][t].astype(np.float32) / 255.0,
-        "box": seq["box"][t].astype(np.float32),
-        "center_mask": seq["center_mask"][t][None].astype(np.float32),
-    }

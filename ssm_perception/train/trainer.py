@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import PerceptionConfig
 from ssm_perception.train.config import TrainConfig
-from ssm_perception.train.dataset import SequenceStore, frame_targets, make_specs
+from ssm_perception.train.dataset import SequenceStore, make_specs
 from ssm_perception.train.losses import LossWeights, total_loss
 
 TRAIN_STATE = "trainer_state_r{rank}.pt"
+TARGET_ARRAYS = ("occupied", "dynamic", "visible", "velocity", "center", "box", "center_mask")
 
 
 # ---------------------------------------------------------------------------------- distributed
@@ -113,8 +114,7 @@ class WindowSampler:
             T = len(seq["stamp_ns"])
             idx = [min(t + i, T - 1) for i in range(L)]  # a sequence shorter than L repeats its last frame
             feats.append(seq["features"][idx])
-            tg = [frame_targets(seq, i) for i in idx]
-            tgts.append({name: np.stack([x[name] for x in tg]) for name in tg[0]})
+            tgts.append({name: seq[name][idx] for name in TARGET_ARRAYS})  # raw dtypes: converted on the device
             m, d, r = _motion(seq, idx, first_fresh=fresh, max_gap_s=self.max_gap_s)
             se2.append(m)
             dts.append(d)
@@ -130,11 +130,60 @@ class WindowSampler:
             self.slots[b] = (k, t + L)
         return {
             "features": np.stack(feats, 1),
-            "targets": {n: np.stack([t[n] for t in tgts], 1) for n in tgts[0]},
+            "targets": {n: np.stack([t[n] for t in tgts], 1) for n in TARGET_ARRAYS},
             "se2": np.stack(se2, 1),
             "dt": np.stack(dts, 1),
             "reset": np.stack(resets, 1),
+            "sampler_state": self.state_dict(),  # state after this batch: what a checkpoint must resume from
         }
+
+
+class Prefetcher:
+    """Builds the next batches in a background thread while the GPU works on the current one.
+
+    Numpy copies release the GIL, so gathering windows from the memory-mapped cache overlaps with
+    the training step. Each batch carries the sampler state after it, so a checkpoint records the
+    state of what was consumed, not of what was prefetched (resume stays exact)."""
+
+    def __init__(self, sampler: WindowSampler, depth: int = 3):
+        import queue
+        import threading
+
+        self.sampler = sampler
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import queue
+
+        try:
+            while not self._stop.is_set():
+                batch = self.sampler.next()
+                while not self._stop.is_set():
+                    try:
+                        self.q.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread by next()
+            self.error = exc
+
+    def next(self) -> dict:
+        import queue
+
+        while True:
+            if self.error is not None:
+                raise RuntimeError(f"batch preparation failed: {self.error!r}") from self.error
+            try:
+                return self.q.get(timeout=1.0)
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _motion(seq: dict, idx: list[int], first_fresh: bool, max_gap_s: float):
@@ -199,10 +248,24 @@ def build_model(cfg: PerceptionConfig) -> nn.Module:
     return BevPerceptionModel(cfg)
 
 
+def targets_to_device(raw: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """Raw target arrays [L, B, (k,) H, W] (bool / uint8 / float16) -> float32 [L, B, k, H, W] on device."""
+    nb = device.type == "cuda"
+    out = {}
+    for name, a in raw.items():
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=nb)
+        t = t.float() / 255.0 if name == "center" else t.float()
+        out[name] = t.unsqueeze(2) if t.dim() == 4 else t  # per-cell masks get their channel axis
+    return out
+
+
 def _to_device(batch: dict, device: torch.device) -> tuple:
     nb = device.type == "cuda"
-    x = torch.from_numpy(batch["features"]).to(device, non_blocking=nb).float()
-    tg = {k: torch.from_numpy(v).to(device, non_blocking=nb).float() for k, v in batch["targets"].items()}
+    feats = torch.from_numpy(batch["features"])
+    if nb:
+        feats = feats.pin_memory()
+    x = feats.to(device, non_blocking=nb).float()
+    tg = targets_to_device(batch["targets"], device)
     se2 = torch.from_numpy(batch["se2"])  # stays on the CPU: warp builds its sampling grid there
     dt = torch.from_numpy(batch["dt"]).to(device).float()
     reset = torch.from_numpy(batch["reset"]).to(device)
@@ -249,10 +312,13 @@ class Trainer:
         self.val_specs = make_specs(data.presets, data.val_seeds.seeds(), data.val_duration_s)
         cache = data.cache_dir or None
         # Rank 0 also generates the held-out validation sequences, after its training share.
-        self.store = SequenceStore(self.train_specs, cfg.perception, cache, data.workers,
+        self.store = SequenceStore(self.train_specs, cfg.perception, cache, max(data.workers // self.d.world, 0)
+                                   if data.workers else 0,
                                    val_specs=self.val_specs if self.d.main else ())
         self.sampler = WindowSampler(self.store, cfg, seed=cfg.run.seed * 1000 + self.d.rank)
         self.resume = resume
+        self.prefetch: Prefetcher | None = None
+        self._sampler_state: dict | None = None  # sampler state after the last consumed batch
 
     # -------------------------------------------------------------- checkpoints
     def _state_path(self, rank: int | None = None) -> Path:
@@ -265,7 +331,7 @@ class Trainer:
             "optim": self.opt.state_dict() if self.opt else {},
             "step": self.step,
             "elapsed_s": self.elapsed_s,
-            "sampler": self.sampler.state_dict(),
+            "sampler": self._sampler_state or self.sampler.state_dict(),
             "hidden": {k: v.detach().cpu() for k, v in (self.hidden or {}).items()},
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.model_dump_json(),
@@ -289,6 +355,7 @@ class Trainer:
             self.opt.load_state_dict(st["optim"])
         self.step, self.elapsed_s = int(st["step"]), float(st["elapsed_s"])
         self.sampler.load_state_dict(st["sampler"])
+        self._sampler_state = st["sampler"]
         self.hidden = {k: v.to(self.device) for k, v in st["hidden"].items()} or None
         torch.set_rng_state(st["torch_rng"])
         return True
@@ -327,6 +394,8 @@ class Trainer:
         self.model.train()
         self.out.mkdir(parents=True, exist_ok=True)
         log_f = open(self.out / "train_log.jsonl", "a") if self.d.main else None  # noqa: SIM115
+        # On the GPU, batches are gathered in a background thread (on the CPU it would only compete).
+        self.prefetch = Prefetcher(self.sampler) if self.device.type == "cuda" else None
         try:
             while not self._should_stop(t_start, until_step):
                 self._one_step(t_start)
@@ -344,6 +413,8 @@ class Trainer:
                     t_start = time.monotonic()
                     self.save_state()
         finally:
+            if self.prefetch is not None:
+                self.prefetch.close()
             if bar is not None:
                 bar.close()
             if log_f:
@@ -356,7 +427,9 @@ class Trainer:
 
     def _one_step(self, t_start: float) -> None:
         cfg = self.cfg
-        x, tg, se2, dt, reset = _to_device(self.sampler.next(), self.device)
+        batch = self.prefetch.next() if self.prefetch is not None else self.sampler.next()
+        self._sampler_state = batch["sampler_state"]
+        x, tg, se2, dt, reset = _to_device(batch, self.device)
         B = x.shape[1]
         if self.hidden is None:
             self.hidden = self.model.init_state(B, self.device)
@@ -384,13 +457,16 @@ class Trainer:
         if self.d.enabled:
             dist.barrier()
         result: dict = {}
+        if not self.d.main:
+            self.store.stop()
         if self.d.main:
             from ssm_perception.model import save_checkpoint
 
             cfg = self.cfg
             if not self.store.started:
                 self.store.start()
-            self.store.join()  # the validation sequences come last
+            self.store.wait_validation()
+            self.store.stop()  # the rest of the training data is no longer needed
             val = validate(self.model, self.store.val_sequences, cfg.perception, self.device, cfg.run.val_frames,
                            amp=self.window.amp_dtype)
             hours = sum(float(s.duration_s) for s in make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(),
@@ -440,7 +516,7 @@ def validate(model: nn.Module, sequences: list[dict], cfg: PerceptionConfig, dev
         for t in range(T):
             se2, dt, reset = _motion(seq, [t], first_fresh=(t == 0), max_gap_s=cfg.reset.max_time_gap_s)
             state = warp_state(state, torch.from_numpy(se2), grid)
-            x = torch.from_numpy(seq["features"][t : t + 1]).to(device).float()
+            x = torch.from_numpy(np.array(seq["features"][t : t + 1])).to(device).float()
             mask = torch.full((1, grid.nx, grid.ny), bool(reset[0]), device=device)
             ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
             with ctx:

@@ -1,0 +1,312 @@
+"""Soak test: replay a simulated drive in a loop through PerceptionPipeline for N minutes and fail on
+memory growth or latency creep.
+
+    .venv/bin/python scripts/soak.py [--minutes 30] [--grid 64] [--kind mamba] [--device cpu|cuda]
+                                     [--out results/soak_30min.json]
+
+What runs: the offline PerceptionPipeline (the same ``process`` the ROS node calls per LiDAR frame:
+reset policy, encoders, warp, temporal step, heads, tracker, health), fed a few seconds of the
+simulator's 'urban' drive with LiDAR, radar and camera, over and over. Like ``ros2 bag play --loop``
+the stamps jump back at every wrap, so the reset path is exercised once per loop. This does not go
+through DDS: message (de)serialization and the executor are not in the loop.
+
+Recorded over time: process RSS, GPU memory (allocated and reserved, with --device cuda) and the
+latency of every frame (wall and process CPU time). After the warm-up:
+
+- memory growth: median RSS of the last 10 % of the samples vs the first 10 % must grow by at most
+  --max-growth (1 %); the same for GPU allocated memory;
+- latency creep: p50 of the last quarter of the frames must stay <= p50 of the first quarter
+  * 1.1 + 2 ms. ``--creep-clock cpu`` judges the process CPU time per frame instead of wall time:
+  on a machine shared with other jobs, wall time also measures the neighbours.
+
+Writes the JSON (settings, environment, time series, checks) and a PNG next to it; exit 1 when a
+check fails, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CREEP_FACTOR = 1.1
+CREEP_SLACK_MS = 2.0
+
+
+# ------------------------------------------------------------------------------------- checks
+def memory_growth(samples: list[float], fraction: float = 0.1) -> dict:
+    """Relative growth of the median of the last ``fraction`` of samples over the first ``fraction``."""
+    a = np.asarray(samples, dtype=np.float64)
+    if a.size < 4:
+        return {"growth": None, "first": None, "last": None, "reason": f"only {a.size} samples after warm-up"}
+    k = max(1, round(a.size * fraction))
+    first, last = float(np.median(a[:k])), float(np.median(a[-k:]))
+    return {"growth": (last - first) / first if first > 0 else 0.0, "first": first, "last": last, "window": k}
+
+
+def latency_creep(latencies_ms: list[float]) -> dict:
+    """p50 of the first and last quarter of the frames and the limit the last one must stay under."""
+    a = np.asarray(latencies_ms, dtype=np.float64)
+    if a.size < 8:
+        return {"first_p50": None, "last_p50": None, "limit": None, "reason": f"only {a.size} frames after warm-up"}
+    q = a.size // 4
+    first, last = float(np.median(a[:q])), float(np.median(a[-q:]))
+    return {"first_p50": first, "last_p50": last, "limit": first * CREEP_FACTOR + CREEP_SLACK_MS,
+            "quarter_frames": q}
+
+
+def evaluate(rss: list[float], gpu_alloc: list[float] | None, latency_ms: list[float], max_growth: float) -> dict:
+    """The soak's verdict: one entry per check with its numbers and ``ok``."""
+    checks = {}
+    g = memory_growth(rss)
+    g["ok"] = g["growth"] is not None and g["growth"] <= max_growth
+    g["limit"] = max_growth
+    checks["rss_growth"] = g
+    if gpu_alloc:
+        gg = memory_growth(gpu_alloc)
+        gg["ok"] = gg["growth"] is not None and gg["growth"] <= max_growth
+        gg["limit"] = max_growth
+        checks["gpu_memory_growth"] = gg
+    c = latency_creep(latency_ms)
+    c["ok"] = c["last_p50"] is not None and c["last_p50"] <= c["limit"]
+    checks["latency_creep"] = c
+    return checks
+
+
+# -------------------------------------------------------------------------------------- inputs
+def simulate_inputs(scenario: str, seed: int, seconds: float, grid, progress: bool) -> list:
+    """FrameInputs of ``seconds`` of the scenario (all three sensors where present)."""
+    from tqdm import tqdm
+
+    from ssm_perception.pipeline import FrameInputs
+    from ssm_perception.sim.scenario import Scenario
+
+    sc = Scenario.from_preset(scenario, seed=seed, duration_s=seconds, grid=grid)
+    c = sc.config
+    out = []
+    for fr in tqdm(sc.frames(), desc="simulate", disable=not progress, leave=False):
+        T = fr.T_base_sensor
+        out.append(FrameInputs(
+            stamp_ns=int(fr.stamp_ns), T_odom_base=fr.T_odom_base, lidar=fr.lidar, T_base_lidar=T[c.lidar.frame_id],
+            radar=fr.radar.points if fr.radar is not None else None, T_base_radar=T[c.radar.frame_id],
+            image=fr.camera.image if fr.camera is not None else None,
+            K=fr.camera.K if fr.camera is not None else None, T_base_camera=T[c.camera.frame_id],
+            T_map_odom=fr.T_map_odom,
+        ))
+    if len(out) < 4:
+        raise ValueError(f"--bag-seconds {seconds}: only {len(out)} LiDAR frames; use a longer drive")
+    return out
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmRSS")
+
+
+# ------------------------------------------------------------------------------------- the run
+def run(args) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from ssm_perception.bench import environment, grid_config, model_config
+    from ssm_perception.model import BevPerceptionModel
+    from ssm_perception.pipeline import PerceptionPipeline
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device")
+    torch.set_num_threads(args.threads)
+    cfg = model_config(args.grid, args.kind, args.history, args.device, args.backend)
+    frames = simulate_inputs(args.scenario, args.seed, args.bag_seconds, grid_config(args.grid), not args.quiet)
+    # Random weights: the soak is about resources over time, which do not depend on their values
+    # (and no checkpoint is shipped for every kind).
+    model = BevPerceptionModel(cfg).to(device).eval()
+    pipe = PerceptionPipeline(cfg, model=model)
+
+    duration = 60.0 * args.minutes
+    warmup = args.warmup_s if args.warmup_s is not None else min(60.0, max(10.0, 0.1 * duration))
+    period = 1.0 / args.rate if args.rate > 0 else 0.0
+    t0 = time.perf_counter()
+    frame_t, frame_wall, frame_cpu, frame_stage = [], [], [], []
+    samples = {"t": [], "rss": [], "gpu_alloc": [], "gpu_reserved": []}
+    next_sample = 0.0
+    k = 0
+    bar = tqdm(total=int(duration), desc="soak [s]", disable=args.quiet, unit="s")
+    while (now := time.perf_counter() - t0) < duration:
+        inp = frames[k % len(frames)]
+        c0, w0 = time.process_time(), time.perf_counter()
+        out = pipe.process(inp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        frame_wall.append(1e3 * (time.perf_counter() - w0))
+        frame_cpu.append(1e3 * (time.process_time() - c0))
+        frame_t.append(now)
+        frame_stage.append(out.latency_ms)
+        k += 1
+        if now >= next_sample:
+            samples["t"].append(now)
+            samples["rss"].append(rss_bytes())
+            if device.type == "cuda":
+                samples["gpu_alloc"].append(torch.cuda.memory_allocated(device))
+                samples["gpu_reserved"].append(torch.cuda.memory_reserved(device))
+            next_sample = now + args.sample_s
+            bar.update(int(now) - bar.n)
+        if period:  # paced replay (--rate): sleep off what is left of the frame period
+            time.sleep(max(0.0, period - (time.perf_counter() - w0)))
+    bar.close()
+
+    t_arr = np.asarray(frame_t)
+    keep = t_arr >= warmup
+    s_keep = np.asarray(samples["t"]) >= warmup
+    clock = frame_cpu if args.creep_clock == "cpu" else frame_wall
+    checks = evaluate([r for r, ok in zip(samples["rss"], s_keep, strict=True) if ok],
+                      [g for g, ok in zip(samples["gpu_alloc"], s_keep, strict=False) if ok] or None,
+                      [v for v, ok in zip(clock, keep, strict=True) if ok], args.max_growth)
+    checks["latency_creep"]["clock"] = args.creep_clock
+    env = environment(device)
+    env["load_avg_after"] = list(os.getloadavg())
+    stages = sorted({s for d in frame_stage for s in d})
+    post = [d for d, ok in zip(frame_stage, keep, strict=True) if ok]
+    return {
+        "format": "ssm_perception.soak/1",
+        "mode": "offline PerceptionPipeline (no DDS)",
+        "settings": {k2: v for k2, v in vars(args).items()},
+        "environment": env | {"machine": platform.node()},
+        "model": {"kind": args.kind, "backend": cfg.model.backend if args.kind == "mamba" else None,
+                  "grid_cells": args.grid, "weights": "random"},
+        "warmup_s": warmup,
+        "frames": k,
+        "loops": k / len(frames),
+        "frames_per_loop": len(frames),
+        "resets": pipe.reset_counts,
+        "latency_ms_after_warmup": {
+            "wall": _pcts([v for v, ok in zip(frame_wall, keep, strict=True) if ok]),
+            "cpu": _pcts([v for v, ok in zip(frame_cpu, keep, strict=True) if ok]),
+            "stages_p50": {s: round(float(np.median([d.get(s, np.nan) for d in post])), 3) for s in stages} if post
+            else {},
+        },
+        "checks": checks,
+        "passed": all(c["ok"] for c in checks.values()),
+        "series": {
+            "sample_t_s": [round(v, 2) for v in samples["t"]],
+            "rss_mib": [round(v / 2**20, 2) for v in samples["rss"]],
+            "gpu_alloc_mib": [round(v / 2**20, 2) for v in samples["gpu_alloc"]],
+            "gpu_reserved_mib": [round(v / 2**20, 2) for v in samples["gpu_reserved"]],
+            # per-frame series, thinned to at most ~4000 points to keep the file readable
+            **_thin({"frame_t_s": frame_t, "frame_wall_ms": frame_wall, "frame_cpu_ms": frame_cpu}, 4000),
+        },
+    }
+
+
+def _pcts(v: list[float]) -> dict:
+    if not v:
+        return {"n": 0}
+    a = np.asarray(v)
+    return {"p50": round(float(np.median(a)), 3), "p99": round(float(np.percentile(a, 99)), 3),
+            "max": round(float(a.max()), 3), "n": int(a.size)}
+
+
+def _thin(series: dict[str, list[float]], max_points: int) -> dict:
+    n = len(next(iter(series.values())))
+    step = max(1, -(-n // max_points))
+    return {k: [round(float(x), 3) for x in v[::step]] for k, v in series.items()} | {"frame_stride": step}
+
+
+def plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result["series"]
+    gpu = bool(s["gpu_alloc_mib"])
+    fig, axes = plt.subplots(3 if gpu else 2, 1, figsize=(9, 8 if gpu else 6), sharex=True)
+    ax = axes[0]
+    ax.plot(s["sample_t_s"], s["rss_mib"], lw=1)
+    ax.axvline(result["warmup_s"], color="grey", ls="--", lw=0.8, label="end of warm-up")
+    c = result["checks"]["rss_growth"]
+    growth = "n/a" if c["growth"] is None else f"{100 * c['growth']:+.2f} %"
+    ax.set_ylabel("RSS [MiB]")
+    ax.set_title(f"soak {result['settings']['minutes']} min, {result['model']['kind']} "
+                 f"{result['model']['grid_cells']}x{result['model']['grid_cells']}: RSS growth {growth}, "
+                 f"{'PASS' if result['passed'] else 'FAIL'}")
+    ax.legend(loc="lower right")
+    ax = axes[1]
+    ax.plot(s["frame_t_s"], s["frame_wall_ms"], ".", ms=1.5, alpha=0.4, label="wall")
+    ax.plot(s["frame_t_s"], s["frame_cpu_ms"], ".", ms=1.5, alpha=0.4, label="process CPU")
+    lc = result["checks"]["latency_creep"]
+    if lc.get("limit") is not None:
+        ax.axhline(lc["first_p50"], color="C2", lw=1, label=f"first-quarter p50 ({lc['clock']})")
+        ax.axhline(lc["limit"], color="C3", lw=1, ls="--", label="creep limit")
+    ax.set_ylabel("frame latency [ms]")
+    ax.legend(loc="upper right", markerscale=6)
+    if gpu:
+        axes[2].plot(s["sample_t_s"], s["gpu_alloc_mib"], label="allocated")
+        axes[2].plot(s["sample_t_s"], s["gpu_reserved_mib"], label="reserved")
+        axes[2].set_ylabel("GPU memory [MiB]")
+        axes[2].legend()
+    axes[-1].set_xlabel("time [s]")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--grid", type=int, default=64, help="grid cells per side (0.5 m cells)")
+    ap.add_argument("--kind", default="mamba", choices=["mamba", "logodds", "single", "convgru", "attention"])
+    ap.add_argument("--backend", default="reference", choices=["reference", "mamba_ssm", "fused"])
+    ap.add_argument("--history", type=int, default=8, help="attention baseline: frames kept")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scenario", default="urban")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bag-seconds", type=float, default=6.0, help="length of the simulated drive that loops")
+    ap.add_argument("--rate", type=float, default=0.0, help="frames per second; 0 = as fast as it runs")
+    ap.add_argument("--warmup-s", type=float, default=None, help="default: 10 %% of the run, 10..60 s")
+    ap.add_argument("--sample-s", type=float, default=1.0, help="memory sampling period [s]")
+    ap.add_argument("--max-growth", type=float, default=0.01, help="allowed relative memory growth")
+    ap.add_argument("--creep-clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--out", default=None, help="default: results/soak_<minutes>min.json")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.minutes <= 0 or args.grid <= 0:
+        ap.error("--minutes and --grid must be > 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out or REPO / "results" / f"soak_{args.minutes:g}min.json")
+    try:
+        result = run(args)
+    except ValueError as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.no_plot:
+        plot(result, out.with_suffix(".png"))
+    for name, c in result["checks"].items():
+        print(f"{name}: {'ok' if c['ok'] else 'FAIL'} "
+              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items() if k != "ok"))
+    print(f"{result['frames']} frames ({result['loops']:.1f} loops), resets {result['resets']}; wrote {out}")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

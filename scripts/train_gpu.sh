@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Train the shipped checkpoint (and the learned baselines) on the GPU machine in one command.
+#
+# The GPU machine has python3 + torch + numpy/scipy/yaml/safetensors/tqdm/typer but not our venv and
+# no internet. The training import path needs, besides those, only pure-Python-or-wheel packages
+# that are carried in .whl/ (see below): pydantic, pydantic_core, annotated-types,
+# typing-inspection, transforms3d. It never imports rclpy, open3d or rosbags.
+#
+# Prepare here once (the wheels land in the git-ignored .whl/):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 transforms3d==0.4.2
+# Then, through the device tool (carry [".whl"]; each command must end within 10 minutes):
+#   bash scripts/train_gpu.sh --minutes mamba=6                       # data + the temporal model
+#   bash scripts/train_gpu.sh --minutes convgru=2,attention=2,single=1.5,logodds=0   # baselines, same data
+# The simulated data are cached in out/train_cache (git-ignored), so a second command on the same
+# warm machine reuses them. Results go to $OUT (or out/gpu): results.tar.gz (per kind: weights
+# <kind>.safetensors + sidecar .json, <kind>_metrics.json, <kind>_train_log.jsonl), summary.json
+# (held-out validation per kind), train.log. Unpack with scripts/model_card.py --import.
+#
+# Options: --minutes kind=M[,kind=M...]  training wall-clock per kind (the data warm-up and the
+#                                         validation come on top: ~1-2 min for the first kind)
+#          --config FILE                  (default config/train_default.yaml)
+#          --workers N                    simulator processes (default: CPU cores - 2)
+# A trainable kind needs minutes > 0 (0 = no wall-clock limit, run.max_steps only); logodds=0 only
+# validates the training-free filter on the same held-out sequences.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+MINUTES="mamba=6"
+CONFIG=config/train_default.yaml
+WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) MINUTES=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "train_gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+RESULTS=${OUT:-out/gpu}
+RUNS=out/gpu_runs
+mkdir -p "$RESULTS" "$RUNS"
+LOG="$RESULTS/train.log"
+
+PY=${PY:-python3}
+SITE=/tmp/ssm_site
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Install the carried wheels only when something is missing (a machine that has them needs nothing).
+if ! $PY -c "import pydantic, transforms3d" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+  fi
+fi
+# Keep NVLink multicast off (machine rule), unbuffered logs, sparse progress-bar updates in the log.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15 OMP_NUM_THREADS=4
+
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import sys
+missing = []
+for m in ("torch", "numpy", "yaml", "pydantic", "transforms3d", "safetensors", "tqdm", "typer"):
+    try:
+        __import__(m)
+    except ImportError as exc:
+        missing.append(f"{m} ({exc})")
+if missing:
+    sys.exit("missing packages: " + ", ".join(missing) + " -- carry them in .whl/ (see scripts/train_gpu.sh)")
+import torch
+import ssm_perception.train.trainer  # noqa: F401  (the whole training import path)
+assert "rclpy" not in sys.modules and "open3d" not in sys.modules, "training must not import rclpy/open3d"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}"
+      + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+EOF
+
+IFS=',' read -r -a ITEMS <<< "$MINUTES"
+for item in "${ITEMS[@]}"; do
+  kind=${item%%=*}
+  mins=${item#*=}
+  echo "=== $kind: training for $mins min (config $CONFIG, $WORKERS simulator processes) ===" | tee -a "$LOG"
+  start=$(date +%s)
+  $PY -m ssm_perception.train.cli --config "$CONFIG" --out "$RUNS/$kind" --kind "$kind" \
+      --max-minutes "$mins" --workers "$WORKERS" 2>&1 | tee -a "$LOG"
+  echo "=== $kind: done in $(( $(date +%s) - start )) s ===" | tee -a "$LOG"
+  for f in model.safetensors model.safetensors.json; do
+    [ -f "$RUNS/$kind/$f" ] && cp "$RUNS/$kind/$f" "$RUNS/${f/model/$kind}"
+  done
+  cp "$RUNS/$kind/metrics.json" "$RUNS/${kind}_metrics.json"
+  [ -f "$RUNS/$kind/train_log.jsonl" ] && cp "$RUNS/$kind/train_log.jsonl" "$RUNS/${kind}_train_log.jsonl"
+done
+
+# One archive of every kind trained so far on this machine (earlier commands included).
+shopt -s nullglob
+files=("$RUNS"/*.safetensors "$RUNS"/*.safetensors.json "$RUNS"/*_metrics.json "$RUNS"/*_train_log.jsonl)
+tar czf "$RESULTS/results.tar.gz" -C "$RUNS" "${files[@]##*/}"
+$PY - "$RUNS" "$RESULTS/summary.json" <<'EOF' | tee -a "$LOG"
+import json, pathlib, sys
+runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+summary = {}
+for f in sorted(runs.glob("*_metrics.json")):
+    m = json.loads(f.read_text())
+    s, v = m["val"]["splits"], m["val"]
+    summary[f.name[: -len("_metrics.json")]] = {
+        "steps": m["meta"]["steps"], "train_time_s": m["meta"]["train_time_s"], "ece": v["ece"],
+        **{f"iou_{k}": s[k]["iou"] for k in ("all", "static", "dynamic", "occluded", "dynamic_occluded")},
+    }
+out.write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary, indent=2))
+EOF
+ls -la "$RESULTS"

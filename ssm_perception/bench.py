@@ -1,0 +1,801 @@
+"""`ssm-perception bench`: per-stage latency, memory and scaling of the whole frame step, for the
+Mamba model and every baseline, in one run (so that ratios between them are fair).
+
+    ssm-perception bench [--device cpu|cuda] [--grid 128,200] [--history 1,4,16,64] -o results/bench_cpu.json
+    python -m ssm_perception.bench ...      # same, without the CLI's other sub-commands (GPU image)
+
+Inputs are a few frames of the simulator's 'urban' preset, generated once and replayed in a loop
+through the stages of PerceptionPipeline.process (same functions, timed one by one with a device
+sync at each boundary, which the pipeline's own timers do not do on CUDA):
+
+    decode     PointCloud2-like LiDAR + radar messages -> structured arrays (io.pointcloud2)
+    encode     BEV feature encoding (bev.features.encode_frame) and the copy to the device
+    warp       ego-motion warp of the previous state (temporal.warp.warp_state)
+    temporal   model.step: stem -> temporal core -> head convolutions
+    heads      head tensors -> occupancy/dynamic grids on the host + decoded detections
+    tracking   MultiObjectTracker.update in odom
+    msg_encode OccupancyGrid and TrackArray payloads as plain numpy (what the node copies into msgs)
+
+The tracker is fed the scenario's ground-truth objects as detections, so every model's tracking
+stage does the same, realistic amount of work (an untrained head decodes few or no peaks).
+Weights are random (latency and memory do not depend on their values); ``--checkpoint`` is not
+offered on purpose: a benchmark of one model must not silently change what the others run.
+
+History sweep (per model and history h): h frames are run first (the attention baseline keeps
+K = h frames; Mamba's state is constant by construction, measured anyway), then the warp + step
+is timed; peak memory is the memory the model, its state and one step add to the process
+(CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS of a fresh child process, because PyTorch
+keeps no CPU peak statistics).
+
+Bandwidth bound of the temporal update: every step must read and write the whole state once, so
+no implementation beats 2 * state_bytes / memory bandwidth; the bandwidth is measured with a large
+device-to-device copy on the same run (and the vendor peak is recorded for known GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+MODELS = ("mamba", "logodds", "single", "convgru", "attention")
+STAGES = ("decode", "encode", "warp", "temporal", "heads", "tracking", "msg_encode")
+RESOLUTION = 0.5  # [m]: every benchmark grid keeps the default cell size, so larger grids see farther
+# Vendor peak HBM bandwidth [GB/s] by device-name fragment, for the record next to the measured one.
+NOMINAL_BANDWIDTH_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H100": 3350.0,
+                          "A100-SXM4-80GB": 2039.0, "A100": 1555.0}
+
+# Targets of issue 10 (ratios measured in one run).
+TARGET_FULL_STEP_P99_MS_GPU_200 = 10.0
+TARGET_BANDWIDTH_RATIO = 2.0
+TARGET_MAMBA_VS_ATTENTION_AT_16 = 4.0
+TARGET_CPU_128_MS = 100.0
+FLAT_TOLERANCE = 1.10  # "flat": peak at the longest history within 10 % of the shortest
+
+
+@dataclass
+class BenchSettings:
+    device: str = "cpu"
+    grids: list[int] = field(default_factory=lambda: [128, 200])
+    histories: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    backends: list[str] = field(default_factory=lambda: ["reference"])  # Mamba backends, one entry each
+    frames: int = 20  # timed frames per measurement
+    warmup: int = 3
+    source_frames: int = 6  # simulated frames replayed in a loop
+    main_history: int = 16  # attention K in the full-step loop
+    scenario: str = "urban"
+    seed: int = 0
+    threads: int = 2  # CPU threads for torch (the CPU target is "on 2 cores")
+    profile: bool = True  # torch.profiler of one full Mamba frame at the first grid
+    memory: bool = True  # the memory part of the history sweep
+
+
+# ------------------------------------------------------------------------------------- helpers
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    """p50/p99/mean/min/max of latencies in ms (p99 of few samples is close to the max: see n)."""
+    import numpy as np
+
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        return {"n": 0}
+    return {"p50": round(float(np.percentile(a, 50)), 4), "p99": round(float(np.percentile(a, 99)), 4),
+            "mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4), "max": round(float(a.max()), 4),
+            "n": int(a.size)}
+
+
+class _Timer:
+    """Wall time of a block with the device drained at both ends (CUDA launches are asynchronous)."""
+
+    def __init__(self, device):
+        import torch
+
+        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def __call__(self, fn, *args, **kwargs):
+        self._sync()
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self._sync()
+        return out, 1e3 * (time.perf_counter() - t0)
+
+
+def grid_config(cells: int):
+    from ssm_perception.config import GridConfig
+
+    return GridConfig(length_x=cells * RESOLUTION, length_y=cells * RESOLUTION, resolution=RESOLUTION)
+
+
+def model_config(cells: int, kind: str, history: int, device: str, backend: str = "reference"):
+    from ssm_perception.config import PerceptionConfig
+
+    cfg = PerceptionConfig()
+    cfg.grid = grid_config(cells)
+    cfg.model.kind = kind
+    cfg.model.device = device
+    cfg.model.backend = backend if kind == "mamba" else "reference"
+    cfg.model.attention_history = history
+    return cfg
+
+
+def model_label(kind: str, backend: str) -> str:
+    return kind if kind != "mamba" or backend == "reference" else f"mamba[{backend}]"
+
+
+def state_bytes(state) -> int:
+    return int(sum(t.numel() * t.element_size() for t in state.values()))
+
+
+# --------------------------------------------------------------------------------- environment
+def environment(device) -> dict:
+    import numpy as np
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+           "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cpu_model": _cpu_model(), "load_avg": list(os.getloadavg()), "device": str(device)}
+    for mod in ("mamba_ssm", "triton"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError, OSError, RuntimeError) as exc:  # absent, or its extension is missing
+            env[mod] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                   driver=_nvidia_driver())
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _nvidia_driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             check=False, capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def memory_bandwidth(device, mib: int = 512, repeats: int = 10) -> dict:
+    """Achievable copy bandwidth [GB/s]: a large clone reads and writes every byte once."""
+    import torch
+
+    n = mib * 2**20 // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    timer = _Timer(device)
+    dst.copy_(src)
+    times = [timer(dst.copy_, src)[1] for _ in range(repeats)]
+    best = min(times)
+    out = {"measured_GBps": round(2 * src.numel() * 4 / (best * 1e-3) / 1e9, 1), "copy_mib": mib,
+           "method": f"best of {repeats} device copies of {mib} MiB (read + write)"}
+    if device.type == "cuda":
+        name = torch.cuda.get_device_properties(device).name
+        for key, gbps in NOMINAL_BANDWIDTH_GBPS.items():
+            if key in name:
+                out["nominal_GBps"] = gbps
+                break
+    del src, dst
+    return out
+
+
+# ------------------------------------------------------------------------------------- inputs
+@dataclass
+class SourceFrame:
+    """One simulated frame, kept as the messages the node would receive plus what the stages need."""
+
+    stamp_ns: int
+    lidar_msg: SimpleNamespace
+    radar_msg: SimpleNamespace | None
+    image: object  # [H, W, 3] uint8 or None
+    K: object
+    T_odom_base: object  # [4, 4]
+    T_base_lidar: object
+    T_base_radar: object
+    T_base_camera: object
+    objects_odom: object  # OBJECT_DTYPE [M]
+
+
+def cloud_message(points, frame_id: str, stamp_ns: int) -> SimpleNamespace:
+    """A PointCloud2-shaped object (same attributes as sensor_msgs/PointCloud2), without rclpy."""
+    from ssm_perception.io.pointcloud2 import array_to_cloud_fields
+
+    fields, step, data = array_to_cloud_fields(points)
+    return SimpleNamespace(
+        header=SimpleNamespace(frame_id=frame_id, stamp=SimpleNamespace(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)),
+        height=1, width=len(points), point_step=step, row_step=step * len(points), is_bigendian=False, is_dense=True,
+        fields=[SimpleNamespace(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields], data=data,
+    )
+
+
+def simulate_frames(scenario: str, seed: int, count: int, progress: bool = True) -> list[SourceFrame]:
+    """``count`` consecutive frames with LiDAR, radar and camera. The scenario's own grid only
+    shapes its ground-truth rasters, unused here: a small one keeps generation cheap."""
+    from tqdm import tqdm
+
+    from ssm_perception.config import GridConfig
+    from ssm_perception.sim.scenario import Scenario
+
+    period = 0.1
+    sc = Scenario.from_preset(scenario, seed=seed, duration_s=max(2.0, (count + 4) * period * 1.5),
+                              grid=GridConfig(length_x=16.0, length_y=16.0))
+    c = sc.config
+    out: list[SourceFrame] = []
+    for fr in tqdm(sc.frames(), total=count, desc="simulate", disable=not progress, leave=False):
+        if fr.radar is None or fr.camera is None:
+            continue  # the first frames may precede the first radar/camera message
+        T = fr.T_base_sensor
+        out.append(SourceFrame(
+            stamp_ns=fr.stamp_ns, lidar_msg=cloud_message(fr.lidar, c.lidar.frame_id, fr.stamp_ns),
+            radar_msg=cloud_message(fr.radar.points, c.radar.frame_id, fr.radar.stamp_ns),
+            image=fr.camera.image, K=fr.camera.K, T_odom_base=fr.T_odom_base, T_base_lidar=T[c.lidar.frame_id],
+            T_base_radar=T[c.radar.frame_id], T_base_camera=T[c.camera.frame_id], objects_odom=fr.objects_odom,
+        ))
+        if len(out) >= count:
+            break
+    if len(out) < 2:
+        raise RuntimeError(f"scenario {scenario!r} gave {len(out)} frames with all three sensors; need >= 2")
+    return out
+
+
+def gt_detections(objects_odom) -> list:
+    """Ground-truth objects as odom-frame detections (the tracking stage's input, see the docstring)."""
+    from ssm_perception.tracking.detections import Detection
+
+    return [Detection(x=float(o["x"]), y=float(o["y"]), yaw=float(o["yaw"]), length=float(o["l"]),
+                      width=float(o["w"]), height=float(o["h"]), vx=float(o["vx"]), vy=float(o["vy"]),
+                      cls=int(o["cls"]) if int(o["cls"]) > 0 else 1, score=0.9, frame="odom")
+            for o in objects_odom]
+
+
+# ------------------------------------------------------------------------------- message encode
+TRACK_FIELDS = ("id", "cls", "x", "y", "yaw", "vx", "vy", "yaw_rate", "length", "width", "height", "existence")
+
+
+def occupancy_payload(prob, unknown):
+    """OccupancyGrid.data as the node builds it: int8 0..100, -1 unknown, row-major along y.
+    (Same mapping as io.ros_convert.occupancy_values; that module imports cv2, which the GPU image
+    may lack, and the payload is three numpy lines.)"""
+    import numpy as np
+
+    vals = np.rint(np.clip(np.nan_to_num(prob, nan=0.0), 0.0, 1.0) * 100.0).astype(np.int8)
+    vals[unknown] = -1
+    return np.ascontiguousarray(vals.T).tobytes()
+
+
+def tracks_payload(tracks) -> bytes:
+    """The numbers of a TrackArray (pose, twist, size, covariances) packed as the message holds them."""
+    import numpy as np
+
+    rec = np.empty(len(tracks), dtype=[(f, "<f8") for f in TRACK_FIELDS] + [("pose_cov", "<f8", 36),
+                                                                             ("twist_cov", "<f8", 36)])
+    for k, t in enumerate(tracks):
+        for f in TRACK_FIELDS:
+            rec[f][k] = getattr(t, f)
+        rec["pose_cov"][k] = np.asarray(t.pose_cov).reshape(36)
+        rec["twist_cov"][k] = np.asarray(t.twist_cov).reshape(36)
+    return rec.tobytes()
+
+
+# ---------------------------------------------------------------------------------- the loops
+def _motion(prev: SourceFrame, cur: SourceFrame):
+    """T_prev_cur (4x4) and dt [s] between two source frames; the replay wraps around, so the
+    stamps of the loop are re-based to a steady 10 Hz (the warp's cost does not depend on the motion)."""
+    import numpy as np
+
+    from ssm_perception.geometry import invert_transform
+
+    return invert_transform(np.asarray(prev.T_odom_base)) @ np.asarray(cur.T_odom_base), 0.1
+
+
+def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: str, history: int, device,
+                   n_frames: int, warmup: int, profile: bool = False) -> dict:
+    """Every stage of one frame, frame after frame, for one model: per-stage and total latency."""
+    import numpy as np
+    import torch
+
+    from ssm_perception.bev.features import (
+        CameraFrame,
+        LidarScan,
+        RadarScan,
+        encode_frame,
+    )
+    from ssm_perception.bev.grid import BevGrid
+    from ssm_perception.heads import occupancy_probabilities
+    from ssm_perception.io.pointcloud2 import cloud_to_array
+    from ssm_perception.model import BevPerceptionModel
+    from ssm_perception.temporal.warp import warp_state
+    from ssm_perception.tracking.detections import decode_detections
+    from ssm_perception.tracking.tracker import MultiObjectTracker
+
+    cfg = model_config(cells, kind, history, str(device), backend)
+    grid = BevGrid.from_config(cfg.grid)
+    model = BevPerceptionModel(cfg).to(device).eval()
+    tracker = MultiObjectTracker(cfg.tracking)
+    state = model.init_state(1, device)
+    timer = _Timer(device)
+    dets_odom = [gt_detections(f.objects_odom) for f in frames]
+    samples: dict[str, list[float]] = {s: [] for s in STAGES}
+    totals: list[float] = []
+    cpu_totals: list[float] = []  # process CPU time per frame: what the frame cost, whatever the neighbours do
+    n_dets: list[int] = []
+    n_tracks: list[int] = []
+    prof_out = None
+
+    def one_frame(k: int) -> dict[str, float]:
+        nonlocal state
+        fr, prev = frames[k % len(frames)], frames[(k - 1) % len(frames)]
+        lat: dict[str, float] = {}
+        (lidar, radar), lat["decode"] = timer(lambda: (cloud_to_array(fr.lidar_msg), cloud_to_array(fr.radar_msg)))
+        T_prev_cur, dt_s = _motion(prev, fr)
+        twist = (T_prev_cur[0, 3] / dt_s, T_prev_cur[1, 3] / dt_s, math.atan2(T_prev_cur[1, 0], T_prev_cur[0, 0]) / dt_s)
+
+        def encode():
+            feats = encode_frame(grid, LidarScan(lidar, fr.T_base_lidar), RadarScan(radar, fr.T_base_radar),
+                                 CameraFrame(fr.image, fr.K, fr.T_base_camera), ego_twist=twist)
+            return feats.features.unsqueeze(0).to(device)  # [1, C_in, H, W]
+
+        x, lat["encode"] = timer(encode)
+        state, lat["warp"] = timer(warp_state, state, T_prev_cur, grid)
+        dt = torch.tensor([dt_s], dtype=torch.float32, device=device)
+        (heads, state), lat["temporal"] = timer(model.step, x, state, dt)
+
+        def decode_heads():
+            p_occ, p_dyn = occupancy_probabilities(heads)
+            occ, dyn = p_occ[0].float().cpu().numpy(), p_dyn[0].float().cpu().numpy()
+            return occ, dyn, decode_detections(heads, cfg.grid, cfg.tracking.detection_threshold)
+
+        (occ, dyn, dets), lat["heads"] = timer(decode_heads)
+        # The replay loops: the tracker gets a steady 10 Hz clock so its stamps keep increasing.
+        stamp_s = frames[0].stamp_ns * 1e-9 + 0.1 * k
+        tracks, lat["tracking"] = timer(tracker.update, dets_odom[k % len(frames)], stamp_s)
+        unknown = ~np.isfinite(occ)
+        _, lat["msg_encode"] = timer(lambda: (occupancy_payload(occ, unknown), occupancy_payload(dyn, unknown),
+                                              tracks_payload(tracks)))
+        n_dets.append(len(dets))
+        n_tracks.append(len(tracks))
+        return lat
+
+    with torch.inference_mode():
+        for k in range(warmup + n_frames):
+            c0 = time.process_time()
+            lat = one_frame(k)
+            if k >= warmup:
+                cpu_totals.append(1e3 * (time.process_time() - c0))
+                for s in STAGES:
+                    samples[s].append(lat[s])
+                totals.append(sum(lat[s] for s in STAGES))
+        if profile:
+            prof_out = profile_frame(lambda: one_frame(warmup + n_frames), device)
+    return {"model": model_label(kind, backend), "kind": kind, "backend": backend if kind == "mamba" else None,
+            "history": history if kind == "attention" else None,
+            "stages": {s: percentiles(v) for s, v in samples.items()}, "full_step": percentiles(totals),
+            "full_step_process_cpu": percentiles(cpu_totals), "state_bytes": state_bytes(state), "parameters": int(sum(p.numel() for p in model.parameters())),
+            "detections_mean": float(np.mean(n_dets)) if n_dets else 0.0,
+            "tracks_mean": float(np.mean(n_tracks)) if n_tracks else 0.0, "profile": prof_out}
+
+
+def profile_frame(fn, device, top: int = 15) -> dict:
+    """torch.profiler of one frame: the ops that dominate, by self time on the device that runs them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    return {"sort_by": key, "top_ops": [
+        {"name": e.key, "calls": int(e.count), "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
+         **({"self_cuda_ms": round(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+                                   / 1e3, 3)} if device.type == "cuda" else {})}
+        for e in events]}
+
+
+def temporal_loop(frames: list[SourceFrame], features: list, cells: int, kind: str, backend: str, history: int,
+                  device, n_frames: int, warmup: int) -> dict:
+    """The temporal update alone after ``history`` frames: warp, model.step, core.step, and for
+    Mamba core.warp_step (one pass over the state with the 'fused' backend)."""
+    import torch
+
+    from ssm_perception.bev.grid import BevGrid
+    from ssm_perception.model import BevPerceptionModel
+    from ssm_perception.temporal.warp import warp_state
+
+    cfg = model_config(cells, kind, history, str(device), backend)
+    grid = BevGrid.from_config(cfg.grid)
+    model = BevPerceptionModel(cfg).to(device).eval()
+    timer = _Timer(device)
+    state = model.init_state(1, device)
+    out: dict[str, list[float]] = {"warp": [], "step": [], "warp_step": [], "core_step": [], "core_warp_step": []}
+    dt = torch.tensor([0.1], dtype=torch.float32, device=device)
+    with torch.inference_mode():
+        stems = [model.stem(x) for x in features]  # [1, d_model, H, W] per source frame
+        for k in range(history + warmup + n_frames):
+            i = k % len(frames)
+            T_prev_cur, _ = _motion(frames[(k - 1) % len(frames)], frames[i])
+            state, t_warp = timer(warp_state, state, T_prev_cur, grid)
+            (_, state), t_step = timer(model.step, features[i], state, dt)
+            if k < history + warmup:
+                continue
+            out["warp"].append(t_warp)
+            out["step"].append(t_step)
+            out["warp_step"].append(t_warp + t_step)
+            # The core alone on the same state (its output state is discarded: the stream above owns it).
+            _, t_core = timer(model.core.step, stems[i], state, dt)
+            out["core_step"].append(t_core)
+            if kind == "mamba":
+                _, t_cws = timer(model.core.warp_step, stems[i], state, T_prev_cur, dt, None, grid)
+                out["core_warp_step"].append(t_cws)
+    res = {k: percentiles(v) for k, v in out.items() if v}
+    res["state_bytes"] = state_bytes(state)
+    return res
+
+
+def peak_memory(cells: int, kind: str, backend: str, history: int, device, steps: int = 3) -> dict:
+    """Memory the model, its state and the steps add: CUDA in-process, CPU in a fresh child."""
+    if device.type != "cuda":
+        cmd = [sys.executable, "-m", "ssm_perception.bench", "_memprobe", str(cells), kind, backend, str(history),
+               str(steps)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                             os.environ.get("PYTHONPATH", "")]))
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env)
+        if res.returncode != 0:
+            return {"error": (res.stderr or res.stdout).strip().splitlines()[-1:] or ["failed"]}
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = _run_steps(cells, kind, backend, history, device, steps)
+    torch.cuda.synchronize(device)
+    out["peak_bytes"] = int(torch.cuda.max_memory_allocated(device) - base)
+    out["method"] = "torch.cuda.max_memory_allocated - allocated before the model"
+    torch.cuda.empty_cache()
+    return out
+
+
+def _run_steps(cells: int, kind: str, backend: str, history: int, device, steps: int) -> dict:
+    """Build the model and run history + steps frames of warp + step on a fixed random input."""
+    import torch
+
+    from ssm_perception.bev.features import FEATURE_CHANNELS
+    from ssm_perception.bev.grid import BevGrid
+    from ssm_perception.geometry import se2_matrix
+    from ssm_perception.model import BevPerceptionModel
+    from ssm_perception.temporal.warp import warp_state
+
+    cfg = model_config(cells, kind, history, str(device), backend)
+    grid = BevGrid.from_config(cfg.grid)
+    x = torch.rand(1, len(FEATURE_CHANNELS), cells, cells, device=device)
+    model = BevPerceptionModel(cfg).to(device).eval()
+    state = model.init_state(1, device)
+    dt = torch.tensor([0.1], device=device)
+    motion = se2_matrix(1.0, 0.05, 0.01)
+    with torch.inference_mode():
+        for _ in range(history + steps):
+            state = warp_state(state, motion, grid)
+            _, state = model.step(x, state, dt)
+    return {"state_bytes": state_bytes(state)}
+
+
+def _proc_status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _memprobe(argv: list[str]) -> None:
+    """Child process of peak_memory on CPU: prints one JSON line. Linux resets the peak RSS
+    (VmHWM) on writing 5 to /proc/self/clear_refs, so the import-time peak is excluded."""
+    import torch
+
+    cells, kind, backend, history, steps = int(argv[0]), argv[1], argv[2], int(argv[3]), int(argv[4])
+    torch.set_num_threads(1)
+    from ssm_perception import model as _model  # noqa: F401 - import everything before the baseline
+
+    Path("/proc/self/clear_refs").write_text("5")
+    rss0 = _proc_status_kib("VmRSS")
+    out = _run_steps(cells, kind, backend, history, torch.device("cpu"), steps)
+    out["peak_bytes"] = 1024 * (_proc_status_kib("VmHWM") - rss0)
+    out["method"] = "peak RSS (VmHWM, reset after imports) of a fresh process minus its RSS after imports"
+    print(json.dumps(out))
+
+
+# ----------------------------------------------------------------------------------- the run
+def run_bench(s: BenchSettings, progress: bool = True) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    device = torch.device(s.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device")
+    bad = [m for m in s.models if m not in MODELS]
+    if bad:
+        raise ValueError(f"unknown model(s) {bad}; choose from {list(MODELS)}")
+    if device.type == "cpu":
+        torch.set_num_threads(s.threads)
+    t_start = time.perf_counter()
+    result: dict = {"format": "ssm_perception.bench/1", "settings": asdict(s), "environment": environment(device),
+                    "stages": list(STAGES), "resolution_m": RESOLUTION}
+    result["bandwidth"] = memory_bandwidth(device, mib=512 if device.type == "cuda" else 256)
+    frames = simulate_frames(s.scenario, s.seed, s.source_frames, progress)
+    result["source_frames"] = {"count": len(frames), "lidar_points_mean": float(sum(f.lidar_msg.width for f in frames)
+                                                                               / len(frames))}
+    variants = [(m, b) for m in s.models for b in (s.backends if m == "mamba" else ["reference"])]
+    grids: dict = {}
+    for cells in s.grids:
+        g: dict = {"cells": cells, "extent_m": cells * RESOLUTION, "full_step": {}, "history": {}, "errors": {}}
+        for m, b in tqdm(variants, desc=f"{cells}x{cells} full step", disable=not progress, leave=False):
+            label = model_label(m, b)
+            try:
+                g["full_step"][label] = full_step_loop(frames, cells, m, b, s.main_history, device, s.frames,
+                                                       s.warmup, profile=s.profile and m == "mamba"
+                                                       and cells == s.grids[0])
+            # A GPU backend may be absent or fail to compile (Triton raises its own types): record it, go on.
+            except Exception as exc:  # noqa: BLE001
+                g["errors"][label] = f"{type(exc).__name__}: {exc}"[:500]
+        features = _features_for(frames, cells, device)
+        for m, b in tqdm(variants, desc=f"{cells}x{cells} history", disable=not progress, leave=False):
+            label = model_label(m, b)
+            if label in g["errors"]:
+                continue
+            per_h = {}
+            for h in s.histories:
+                r = temporal_loop(frames, features, cells, m, b, h, device, max(5, s.frames // 2), s.warmup)
+                if s.memory:
+                    r["memory"] = peak_memory(cells, m, b, h, device)
+                per_h[str(h)] = r
+            g["history"][label] = per_h
+        g["bandwidth_bound"] = _bandwidth_bound(g, result["bandwidth"], s)
+        grids[str(cells)] = g
+    result["grids"] = grids
+    result["targets"] = evaluate_targets(result)
+    result["environment"]["load_avg_after"] = list(os.getloadavg())
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    return result
+
+
+def _features_for(frames: list[SourceFrame], cells: int, device) -> list:
+    from ssm_perception.bev.features import (
+        CameraFrame,
+        LidarScan,
+        RadarScan,
+        encode_frame,
+    )
+    from ssm_perception.bev.grid import BevGrid
+    from ssm_perception.io.pointcloud2 import cloud_to_array
+
+    grid = BevGrid.from_config(grid_config(cells))
+    return [encode_frame(grid, LidarScan(cloud_to_array(f.lidar_msg), f.T_base_lidar),
+                         RadarScan(cloud_to_array(f.radar_msg), f.T_base_radar),
+                         CameraFrame(f.image, f.K, f.T_base_camera)).features.unsqueeze(0).to(device)
+            for f in frames]
+
+
+def _bandwidth_bound(g: dict, bw: dict, s: BenchSettings) -> dict:
+    """Mamba's temporal update vs 2 * state bytes / bandwidth, at the main history."""
+    out = {}
+    for label, per_h in g["history"].items():
+        if not label.startswith("mamba"):
+            continue
+        r = per_h.get(str(s.main_history)) or next(iter(per_h.values()))
+        bound_ms = 2 * r["state_bytes"] / (bw["measured_GBps"] * 1e9) * 1e3
+        e = {"state_bytes": r["state_bytes"], "bytes_per_step": 2 * r["state_bytes"],
+             "bound_ms_measured_bw": round(bound_ms, 5)}
+        for key in ("core_step", "core_warp_step", "warp_step"):
+            if key in r:
+                e[f"{key}_p50_ms"] = r[key]["p50"]
+                e[f"{key}_over_bound"] = round(r[key]["p50"] / bound_ms, 2)
+        if "nominal_GBps" in bw:
+            e["bound_ms_nominal_bw"] = round(2 * r["state_bytes"] / (bw["nominal_GBps"] * 1e9) * 1e3, 5)
+        out[label] = e
+    return out
+
+
+def evaluate_targets(result: dict) -> list[dict]:
+    """The issue's targets as measured in this run: value, target, met (None = not applicable here)."""
+    dev = result["environment"]["device"]
+    grids = result["grids"]
+    gpu = dev.startswith("cuda")
+    out = []
+
+    def add(name, value, target, met, note=""):
+        out.append({"target": name, "value": value, "limit": target, "met": met, "note": note})
+
+    mambas = sorted({lab for g in grids.values() for lab in g["full_step"] if lab.startswith("mamba")})
+    for lab in mambas:
+        if "200" in grids and lab in grids["200"]["full_step"]:
+            p99 = grids["200"]["full_step"][lab]["full_step"]["p99"]
+            add(f"{lab}: full step p99 at 200x200 [ms]", p99, TARGET_FULL_STEP_P99_MS_GPU_200,
+                (p99 <= TARGET_FULL_STEP_P99_MS_GPU_200) if gpu else None, "" if gpu else "GPU target; CPU value for reference")
+        for cells, g in grids.items():
+            bb = g.get("bandwidth_bound", {}).get(lab)
+            if bb:
+                key = "core_warp_step_over_bound" if "core_warp_step_over_bound" in bb else "core_step_over_bound"
+                add(f"{lab}: temporal update / bandwidth bound at {cells}x{cells}", bb.get(key), TARGET_BANDWIDTH_RATIO,
+                    (bb.get(key) <= TARGET_BANDWIDTH_RATIO) if gpu else None,
+                    f"{key}; GPU target" if not gpu else key)
+    for cells, g in grids.items():
+        hist = g["history"]
+        for lab in mambas:
+            if lab in hist:
+                peaks = _peaks(hist[lab])
+                if len(peaks) >= 2:
+                    (h0, p0), (h1, p1) = peaks[0], peaks[-1]
+                    ratio = round(p1 / p0, 3) if p0 else None
+                    add(f"{lab}: peak memory {h1} vs {h0} frames at {cells}x{cells}", ratio, FLAT_TOLERANCE,
+                        ratio is not None and ratio <= FLAT_TOLERANCE, f"{p0} -> {p1} bytes")
+        if "attention" in hist:
+            peaks = _peaks(hist["attention"])
+            if len(peaks) >= 2:
+                (h0, p0), (h1, p1) = peaks[0], peaks[-1]
+                add(f"attention: peak memory {h1} vs {h0} frames at {cells}x{cells} (grows)",
+                    round(p1 / p0, 3) if p0 else None, FLAT_TOLERANCE, bool(p0) and p1 / p0 > FLAT_TOLERANCE,
+                    f"{p0} -> {p1} bytes")
+            for lab in mambas:
+                a, m = hist["attention"].get("16"), hist.get(lab, {}).get("16")
+                if a and m:
+                    ratio = round(a["warp_step"]["p50"] / m["warp_step"]["p50"], 2)
+                    add(f"{lab} vs attention at 16 frames, warp+step p50 speed-up at {cells}x{cells}", ratio,
+                        TARGET_MAMBA_VS_ATTENTION_AT_16, ratio >= TARGET_MAMBA_VS_ATTENTION_AT_16)
+    if not gpu and "128" in grids:
+        for lab in mambas:
+            fs = grids["128"]["full_step"].get(lab)
+            if fs:
+                add(f"{lab}: CPU full step p50 at 128x128 [ms] ({result['settings']['threads']} threads)",
+                    fs["full_step"]["p50"], TARGET_CPU_128_MS, fs["full_step"]["p50"] < TARGET_CPU_128_MS)
+    return out
+
+
+def _peaks(per_h: dict) -> list[tuple[int, int]]:
+    return sorted((int(h), r["memory"]["peak_bytes"]) for h, r in per_h.items()
+                  if "peak_bytes" in r.get("memory", {}))
+
+
+def summary_table(result: dict) -> str:
+    """Markdown: p50/p99 per stage per model per grid, then the targets."""
+    lines = []
+    for cells, g in result["grids"].items():
+        lines.append(f"\n{cells}x{cells} ({g['extent_m']:.0f} m), device {result['environment']['device']}, ms p50 / p99\n")
+        lines.append("| model | " + " | ".join(STAGES) + " | full step |")
+        lines.append("|---" * (len(STAGES) + 2) + "|")
+        for lab, r in g["full_step"].items():
+            cells_txt = [f"{r['stages'][s]['p50']:.2f} / {r['stages'][s]['p99']:.2f}" for s in STAGES]
+            lines.append(f"| {lab} | " + " | ".join(cells_txt)
+                         + f" | {r['full_step']['p50']:.1f} / {r['full_step']['p99']:.1f} |")
+        for lab, err in g["errors"].items():
+            lines.append(f"| {lab} | failed: {err[:80]} |")
+        if g["history"]:
+            hs = sorted({int(h) for per in g["history"].values() for h in per})
+            lines.append(f"\nwarp + step p50 [ms] / peak memory [MiB] vs history, {cells}x{cells}\n")
+            lines.append("| model | " + " | ".join(f"h={h}" for h in hs) + " |")
+            lines.append("|---" * (len(hs) + 1) + "|")
+            for lab, per in g["history"].items():
+                row = []
+                for h in hs:
+                    r = per.get(str(h))
+                    mem = r.get("memory", {}).get("peak_bytes") if r else None
+                    row.append("-" if r is None else f"{r['warp_step']['p50']:.2f} / "
+                               + ("?" if mem is None else f"{mem / 2**20:.1f}"))
+                lines.append(f"| {lab} | " + " | ".join(row) + " |")
+    lines.append("\n| target | value | limit | met |\n|---|---|---|---|")
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {t['limit']} | {t['met']} |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------- entry points
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in str(text).split(",") if v.strip()]
+
+
+def bench_main(device: str, grid: str, history: str, output: str, models: str, backends: str, frames: int,
+               warmup: int, source_frames: int, threads: int, profile: bool, memory: bool, quiet: bool) -> int:
+    if not backends:
+        backends = "reference,mamba_ssm,fused" if device.startswith("cuda") else "reference"
+    s = BenchSettings(device=device, grids=_int_list(grid), histories=_int_list(history), models=_str_list(models),
+                      backends=_str_list(backends), frames=frames, warmup=warmup, source_frames=source_frames,
+                      threads=threads, profile=profile, memory=memory)
+    if 16 not in s.histories:
+        s.main_history = max(s.histories)
+    result = run_bench(s, progress=not quiet)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(summary_table(result))
+    print(f"\nwrote {out} ({result['wall_s']} s)")
+    return 0
+
+
+def register(app) -> None:
+    import typer
+
+    @app.command("bench")
+    def bench(
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]"),
+        grid: str = typer.Option("128,200", "--grid", help="grid sizes in cells (0.5 m cells), comma-separated"),
+        history: str = typer.Option("1,4,16,64", "--history", help="frames of history for the scaling sweep"),
+        output: str = typer.Option("results/bench.json", "--output", "-o", help="results JSON"),
+        models: str = typer.Option(",".join(MODELS), "--models", help="models to run"),
+        backends: str = typer.Option("", "--backends",
+                                     help="Mamba backends; empty = reference on CPU, all three on CUDA"),
+        frames: int = typer.Option(20, "--frames", min=2, help="timed frames per measurement"),
+        warmup: int = typer.Option(3, "--warmup", min=0, help="untimed frames first"),
+        source_frames: int = typer.Option(6, "--source-frames", min=2, help="simulated frames replayed in a loop"),
+        threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads"),
+        profile: bool = typer.Option(True, "--profile/--no-profile", help="torch.profiler of one Mamba frame"),
+        memory: bool = typer.Option(True, "--memory/--no-memory", help="peak memory per model and history"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    ) -> None:
+        """Per-stage latency (p50/p99), peak memory and scaling of every model, in one run."""
+        try:
+            code = bench_main(device, grid, history, output, models, backends, frames, warmup, source_frames,
+                              threads, profile, memory, quiet)
+        except (ValueError, RuntimeError) as exc:
+            typer.secho(f"bench failed: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        raise typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ssm_perception.bench``: the same options, argparse only (no typer, no ROS)."""
+    import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_memprobe"]:
+        _memprobe(argv[1:])
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m ssm_perception.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--grid", default="128,200")
+    ap.add_argument("--history", default="1,4,16,64")
+    ap.add_argument("-o", "--output", default="results/bench.json")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--backends", default="")
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--source-frames", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--no-memory", dest="memory", action="store_false")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        return bench_main(a.device, a.grid, a.history, a.output, a.models, a.backends, a.frames, a.warmup,
+                          a.source_frames, a.threads, a.profile, a.memory, a.quiet)
+    except (ValueError, RuntimeError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
