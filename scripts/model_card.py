@@ -124,7 +124,10 @@ def write_card(ckpt_dir: Path = CKPT_DIR) -> Path:
     lines += ["## Validation on held-out seeds", "",
               ("Occupancy IoU (P >= 0.5, counts summed over all frames; *static* ignores truth-moving cells, "
               "*dynamic* ignores truth-static occupied cells; visible/occluded from the simulator's visibility), "
-              "moving-object IoU, ECE (15 bins, all cells) and velocity end-point error on moving cells."), "",
+              "moving-object IoU, ECE (15 bins, all cells) and velocity end-point error on moving cells. "
+               "Computed by the trainer on the held-out sequences, frame by frame with the pipeline's BEV encoder, "
+               "ego-motion warp and time-gap resets (the pipeline's partial reset of long-unobserved cells is not "
+               "applied); `ssm-perception evaluate` gives the same metrics through the full pipeline on bags."), "",
               "| kind | " + " | ".join(h for _, h in cols) + " | moving IoU | ECE | velocity EPE [m/s] |",
               "|---|" + "---|" * (len(cols) + 3)]
     for k, m in metrics.items():

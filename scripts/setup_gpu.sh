@@ -165,5 +165,7 @@ assert err < 1e-4, err
 print(f"selective_state_update ok (max abs err {err:.2e})")
 EOF
 [ "$CUDA_EXT" = 1 ] && { ext_ok || die "selective_scan_cuda does not import after the build"; }
-[ -n "$REPORT" ] && write_report "installed" "mamba-ssm $VERSION built for sm_$ARCH$( [ "$CUDA_EXT" = 0 ] && echo ' (no CUDA extension)')"
+if [ "$CUDA_EXT" = 1 ]; then MSG="mamba-ssm $VERSION built with its CUDA extension for sm_$ARCH only"
+else MSG="mamba-ssm $VERSION installed without its CUDA extension (Triton kernels only)"; fi
+[ -n "$REPORT" ] && write_report "installed" "$MSG"
 say "done: mamba-ssm $("$PY" -c 'import importlib.metadata as m; print(m.version("mamba-ssm"))')"

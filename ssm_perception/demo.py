@@ -131,11 +131,15 @@ def load(bag: Path, recorded: Path) -> dict:
     return d
 
 
+def _level(st) -> int:
+    """DiagnosticStatus.level: bytes in rclpy, an int in rosbags."""
+    return st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level)
+
+
 def _diag_values(arr, suffix: str) -> tuple[int, str, dict[str, str]] | None:
     for st in arr.status:
         if st.name.endswith(suffix):
-            level = st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level)
-            return level, st.message, {kv.key: kv.value for kv in st.values}
+            return _level(st), st.message, {kv.key: kv.value for kv in st.values}
     return None
 
 
@@ -186,14 +190,12 @@ def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
     levels: dict[str, dict[int, int]] = {}
     for arr in d["diag"]:
         for st in arr.status:
-            lvl = st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level)
-            levels.setdefault(st.name, {}).setdefault(lvl, 0)
-            levels[st.name][lvl] += 1
+            levels.setdefault(st.name, {}).setdefault(_level(st), 0)
+            levels[st.name][_level(st)] += 1
     if d["diag"]:
         last = d["diag"][-1]
-        final = {st.name: {"level": st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level),
-                           "message": st.message, "values": {kv.key: kv.value for kv in st.values}}
-                 for st in last.status}
+        final = {st.name: {"level": _level(st), "message": st.message,
+                           "values": {kv.key: kv.value for kv in st.values}} for st in last.status}
     lat = _diag_values(d["diag"][-1], ": latency")[2] if d["diag"] else {}
     e2e_ms = [(d["recv_ns"][s] - s) / 1e6 for s in sorted(d["recv_ns"])]
     state = final.get("ssm_perception: state", {}).get("values", {})

@@ -21,7 +21,7 @@ def bags(tmp_path_factory):
     from ssm_perception.sim.writer import write_bag
 
     d = tmp_path_factory.mktemp("eval")
-    sc = Scenario.from_preset("adversity_mix", seed=5, duration_s=2.5, grid=GRID)
+    sc = Scenario.from_preset("adversity_mix", seed=5, duration_s=2.2, grid=GRID)
     sim_bag = write_bag(sc, d / "sim", progress=False)
     # A "foreign" bag: sqlite3, LiDAR on another topic, no ground truth, no radar/camera.
     foreign = d / "foreign"
@@ -58,7 +58,7 @@ def test_evaluate_sim_bag_writes_metrics_report_plots(bags):
     assert set(m["models"]) == {"model", "logodds"}
     assert "convgru" in m["skipped_models"] and "convgru=PATH" in m["skipped_models"]["convgru"]
     bag = m["bags"][0]
-    assert bag["ground_truth"] is True and bag["frames"] >= 10
+    assert bag["ground_truth"] is True and bag["frames"] >= 8
     assert any(e["type"] == "dropout" for e in bag["events"])
     for name, mm in m["models"].items():
         occ = mm["occupancy"]

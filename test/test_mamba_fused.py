@@ -106,7 +106,9 @@ def test_fused_backend_is_inference_only():
 @pytest.mark.parametrize("block,p_per", [(64, 3), (32, 1)])
 def test_fused_kernel_block_shapes_agree(block, p_per):
     """The kernel split into programs of BLOCK cells x P_PER headdim rows (what the GPU autotuner
-    chooses between) computes the same thing as one program per head; 3 does not divide 16."""
+    chooses between) computes the same thing as one program per head; 3 does not divide 16.
+    Bit-exact under the interpreter; compiled shapes may contract multiply-adds differently (seen
+    on the H100: not bit-equal), so the bound is rounding-level while a wrong slice would be O(1)."""
     from ssm_perception.temporal import fused_step
 
     ref, _ = pair()
@@ -121,5 +123,5 @@ def test_fused_kernel_block_shapes_agree(block, p_per):
                   mask)
         y1, h1 = fused_step.fused_warp_step(*common, config={"BLOCK": 128, "P_PER": ref.headdim})
         y2, h2 = fused_step.fused_warp_step(*common, config={"BLOCK": block, "P_PER": p_per})
-    assert torch.equal(h1, h2)
+    assert (h1 - h2).abs().max().item() < 1e-6
     assert (y1 - y2).abs().max().item() < 1e-6

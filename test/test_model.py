@@ -150,3 +150,35 @@ def test_model_warp_moves_state():
         _, s = m.step(xs[0], m.init_state(2), dts[0])
     moved = m.warp(s, (m.grid.resolution, 0.0, 0.0))  # one cell forward
     assert torch.equal(moved["h"][:, :, :-1], s["h"][:, :, 1:]) and (moved["h"][:, :, -1] == 0).all()
+
+
+def test_logodds_model_end_to_end_from_lidar():
+    # Training-free path: LiDAR -> BEV features -> log-odds filter -> occupancy probabilities.
+    import numpy as np
+
+    from ssm_perception.bev.features import LidarScan, encode_frame
+    from ssm_perception.heads import occupancy_probabilities
+
+    cfg = PerceptionConfig.model_validate({"grid": {"length_x": 20.0, "length_y": 20.0}, "model": {"kind": "logodds"}})
+    m = BevPerceptionModel(cfg)
+    rng = np.random.default_rng(0)
+    az, r = rng.uniform(-np.pi, np.pi, 3000), rng.uniform(1.0, 12.0, 3000)
+    ground = np.c_[r * np.cos(az), r * np.sin(az), np.zeros(3000)]
+    ground = ground[~((ground[:, 0] > 6.0) & (np.abs(ground[:, 1]) < 1.1 * ground[:, 0] / 6.1))]
+    wall = np.array([(6.1, y, z) for y in np.linspace(-1, 1, 41) for z in (0.5, 1.0)])
+    pts = np.concatenate([ground, wall]).astype(np.float32)
+    feats = encode_frame(m.grid, LidarScan(pts, np.eye(4)), ground="flat").features.unsqueeze(0)
+    s = m.init_state(1)
+    with torch.no_grad():
+        for _ in range(4):
+            out, s = m.step(feats, s, torch.tensor([0.1]))
+    p_occ, p_dyn = occupancy_probabilities(out)
+
+    def at(x, y):
+        i, j = m.grid.metric_to_index(torch.tensor([[x, y]]))[0].tolist()
+        return p_occ[0, i, j].item()
+
+    assert at(6.1, 0.0) > 0.9  # the wall
+    assert at(3.0, 0.0) < 0.2 and at(0.0, -5.0) < 0.2  # seen free
+    assert at(8.5, 0.0) == pytest.approx(0.5)  # occluded: still unknown
+    assert (p_dyn < 0.2).all()  # nothing moved

@@ -1,8 +1,9 @@
 """Issue 6: the perception node over real DDS, fed by `ssm-perception replay` (separate processes).
 
 One node for the module: a bag with a localization jump and a LiDAR dropout at known times is
-replayed into it; the test listens to the outputs, calls ~/reset while frames flow, then replays a
-second bag that starts earlier in time (a bag loop) and expects a 'time_backwards' reset.
+replayed into it; the test listens to the outputs, calls ~/reset while frames flow, then signals a
+zone change, then replays a second bag that starts earlier in time (a bag loop) and expects a
+'time_backwards' reset.
 """
 
 
@@ -27,11 +28,12 @@ from ros_helpers import (
     write_synthetic_bag,
 )
 from ssm_perception_msgs.msg import TrackArray
+from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 pytestmark = pytest.mark.ros
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-JUMP_AT_S, DROPOUT = 2.0, (3.0, 4.5)
+JUMP_AT_S, DROPOUT = 1.5, (2.2, 3.5)
 RATE = 1.0  # the replay runs in lockstep with the node's grids (ros_helpers.start_replay)
 
 
@@ -42,7 +44,7 @@ def _ns(stamp) -> int:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node_dds")
-    main = write_synthetic_bag(tmp / "main_bag", duration_s=5.5, jump_at_s=JUMP_AT_S, jump_m=20.0,
+    main = write_synthetic_bag(tmp / "main_bag", duration_s=4.0, jump_at_s=JUMP_AT_S, jump_m=20.0,
                                lidar_gap_s=DROPOUT)
     write_synthetic_bag(tmp / "loop_bag", duration_s=1.0)
     listener = Listener()
@@ -52,11 +54,16 @@ def run(tmp_path_factory):
     listener.subscribe(t["tracks"], TrackArray, RELIABLE)
     listener.subscribe(t["markers"], MarkerArray, RELIABLE)
     listener.subscribe(t["diag"], DiagnosticArray, RELIABLE)
+    zone = listener.node.create_publisher(String, "/vehicle/zone", RELIABLE)
     node = start_node(tmp)
     try:
         replay = start_replay(tmp / "main_bag", tmp / "replay.log", rate=RATE)
         wait_for(lambda: listener.get(t["grid"]), 40, "the first occupancy grid", node)
         answer = listener.call_trigger("/ssm_perception/reset")
+        zone.publish(String(data="urban"))  # the first zone seen is no change
+        n = len(listener.get(t["grid"]))
+        wait_for(lambda: len(listener.get(t["grid"])) >= n + 3, 20, "three more grids", node)
+        zone.publish(String(data="highway"))
         assert replay.wait(60) == 0, replay.output()
         n_main = len(listener.get(t["grid"]))
         loop = start_replay(tmp / "loop_bag", tmp / "loop.log", rate=1.0)
@@ -135,6 +142,7 @@ def test_reset_service_and_discontinuities_reset_with_their_reasons(run):
     assert counts.get("localization_jump", 0) == 1, counts
     assert counts.get("sensor_dropout", 0) == 1, counts
     assert counts.get("time_backwards", 0) == 1, counts
+    assert counts.get("zone_change", 0) == 1, counts
 
 
 def test_the_reset_happens_at_the_frame_of_the_event(run):

@@ -23,11 +23,11 @@ from ros_helpers import (
 
 pytestmark = pytest.mark.ros
 RELIABLE = QoSProfile(depth=300, reliability=ReliabilityPolicy.RELIABLE)
-DUPLICATE_AT, LATE_AT, TF_GAP, SILENCE = 0.6, 1.2, (1.8, 2.15), (2.6, 5.2)
+DUPLICATE_AT, LATE_AT, TF_GAP, SILENCE = 0.6, 1.2, (1.8, 2.15), (2.4, 4.6)
 
 
 def test_faults_flag_reset_only_when_needed_and_recover(tmp_path):
-    written = write_synthetic_bag(tmp_path / "bag", duration_s=6.0, duplicate_at_s=DUPLICATE_AT, late_at_s=LATE_AT,
+    written = write_synthetic_bag(tmp_path / "bag", duration_s=5.0, duplicate_at_s=DUPLICATE_AT, late_at_s=LATE_AT,
                                   tf_gap_s=TF_GAP, lidar_gap_s=SILENCE)
     lis = Listener("fault_listener")
     lis.subscribe("/perception/occupancy_grid", OccupancyGrid, RELIABLE)

@@ -153,3 +153,18 @@ def test_invalid_parameter_override_exits_with_a_one_line_reason(tmp_path):
     lines = [ln for ln in proc.output().splitlines() if ln.strip()]
     assert rc == 2
     assert len(lines) == 1 and "reset.max_time_gap_s" in lines[0], lines
+
+
+def test_parameter_file_with_other_nodes_is_accepted(tmp_path):
+    """Only this node's sections are validated: a vehicle-wide file may configure other nodes too."""
+    from ssm_perception.config import ConfigError
+    from ssm_perception.nodes.perception_node import validate_params_file
+
+    f = tmp_path / "vehicle.yaml"
+    f.write_text("other_node:\n  ros__parameters:\n    anything: 1\n"
+                 "/**:\n  ros__parameters:\n    use_sim_time: true\n"
+                 "/vehicle/ssm_perception:\n  ros__parameters:\n    grid:\n      resolution: 0.25\n")
+    validate_params_file(f)
+    f.write_text(f.read_text().replace("resolution: 0.25", "resolution: -0.25"))
+    with pytest.raises(ConfigError, match="grid.resolution"):
+        validate_params_file(f)

@@ -133,15 +133,15 @@ def test_checkpoint_resume_reproduces(monkeypatch, tmp_path):
     fk.patch(monkeypatch)
     from ssm_perception.train.trainer import Trainer
 
-    cfg = small_train_config(tmp_path)
+    cfg = small_train_config(tmp_path, max_steps=4, checkpoint_every=1)
     straight = Trainer(cfg, tmp_path / "a", progress=False)
     straight.train()
     assert (tmp_path / "a" / "model.safetensors").is_file()
 
-    assert Trainer(cfg, tmp_path / "b", progress=False).train(until_step=3) == {}  # interrupted
+    assert Trainer(cfg, tmp_path / "b", progress=False).train(until_step=2) == {}  # interrupted
     assert not (tmp_path / "b" / "model.safetensors").exists()
     resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
     resumed.train()
-    assert resumed.step == straight.step == 6
+    assert resumed.step == straight.step == 4
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)

@@ -42,7 +42,7 @@ if __name__ == "__main__":
     ds.generate_sequence = fk.synthetic_sequence
     out = Path(sys.argv[1])
     cfg = TrainConfig.model_validate({
-        "perception": {"grid": fk.GRID, "model": {"kind": "convgru", "d_model": 8}},
+        "perception": {"grid": fk.GRID, "model": {"kind": "attention", "d_model": 8}},
         "data": {"presets": ["urban"], "train_seeds": {"start": 0, "count": 2}, "val_seeds": {"start": 9, "count": 1},
                  "duration_s": 1.0, "val_duration_s": 0.5, "cache_dir": ""},
         "optim": {"batch_size": 1, "tbptt": 3, "amp": False},

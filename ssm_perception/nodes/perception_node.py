@@ -553,6 +553,31 @@ def _params_files(argv: list[str]) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--params-file"]
 
 
+def validate_params_file(path: str | Path) -> None:
+    """Check this node's sections of a ROS 2 parameter file (``ssm_perception``, ``/ns/ssm_perception``
+    or ``/**``); other nodes' sections are theirs. Raises `ConfigError` naming the field."""
+    import yaml
+
+    from ssm_perception.config import flatten
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read parameter file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a ROS 2 parameter file (top level is not a mapping)")
+    params = {}
+    for key, section in data.items():
+        if str(key) == "/**" or str(key).strip("/").split("/")[-1] == NODE_NAME:
+            body = section.get("ros__parameters") if isinstance(section, dict) else None
+            params.update(flatten(body or {}))
+    params.pop("use_sim_time", None)
+    try:
+        PerceptionConfig.from_ros_parameters(params)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console script `perception_node`. Without ``--params-file`` the packaged YAML is used."""
     argv = list(sys.argv if argv is None else argv)
@@ -564,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     # fall back to a default) and its type errors do not name the field.
     for path in files:
         try:
-            PerceptionConfig.from_yaml(path)
+            validate_params_file(path)
         except ConfigError as exc:
             print(f"{NODE_NAME}: invalid configuration: {exc}", file=sys.stderr)
             return 2

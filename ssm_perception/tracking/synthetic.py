@@ -104,7 +104,10 @@ def synthetic_detections(
     T_base_odom = invert_transform(T_odom_base)
     dyaw = yaw_of(T_base_odom)
     c, s = math.cos(dyaw), math.sin(dyaw)
-    visible = visible_fractions(objects_odom, T_odom_base) if objects_odom else np.zeros(0)
+    if any(o.num_points < 0 for o in objects_odom):  # the box geometry is only needed without point counts
+        visible = visible_fractions(objects_odom, T_odom_base)
+    else:
+        visible = np.ones(len(objects_odom))
     x_max, y_max = grid.x_min + grid.length_x, grid.y_min + grid.length_y
     dets = []
     for o, vis in zip(objects_odom, visible):

@@ -231,7 +231,7 @@ class WindowModule(nn.Module):
         parts_sum: dict[str, Tensor] = {}
         for i in range(L):
             state = warp_state(state, se2[i], self.grid)
-            amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+            amp = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
             with amp:
                 heads, state = self.model.step(x[i], state, dt[i], reset[i])
             state = {k: v.float() for k, v in state.items()}  # the carried state stays fp32
@@ -299,7 +299,10 @@ class Trainer:
         if self.d.enabled and self.trainable:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.net = DDP(self.window, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # find_unused_parameters: a core may hold parameters that get no gradient by design
+            # (the attention baseline's key bias cancels in its softmax); DDP must not wait for them.
+            self.net = DDP(self.window, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           find_unused_parameters=True)
         self.opt = (torch.optim.AdamW(self.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
                     if self.trainable else None)
         self.step = 0
@@ -518,7 +521,7 @@ def validate(model: nn.Module, sequences: list[dict], cfg: PerceptionConfig, dev
             state = warp_state(state, torch.from_numpy(se2), grid)
             x = torch.from_numpy(np.array(seq["features"][t : t + 1])).to(device).float()
             mask = torch.full((1, grid.nx, grid.ny), bool(reset[0]), device=device)
-            ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
+            ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
             with ctx:
                 heads, state = model.step(x, state, torch.tensor([dt[0]], device=device, dtype=torch.float32), mask)
             state = {k: v.float() for k, v in state.items()}

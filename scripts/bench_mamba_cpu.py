@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""CPU latency of the Mamba temporal core (reference backend) -> results/bench_mamba_cpu.json.
+
+Per grid size (128^2, 200^2, 256^2), with torch.set_num_threads(2): latency p50/p99 of
+- step: MambaCore.step on an already-warped state (projections, spatial mixing, SSM update),
+- temporal update: ego-motion warp of the state (temporal/warp.py, bilinear, non-aligned motion)
+  followed by step, i.e. what the pipeline runs per frame;
+the state bytes per cell and per grid, and the time of forward_sequence over T frames against T
+streaming steps. The host is shared with other jobs: the load average is recorded with the numbers.
+
+    .venv/bin/python scripts/bench_mamba_cpu.py [--sizes 128,200,256] [--iters 40] [--out results/bench_mamba_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.config import ModelConfig
+from ssm_perception.temporal.mamba import MambaCore
+from ssm_perception.temporal.warp import warp_state
+
+C_IN = 64  # BEV feature channels entering the core
+MOTION = (0.43, 0.12, 0.03)  # one 10 Hz frame at ~4.5 m/s with a gentle turn (bilinear warp)
+
+
+def latency(fn, iters: int, warmup: int = 3) -> dict:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    t = torch.tensor(ts)
+    return {"p50_ms": round(float(t.quantile(0.5)), 2), "p99_ms": round(float(t.quantile(0.99)), 2),
+            "min_ms": round(float(t.min()), 2), "iters": iters}
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="128,200,256")
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--seq-len", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="results/bench_mamba_cpu.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    core = MambaCore(C_IN, cfg).eval()
+    res = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+        "loadavg_before": os.getloadavg(), "in_channels": C_IN,
+        "config": {k: cfg.model_dump()[k] for k in ("d_model", "d_state", "headdim", "expand")},
+        "nheads": core.nheads, "state_bytes_per_cell": core.state_bytes_per_cell(),
+        "parameters": sum(p.numel() for p in core.parameters()), "motion_dx_dy_dyaw": list(MOTION), "sizes": {},
+    }
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for n in tqdm(sizes, desc="grid sizes"):
+        grid = BevGrid.square(n, 0.5)
+        x = torch.randn(1, C_IN, n, n)
+        state = {"ssm": torch.randn(1, core.state_channels, n, n) * 0.5}
+        dt = torch.tensor([0.1])
+        row = {"cells": n * n, "state_MB": round(core.state_bytes_per_cell() * n * n / 1e6, 2)}
+        row["step"] = latency(lambda: core.step(x, state, dt), args.iters)  # noqa: B023 - runs inside the iteration
+        row["warp"] = latency(lambda: warp_state(state, MOTION, grid), args.iters)  # noqa: B023
+        row["temporal_update"] = latency(
+            lambda: core.step(x, warp_state(state, MOTION, grid), dt), args.iters)  # noqa: B023
+        if n == sizes[0]:  # parallel scan vs streaming, at the smallest size
+            xs = torch.randn(args.seq_len, 1, C_IN, n, n)
+            dts = torch.full((args.seq_len, 1), 0.1)
+
+            def streamed():
+                s = core.init_state(1, n, n)
+                for t in range(args.seq_len):
+                    _, s = core.step(xs[t], s, dts[t])  # noqa: B023
+
+            row["forward_sequence"] = {"T": args.seq_len,
+                                       **latency(lambda: core.forward_sequence(xs, dts), 5, warmup=1),  # noqa: B023
+                                       "streamed_T_steps": latency(streamed, 5, warmup=1)}
+        res["sizes"][str(n)] = row
+        tqdm.write(f"{n}^2: step p50 {row['step']['p50_ms']} ms (p99 {row['step']['p99_ms']}), "
+                   f"warp+step p50 {row['temporal_update']['p50_ms']} ms (p99 {row['temporal_update']['p99_ms']})")
+    res["loadavg_after"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""`ssm-perception bench` end to end on a tiny grid, its import path without ROS/plotting packages
+(the GPU image has none of them), the payload encoders and the plot script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssm_perception import bench
+
+REPO = Path(__file__).resolve().parents[1]
+# Not on the GPU machine (or not needed by a benchmark): importing any of them must not be required.
+BLOCKED = ("rclpy", "rosbags", "open3d", "matplotlib", "cv2", "typer", "sensor_msgs", "nav_msgs")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real run: 16x16 cells, histories 1 and 3, two models (memory probes: see below)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    (tmp / "block").mkdir()
+    (tmp / "block" / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {BLOCKED!r}:
+                    raise ImportError(name + " is blocked in this test")
+        sys.meta_path.insert(0, _Block())
+    """))
+    out = tmp / "bench_tiny.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp / "block"), str(REPO)]))
+    cmd = [sys.executable, "-m", "ssm_perception.bench", "--grid", "16", "--history", "1,3",
+           "--models", "mamba,attention", "--frames", "2", "--warmup", "0", "--source-frames", "2",
+           "--threads", "1", "--no-memory", "-q", "-o", str(out)]
+    res = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text()), res.stdout, out
+
+
+def test_bench_runs_without_ros_and_reports_every_stage(tiny_run):
+    result, stdout, _ = tiny_run
+    g = result["grids"]["16"]
+    assert not g["errors"]
+    assert set(g["full_step"]) == {"mamba", "attention"}
+    for label, r in g["full_step"].items():
+        assert set(r["stages"]) == set(bench.STAGES), label
+        for s in bench.STAGES:
+            st = r["stages"][s]
+            assert st["n"] == 2 and 0 <= st["p50"] <= st["p99"] <= st["max"], (label, s, st)
+        # the full step is the sum of the stages of each frame
+        assert r["full_step"]["p50"] >= max(r["stages"][s]["p50"] for s in bench.STAGES)
+        assert r["tracks_mean"] > 0  # ground-truth objects reach the tracker
+    assert result["bandwidth"]["measured_GBps"] > 0
+    assert result["environment"]["device"] == "cpu"
+    assert g["full_step"]["mamba"]["profile"]["top_ops"]  # torch.profiler ran on the Mamba frame
+    assert "| mamba |" in stdout
+
+
+def test_history_sweep_state(tiny_run):
+    result, _, _ = tiny_run
+    h = result["grids"]["16"]["history"]
+    cells = 16 * 16
+    # Mamba's state does not depend on history; the attention baseline keeps K frames of D + 2 floats.
+    assert h["mamba"]["1"]["state_bytes"] == h["mamba"]["3"]["state_bytes"] > 0
+    dim = 32  # config default d_model
+    for k in (1, 3):
+        assert h["attention"][str(k)]["state_bytes"] == 4 * cells * k * (dim + 2)
+    assert h["mamba"]["3"]["core_warp_step"]["n"] >= 5
+    names = [t["target"] for t in result["targets"]]
+    assert any("mamba vs attention at 16" in n for n in names) is False  # no h=16 in this run
+    bb = result["grids"]["16"]["bandwidth_bound"]["mamba"]
+    assert bb["bytes_per_step"] == 2 * h["mamba"]["3"]["state_bytes"]
+    assert bb["core_step_over_bound"] > 0
+
+
+def test_peak_memory_probe_on_cpu():
+    """A fresh child process per measurement: attention's 64 frames of state show up in its peak RSS."""
+    import torch
+
+    r = bench.peak_memory(64, "attention", "reference", 64, torch.device("cpu"), steps=1)
+    assert r["state_bytes"] == 4 * 64 * 64 * 64 * (32 + 2)
+    assert r["peak_bytes"] >= r["state_bytes"], r
+
+
+def test_evaluate_targets_on_synthetic_result():
+    def hist(peaks, speeds):
+        return {str(h): {"memory": {"peak_bytes": p}, "warp_step": {"p50": t}} for h, p, t in zip((1, 16, 64), peaks, speeds, strict=True)}
+
+    result = {"environment": {"device": "cpu"}, "settings": {"threads": 2}, "grids": {"128": {
+        "full_step": {"mamba": {"full_step": {"p50": 80.0, "p99": 120.0}}},
+        "history": {"mamba": hist((100, 100, 101), (5, 5, 5)), "attention": hist((50, 400, 1600), (8, 30, 90))},
+    }}}
+    t = {x["target"]: x for x in bench.evaluate_targets(result)}
+    assert t["mamba: peak memory 64 vs 1 frames at 128x128"]["met"] is True
+    assert t["attention: peak memory 64 vs 1 frames at 128x128 (grows)"]["met"] is True
+    speed = t["mamba vs attention at 16 frames, warp+step p50 speed-up at 128x128"]
+    assert speed["value"] == 6.0 and speed["met"] is True
+    assert t["mamba: CPU full step p50 at 128x128 [ms] (2 threads)"]["met"] is True
+    result["grids"]["128"]["history"]["mamba"] = hist((100, 150, 300), (5, 10, 25))
+    t = {x["target"]: x for x in bench.evaluate_targets(result)}
+    assert t["mamba: peak memory 64 vs 1 frames at 128x128"]["met"] is False
+    assert t["mamba vs attention at 16 frames, warp+step p50 speed-up at 128x128"]["met"] is False
+
+
+def test_plot_bench_writes_three_pngs(tiny_run, tmp_path):
+    _, _, path = tiny_run
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_bench.py"), str(path), "--out-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    for suffix in ("stages", "memory", "grid"):
+        png = tmp_path / f"{path.stem}_{suffix}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_bench_rejects_other_json(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"format": "something else"}))
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_bench.py"), str(bad)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 2 and "not an ssm_perception bench result" in res.stderr
+
+
+def test_occupancy_payload_matches_ros_convert():
+    from ssm_perception.io.ros_convert import occupancy_values
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(-0.2, 1.2, (7, 5)).astype(np.float32)
+    p[1, 2] = np.nan
+    unknown = rng.uniform(size=(7, 5)) < 0.2
+    unknown |= ~np.isfinite(p)
+    assert bench.occupancy_payload(p, unknown) == occupancy_values(p, unknown).tobytes()
+
+
+def test_tracks_payload_packs_every_track():
+    from ssm_perception.tracking.tracker import MultiObjectTracker
+
+    tr = MultiObjectTracker()
+    dets = bench.gt_detections(np.array([(1, 1, 5.0, 2.0, 0.0, 0.3, 4.5, 1.9, 1.6, 3.0, 0.0, 0.0, 100)],
+                                        dtype=[("id", "<i8"), ("cls", "u1"), ("x", "<f8"), ("y", "<f8"),
+                                               ("z", "<f8"), ("yaw", "<f8"), ("l", "<f4"), ("w", "<f4"),
+                                               ("h", "<f4"), ("vx", "<f4"), ("vy", "<f4"), ("yaw_rate", "<f4"),
+                                               ("num_points", "<i4")]))
+    tracks = tr.update(dets, 1.0)
+    tracks = tr.update(dets, 1.1)
+    assert tracks
+    payload = bench.tracks_payload(tracks)
+    assert len(payload) == len(tracks) * 8 * (len(bench.TRACK_FIELDS) + 72)
+    assert np.frombuffer(payload[:8], "<f8")[0] == tracks[0].id
+
+
+def test_argument_errors():
+    assert bench._int_list("128, 200") == [128, 200]
+    for bad in ("", "a,b", "0", "-3"):
+        with pytest.raises(ValueError):
+            bench._int_list(bad)
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.run_bench(bench.BenchSettings(models=["transformer"]), progress=False)
+
+
+def test_percentiles():
+    r = bench.percentiles(list(range(1, 101)))
+    assert r["p50"] == pytest.approx(50.5) and r["p99"] == pytest.approx(99.01) and r["n"] == 100
+    assert bench.percentiles([]) == {"n": 0}
