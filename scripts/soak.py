@@ -179,6 +179,9 @@ def run(args) -> dict:
                       [g for g, ok in zip(samples["gpu_alloc"], s_keep, strict=False) if ok] or None,
                       [v for v, ok in zip(clock, keep, strict=True) if ok], args.max_growth, args.creep_percentile)
     checks["latency_creep"]["clock"] = args.creep_clock
+    other = "wall" if args.creep_clock == "cpu" else "cpu"  # for the record only, not a check
+    other_creep = latency_creep([v for v, ok in zip(frame_wall if other == "wall" else frame_cpu, keep, strict=True)
+                                 if ok], args.creep_percentile) | {"clock": other}
     env = environment(device)
     env["load_avg_after"] = list(os.getloadavg())
     stages = sorted({s for d in frame_stage for s in d})
@@ -202,6 +205,7 @@ def run(args) -> dict:
             else {},
         },
         "checks": checks,
+        "latency_creep_other_clock": other_creep,
         "passed": all(c["ok"] for c in checks.values()),
         "series": {
             "sample_t_s": [round(v, 2) for v in samples["t"]],

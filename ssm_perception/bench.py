@@ -398,12 +398,12 @@ def profile_frame(fn, device, top: int = 15) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         fn()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    # FunctionEventAvg: self_cpu_time_total and (newer torch) self_device_time_total, in microseconds.
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0) or 0.0, reverse=True)[:top]
     return {"sort_by": key, "top_ops": [
         {"name": e.key, "calls": int(e.count), "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
-         **({"self_cuda_ms": round(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
-                                   / 1e3, 3)} if device.type == "cuda" else {})}
+         **({"self_device_ms": round((getattr(e, key, 0.0) or 0.0) / 1e3, 3)} if device.type == "cuda" else {})}
         for e in events]}
 
 

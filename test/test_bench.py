@@ -80,11 +80,11 @@ def test_history_sweep_state(tiny_run):
 
 
 def test_peak_memory_probe_on_cpu():
-    """A fresh child process per measurement: attention's 64 frames of state show up in its peak RSS."""
+    """A fresh child process per measurement: attention's 16 frames of state show up in its peak RSS."""
     import torch
 
-    r = bench.peak_memory(64, "attention", "reference", 64, torch.device("cpu"), steps=1)
-    assert r["state_bytes"] == 4 * 64 * 64 * 64 * (32 + 2)
+    r = bench.peak_memory(32, "attention", "reference", 16, torch.device("cpu"), steps=1)
+    assert r["state_bytes"] == 4 * 32 * 32 * 16 * (32 + 2)
     assert r["peak_bytes"] >= r["state_bytes"], r
 
 

@@ -145,3 +145,24 @@ def test_checkpoint_resume_reproduces(monkeypatch, tmp_path):
     assert resumed.step == straight.step == 4
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+
+def test_prefetcher_keeps_the_consumed_sampler_state(monkeypatch, tmp_path):
+    """Batches built ahead in a thread are identical to serial ones; the state travels with each batch."""
+    fk.patch(monkeypatch)
+    from ssm_perception.train.trainer import Prefetcher, Trainer, WindowSampler
+
+    cfg = small_train_config(tmp_path)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    tr.store.start().join()
+    serial = WindowSampler(tr.store, cfg, seed=7)
+    ahead = WindowSampler(tr.store, cfg, seed=7)
+    pf = Prefetcher(ahead, depth=2)
+    try:
+        for _ in range(3):
+            a, b = serial.next(), pf.next()
+            np.testing.assert_array_equal(a["features"], b["features"])
+            np.testing.assert_array_equal(a["reset"], b["reset"])
+            assert b["sampler_state"] == serial.state_dict()
+    finally:
+        pf.close()

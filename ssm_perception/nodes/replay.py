@@ -170,6 +170,8 @@ class BagPlayer:
         return self.published
 
     def _play_once(self, bar) -> None:
+        from rclpy.duration import Duration
+
         self._running.wait()
         wall0, bag0 = time.monotonic(), None
         last_clock = None
@@ -194,8 +196,13 @@ class BagPlayer:
                     last_clock = t_ns
                 lock = self._lockstep is not None and conn.topic == self._lockstep[0]
                 before = self._n_outputs
-                self.pubs[conn.topic].publish(bytes(raw))
+                pub = self.pubs[conn.topic]
+                pub.publish(bytes(raw))
                 self.published += 1
+                if conn.topic == "/tf_static":
+                    # Latched transforms must be in place before the scans that need them: wait until
+                    # every matched reader acknowledged them (reliable QoS), at most a second.
+                    pub.wait_for_all_acked(Duration(seconds=1))
                 if lock:  # hold bag time until the node answered this frame
                     waited_from = time.monotonic()
                     self._wait_output(before, self._lockstep[1])

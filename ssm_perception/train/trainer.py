@@ -162,6 +162,9 @@ class Prefetcher:
         try:
             while not self._stop.is_set():
                 batch = self.sampler.next()
+                # Page-locked copy here, off the training thread, so the host-to-device copy is async.
+                if torch.cuda.is_available():
+                    batch["features_pinned"] = torch.from_numpy(batch["features"]).pin_memory()
                 while not self._stop.is_set():
                     try:
                         self.q.put(batch, timeout=0.5)
@@ -261,10 +264,9 @@ def targets_to_device(raw: dict[str, np.ndarray], device: torch.device) -> dict[
 
 def _to_device(batch: dict, device: torch.device) -> tuple:
     nb = device.type == "cuda"
-    feats = torch.from_numpy(batch["features"])
-    if nb:
-        feats = feats.pin_memory()
-    x = feats.to(device, non_blocking=nb).float()
+    feats = batch.get("features_pinned")
+    feats = torch.from_numpy(batch["features"]) if feats is None else feats
+    x = feats.to(device, non_blocking=nb and feats.is_pinned()).float()
     tg = targets_to_device(batch["targets"], device)
     se2 = torch.from_numpy(batch["se2"])  # stays on the CPU: warp builds its sampling grid there
     dt = torch.from_numpy(batch["dt"]).to(device).float()
