@@ -48,6 +48,30 @@ def latency(fn, iters: int, warmup: int = 3) -> dict:
             "min_ms": round(float(t.min()), 2), "iters": iters}
 
 
+def bench_size(core: MambaCore, n: int, iters: int, seq_len: int) -> dict:
+    """Latencies on an n x n grid; seq_len > 0 also times forward_sequence against seq_len steps."""
+    grid = BevGrid.square(n, 0.5)
+    x = torch.randn(1, C_IN, n, n)
+    state = {"ssm": torch.randn(1, core.state_channels, n, n) * 0.5}
+    dt = torch.tensor([0.1])
+    row = {"cells": n * n, "state_MB": round(core.state_bytes_per_cell() * n * n / 1e6, 2)}
+    row["step"] = latency(lambda: core.step(x, state, dt), iters)
+    row["warp"] = latency(lambda: warp_state(state, MOTION, grid), iters)
+    row["temporal_update"] = latency(lambda: core.step(x, warp_state(state, MOTION, grid), dt), iters)
+    if seq_len:
+        xs = torch.randn(seq_len, 1, C_IN, n, n)
+        dts = torch.full((seq_len, 1), 0.1)
+
+        def streamed():
+            s = core.init_state(1, n, n)
+            for t in range(seq_len):
+                _, s = core.step(xs[t], s, dts[t])
+
+        row["forward_sequence"] = {"T": seq_len, **latency(lambda: core.forward_sequence(xs, dts), 5, warmup=1),
+                                   "streamed_T_steps": latency(streamed, 5, warmup=1)}
+    return row
+
+
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,28 +94,8 @@ def main() -> None:
         "parameters": sum(p.numel() for p in core.parameters()), "motion_dx_dy_dyaw": list(MOTION), "sizes": {},
     }
     sizes = [int(s) for s in args.sizes.split(",")]
-    for n in tqdm(sizes, desc="grid sizes"):
-        grid = BevGrid.square(n, 0.5)
-        x = torch.randn(1, C_IN, n, n)
-        state = {"ssm": torch.randn(1, core.state_channels, n, n) * 0.5}
-        dt = torch.tensor([0.1])
-        row = {"cells": n * n, "state_MB": round(core.state_bytes_per_cell() * n * n / 1e6, 2)}
-        row["step"] = latency(lambda: core.step(x, state, dt), args.iters)  # noqa: B023 - runs inside the iteration
-        row["warp"] = latency(lambda: warp_state(state, MOTION, grid), args.iters)  # noqa: B023
-        row["temporal_update"] = latency(
-            lambda: core.step(x, warp_state(state, MOTION, grid), dt), args.iters)  # noqa: B023
-        if n == sizes[0]:  # parallel scan vs streaming, at the smallest size
-            xs = torch.randn(args.seq_len, 1, C_IN, n, n)
-            dts = torch.full((args.seq_len, 1), 0.1)
-
-            def streamed():
-                s = core.init_state(1, n, n)
-                for t in range(args.seq_len):
-                    _, s = core.step(xs[t], s, dts[t])  # noqa: B023
-
-            row["forward_sequence"] = {"T": args.seq_len,
-                                       **latency(lambda: core.forward_sequence(xs, dts), 5, warmup=1),  # noqa: B023
-                                       "streamed_T_steps": latency(streamed, 5, warmup=1)}
+    for i, n in enumerate(tqdm(sizes, desc="grid sizes")):
+        row = bench_size(core, n, args.iters, args.seq_len if i == 0 else 0)
         res["sizes"][str(n)] = row
         tqdm.write(f"{n}^2: step p50 {row['step']['p50_ms']} ms (p99 {row['step']['p99_ms']}), "
                    f"warp+step p50 {row['temporal_update']['p50_ms']} ms (p99 {row['temporal_update']['p99_ms']})")

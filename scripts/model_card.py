@@ -122,7 +122,7 @@ def write_card(ckpt_dir: Path = CKPT_DIR) -> Path:
             ("dynamic_visible", "dynamic vis."), ("dynamic_occluded", "dynamic occl."), ("dynamic", "dynamic"),
             ("occluded", "occluded")]
     lines += ["## Validation on held-out seeds", "",
-              ("Occupancy IoU (P >= 0.5, counts summed over all frames; *static* ignores truth-moving cells, "
+              ("Occupancy IoU (occupied when P > 0.5, so 'unknown' = 0.5 is not; counts summed over all frames; *static* ignores truth-moving cells, "
               "*dynamic* ignores truth-static occupied cells; visible/occluded from the simulator's visibility), "
               "moving-object IoU, ECE (15 bins, all cells) and velocity end-point error on moving cells. "
                "Computed by the trainer on the held-out sequences, frame by frame with the pipeline's BEV encoder, "
@@ -150,7 +150,7 @@ def write_card(ckpt_dir: Path = CKPT_DIR) -> Path:
         e = ma["ece"]
         lines.append(f"| ECE <= {ECE_TARGET} | {_f(e)} | {'yes' if e is not None and e <= ECE_TARGET else '**no**'} |")
     lines += ["", "## Reproduce", "", "```bash",
-              "bash scripts/train_gpu.sh --minutes mamba=6          # on the GPU machine (see the script header)",
+              "bash scripts/train_gpu.sh --minutes mamba=5.5        # on the GPU machine (see the script header)",
               "bash scripts/train_gpu.sh --minutes convgru=2,attention=2,single=1.5,logodds=0",
               "python scripts/model_card.py --import out/gpu/results.tar.gz", "```", "",
               ("Limits: the data are simulated (no real sensor data could be obtained here); metrics on real "

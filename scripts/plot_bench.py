@@ -1,6 +1,7 @@
 """Plots of an `ssm-perception bench` results file.
 
     .venv/bin/python scripts/plot_bench.py results/bench_cpu.json [--out-dir results/plots]
+    .venv/bin/python scripts/plot_bench.py a.json b.json      # runs of other grids on the same device, merged
 
 Writes three PNGs named after the JSON file:
   <name>_stages.png   p50 latency per stage (stacked) and p99 of the full step, per model, per grid
@@ -84,20 +85,41 @@ def plot_grid(result: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def merge(results: list[dict]) -> dict | None:
+    """One result with the grids of all (same device, e.g. one GPU run per grid size); None if mixed."""
+    devices = {(r["environment"]["device"], r["environment"].get("gpu")) for r in results}
+    if len(devices) != 1:
+        return None
+    out = dict(results[0])
+    out["grids"] = {}
+    for r in results:
+        out["grids"].update(r["grids"])
+    out["grids"] = dict(sorted(out["grids"].items(), key=lambda kv: int(kv[0])))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", help="JSON written by `ssm-perception bench`")
+    ap.add_argument("results", nargs="+", help="JSON written by `ssm-perception bench` (several: merged by grid)")
     ap.add_argument("--out-dir", default=None, help="default: next to the JSON")
     args = ap.parse_args(argv)
-    path = Path(args.results)
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"plot_bench: cannot read {path}: {exc}", file=sys.stderr)
+    results = []
+    for name in args.results:
+        path = Path(name)
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"plot_bench: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        if result.get("format") != "ssm_perception.bench/1":
+            print(f"plot_bench: {path} is not an ssm_perception bench result", file=sys.stderr)
+            return 2
+        results.append(result)
+    result = merge(results)
+    if result is None:
+        print("plot_bench: the files come from different devices; plot them separately", file=sys.stderr)
         return 2
-    if result.get("format") != "ssm_perception.bench/1":
-        print(f"plot_bench: {path} is not an ssm_perception bench result", file=sys.stderr)
-        return 2
+    path = Path(args.results[0])
     out_dir = Path(args.out_dir) if args.out_dir else path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

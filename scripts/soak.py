@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,10 @@ def rss_bytes() -> int:
 
 # ------------------------------------------------------------------------------------- the run
 def run(args) -> dict:
+    return run_dds(args) if args.mode == "dds" else run_offline(args)
+
+
+def run_offline(args) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -218,6 +223,156 @@ def run(args) -> dict:
     }
 
 
+def run_dds(args) -> dict:
+    """The node graph over DDS: perception_node (its model saved as a checkpoint with random weights)
+    + the replay of a simulated bag with --loop, as `ssm-perception launch --bag BAG --loop` runs
+    them. Samples the node process's RSS (and its GPU memory through nvidia-smi) and reads its
+    per-frame compute time and pipeline latency (stamp -> publication) from /diagnostics."""
+    import random
+    import shutil
+    import tempfile
+
+    from ssm_perception.bench import environment, grid_config, model_config
+    from ssm_perception.model import BevPerceptionModel, save_checkpoint
+    from ssm_perception.nodes.launcher import (
+        Graph,
+        dds_env,
+        node_command,
+        replay_command,
+    )
+    from ssm_perception.sim.scenario import Scenario
+    from ssm_perception.sim.writer import write_bag
+
+    tmp = Path(tempfile.mkdtemp(prefix="soak_dds_"))
+    try:
+        cfg = model_config(args.grid, args.kind, args.history, args.device, args.backend)
+        if args.kind != "logodds":  # without a checkpoint the node would fall back to 'logodds'
+            ckpt = tmp / f"{args.kind}.safetensors"
+            save_checkpoint(BevPerceptionModel(cfg), ckpt, {"purpose": "soak, random weights"})
+            cfg.model.checkpoint = str(ckpt)
+        params = tmp / "params.yaml"
+        params.write_text(cfg.to_yaml())
+        sc = Scenario.from_preset(args.scenario, seed=args.seed, duration_s=args.bag_seconds, grid=grid_config(args.grid))
+        write_bag(sc, tmp / "bag", progress=not args.quiet)
+        env = dds_env()
+        env.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(110, 200)))  # away from other runs
+        env["PYTHONUNBUFFERED"] = "1"
+        for key in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS"):  # this process listens on the same graph
+            os.environ[key] = env[key]
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        diags: list = []
+        log = (tmp / "graph.log").open("w")
+        duration = 60.0 * args.minutes
+        warmup = args.warmup_s if args.warmup_s is not None else min(60.0, max(10.0, 0.1 * duration))
+        samples = {"t": [], "rss": [], "gpu_alloc": [], "gpu_reserved": []}
+        died = None
+        rclpy.init()
+        listener = rclpy.create_node("soak_listener")
+        t0 = time.perf_counter()
+        listener.create_subscription(DiagnosticArray, cfg.topics.diagnostics,
+                                     lambda m: diags.append((time.perf_counter() - t0, m)), 10)
+        with Graph(env=env) as graph:
+            node = graph.start("perception_node", node_command(params, use_sim_time=True), stdout=log,
+                               stderr=subprocess.STDOUT)
+            graph.start("replay", replay_command(tmp / "bag", args.rate or 1.0, loop=True, quiet=True), stdout=log,
+                        stderr=subprocess.STDOUT)
+            next_sample = 0.0
+            while (now := time.perf_counter() - t0) < duration:
+                rclpy.spin_once(listener, timeout_sec=0.1)
+                if (done := graph.poll()) is not None:
+                    died = f"{done[0]} exited with code {done[1]} after {now:.0f} s"
+                    break
+                if now >= next_sample:
+                    samples["t"].append(now)
+                    samples["rss"].append(process_rss_bytes(node.pid))
+                    if args.device.startswith("cuda"):
+                        samples["gpu_alloc"].append(nvidia_smi_process_bytes(node.pid))
+                    next_sample = now + args.sample_s
+        listener.destroy_node()
+        rclpy.try_shutdown()
+        log.close()
+        frame_t, frame_ms, pipe_ms, resets = [], [], [], {}
+        last_total = None
+        for t, arr in diags:
+            for st in arr.status:
+                vals = {kv.key: kv.value for kv in st.values}
+                if st.name.endswith("latency") and "total_ms.last" in vals:
+                    key = (vals["total_ms.last"], vals.get("pipeline_latency_ms.last"))
+                    if key != last_total:  # one sample per new frame seen by the diagnostics timer
+                        frame_t.append(t)
+                        frame_ms.append(float(vals["total_ms.last"]))
+                        pipe_ms.append(float(vals.get("pipeline_latency_ms.last", "nan")))
+                        last_total = key
+                elif st.name.endswith(": state"):
+                    resets = {k.split(".", 1)[1]: int(float(v)) for k, v in vals.items() if k.startswith("resets.")}
+        keep = np.asarray(frame_t) >= warmup
+        s_keep = np.asarray(samples["t"]) >= warmup
+        checks = evaluate([r for r, ok in zip(samples["rss"], s_keep, strict=True) if ok],
+                          [g for g, ok in zip(samples["gpu_alloc"], s_keep, strict=False) if ok] or None,
+                          [v for v, ok in zip(frame_ms, keep, strict=True) if ok], args.max_growth,
+                          args.creep_percentile)
+        checks["latency_creep"]["clock"] = "wall (node's total_ms from /diagnostics)"
+        if died is not None or not frame_ms:
+            checks["graph_alive"] = {"ok": False, "reason": died or "no latency in /diagnostics",
+                                     "log_tail": (tmp / "graph.log").read_text()[-2000:]}
+        import torch
+
+        env_out = environment(torch.device("cpu")) | {"load_avg_after": list(os.getloadavg()),
+                                                      "ROS_DOMAIN_ID": env["ROS_DOMAIN_ID"]}
+        return {
+            "format": "ssm_perception.soak/1",
+            "mode": "dds: perception_node + looping bag replay (ssm_perception.nodes.launcher)",
+            "settings": dict(vars(args)),
+            "environment": env_out,
+            "model": {"kind": args.kind, "backend": cfg.model.backend if args.kind == "mamba" else None,
+                      "grid_cells": args.grid, "weights": "random"},
+            "warmup_s": warmup,
+            "frames": len(frame_ms),
+            "loops": float(resets.get("time_backwards", 0)),
+            "frames_per_loop": None,
+            "resets": resets,
+            "latency_ms_after_warmup": {
+                "wall": _pcts([v for v, ok in zip(frame_ms, keep, strict=True) if ok]),
+                "pipeline_latency": _pcts([v for v, ok in zip(pipe_ms, keep, strict=True) if ok and np.isfinite(v)]),
+            },
+            "checks": checks,
+            "passed": all(c["ok"] for c in checks.values()),
+            "series": {
+                "sample_t_s": [round(v, 2) for v in samples["t"]],
+                "rss_mib": [round(v / 2**20, 2) for v in samples["rss"]],
+                "gpu_alloc_mib": [round(v / 2**20, 2) for v in samples["gpu_alloc"]],
+                "gpu_reserved_mib": [],
+                "frame_t_s": [round(v, 3) for v in frame_t], "frame_wall_ms": [round(v, 3) for v in frame_ms],
+                "frame_cpu_ms": [], "frame_stride": 1,
+            },
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+def nvidia_smi_process_bytes(pid: int) -> int:
+    """GPU memory of one process as the driver reports it (0 if it has none or nvidia-smi is absent)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            return int(float(parts[1])) * 2**20
+    return 0
+
+
 def _pcts(v: list[float]) -> dict:
     if not v:
         return {"n": 0}
@@ -253,7 +408,8 @@ def plot(result: dict, png: Path) -> None:
     ax.legend(loc="lower right")
     ax = axes[1]
     ax.plot(s["frame_t_s"], s["frame_wall_ms"], ".", ms=1.5, alpha=0.4, label="wall")
-    ax.plot(s["frame_t_s"], s["frame_cpu_ms"], ".", ms=1.5, alpha=0.4, label="process CPU")
+    if s["frame_cpu_ms"]:  # offline mode only
+        ax.plot(s["frame_t_s"], s["frame_cpu_ms"], ".", ms=1.5, alpha=0.4, label="process CPU")
     lc = result["checks"]["latency_creep"]
     if lc.get("limit") is not None:
         ax.axhline(lc["first"], color="C2", lw=1, label=f"first-quarter p{lc['percentile']:g} ({lc['clock']})")
@@ -273,6 +429,8 @@ def plot(result: dict, png: Path) -> None:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=["offline", "dds"], default="offline",
+                    help="offline: PerceptionPipeline in this process; dds: the node graph with a looping replay")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--grid", type=int, default=64, help="grid cells per side (0.5 m cells)")
     ap.add_argument("--kind", default="mamba", choices=["mamba", "logodds", "single", "convgru", "attention"])
@@ -283,7 +441,8 @@ def parse_args(argv=None):
     ap.add_argument("--scenario", default="urban")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bag-seconds", type=float, default=6.0, help="length of the simulated drive that loops")
-    ap.add_argument("--rate", type=float, default=0.0, help="frames per second; 0 = as fast as it runs")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offline: frames per second, 0 = as fast as it runs; dds: replay speed factor (0 = 1)")
     ap.add_argument("--warmup-s", type=float, default=None, help="default: 10 %% of the run, 10..60 s")
     ap.add_argument("--sample-s", type=float, default=1.0, help="memory sampling period [s]")
     ap.add_argument("--max-growth", type=float, default=0.01, help="allowed relative memory growth")

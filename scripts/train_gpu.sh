@@ -11,7 +11,7 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 transforms3d==0.4.2
 # Then, through the device tool (carry [".whl"]; each command must end within 10 minutes):
-#   bash scripts/train_gpu.sh --minutes mamba=6                       # data + the temporal model
+#   bash scripts/train_gpu.sh --minutes mamba=5.5                     # data + the temporal model
 #   bash scripts/train_gpu.sh --minutes convgru=2,attention=2,single=1.5,logodds=0   # baselines, same data
 # The simulated data are cached in out/train_cache (git-ignored), so a second command on the same
 # warm machine reuses them. Results go to $OUT (or out/gpu): results.tar.gz (per kind: weights
@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-MINUTES="mamba=6"
+MINUTES="mamba=5.5"
 CONFIG=config/train_default.yaml
 WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
 while [ $# -gt 0 ]; do

@@ -335,6 +335,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
     totals: list[float] = []
     cpu_totals: list[float] = []  # process CPU time per frame: what the frame cost, whatever the neighbours do
     n_dets: list[int] = []
+    encode_parts: list[dict] = []
     n_tracks: list[int] = []
     prof_out = None
 
@@ -349,6 +350,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
         def encode():
             feats = encode_frame(grid, LidarScan(lidar, fr.T_base_lidar), RadarScan(radar, fr.T_base_radar),
                                  CameraFrame(fr.image, fr.K, fr.T_base_camera), ego_twist=twist)
+            encode_parts.append(dict(feats.stats.get("timings_ms", {})))  # the encoder's own per-sensor timers
             return feats.features.unsqueeze(0).to(device)  # [1, C_in, H, W]
 
         x, lat["encode"] = timer(encode)
@@ -387,6 +389,8 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
             "history": history if kind == "attention" else None,
             "stages": {s: percentiles(v) for s, v in samples.items()}, "full_step": percentiles(totals),
             "full_step_process_cpu": percentiles(cpu_totals), "state_bytes": state_bytes(state), "parameters": int(sum(p.numel() for p in model.parameters())),
+            "encode_parts_p50_ms": {key: round(float(np.median([p[key] for p in encode_parts[warmup:] if key in p])), 3)
+                                    for key in sorted({k2 for p in encode_parts[warmup:] for k2 in p})},
             "detections_mean": float(np.mean(n_dets)) if n_dets else 0.0,
             "tracks_mean": float(np.mean(n_tracks)) if n_tracks else 0.0, "profile": prof_out}
 

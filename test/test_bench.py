@@ -56,6 +56,7 @@ def test_bench_runs_without_ros_and_reports_every_stage(tiny_run):
         # the full step is the sum of the stages of each frame
         assert r["full_step"]["p50"] >= max(r["stages"][s]["p50"] for s in bench.STAGES)
         assert r["tracks_mean"] > 0  # ground-truth objects reach the tracker
+        assert r["full_step_process_cpu"]["n"] == 2 and "lidar" in r["encode_parts_p50_ms"]
     assert result["bandwidth"]["measured_GBps"] > 0
     assert result["environment"]["device"] == "cpu"
     assert g["full_step"]["mamba"]["profile"]["top_ops"]  # torch.profiler ran on the Mamba frame

@@ -103,7 +103,7 @@ def test_fused_backend_is_inference_only():
         fused.step(x, st, torch.tensor([0.1], device=DEVICE))
 
 
-@pytest.mark.parametrize("block,p_per", [(64, 3), (32, 1)])
+@pytest.mark.parametrize("block,p_per", [(64, 3)] if DEVICE == "cpu" else [(64, 3), (32, 1)])
 def test_fused_kernel_block_shapes_agree(block, p_per):
     """The kernel split into programs of BLOCK cells x P_PER headdim rows (what the GPU autotuner
     chooses between) computes the same thing as one program per head; 3 does not divide 16.

@@ -57,7 +57,8 @@ def run(tmp_path_factory):
     zone = listener.node.create_publisher(String, "/vehicle/zone", RELIABLE)
     node = start_node(tmp)
     try:
-        replay = start_replay(tmp / "main_bag", tmp / "replay.log", rate=RATE)
+        # No frame is dropped here, so a long lockstep timeout costs nothing unless a frame is very slow.
+        replay = start_replay(tmp / "main_bag", tmp / "replay.log", rate=RATE, lockstep_timeout_s=10.0)
         wait_for(lambda: listener.get(t["grid"]), 40, "the first occupancy grid", node)
         answer = listener.call_trigger("/ssm_perception/reset")
         zone.publish(String(data="urban"))  # the first zone seen is no change

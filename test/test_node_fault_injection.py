@@ -75,6 +75,9 @@ def test_faults_flag_reset_only_when_needed_and_recover(tmp_path):
     lost = sorted((s - T0_NS) / NS for s in set(written["lidar_stamps"]) - grids)
     late = [t for t in lost if abs(t - LATE_AT) < 0.05]
     assert len(late) == 1  # the late scan is dropped (a newer one was processed already) ...
-    assert all(TF_GAP[0] <= t < TF_GAP[1] for t in lost if t not in late), lost  # ... and those without TF
+    unexplained = [t for t in lost if t not in late and not TF_GAP[0] <= t < TF_GAP[1]]  # ... and those without TF
+    # Anything else can only be a scan skipped while a slow frame (lockstep timeout) was still running.
+    busy = int(diag_values(diags[-1], ": state")["frames_dropped_busy"])
+    assert len(unexplained) <= busy, (lost, busy)
     assert max(grids) == max(written["lidar_stamps"])
     assert diag_level(diags[-1], ": sensor lidar") == 0

@@ -21,7 +21,7 @@ def small_train_config(tmp_path, **run) -> TrainConfig:
     return TrainConfig.model_validate({
         "perception": {"grid": fk.GRID, "model": {"kind": "mamba", "d_model": 8, "d_state": 4, "headdim": 4}},
         "data": {"presets": ["urban"], "train_seeds": {"start": 0, "count": 2}, "val_seeds": {"start": 50, "count": 1},
-                 "duration_s": 1.6, "val_duration_s": 1.0, "cache_dir": str(tmp_path / "cache")},
+                 "duration_s": 1.6, "val_duration_s": 0.5, "cache_dir": str(tmp_path / "cache")},
         "optim": {"batch_size": 2, "tbptt": 4, "lr": 3e-3, "warmup_steps": 0, "reset_prob": 0.2,
                   "partial_reset_prob": 0.3, "amp": False},
         "run": {"max_steps": 6, "checkpoint_every": 3, "log_every": 1, "device": "cpu", **run},
@@ -166,3 +166,23 @@ def test_prefetcher_keeps_the_consumed_sampler_state(monkeypatch, tmp_path):
             assert b["sampler_state"] == serial.state_dict()
     finally:
         pf.close()
+
+
+def test_out_of_memory_at_first_step_halves_the_batch(monkeypatch, tmp_path):
+    fk.patch(monkeypatch)
+    from ssm_perception.train.trainer import Trainer
+
+    cfg = small_train_config(tmp_path, max_steps=1)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    real, calls = tr._one_step, []
+
+    def first_fails(t_start):
+        calls.append(tr.sampler.B)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        real(t_start)
+
+    monkeypatch.setattr(tr, "_one_step", first_fails)
+    result = tr.train()
+    assert calls == [2, 1] and tr.step == 1
+    assert result["meta"]["batch_size"] == 1

@@ -26,7 +26,7 @@ metrics.json (``SCHEMA_VERSION``; keys are only ever added, never renamed):
         recovery: [{bag, type, start_s, end_s, iou_before, iou_during, iou_after, recovery_s}]
         health: {OK: n, WARN: n, ERROR: n}
         per_bag: {bag name: {frames, iou_all, iou_static, iou_dynamic, iou_occluded, ece}}}}
-See eval/occupancy.py for the metric definitions (splits, threshold, ECE).
+See eval/occupancy.py for the metric definitions (splits, threshold: occupied when P > 0.5, ECE).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 and calibration (expected calibration error + reliability bins).
 
 Definitions (the metrics.json schema documents the same):
-- A cell is predicted occupied when P(occupied) >= ``threshold`` (0.5).
+- A cell is predicted occupied when P(occupied) > ``threshold`` (0.5): a claim needs evidence, so
+  the classical filter's 'unknown' (exactly 0.5) counts as not occupied, not as a free hit.
 - Counts (tp, fp, fn, tn) are summed over all frames, then IoU = tp / (tp + fp + fn) and
   F1 = 2 tp / (2 tp + fp + fn) (dataset-level, so empty frames do not dominate).
 - Splits restrict the cells that count:
@@ -14,7 +15,7 @@ Definitions (the metrics.json schema documents the same):
   The static/dynamic split scores the occupancy output itself, so the log-odds filter (which has
   no dynamic head) is measured on the same footing; free cells count in both splits (a trail left
   behind a moving object is a false positive of either).
-- ``moving``: IoU of P(occupied and dynamic) >= threshold against truth-dynamic cells (when the
+- ``moving``: IoU of P(occupied and dynamic) > threshold against truth-dynamic cells (when the
   model gives a dynamic output).
 - ECE: cells binned by predicted probability into ``n_bins`` equal-width bins;
   ECE = sum_b (n_b / N) |mean(truth)_b - mean(p)_b| over all cells.
@@ -177,7 +178,7 @@ class OccupancyMetrics:
         occ = np.asarray(occupied, bool)
         dyn = np.asarray(dynamic, bool) & occ
         vis = np.asarray(visible, bool)
-        pred = prob >= self.threshold
+        pred = prob > self.threshold
         not_dyn, not_static = ~dyn, ~(occ & ~dyn)
         masks = {
             "all": None,
@@ -198,7 +199,7 @@ class OccupancyMetrics:
                 frame[name] = Counts().add(pred, occ, m).iou
         if dyn_joint is not None:
             self.has_dynamic_head = True
-            self.moving.add(np.asarray(dyn_joint, np.float32) >= self.threshold, dyn)
+            self.moving.add(np.asarray(dyn_joint, np.float32) > self.threshold, dyn)
         self.calibration.add(prob, occ)
         self.frames += 1
         return frame

@@ -58,6 +58,16 @@ def range_table(models: dict) -> str:
     return _table(["model", *[b.replace("range_", "").replace("_", "–") + " m" for b in bands]], rows)
 
 
+def per_bag_table(models: dict) -> str:
+    rows = []
+    for name, m in models.items():
+        for bag, b in m.get("per_bag", {}).items():
+            if b.get("ground_truth"):
+                rows.append([name, bag, str(b["frames"]), _f(b["iou_all"]), _f(b["iou_static"]),
+                             _f(b["iou_dynamic"]), _f(b["iou_occluded"]), _f(b["ece"])])
+    return _table(["model", "bag", "frames", "IoU all", "static", "dynamic", "occluded", "ECE"], rows) if rows else ""
+
+
 def tracking_table(models: dict) -> str:
     rows = []
     for name, m in models.items():
@@ -204,7 +214,7 @@ def plot_bev(bag, frame: int, runs: dict, path: Path) -> bool:
     axes[0].set_title("truth (grey: occluded, red: moving)", fontsize=8)
     for ax, (name, run) in zip(axes[1:], runs.items(), strict=True):
         p, _ = run.snapshots[frame]
-        pred = p >= 0.5
+        pred = p > 0.5
         img = np.stack([1 - 0.6 * p] * 3, -1)
         img[pred & occ] = (0.1, 0.7, 0.1)
         img[pred & ~occ] = (0.9, 0.15, 0.15)
@@ -228,7 +238,7 @@ def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Pat
     models = metrics["models"]
     lines = ["# Offline evaluation report", "",
              (f"Generated {metrics['created_utc']} by `{metrics['tool']}` (metrics.json schema "
-             f"v{metrics['schema_version']}). Occupancy threshold P >= {metrics['threshold']}; "
+             f"v{metrics['schema_version']}). A cell counts as occupied when P > {metrics['threshold']} (unknown = 0.5 does not); "
              f"grid {metrics['grid']['nx']} x {metrics['grid']['ny']} at {metrics['grid']['resolution']} m."), ""]
     lines += ["## Bags", ""]
     lines.append(_table(["bag", "frames", "duration [s]", "ground truth", "missing topics", "dropped frames"], [
@@ -252,8 +262,10 @@ def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Pat
         lines += ["## Occupancy (held-out data)", "",
                   ("IoU = TP / (TP + FP + FN) summed over all frames. *static* ignores truth-moving cells, "
                   "*dynamic* ignores truth-static occupied cells; *visible/occluded* from the truth's visibility. "
-                  "*moving IoU*: P(occupied and dynamic) >= 0.5 vs truth moving cells. ECE over all cells, 15 bins."),
+                  "*moving IoU*: P(occupied and dynamic) > 0.5 vs truth moving cells. ECE over all cells, 15 bins."),
                   "", occ, "", "By range from the vehicle:", "", range_table(models), ""]
+        if len(metrics["bags"]) > 1:
+            lines += ["Per bag:", "", per_bag_table(models), ""]
     trk = tracking_table(models)
     if trk:
         lines += ["## Tracking", "", ("nuScenes-style: per class, 2 m centre-distance matching, confirmed and "

@@ -208,7 +208,8 @@ class BagPlayer:
                     self._wait_output(before, self._lockstep[1])
                     wall0 += time.monotonic() - waited_from
                 bar.n = round((t_ns - self.start_ns) * 1e-9, 1)
-                bar.refresh() if self.published % 20 == 0 else None
+                if self.published % 20 == 0:
+                    bar.refresh()
 
 
 def run_replay(bag: str, rate: float = 1.0, loop: bool = False, start_paused: bool = False,

@@ -14,6 +14,12 @@ outside; 'nearest' rounds half to even; a cell-aligned motion (integer shift, mu
 degrees) is sampled with 'nearest' so values move bit-exactly. The update is the one of
 temporal/mamba.py (``MambaCore._ssm_step_reference``). Inference only (no backward).
 
+Block shapes (cells per program x headdim rows per program) are autotuned per grid size on the
+GPU. Measured on one H100 (results/bench_gpu_temporal.json, CUDA graph, default config, 2 KB of
+state per cell): warp + update at 200x200 in 0.114 ms = 2.0x the bound of reading and writing the
+state once at the measured 2.9 TB/s copy bandwidth (1.7x at 256x256); one program per head with
+128 cells (the first version) took 0.25 ms eager at 200x200.
+
 On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before importing triton),
 which the tests use to check it against the reference warp + step.
 """

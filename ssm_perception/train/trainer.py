@@ -187,6 +187,7 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=60)  # it finishes the batch in hand, then sees the flag
 
 
 def _motion(seq: dict, idx: list[int], first_fresh: bool, max_gap_s: float):
@@ -403,7 +404,13 @@ class Trainer:
         self.prefetch = Prefetcher(self.sampler) if self.device.type == "cuda" else None
         try:
             while not self._should_stop(t_start, until_step):
-                self._one_step(t_start)
+                try:
+                    self._one_step(t_start)
+                except torch.cuda.OutOfMemoryError:
+                    if self.step > 0 or self.sampler.B == 1 or self.d.enabled:
+                        raise
+                    self._halve_batch()  # the first step tells whether the batch fits; halve and retry
+                    continue
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.run.log_every == 0 and self.log:
@@ -429,6 +436,19 @@ class Trainer:
         if until_step is not None and self.step < cfg.run.max_steps:
             return {}
         return self.finish(train_time_s=self.elapsed_s)
+
+    def _halve_batch(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.hidden = None
+        torch.cuda.empty_cache()
+        if self.prefetch is not None:
+            self.prefetch.close()
+        self.sampler.B //= 2
+        self.sampler.slots = [None] * self.sampler.B
+        self._sampler_state = None
+        if self.prefetch is not None:
+            self.prefetch = Prefetcher(self.sampler)
+        print(f"CUDA out of memory at the first step: batch size reduced to {self.sampler.B}", flush=True)
 
     def _one_step(self, t_start: float) -> None:
         cfg = self.cfg
@@ -485,7 +505,7 @@ class Trainer:
                 "sequence_duration_s": cfg.data.duration_s,
                 "train_hours": hours,
                 "steps": self.step,
-                "batch_size": cfg.optim.batch_size * self.d.world,
+                "batch_size": self.sampler.B * self.d.world,
                 "tbptt": cfg.optim.tbptt,
                 "train_time_s": round(train_time_s, 1),
                 "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),

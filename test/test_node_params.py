@@ -1,0 +1,47 @@
+"""PerceptionNode as an importable class: every config field is a declared ROS parameter, read back
+into a PerceptionConfig; an invalid value raises ConfigError naming the field."""
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.parameter import Parameter
+
+from ssm_perception.config import ConfigError, PerceptionConfig
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture()
+def context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
+
+
+def test_parameters_are_declared_and_read_back(context):
+    from ssm_perception.nodes.perception_node import PerceptionNode
+
+    overrides = [Parameter("grid.length_x", value=30.0), Parameter("grid.length_y", value=20),  # int for a float
+                 Parameter("sensors.use_camera", value=False), Parameter("topics.lidar", value="/my/lidar")]
+    node = PerceptionNode(context=context, parameter_overrides=overrides)
+    try:
+        schema = set(PerceptionConfig().to_ros_parameters())
+        assert all(node.has_parameter(name) for name in schema)
+        cfg = node.config
+        assert (cfg.grid.nx, cfg.grid.ny) == (60, 40) and cfg.topics.lidar == "/my/lidar"
+        assert node.get_topic_names_and_types() is not None
+        subs = {name for name, _ in node.get_subscriber_names_and_types_by_node(node.get_name(), "/")}
+        assert "/my/lidar" in subs and "/sensing/camera/front/image_raw" not in subs
+        # Changing the configuration of a running node is refused with a reason.
+        result = node.set_parameters([Parameter("grid.resolution", value=0.25)])[0]
+        assert not result.successful and "restart" in result.reason
+    finally:
+        node.destroy_node()
+
+
+def test_invalid_override_raises_config_error_naming_the_field(context):
+    from ssm_perception.nodes.perception_node import PerceptionNode
+
+    with pytest.raises(ConfigError, match="reset.pose_jump_m"):
+        PerceptionNode(context=context, parameter_overrides=[Parameter("reset.pose_jump_m", value=-1.0)])
