@@ -125,6 +125,9 @@ class TrackingConfig(_Section):
         0.5, gt=0, lt=1, description="P(detected | exists) per frame in the existence update; below the "
         "detector's recall because occlusion is not modelled, so a short occlusion does not kill a track"
     )
+    publish_tentative: bool = Field(
+        False, description="also publish tentative tracks (not yet confirmed); planners usually want only confirmed"
+    )
 
 
 class DiagnosticsConfig(_Section):

@@ -156,7 +156,11 @@ class PerceptionPipeline:
         if self.model.grid.shape != self.grid.shape:
             raise ValueError(f"model grid {self.model.grid.shape} != config grid {self.grid.shape}")
         self.policy = ResetPolicy(self.config.reset, grid=self.grid)
-        self.health = StateHealthMonitor(self.grid, self.config.reset)
+        sens = self.config.sensors
+        enabled = tuple(name for name, on in (("lidar", sens.use_lidar), ("radar", sens.use_radar),
+                                              ("camera", sens.use_camera)) if on)
+        # Only enabled sensors are watched: a vehicle without a camera must not report "camera never seen".
+        self.health = StateHealthMonitor(self.grid, self.config.reset, sensors=enabled)
         self.tracker = MultiObjectTracker(self.config.tracking)
         self.state = self.model.init_state(1, self.device)
         self._state_finite = True

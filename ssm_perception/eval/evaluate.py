@@ -351,6 +351,8 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
         else None
     run = BagRun(bag.name, occ_metrics, [], {}, {}, [], Counter())
     frames = bag.frames
+    if mot is not None:
+        mot.start_sequence()  # a fresh pipeline restarts track ids: never match them across bags
     if progress:
         from tqdm import tqdm
 

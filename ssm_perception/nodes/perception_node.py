@@ -429,8 +429,10 @@ class PerceptionNode(Node):
 
         cfg = self.config
         grid = rc.occupancy_grid_msg(out.occupancy, out.unknown, cfg.grid, cfg.frames.base_link, stamp)
-        tracks = rc.track_array_msg(out.tracks, cfg.frames.odom, stamp)
-        markers = rc.marker_array_msg(out.tracks, cfg.frames.odom, stamp)
+        published = out.tracks if cfg.tracking.publish_tentative else \
+            [t for t in out.tracks if t.status != "tentative"]
+        tracks = rc.track_array_msg(published, cfg.frames.odom, stamp)
+        markers = rc.marker_array_msg(published, cfg.frames.odom, stamp)
         self.pub_grid.publish(grid)
         self.pub_tracks.publish(tracks)
         self.pub_markers.publish(markers)
