@@ -33,7 +33,7 @@ class Level(IntEnum):
 class HealthReport:
     level: Level
     messages: list[str]
-    nonfinite: int  # non-finite values in the state
+    nonfinite: int  # cells whose state holds a non-finite value
     norm_mean: float  # mean per-cell L2 norm of the state (all tensors, all channels)
     norm_max: float
     norm_baseline: float  # EMA of norm_mean over healthy frames
@@ -113,13 +113,18 @@ class StateHealthMonitor:
         ages = {s: (stamp - self.last_seen[s]) if s in self.last_seen else math.inf for s in self.sensors}
 
         tensors = [v for v in state.values() if v.numel()]
-        nonfinite = int(sum(int((~torch.isfinite(v)).sum()) for v in tensors))
         if tensors:
-            sq = sum(torch.nan_to_num(v.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).pow(2).sum(1)
-                     for v in tensors)
-            cell_norm = sq.sqrt()  # [B, H, W]
+            # One pass over the (large) state: the per-cell squared norm [B, H, W] is non-finite exactly
+            # where a cell holds a NaN/inf (or overflows), so non-finite cells are counted on the small
+            # map instead of scanning every state value twice.
+            with torch.no_grad():
+                sq = sum(torch.linalg.vector_norm(v.float(), dim=1) ** 2 for v in tensors)
+            bad = ~torch.isfinite(sq)
+            nonfinite = int(bad.sum())
+            cell_norm = torch.where(bad, torch.zeros_like(sq), sq).sqrt()
             norm_mean, norm_max = float(cell_norm.mean()), float(cell_norm.max())
         else:
+            nonfinite = 0
             norm_mean = norm_max = 0.0
         warm = self.frames >= self.warmup_frames
         ratio = norm_mean / max(self.baseline, 1e-6) if warm else 1.0
