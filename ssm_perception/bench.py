@@ -456,8 +456,11 @@ def peak_memory(cells: int, kind: str, backend: str, history: int, device, steps
     if device.type != "cuda":
         cmd = [sys.executable, "-m", "ssm_perception.bench", "_memprobe", str(cells), kind, backend, str(history),
                str(steps)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                             os.environ.get("PYTHONPATH", "")]))
+        # A fixed mmap threshold makes glibc map every tensor-sized block on its own and unmap it on
+        # free, so the peak RSS follows the live tensors (the dynamic threshold lets freed blocks pile
+        # up in the heap and adds +-10 % of allocator noise).
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
+                   PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
         res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env)
         if res.returncode != 0:
             return {"error": (res.stderr or res.stdout).strip().splitlines()[-1:] or ["failed"]}
@@ -520,7 +523,8 @@ def _memprobe(argv: list[str]) -> None:
     rss0 = _proc_status_kib("VmRSS")
     out = _run_steps(cells, kind, backend, history, torch.device("cpu"), steps)
     out["peak_bytes"] = 1024 * (_proc_status_kib("VmHWM") - rss0)
-    out["method"] = "peak RSS (VmHWM, reset after imports) of a fresh process minus its RSS after imports"
+    out["method"] = ("peak RSS (VmHWM, reset after imports) of a fresh process minus its RSS after imports, "
+                     f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'dynamic')}")
     print(json.dumps(out))
 
 

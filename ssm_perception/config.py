@@ -103,6 +103,10 @@ class ModelConfig(_Section):
     expand: int = Field(2, gt=0)
     attention_history: int = Field(8, gt=0, description="frames kept by the attention baseline")
     max_cells_per_call: int = Field(16384, gt=0, description="chunking for the mamba-ssm kernels")
+    cpu_threads: int = Field(
+        1, ge=0, description="torch CPU threads (0 = torch's default). 1 is fastest when other processes "
+        "share the cores: OpenMP workers stall waiting for each other (measured 4x slower with 2 on 2 busy cores)"
+    )
 
 
 class ResetConfig(_Section):

@@ -146,6 +146,8 @@ class PerceptionPipeline:
 
     def __init__(self, config: PerceptionConfig | None = None, model: BevPerceptionModel | None = None):
         self.config = config or PerceptionConfig()
+        if self.config.model.cpu_threads > 0:
+            torch.set_num_threads(self.config.model.cpu_threads)
         if model is None:
             model, self.model_info = resolve_model(self.config)
         else:
