@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--seq-len", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare-threads", type=int, default=1,
+                    help="also time the smallest grid with this many threads (0 = skip): on a shared host, "
+                         "2 threads that wait on each other suffer far more from other jobs than 1")
     ap.add_argument("--out", default="results/bench_mamba_cpu.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,6 +102,13 @@ def main() -> None:
         res["sizes"][str(n)] = row
         tqdm.write(f"{n}^2: step p50 {row['step']['p50_ms']} ms (p99 {row['step']['p99_ms']}), "
                    f"warp+step p50 {row['temporal_update']['p50_ms']} ms (p99 {row['temporal_update']['p99_ms']})")
+    if args.compare_threads:
+        torch.set_num_threads(args.compare_threads)
+        row = bench_size(core, sizes[0], args.iters, 0)
+        res[f"threads_{args.compare_threads}_at_{sizes[0]}"] = row
+        tqdm.write(f"{sizes[0]}^2 with {args.compare_threads} thread(s): step p50 {row['step']['p50_ms']} ms, "
+                   f"warp+step p50 {row['temporal_update']['p50_ms']} ms")
+        torch.set_num_threads(args.threads)
     res["loadavg_after"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ssm_perception.bev.features import FEATURE_CHANNELS
 from ssm_perception.bev.grid import BevGrid
-from ssm_perception.config import PerceptionConfig
+from ssm_perception.config import GridConfig, PerceptionConfig
 from ssm_perception.heads import BevHeads
 from ssm_perception.temporal.base import State, TemporalCore
 from ssm_perception.temporal.baselines import (
@@ -175,9 +175,12 @@ def load_checkpoint(
     expected_sha256: str | None = None,
     map_location: str | torch.device = "cpu",
     expected_kind: str | None = None,
+    grid: GridConfig | None = None,
 ) -> tuple[BevPerceptionModel, dict]:
     """Rebuild the model from ``path`` + ``path.json``; verifies the sha256 (against the sidecar
     and ``expected_sha256`` if given), the kind, the feature layout and every tensor's shape.
+    ``grid``: run the weights on another grid extent. The model is convolutional and per cell, so
+    any size works, but the resolution must be the trained one (features are per cell area).
     Returns (model in eval mode on map_location, metadata). Raises CheckpointError."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -216,6 +219,11 @@ def load_checkpoint(
     config = PerceptionConfig.model_validate(info["config"])
     if config.model.kind != kind:
         raise CheckpointError(f"{side}: config says kind {config.model.kind!r} but the checkpoint is {kind!r}")
+    if grid is not None:
+        if abs(grid.resolution - config.grid.resolution) > 1e-9:
+            raise CheckpointError(f"{path}: trained at grid.resolution {config.grid.resolution} m, the configuration "
+                                  f"asks for {grid.resolution} m (set model.kind=logodds or retrain)")
+        config.grid = grid.model_copy()
     model = BevPerceptionModel(config)
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))

@@ -115,7 +115,7 @@ def test_bag_ground_truth_round_trip_and_script(tmp_path):
     bad = CliRunner().invoke(script.app, ["--scenario", "crossing", "--detections", "model", "--out", str(out)])
     assert bad.exit_code != 0 and "sensor data" in bad.output
     bad = CliRunner().invoke(script.app, ["--bag", str(path), "--detections", "model", "--out", str(out)])
-    assert bad.exit_code != 0 and "checkpoint" in bad.output  # nothing trained: refuses, no fallback numbers
+    assert bad.exit_code != 0 and "LiDAR topic" in str(bad.exception)  # a ground-truth-only bag has no sensors
     bad = CliRunner().invoke(script.app, ["--scenario", "crossing", "--detections", "magic"])
     assert bad.exit_code != 0 and "detections" in bad.output
 
@@ -149,11 +149,15 @@ def _recording(source):
     return recording, seen
 
 
-def test_pipeline_source_hook_on_simulator(untrained_single):
+def test_pipeline_source_hook_on_simulator(untrained_single, monkeypatch, tmp_path):
     """The learned-detection hook runs the real PerceptionPipeline on simulator frames."""
+    import ssm_perception.pipeline as pipeline_module
+
     cfg = PerceptionConfig()
+    monkeypatch.setattr(pipeline_module, "SHIPPED_CHECKPOINTS", tmp_path / "none_shipped")
     with pytest.raises(RuntimeError, match="checkpoint"):
         pipeline_source(cfg, "single-frame")  # nothing trained: refuses to label the fallback as a model
+    monkeypatch.undo()
     cfg.model.checkpoint = str(untrained_single)
     source = pipeline_source(cfg, "single-frame")
     assert source.model_info["kind"] == "single"

@@ -474,11 +474,18 @@ def build_pipeline(spec: ModelSpec, cfg: PerceptionConfig):
     c.model.kind = spec.kind
     c.model.checkpoint = spec.checkpoint
     if spec.kind != "logodds" and not spec.checkpoint:
-        from ssm_perception.pipeline import _shipped_checkpoint
+        from ssm_perception.model import CheckpointError
+        from ssm_perception.pipeline import shipped_checkpoint
 
-        if _shipped_checkpoint(spec.kind) is None:
+        if shipped_checkpoint(spec.kind) is None:
             return None, (f"no weights for kind {spec.kind!r}: none shipped in ssm_perception/checkpoints/ and none "
                           f"given (use --model PATH, or --baselines {spec.kind}=PATH)")
+        try:
+            pipe = PerceptionPipeline(c)
+        except CheckpointError as exc:  # shipped weights trained for another grid resolution
+            return None, (f"the shipped weights for kind {spec.kind!r} do not fit this configuration ({exc}); "
+                          f"give compatible ones with --baselines {spec.kind}=PATH")
+        return pipe, dict(pipe.model_info)
     pipe = PerceptionPipeline(c)
     return pipe, dict(pipe.model_info)
 

@@ -544,10 +544,11 @@ class PerceptionNode(Node):
                 f"received: {received}; resets: {resets}")
 
     def destroy_node(self) -> None:
-        with self._wake:
-            self._stop = True
-            self._wake.notify()
-        self._worker.join(timeout=5.0)
+        if hasattr(self, "_worker"):  # construction may have failed before the worker existed
+            with self._wake:
+                self._stop = True
+                self._wake.notify()
+            self._worker.join(timeout=5.0)
         super().destroy_node()
 
 
