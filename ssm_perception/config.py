@@ -35,7 +35,7 @@ class GridConfig(_Section):
     z_max: float = Field(3.5, description="highest point height kept, in base_link [m]")
 
     @model_validator(mode="after")
-    def _check(self) -> "GridConfig":
+    def _check(self) -> GridConfig:
         if self.z_max <= self.z_min:
             raise ValueError("grid.z_max must be greater than grid.z_min")
         for name in ("length_x", "length_y"):
@@ -46,11 +46,11 @@ class GridConfig(_Section):
 
     @property
     def nx(self) -> int:
-        return int(round(self.length_x / self.resolution))
+        return round(self.length_x / self.resolution)
 
     @property
     def ny(self) -> int:
-        return int(round(self.length_y / self.resolution))
+        return round(self.length_y / self.resolution)
 
     @property
     def x_min(self) -> float:
@@ -153,7 +153,7 @@ class PerceptionConfig(_Section):
 
     # ---------------------------------------------------------------- (de)serialization
     @classmethod
-    def from_mapping(cls, data: dict[str, Any] | None) -> "PerceptionConfig":
+    def from_mapping(cls, data: dict[str, Any] | None) -> PerceptionConfig:
         data = dict(data or {})
         if len(data) == 1:  # ROS parameter file: {node_name: {ros__parameters: {...}}}
             (only,) = data.values()
@@ -165,25 +165,15 @@ class PerceptionConfig(_Section):
         return cls.model_validate(unflatten(data))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "PerceptionConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        try:
-            return cls.from_mapping(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+    def from_yaml(cls, path: str | Path) -> PerceptionConfig:
+        return validate_yaml(path, cls.from_mapping)
 
     def to_ros_parameters(self) -> dict[str, Any]:
         """Flat {'grid.resolution': 0.5, ...} for declare_parameters."""
         return flatten(self.model_dump())
 
     @classmethod
-    def from_ros_parameters(cls, params: dict[str, Any]) -> "PerceptionConfig":
+    def from_ros_parameters(cls, params: dict[str, Any]) -> PerceptionConfig:
         try:
             return cls.model_validate(unflatten(params))
         except ValidationError as exc:
@@ -195,6 +185,21 @@ class PerceptionConfig(_Section):
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending field."""
+
+
+def validate_yaml(path: str | Path, validate):
+    """``validate(mapping)`` on a YAML file; every failure is a ConfigError naming the file (and field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
 
 
 def describe_validation_error(exc: ValidationError) -> str:

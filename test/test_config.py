@@ -2,7 +2,13 @@
 
 import pytest
 
-from ssm_perception.config import ConfigError, GridConfig, PerceptionConfig, flatten, unflatten
+from ssm_perception.config import (
+    ConfigError,
+    GridConfig,
+    PerceptionConfig,
+    flatten,
+    unflatten,
+)
 
 
 def test_default_grid_is_200_by_200_at_half_metre():

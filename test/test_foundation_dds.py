@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
-from ssm_perception_msgs.msg import Track, TrackArray  # noqa: E402
-from tf2_msgs.msg import TFMessage  # noqa: E402
+from geometry_msgs.msg import TransformStamped
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2, PointField
+from ssm_perception_msgs.msg import Track, TrackArray
+from tf2_msgs.msg import TFMessage
 
 pytestmark = pytest.mark.ros
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ssm_perception.config import (
-    ConfigError,
-    PerceptionConfig,
-    describe_validation_error,
-)
+from ssm_perception.config import PerceptionConfig, validate_yaml
 
 
 class _Section(BaseModel):
@@ -96,14 +91,4 @@ class TrainConfig(_Section):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+        return validate_yaml(path, cls.model_validate)
