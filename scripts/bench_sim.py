@@ -23,15 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from ssm_perception.bench import cpu_model
 
 
 def main() -> None:
@@ -99,7 +91,7 @@ def main() -> None:
         "ms_per_message": {"lidar_with_ground_truth": per["lidar"], "radar": per["radar"], "camera": per["camera"]},
         "bag_bytes": size,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__,

@@ -140,7 +140,7 @@ def environment(device) -> dict:
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cpu_model": _cpu_model(), "load_avg": list(os.getloadavg()), "device": str(device)}
+           "cpu_model": cpu_model(), "load_avg": list(os.getloadavg()), "device": str(device)}
     for mod in ("mamba_ssm", "triton"):
         try:
             env[mod] = __import__(mod).__version__
@@ -153,7 +153,8 @@ def environment(device) -> dict:
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, for results files (shared by every benchmark script)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

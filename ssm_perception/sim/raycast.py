@@ -148,15 +148,7 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
     def pairs_for(px, py, radius, speed, z0, z1):
         if grid is not None:
             return grid_pairs_for(px, py, radius, speed, z0, z1)
-        rel_x, rel_y = px - o_mean[0], py - o_mean[1]
-        dist = np.hypot(rel_x, rel_y)
-        r_eff = radius + spread + speed * dt_max + 0.05
-        keep = np.nonzero(dist - r_eff < max_range)[0]
-        dist, r_eff = dist[keep], r_eff[keep]
-        center = np.arctan2(rel_y[keep], rel_x[keep])
-        half = np.where(dist <= r_eff, np.pi, np.arcsin(np.minimum(r_eff / np.maximum(dist, 1e-9), 1.0)))
-        a0 = center - half
-        a0 = np.where(a0 < -np.pi, a0 + 2 * np.pi, a0)
+        keep, dist, r_eff, a0, half = sectors(px, py, radius, speed)
         lo = np.searchsorted(az2, a0)
         hi = np.searchsorted(az2, a0 + 2 * half)
         hi = np.minimum(hi, lo + n)
