@@ -16,13 +16,14 @@ targets marked as met or missed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from ssm_perception.model import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT_DIR = ROOT / "ssm_perception" / "checkpoints"
@@ -32,12 +33,7 @@ TARGETS = {"dynamic": 0.15, "occluded": 0.10}  # IoU above the log-odds filter
 ECE_TARGET = 0.05
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = file_sha256  # the same digest the checkpoint loader verifies
 
 
 def _import_dir(src: Path, dst: Path) -> list[str]:

@@ -130,7 +130,8 @@ class BevPerceptionModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (checkpoints, model card)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -157,7 +158,7 @@ def save_checkpoint(model: BevPerceptionModel, path: str | Path, metadata: dict 
     # clone(): safetensors refuses tensors that share storage (e.g. views of one parameter).
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"format": CHECKPOINT_FORMAT, "kind": model.kind})
-    digest = _sha256(path)
+    digest = file_sha256(path)
     sidecar = {
         "format": CHECKPOINT_FORMAT,
         "kind": model.kind,
@@ -197,7 +198,7 @@ def load_checkpoint(
         raise CheckpointError(f"{side}: not valid JSON: {exc}") from exc
     if info.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{side}: unknown format {info.get('format')!r} (expected {CHECKPOINT_FORMAT})")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != info.get("sha256"):
         raise CheckpointError(f"{path}: sha256 {digest} does not match its sidecar ({info.get('sha256')})")
     if expected_sha256 is not None and digest != expected_sha256.lower():
