@@ -11,11 +11,19 @@ Detections (--detections, repeatable; every source feeds the same tracker):
     single-frame  PerceptionPipeline with model.kind 'single': the AB3DMOT-style baseline
                   (--baseline-checkpoint)
 
+Scored (ssm_perception/tracking/evaluation.py has the reasons): confirmed and coasting tracks in
+odom at the LiDAR stamp, inside the BEV grid; ground truth inside the grid with at least one LiDAR
+return (without returns: ignored, a track on it is neither a hit nor a false positive); per class,
+2D centre distance <= 2 m. With --preset, learned detections are cached per seed (--cache-dir), so
+a second run or another tracking setting does not re-run the network. --tuning gives each learned
+source the settings scripts/tune_tracking.py chose for it on the validation seeds (fair to both).
+Report held-out seeds only (200000+; training uses 0-47, tuning 100000+): the results file says.
+
 Examples:
     .venv/bin/python scripts/eval_tracking.py --scenario crossing --seed 0 --seed 1 --seed 2
-    .venv/bin/python scripts/eval_tracking.py --preset urban --seed 100 --seed 101 --duration 30 \\
-        --detections model --checkpoint ckpt/mamba.safetensors \\
-        --detections single-frame --baseline-checkpoint ckpt/single.safetensors --out results/tracking_urban.json
+    .venv/bin/python scripts/eval_tracking.py --preset urban --seed 200000 --seed 200001 --duration 20 \\
+        --detections model --detections single-frame --tuning results/tracking_tuning.json \\
+        --out results/tracking_urban_heldout.json
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssm_perception.config import ConfigError, PerceptionConfig
+from ssm_perception.config import ConfigError, PerceptionConfig, TrackingConfig
 from ssm_perception.tracking.evaluation import (
     bag_sequence,
+    cache_sim_detections,
+    cache_sim_many,
     evaluate_tracking,
     load_gt_frames,
     pipeline_source,
@@ -47,6 +57,11 @@ TABLE_COLUMNS = {"mota": "MOTA", "motp": "MOTP[m]", "idf1": "IDF1", "hota": "HOT
                  "fragmentations": "Frag", "mostly_tracked": "MT", "mostly_lost": "ML", "false_positives": "FP",
                  "misses": "FN", "num_gt": "GT"}
 
+HELD_OUT_SEEDS = 200_000  # simulator seeds >= this are never used for training (0-47) or tuning (100000+)
+EVALUATED = ("confirmed + coasting tracks inside the BEV grid, odom, at the LiDAR stamp; ground truth inside the "
+             "grid with >= 1 LiDAR return counted, without returns ignored (tracks on it neither TP nor FP); "
+             "per class, centre distance <= 2 m")
+
 app = typer.Typer(add_completion=False)
 
 
@@ -58,6 +73,18 @@ def print_table(metrics: dict[str, dict[str, float]], title: str, console: Conso
     for name, row in metrics.items():
         table.add_row(name, *(f"{row[c]:.3f}" if c in ("mota", "motp", "idf1", "hota") else f"{row[c]:.0f}"
                               for c in TABLE_COLUMNS))
+    (console or Console(width=120)).print(table)
+
+
+def print_ranges(breakdown: dict[str, list[dict]], title: str, console: Console | None = None) -> None:
+    table = Table(title=title)
+    for col in ("class", "range [m]", "GT", "recall", "tracks", "FP"):
+        table.add_column(col, justify="right")
+    for name, rows in breakdown.items():
+        for r in rows:
+            if r["num_gt"] or r["num_hyp"]:
+                table.add_row(name, r["range_m"], f"{r['num_gt']}", f"{r['recall']:.3f}", f"{r['num_hyp']}",
+                              f"{r['false_positives']}")
     (console or Console(width=120)).print(table)
 
 
@@ -90,6 +117,16 @@ def main(
     checkpoint: Annotated[Path | None, typer.Option(help="weights for --detections model")] = None,
     baseline_checkpoint: Annotated[Path | None, typer.Option(help="weights for --detections single-frame")] = None,
     config: Annotated[Path | None, typer.Option(help="ssm_perception YAML (tracking, grid, model, frames)")] = None,
+    tuning: Annotated[Path | None, typer.Option(
+        help="results of scripts/tune_tracking.py: each learned source runs with the tracking settings tuned "
+             "for it (default: the config's tracking section for every source)")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="--preset with learned sources: cache of their detections (network runs once per seed)")] = Path(
+        "out/tracking_cache"),
+    floor: Annotated[float, typer.Option(help="decoder score floor of cached detections")] = 0.15,
+    workers: Annotated[int, typer.Option(help="seeds simulated + detected in parallel processes")] = 1,
+    device: Annotated[str, typer.Option(help="where the network runs: cpu | cuda (default: the config's)")] = "",
+    cache_only: Annotated[bool, typer.Option(help="only fill the detection cache")] = False,
     out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("results/tracking_metrics.json"),
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
@@ -107,29 +144,47 @@ def main(
                                  "scenario is ground truth only)")
     try:
         cfg = PerceptionConfig.from_yaml(config) if config else PerceptionConfig()
-    except ConfigError as exc:
+        if device:
+            cfg.model.device = device
+    except (ConfigError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    tracking_of = {s: cfg.tracking for s in sources}
+    if tuning is not None:
+        tuned = json.loads(tuning.read_text())["sources"]
+        for s in sources:
+            if s in tuned:
+                tracking_of[s] = TrackingConfig.model_validate(tuned[s]["chosen"])
+            elif s != "synthetic":
+                raise typer.BadParameter(f"{tuning} has no tuned settings for {s!r} (has {sorted(tuned)})")
+    learned = [s for s in sources if s != "synthetic"]
+    ckpts = {"model": str(checkpoint or ""), "single-frame": str(baseline_checkpoint or "")}
 
     console = Console(width=120)
+    caches = []
+    if preset and learned:
+        try:
+            caches = cache_sim_many(preset, seeds, duration, cfg, learned, floor, cache_dir, ckpts, workers, progress) \
+                if cache_dir is not None else [cache_sim_detections(preset, seed, duration, cfg, learned, floor, None,
+                                                                    progress, ckpts) for seed in seeds]
+        except RuntimeError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        if cache_only:
+            return
     results, match_m = {}, None
     for source_name in sources:
         src_cfg = cfg.model_copy(deep=True)
         ckpt = checkpoint if source_name == "model" else baseline_checkpoint
         if ckpt is not None:
             src_cfg.model.checkpoint = str(ckpt)
-        sequences, names, model_info = [], [], None
-        if preset:
+        sequences, names, model_info, saturated = [], [], None, None
+        if preset and source_name != "synthetic":
+            sequences = [c.sequence(source_name) for c in caches]
+            names = [c.name for c in caches]
+            model_info = caches[0].model_info[source_name]
+            saturated = sum(c.saturated_frames(source_name) for c in caches)
+        elif preset:
             for seed in seeds:
-                frames = sim_sequence(preset, seed, duration, src_cfg)
-                if source_name == "synthetic":
-                    source = synthetic_source(cfg.grid, seed)
-                else:
-                    try:
-                        source = pipeline_source(src_cfg, source_name)
-                    except RuntimeError as exc:
-                        raise typer.BadParameter(str(exc)) from exc
-                    model_info = source.model_info
-                sequences.append((frames, source))
+                sequences.append((sim_sequence(preset, seed, duration, src_cfg), synthetic_source(cfg.grid, seed)))
                 names.append(f"sim:{preset}:seed{seed}")
         elif scenario:
             for seed in seeds:
@@ -148,7 +203,7 @@ def main(
                     model_info = source.model_info
                     sequences.append((_decoded_lazily(path, src_cfg), source))
                 names.append(str(path))
-        evaluator = evaluate_tracking(sequences, cfg.tracking, cfg.grid, progress=progress)
+        evaluator = evaluate_tracking(sequences, tracking_of[source_name], cfg.grid, progress=progress)
         metrics = evaluator.compute()
         match_m = evaluator.max_distance_m
         results[source_name] = {
@@ -158,16 +213,22 @@ def main(
             "model": model_info,
             "sequences": names,
             "num_frames": evaluator.num_frames,
+            "tracking_config": tracking_of[source_name].model_dump(),
+            "frames_at_decoder_cap": saturated,
             "metrics": metrics,
+            "range_breakdown": evaluator.range_breakdown(),
         }
         print_table(metrics, f"tracking, detections = {source_name}"
                     f"{' (SYNTHETIC)' if source_name == 'synthetic' else ''}", console)
+        print_ranges(evaluator.range_breakdown(), f"by distance from the ego, detections = {source_name}", console)
 
+    held_out = bool(preset) and all(s >= HELD_OUT_SEEDS for s in seeds)
     result = {
         "command": " ".join(["scripts/eval_tracking.py", *sys.argv[1:]]),
         "match_threshold_m": match_m,
-        "evaluated": "confirmed + coasting tracks inside the BEV grid; GT with 0 LiDAR points ignored",
-        "tracking_config": cfg.tracking.model_dump(),
+        "evaluated": EVALUATED,
+        "held_out_seeds": held_out if preset else None,
+        "tuning": str(tuning) if tuning else None,
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,12 @@ def run_dds(args) -> dict:
         env = dds_env()
         env.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(110, 200)))  # away from other runs
         env["PYTHONUNBUFFERED"] = "1"
+        for item in args.node_env:  # A/B runs of allocator settings (MALLOC_ARENA_MAX=2, ...)
+            key, _, value = item.partition("=")
+            env[key] = value
+        if args.memory_profile:
+            env["SSM_PERCEPTION_MEMPROFILE"] = str(Path(args.memory_profile).resolve())
+            env["SSM_PERCEPTION_MEMPROFILE_S"] = str(args.memory_profile_s)
         for key in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS"):  # this process listens on the same graph
             os.environ[key] = env[key]
         import rclpy
@@ -292,7 +298,7 @@ def run_dds(args) -> dict:
         log = (tmp / "graph.log").open("w")
         duration = 60.0 * args.minutes
         warmup = args.warmup_s if args.warmup_s is not None else min(60.0, max(10.0, 0.1 * duration))
-        samples = {"t": [], "rss": [], "gpu_alloc": [], "gpu_reserved": []}
+        samples = {"t": [], "rss": [], "rss_anon": [], "gpu_alloc": [], "gpu_reserved": []}
         died = None
         rclpy.init()
         listener = rclpy.create_node("soak_listener")
@@ -313,6 +319,7 @@ def run_dds(args) -> dict:
                 if now >= next_sample:
                     samples["t"].append(now)
                     samples["rss"].append(process_rss_bytes(node.pid))
+                    samples["rss_anon"].append(process_rss_bytes(node.pid, "RssAnon"))
                     if args.device.startswith("cuda"):
                         samples["gpu_alloc"].append(nvidia_smi_process_bytes(node.pid))
                     next_sample = now + args.sample_s
@@ -368,6 +375,7 @@ def run_dds(args) -> dict:
             "series": {
                 "sample_t_s": [round(v, 2) for v in samples["t"]],
                 "rss_mib": [round(v / 2**20, 2) for v in samples["rss"]],
+                "rss_anon_mib": [round(v / 2**20, 2) for v in samples["rss_anon"]],
                 "gpu_alloc_mib": [round(v / 2**20, 2) for v in samples["gpu_alloc"]],
                 "gpu_reserved_mib": [],
                 "frame_t_s": [round(v, 3) for v in frame_t], "frame_wall_ms": [round(v, 3) for v in frame_ms],
@@ -378,11 +386,12 @@ def run_dds(args) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def process_rss_bytes(pid: int) -> int:
+def process_rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A memory field of /proc/PID/status (VmRSS: all resident; RssAnon: heap and other anonymous)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
 
 
 def nvidia_smi_process_bytes(pid: int) -> int:
@@ -478,6 +487,12 @@ def parse_args(argv=None):
     ap.add_argument("--creep-percentile", type=float, default=50.0,
                     help="percentile compared between the first and last quarter (a real creep moves them "
                          "all; on a shared machine the low ones are the least disturbed by neighbours)")
+    ap.add_argument("--memory-profile", default="",
+                    help="dds: the node writes a JSON-lines memory profile here (smaps_rollup, mallinfo2, "
+                         "tracemalloc growth; slows the node: for diagnosis, not for the verdict)")
+    ap.add_argument("--memory-profile-s", type=float, default=10.0, help="seconds between profile records")
+    ap.add_argument("--node-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="dds: extra environment of the node's process (repeatable), for A/B runs")
     ap.add_argument("--out", default=None, help="default: results/soak_<minutes>min.json")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("-q", "--quiet", action="store_true")

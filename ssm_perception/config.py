@@ -102,6 +102,9 @@ class ModelConfig(_Section):
     headdim: int = Field(16, gt=0)
     expand: int = Field(2, gt=0)
     attention_history: int = Field(8, gt=0, description="frames kept by the attention baseline")
+    neck: Literal["unet", "none"] = Field(
+        "unet", description="spatial context between the temporal core and the heads (ssm_perception/neck.py)"
+    )
     max_cells_per_call: int = Field(16384, gt=0, description="chunking for the mamba-ssm kernels")
     cpu_threads: int = Field(
         1, ge=0, description="torch CPU threads (0 = torch's default). 1 is fastest when other processes "
@@ -119,8 +122,36 @@ class ResetConfig(_Section):
     state_norm_ratio: float = Field(10.0, gt=1, description="state norm vs running baseline")
 
 
+class PerClass(_Section):
+    """One number per object class (msg/Track.msg numbering: car 1, truck 2, cyclist 3, pedestrian 4)."""
+
+    car: float = Field(ge=0)
+    truck: float = Field(ge=0)
+    cyclist: float = Field(ge=0)
+    pedestrian: float = Field(ge=0)
+
+    def of(self, cls: int, default: float) -> float:
+        """The value for class ``cls``; ``default`` for classes without one (0 unknown)."""
+        return {1: self.car, 2: self.truck, 3: self.cyclist, 4: self.pedestrian}.get(int(cls), default)
+
+
 class TrackingConfig(_Section):
-    detection_threshold: float = Field(0.3, ge=0, le=1)
+    detection_threshold: float = Field(
+        0.3, ge=0, le=1, description="centre-heatmap floor for decoding peaks (and the threshold of class 0); "
+        "keep it at or below the lowest score_threshold, or peaks between the two are never decoded "
+        "(not enforced: checkpoints store older tracking sections)"
+    )
+    score_threshold: PerClass = Field(
+        default_factory=lambda: PerClass(car=0.3, truck=0.3, cyclist=0.3, pedestrian=0.3),
+        description="per-class detection score a detection needs to reach the tracker (scripts/tune_tracking.py)",
+    )
+    nms_radius_m: PerClass = Field(
+        default_factory=lambda: PerClass(car=2.0, truck=3.0, cyclist=1.0, pedestrian=0.5),
+        description="circle NMS: a detection this close to a better one of a compatible class is dropped",
+    )
+    min_evidence: float = Field(
+        0.0, ge=0, le=1, description="minimum P(occupied) of the occupancy head at a detection's centre cell"
+    )
     gate_mahalanobis: float = Field(11.83, gt=0, description="chi2(3 dof) 99.2%")
     confirm_hits: int = Field(3, ge=1)
     max_coast_s: float = Field(1.5, ge=0)

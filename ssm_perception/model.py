@@ -1,6 +1,10 @@
 """The BEV perception model: stem -> temporal core -> heads, and its checkpoints.
 
-    features [B, C_in, H, W] --stem--> [B, d_model, H, W] --core(state, dt)--> [B, C_out, H, W] --heads--> dict
+    features [B, C_in, H, W] --stem--> [B, d_model, H, W] --core(state, dt)--> [B, C_out, H, W]
+             --neck--> [B, C_out, H, W] --heads--> dict
+
+The neck (``config.model.neck``, ssm_perception/neck.py) adds spatial context per frame; the
+temporal state never passes through it, so it stays cell-aligned.
 
 The core is chosen by ``config.model.kind``; 'logodds' is the training-free classical filter: no
 stem, no learned heads (a fixed mapping from its log-odds to occupancy).
@@ -23,6 +27,7 @@ from ssm_perception.bev.features import FEATURE_CHANNELS
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import GridConfig, PerceptionConfig
 from ssm_perception.heads import BevHeads
+from ssm_perception.neck import BevNeck
 from ssm_perception.temporal.base import State, TemporalCore
 from ssm_perception.temporal.baselines import (
     AttentionCore,
@@ -68,11 +73,13 @@ class BevPerceptionModel(nn.Module):
         self.core = build_core(config)
         if self.kind == "logodds":
             self.stem = nn.Identity()
+            self.neck = None
             self.heads = None
         else:
             # Two light convs: 3x3 gathers a little neighbourhood (sensor footprints span cells),
             # 1x1 mixes channels; GELU in between.
             self.stem = nn.Sequential(nn.Conv2d(self.in_channels, d, 3, padding=1), nn.GELU(), nn.Conv2d(d, d, 1))
+            self.neck = BevNeck(self.core.out_channels) if config.model.neck == "unet" else None
             self.heads = BevHeads(self.core.out_channels)
 
     @property
@@ -88,7 +95,9 @@ class BevPerceptionModel(nn.Module):
         return warp_state(state, T_prev_cur, self.grid, mode)
 
     def _heads(self, y: Tensor) -> dict[str, Tensor]:
-        return LogOddsCore.heads(y) if self.heads is None else self.heads(y)
+        if self.heads is None:
+            return LogOddsCore.heads(y)
+        return self.heads(y if self.neck is None else self.neck(y))
 
     def _check(self, features: Tensor) -> None:
         if features.dim() != 4 or features.shape[1:] != (self.in_channels, self.grid.nx, self.grid.ny):

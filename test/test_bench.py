@@ -168,3 +168,102 @@ def test_percentiles():
     r = bench.percentiles(list(range(1, 101)))
     assert r["p50"] == pytest.approx(50.5) and r["p99"] == pytest.approx(99.01) and r["n"] == 100
     assert bench.percentiles([]) == {"n": 0}
+
+
+# ------------------------------------------------------------------ scripts/gpu_fused_sweep.py
+def _sweep_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_fused_sweep", REPO / "scripts" / "gpu_fused_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_sweep_config_list():
+    from ssm_perception.temporal.fused_step import LAUNCH_KEYS
+
+    sw = _sweep_module()
+    shapes = sw.shape_configs()
+    keys = [tuple(sorted(c.items())) for c in shapes]
+    assert len(keys) == len(set(keys)) and 20 <= len(shapes) <= 60
+    assert shapes[0] == {"BLOCK": 256, "P_PER": 1, "num_warps": 4}  # the H100 autotuner's pick comes first
+    for c in shapes:
+        assert set(c) <= set(LAUNCH_KEYS)
+        assert c["BLOCK"] & (c["BLOCK"] - 1) == 0 and c["BLOCK"] * 8 >= 32 * c["num_warps"]
+    hints = sw.hint_configs(shapes[:2])
+    assert len(hints) == 2 * (len(sw.HINTS) - 1 + len(sw.STAGES))
+    assert all(set(c) <= set(LAUNCH_KEYS) for c in hints)
+    assert {c.get("NEW_CACHE") for c in hints} >= {"", ".cs"} and {c.get("num_stages") for c in hints} >= {1, 2}
+    assert sw.config_label(None) == "autotuned"
+    assert sw.config_label({"BLOCK": 64, "P_PER": 2, "PREV_EVICT": "", "NEW_CACHE": ".cs"}) == "B=64 P=2 st=.cs"
+
+
+def test_gpu_sweep_arguments_and_output_path(monkeypatch, capsys):
+    sw = _sweep_module()
+    a = sw.parse_args([])
+    assert (a.size, a.device, a.iters, a.budget_s, a.max_configs) == (200, "cuda", 100, 140.0, 0)
+    for bad in (["--size", "1"], ["--iters", "0"], ["--budget-s", "0"], ["--device", "tpu"], ["--tol", "-1"]):
+        with pytest.raises(SystemExit):
+            sw.parse_args(bad)
+    monkeypatch.setenv("OUT", "/some/out")
+    assert sw.output_path("") == Path("/some/out/gpu_fused_sweep.json")
+    assert sw.output_path("x/y.json") == Path("x/y.json")
+    monkeypatch.delenv("OUT")
+    assert sw.output_path("") == REPO / "results" / "gpu_fused_sweep.json"
+    assert sw.main(["--list"]) == 0
+    assert "B=256 P=1 w=4" in capsys.readouterr().out
+
+
+def test_gpu_sweep_json_writer_best_and_table(tmp_path):
+    sw = _sweep_module()
+    rows = [
+        {"label": "autotuned", "config": None, "status": "ok", "p50_ms": 0.05, "max_err_y": 1e-6, "max_err_state": 1e-6},
+        {"label": "a", "config": {"BLOCK": 64}, "status": "ok", "p50_ms": 0.12, "ratio_to_bound": 2.1,
+         "max_err_y": 1e-6, "max_err_state": 1e-6},
+        {"label": "b", "config": {"BLOCK": 128}, "status": "ok", "p50_ms": 0.10, "ratio_to_bound": 1.8,
+         "max_err_y": 1e-6, "max_err_state": 1e-6},
+        {"label": "c", "config": {"BLOCK": 256}, "status": "wrong", "p50_ms": 0.01, "max_err_y": 3.0,
+         "max_err_state": 1.0},
+        {"label": "d", "config": {"BLOCK": 96}, "status": "error", "error": "CompilationError: arange"},
+    ]
+    best = sw.best_of(rows)
+    assert best["label"] == "b"  # not the wrong one, not the autotuned baseline
+    result = {"format": sw.FORMAT, "env": {"device": "GPU X", "device_kind": "cuda"},
+              "meta": {"size": 200, "bound_ms_measured_bw": 0.0556, "copy_bandwidth_Bps": 2.9e12},
+              "configs": rows, "skipped": ["e"], "best": best, "wall_s": 12.0}
+    path = tmp_path / "sub" / "sweep.json"
+    sw.write_json(result, path)
+    assert json.loads(path.read_text()) == result and not list(path.parent.glob("*.tmp"))
+    table = sw.summary(result)
+    assert 'BEST_CONFIG = {"BLOCK": 128}' in table and "CompilationError" in table and "1 skipped" in table
+    lines = table.splitlines()
+    assert lines.index(next(ln for ln in lines if ln.startswith("c "))) < lines.index(
+        next(ln for ln in lines if ln.startswith("b ")))  # sorted by time, the wrong one marked as such
+
+
+def test_gpu_sweep_runs_under_the_triton_interpreter(tmp_path):
+    """The whole flow on CPU (Triton's interpreter, a 6x6 grid): reference check, a compile failure
+    recorded without stopping the sweep, the JSON and the table. No timing is meaningful here."""
+    pytest.importorskip("triton")
+    out = tmp_path / "sweep.json"
+    code = textwrap.dedent(f"""
+        import os, sys, json
+        os.environ["TRITON_INTERPRET"] = "1"
+        sys.path.insert(0, {str(REPO / "scripts")!r})
+        import gpu_fused_sweep as sw
+        s = sw.Sweep(6, "cpu", 1, 1e-3)
+        rows = [s.measure(c) for c in (None, {{"BLOCK": 96, "P_PER": 16}}, {{"BLOCK": 64, "P_PER": 4}})]
+        print(json.dumps([{{k: r.get(k) for k in ("status", "error", "max_err_state")}} for r in rows]))
+        sys.exit(sw.main(["--device", "cpu", "--size", "6", "--max-configs", "1", "--iters", "1", "-o", {str(out)!r}]))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 1, res.stderr[-2000:]  # 1: the autotuned baseline only, so no explicit best
+    rows = json.loads(res.stdout.splitlines()[0])
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert "power of 2" in rows[1]["error"] and rows[2]["max_err_state"] < 1e-5
+    result = json.loads(out.read_text())
+    assert result["format"] == "ssm_perception.gpu_fused_sweep/1" and result["meta"]["size"] == 6
+    assert [r["label"] for r in result["configs"]] == ["autotuned"] and len(result["skipped"]) > 20
+    assert result["env"]["triton_interpret"] == "1" and "autotuned" in res.stdout

@@ -125,3 +125,30 @@ def test_fused_kernel_block_shapes_agree(block, p_per):
         y2, h2 = fused_step.fused_warp_step(*common, config={"BLOCK": block, "P_PER": p_per})
     assert (h1 - h2).abs().max().item() < 1e-6
     assert (y1 - y2).abs().max().item() < 1e-6
+
+
+def test_fused_kernel_cache_hints_and_launch_options_keep_the_result():
+    """The sweep's other knobs (scripts/gpu_fused_sweep.py): L2 eviction hints, the streaming store
+    and Triton's num_warps/num_stages change how memory is used, never the numbers (bit-equal under
+    the interpreter, which ignores them; rounding-level when compiled). Unknown keys are refused."""
+    from ssm_perception.temporal import fused_step
+
+    ref, _ = pair()
+    grid = BevGrid.square(N, 0.5)
+    x, st, mask = inputs(ref, 1, N, seed=6)
+    dt = torch.tensor([0.1], device=DEVICE)
+    with torch.no_grad():
+        z, xs, b, c, step = ref._project(ref._pre(x), dt)
+        warp = fused_step.warp_params((0.41, -0.27, 0.1), grid, 1, "bilinear")
+        common = (st["ssm"], z, xs, b, c, step, ref.A(), ref.D, ref.nheads, ref.headdim, ref.d_state, ref.ngroups, warp,
+                  mask)
+        y1, h1 = fused_step.fused_warp_step(*common, config={"BLOCK": 128, "P_PER": ref.headdim})
+        y2, h2 = fused_step.fused_warp_step(*common, config={
+            "BLOCK": 128, "P_PER": ref.headdim, "PREV_EVICT": "evict_first", "IN_EVICT": "evict_last",
+            "NEW_CACHE": ".cs", "num_warps": 2, "num_stages": 1})
+        _, s_r = ref.warp_step(x, st, (0.41, -0.27, 0.1), dt, mask, grid)
+        with pytest.raises(ValueError, match="unknown fused-step config keys"):
+            fused_step.fused_warp_step(*common, config={"BLOCK": 128, "num_warp": 4})
+    assert (h1 - h2).abs().max().item() < 1e-6 and (y1 - y2).abs().max().item() < 1e-6
+    assert (s_r["ssm"] - h2).abs().max().item() < BILINEAR_TOL  # and it is the reference's warp + step
+    assert set(fused_step.LAUNCH_KEYS) >= {"BLOCK", "P_PER", "num_warps", "num_stages"}

@@ -164,3 +164,17 @@ def test_hota_matches_trackeval(seed):
     assert ours["assa"] == pytest.approx(ref["AssA"], abs=1e-9)
     with_tp = res["HOTA_TP"] > 0  # TrackEval reports LocA = 1 where there is no TP; we leave those out
     assert ours["loca"] == pytest.approx(float(np.mean(res["LocA"][with_tp])), abs=1e-9)
+
+
+def test_range_breakdown_counts_recall_and_false_positives_per_bucket():
+    ev = MotEvaluator()
+    for _ in range(4):
+        # ego at (100, 0): a car 5 m away (tracked), one 25 m away (missed), clutter 45 m away
+        ev.update([gt(1, 105.0, 0.0), gt(2, 125.0, 0.0)], [hyp(7, 105.5, 0.0), hyp(8, 145.0, 0.0)],
+                  ego_xy=(100.0, 0.0))
+    rows = {r["range_m"]: r for r in ev.range_breakdown()["car"]}
+    assert (rows["0-10"]["num_gt"], rows["0-10"]["recall"], rows["0-10"]["false_positives"]) == (4, 1.0, 0)
+    assert (rows["20-30"]["num_gt"], rows["20-30"]["recall"]) == (4, 0.0)
+    assert (rows["40-50"]["num_hyp"], rows["40-50"]["false_positives"]) == (4, 4)
+    assert math.isnan(rows["10-20"]["recall"]) and rows["10-20"]["num_gt"] == 0
+    assert MotEvaluator().range_breakdown() == {}  # nothing recorded without ego_xy

@@ -120,3 +120,61 @@ def test_detections_to_odom_rotates_everything():
         detections_to_odom([o], T)
     with pytest.raises(ValueError, match="4x4"):
         detections_to_odom([], np.full((4, 4), math.nan))
+
+
+def test_decode_reports_occupancy_evidence_when_the_head_is_there():
+    h = _heads()
+    h["occupancy_logit"][0, 0, 30, 5] = 2.0  # the car's cell: P(occupied) 0.88; the pedestrian's stays 0.5
+    car, ped = decode_detections(h, GRID, score_threshold=0.3)
+    assert car.evidence == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    assert ped.evidence == pytest.approx(0.5)
+    no_occ = decode_detections({k: v for k, v in h.items() if k != "occupancy_logit"}, GRID)
+    assert len(no_occ) == 2 and all(math.isnan(d.evidence) for d in no_occ)
+
+
+def _cfg(**kw):
+    from ssm_perception.config import PerClass, TrackingConfig
+
+    base = {"detection_threshold": 0.1,
+            "score_threshold": PerClass(car=0.5, truck=0.5, cyclist=0.3, pedestrian=0.2),
+            "nms_radius_m": PerClass(car=2.0, truck=3.0, cyclist=1.0, pedestrian=0.5)}
+    return TrackingConfig(**(base | kw))
+
+
+def test_select_applies_per_class_thresholds():
+    from ssm_perception.tracking.detections import select_detections
+
+    dets = [_det(score=0.45), _det(y=10.0, score=0.55), _det(y=-10.0, cls=4, score=0.25),
+            _det(y=-20.0, cls=4, score=0.15), _det(y=20.0, cls=3, score=0.35)]
+    kept = select_detections(dets, _cfg())
+    assert [(d.cls, d.score) for d in kept] == [(1, 0.55), (4, 0.25), (3, 0.35)]  # input order kept
+    assert select_detections([_det(score=math.nan), _det(length=0.0), _det(x=math.inf)], _cfg()) == []
+
+
+def test_circle_nms_within_class_and_across_car_truck_only():
+    from ssm_perception.config import PerClass
+    from ssm_perception.tracking.detections import select_detections
+
+    best, close, far = _det(score=0.9), _det(x=21.5, score=0.8), _det(x=23.0, score=0.7)
+    assert select_detections([close, best, far], _cfg()) == [best, far]  # 1.5 m < 2 m; 3 m survives
+    truck = _det(x=22.5, cls=2, score=0.6)  # 2.5 m from the car: inside the truck's 3 m radius
+    assert select_detections([best, truck], _cfg()) == [best]
+    ped = _det(x=20.3, cls=4, score=0.6)  # on the car but another kind of object: kept
+    assert select_detections([best, ped], _cfg()) == [best, ped]
+    no_nms = _cfg(nms_radius_m=PerClass(car=0.0, truck=0.0, cyclist=0.0, pedestrian=0.0))
+    assert select_detections([close, best], no_nms) == [close, best]
+
+
+def test_evidence_gate_drops_unsupported_peaks_but_not_unknown_evidence():
+    from ssm_perception.tracking.detections import select_detections
+
+    weak, strong, unknown = _det(evidence=0.2), _det(y=10.0, evidence=0.8), _det(y=-10.0)
+    assert select_detections([weak, strong, unknown], _cfg(min_evidence=0.5)) == [strong, unknown]
+    assert select_detections([weak, strong, unknown], _cfg()) == [weak, strong, unknown]
+
+
+def test_shipped_floor_is_below_every_class_threshold():
+    from ssm_perception.config import TrackingConfig
+
+    t = TrackingConfig()
+    assert t.detection_threshold <= min(t.score_threshold.of(c, 1.0) for c in (1, 2, 3, 4))

@@ -179,9 +179,9 @@ def test_pipeline_source_hook_on_a_simulated_bag(tmp_path, untrained_single):
     cfg.model.checkpoint = str(untrained_single)
     frames = bag_sequence(path, cfg)
     assert frames and all(f.sensors is not None and f.objects for f in frames)
-    # objects hidden in /ground_truth/visibility are marked so the metrics ignore them
-    assert any(o.num_points == 0 for f in frames for o in f.objects)
-    assert any(o.num_points != 0 for f in frames for o in f.objects)
+    # objects without a LiDAR return (Track.status COASTING in the bag) are marked so the metrics ignore them
+    assert any(o.observed is False for f in frames for o in f.objects)
+    assert any(o.observed is True for f in frames for o in f.objects)
     # the script end to end on the bag, with the baseline source (AB3DMOT-style: single-frame + same tracker)
     out = tmp_path / "m.json"
     run = CliRunner().invoke(_load_script().app, [
@@ -191,3 +191,78 @@ def test_pipeline_source_hook_on_a_simulated_bag(tmp_path, untrained_single):
     r = json.loads(out.read_text())["results"]["single-frame"]
     assert r["model"]["kind"] == "single" and r["synthetic_detections"] is False
     assert r["num_frames"] == len(frames)
+
+
+def test_split_ground_truth_counts_observable_objects_in_the_grid():
+    from ssm_perception.tracking.evaluation import split_ground_truth
+
+    T = se2_matrix(100.0, 0.0, 0.0)  # ego at x = 100 m in odom
+    seen = GroundTruthObject(1, 1, 110.0, 0.0, num_points=5)
+    unseen = GroundTruthObject(2, 1, 120.0, 0.0, num_points=0)
+    outside = GroundTruthObject(3, 1, 160.0, 0.0, num_points=50)  # 60 m ahead: beyond the 50 m grid edge
+    from_bag = GroundTruthObject(4, 4, 100.0, 10.0, observed=True)  # bags: status, not a count
+    hidden_in_bag = GroundTruthObject(5, 4, 100.0, 12.0, observed=False)
+    counted, ignored = split_ground_truth([seen, unseen, outside, from_bag, hidden_in_bag], T, GRID)
+    assert [o.id for o in counted] == [1, 4] and [o.id for o in ignored] == [2, 5]
+    counted, ignored = split_ground_truth([seen], T, GRID, min_points=6)
+    assert counted == [] and ignored == [seen]
+    # neither count nor status: the visibility grid decides, over the whole footprint (a car's
+    # centre cell is often hidden behind its own near side)
+    car = GroundTruthObject(6, 1, 120.0, 0.0, length=4.0, width=2.0)  # base_link x 18..22 m
+    vis = np.zeros((GRID.nx, GRID.ny), dtype=bool)
+    assert split_ground_truth([car], T, GRID, visible=vis) == ([], [car])
+    vis[int((18.2 - GRID.x_min) / GRID.resolution), int((0.0 - GRID.y_min) / GRID.resolution)] = True  # near side
+    assert split_ground_truth([car], T, GRID, visible=vis) == ([car], [])
+    assert split_ground_truth([car], T, GRID) == ([car], [])  # nothing known: counted
+
+
+def test_cached_detections_replay_exactly_and_guard_the_floor(untrained_single, tmp_path, monkeypatch):
+    import ssm_perception.tracking.evaluation as evaluation
+    from ssm_perception.config import PerClass
+    from ssm_perception.tracking.evaluation import cache_sim_detections, evaluate_cached
+
+    cfg = PerceptionConfig()
+    ckpt = {"single-frame": str(untrained_single)}
+    first = cache_sim_detections("urban", 5, 0.15, cfg, ["single-frame"], 0.2, tmp_path, checkpoints=ckpt)
+    assert first.frames and all(f.sensors is None for f in first.frames)  # sensor data is not kept
+    dets = first.detections["single-frame"]
+    assert len(dets) == len(first.frames) and all(d.score >= 0.2 for frame in dets for d in frame)
+    monkeypatch.setattr(evaluation, "sim_sequence", lambda *a, **k: pytest.fail("cache miss: simulator re-run"))
+    again = cache_sim_detections("urban", 5, 0.15, cfg, ["single-frame"], 0.2, tmp_path, checkpoints=ckpt)
+    assert again.detections == first.detections
+    frames, source = again.sequence("single-frame")
+    assert [source(f) for f in frames] == dets
+    assert evaluate_cached([again], "single-frame", TrackingConfig(), GRID).num_frames == len(frames)
+    low = TrackingConfig(detection_threshold=0.1, score_threshold=PerClass(car=0.1, truck=0.3, cyclist=0.3,
+                                                                             pedestrian=0.3))
+    with pytest.raises(ValueError, match="floor"):
+        evaluate_cached([again], "single-frame", low, GRID)
+    with pytest.raises(KeyError, match="model"):
+        again.sequence("model")
+
+
+def _load_tune_script():
+    spec = importlib.util.spec_from_file_location("tune_tracking", REPO / "scripts" / "tune_tracking.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tuning_refuses_training_and_held_out_seeds_and_runs_on_validation(untrained_single, tmp_path):
+    app = _load_tune_script().app
+    for seed in ("5", "200000"):
+        bad = CliRunner().invoke(app, ["--seed", seed, "--out", str(tmp_path / "t.json")])
+        assert bad.exit_code != 0 and "validation" in bad.output
+    out = tmp_path / "tuning.json"
+    run = CliRunner().invoke(app, [
+        "--seed", "100000", "--duration", "0.15", "--detections", "single-frame", "--baseline-checkpoint",
+        str(untrained_single), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    res = json.loads(out.read_text())
+    r = res["sources"]["single-frame"]
+    chosen = TrackingConfig.model_validate(r["chosen"])  # a valid tracking section
+    assert chosen.detection_threshold == min(chosen.score_threshold.of(c, 1.0) for c in (1, 2, 3, 4))
+    assert res["validation"]["seeds"] == [100000] and r["sweeps"]
+    assert {s["param"] for s in r["sweeps"]} >= {"score_threshold", "nms_radius_m", "confirm_hits"}
+    # the chosen setting is never worse on the validation data than where the search started
+    assert r["validation_at_chosen"]["pooled_mota"] >= r["validation_at_start"]["pooled_mota"] - 1e-9

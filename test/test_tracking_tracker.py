@@ -226,3 +226,21 @@ def test_batched_cost_matrix_equals_per_pair_mahalanobis():
                 assert cost[ti, di] == pytest.approx(ref, rel=1e-9)
             else:
                 assert cost[ti, di] == np.inf
+
+
+def test_per_class_thresholds_and_nms_reach_the_tracker():
+    from ssm_perception.config import PerClass
+
+    cfg = TrackingConfig(score_threshold=PerClass(car=0.8, truck=0.8, cyclist=0.3, pedestrian=0.3),
+                         nms_radius_m=PerClass(car=2.0, truck=3.0, cyclist=1.0, pedestrian=0.5))
+    trk = MultiObjectTracker(cfg)
+    for k in range(6):
+        t = 0.1 * k
+        # a weak car (below its class threshold), a pedestrian at the same score, and a strong car
+        # with a duplicate peak 1 m away (the circle NMS keeps one)
+        tracks = trk.update([odet(0.0, 20.0, score=0.7), odet(5.0, 5.0, cls=4, score=0.7),
+                             odet(10.0 + t, 0.0, vx=1.0, score=0.9), odet(11.0 + t, 0.0, vx=1.0, score=0.85)], t)
+    car, ped = sorted(confirmed(tracks), key=lambda tr: tr.cls)
+    assert (car.cls, ped.cls) == (1, 4)
+    assert car.x == pytest.approx(10.5, abs=0.3) and ped.x == pytest.approx(5.0, abs=0.1)
+    assert len(tracks) == 2  # no tentative leftovers from the suppressed detections

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Protocol
 
-import motmetrics as mm
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -35,6 +35,7 @@ MOTMETRICS_NAMES = {
     "num_gt_ids": "num_unique_objects",
 }
 HOTA_ALPHAS = np.arange(0.05, 0.99, 0.05)  # 19 thresholds
+RANGE_EDGES_M = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 75.0)  # ego-distance buckets of the breakdown
 
 
 class PlanarObject(Protocol):
@@ -59,6 +60,7 @@ class GroundTruthObject:
     width: float = 1.9
     height: float = 1.6
     num_points: int = -1  # LiDAR returns on the object this frame; -1 = not known
+    observed: bool | None = None  # some LiDAR return hit it this frame (bags: Track.status); None = not known
 
 
 @dataclass
@@ -92,12 +94,17 @@ class MotEvaluator:
             raise ValueError("max_distance_m must be > 0")
         self.classes = tuple(int(c) for c in classes)
         self.max_distance_m = float(max_distance_m)
+        import motmetrics as mm  # only where metrics are computed (detection caching runs without it)
+
         self._acc = {c: mm.MOTAccumulator(auto_id=False) for c in self.classes}
         # per class: list of (gt_ids [G], hyp_ids [H], similarity [G, H]) for HOTA
         self._hota_frames: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {c: [] for c in self.classes}
         self.num_frames = 0
         self._sequence = 0
         self._uids: dict[tuple[str, int, int], int] = {}  # (side, sequence, id) -> id unique over sequences
+        # per class: (frame, side, uid, distance from the ego [m]) of every evaluated object, for
+        # the range breakdown; filled when update() gets ego_xy
+        self._ranges: dict[int, list[tuple[int, str, int, float]]] = {c: [] for c in self.classes}
 
     def start_sequence(self) -> None:
         """Begin an independent sequence (another bag or run): ids seen from now on never alias the
@@ -108,10 +115,11 @@ class MotEvaluator:
         return self._uids.setdefault((side, self._sequence, int(i)), len(self._uids))
 
     def update(self, gt: Sequence[PlanarObject], hyp: Sequence[PlanarObject],
-               ignored_gt: Sequence[PlanarObject] = ()) -> None:
+               ignored_gt: Sequence[PlanarObject] = (), ego_xy: tuple[float, float] | None = None) -> None:
         """One frame. ``ignored_gt``: objects that exist but cannot be seen (e.g. no LiDAR return);
         a hypothesis on one of them is neither a true nor a false positive and is dropped, as
-        MOTChallenge does with its distractors, so coasting through an occlusion is not punished."""
+        MOTChallenge does with its distractors, so coasting through an occlusion is not punished.
+        ``ego_xy``: the ego position in the objects' frame, for ``range_breakdown``."""
         for o in list(gt) + list(hyp) + list(ignored_gt):
             if not (math.isfinite(o.x) and math.isfinite(o.y)):
                 raise ValueError(f"non-finite position in evaluated object {o!r}")
@@ -130,6 +138,10 @@ class MotEvaluator:
             self._acc[c].update(gids.tolist(), hids.tolist(), dist, frameid=self.num_frames)
             sim = np.clip(1.0 - d / self.max_distance_m, 0.0, None)
             self._hota_frames[c].append((gids, hids, sim))
+            if ego_xy is not None:
+                for side, objs, uids in (("gt", g, gids), ("hyp", h, hids)):
+                    self._ranges[c].extend((self.num_frames, side, int(u), math.hypot(o.x - ego_xy[0], o.y - ego_xy[1]))
+                                           for o, u in zip(objs, uids))
         self.num_frames += 1
 
     def _drop_hypotheses_on_ignored(self, g, ign, h):
@@ -151,8 +163,32 @@ class MotEvaluator:
                             original[int(row["HId"])]))
         return out
 
+    def range_breakdown(self, edges: Sequence[float] = RANGE_EDGES_M) -> dict[str, list[dict[str, float]]]:
+        """{class name: one row per ego-distance bucket [lo, hi)}: ground truth count, recall (matched
+        or switched ground truth / all), hypotheses and false positives, from motmetrics' event log.
+        Shows where a detector loses objects and where its false tracks sit."""
+        out: dict[str, list[dict[str, float]]] = {}
+        for c, acc in self._acc.items():
+            if not self._ranges[c]:
+                continue
+            ev = acc.mot_events
+            matched = {(int(f), int(o)) for (f, _), o in ev[ev["Type"].isin(["MATCH", "SWITCH"])]["OId"].items()}
+            false_pos = {(int(f), int(h)) for (f, _), h in ev[ev["Type"] == "FP"]["HId"].items()}
+            rows = []
+            for lo, hi in pairwise(edges):
+                gt = [(f, u) for f, side, u, r in self._ranges[c] if side == "gt" and lo <= r < hi]
+                hyp = [(f, u) for f, side, u, r in self._ranges[c] if side == "hyp" and lo <= r < hi]
+                hit = sum(k in matched for k in gt)
+                rows.append({"range_m": f"{lo:g}-{hi:g}", "num_gt": len(gt),
+                             "recall": hit / len(gt) if gt else math.nan,
+                             "num_hyp": len(hyp), "false_positives": sum(k in false_pos for k in hyp)})
+            out[CLASS_NAMES.get(c, str(c))] = rows
+        return out
+
     def compute(self) -> dict[str, dict[str, float]]:
         """{class name: {metric: value}} for every class with ground truth or hypotheses."""
+        import motmetrics as mm
+
         mh = mm.metrics.create()
         out: dict[str, dict[str, float]] = {}
         for c in self.classes:

@@ -40,6 +40,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 _ALIGN_TOL = 1e-4  # same tolerance as temporal/warp.py: sources this close to centres are aligned
 BLOCK_CELLS = 128
+# Everything a fixed launch may set (``fused_warp_step(config=...)``): the kernel's block shape and
+# cache hints, and Triton's launch options.
+LAUNCH_KEYS = ("BLOCK", "P_PER", "PREV_EVICT", "IN_EVICT", "NEW_CACHE", "num_warps", "num_stages")
 
 
 def available() -> bool:
@@ -88,8 +91,13 @@ if triton is not None:
         s_prev_b, s_new_b, s_y_b, s_x_b, s_z_b, s_b_b, s_c_b, s_step_b,
         NHEADS: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr, NGROUPS: tl.constexpr,
         WARP: tl.constexpr, BILINEAR: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK: tl.constexpr,
-        P_PER: tl.constexpr,
+        P_PER: tl.constexpr, PREV_EVICT: tl.constexpr = "", IN_EVICT: tl.constexpr = "",
+        NEW_CACHE: tl.constexpr = "",
     ):
+        # PREV_EVICT: L2 eviction hint of the previous-state loads (read once: "evict_first" may keep
+        # the re-read inputs cached); IN_EVICT: the same for step/B/C/x/z, which every (head, p)
+        # program of a cell block reads again ("evict_last"); NEW_CACHE: PTX cache operator of the
+        # new-state stores (".cs" = streaming). "" = Triton's default; swept by scripts/gpu_fused_sweep.py.
         pid = tl.program_id(0)
         # axis 1 = (head, slice of P_PER of its headdim rows): more, smaller programs keep more
         # loads in flight than one program looping over the whole head
@@ -103,12 +111,14 @@ if triton is not None:
         g = h // (NHEADS // NGROUPS)
         head_ch = h * HEADDIM * DSTATE  # first state channel of this head
 
-        step = tl.load(step_ptr + bi * s_step_b + h * HW + offs, mask=m, other=0.0)
+        step = tl.load(step_ptr + bi * s_step_b + h * HW + offs, mask=m, other=0.0, eviction_policy=IN_EVICT)
         a = tl.load(a_ptr + h)
         dd = tl.load(d_ptr + h)
         decay = tl.exp(step * a)
-        bt = tl.load(b_ptr + bi * s_b_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None], other=0.0)
-        ct = tl.load(c_ptr + bi * s_c_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None], other=0.0)
+        bt = tl.load(b_ptr + bi * s_b_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None], other=0.0,
+                     eviction_policy=IN_EVICT)
+        ct = tl.load(c_ptr + bi * s_c_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None], other=0.0,
+                     eviction_policy=IN_EVICT)
 
         if WARP:
             fi_ = (offs // W).to(tl.float32)
@@ -163,21 +173,26 @@ if triton is not None:
             ch = ((p * DSTATE + n) * HW)[None, :]  # [1, N] channel offsets inside this head
             if WARP:
                 if BILINEAR:
-                    old = w00[:, None] * tl.load(prev_base + ch + src00[:, None], mask=(m00 & mp)[:, None], other=0.0)
-                    old += w01[:, None] * tl.load(prev_base + ch + src01[:, None], mask=(m01 & mp)[:, None], other=0.0)
-                    old += w10[:, None] * tl.load(prev_base + ch + src10[:, None], mask=(m10 & mp)[:, None], other=0.0)
-                    old += w11[:, None] * tl.load(prev_base + ch + src11[:, None], mask=(m11 & mp)[:, None], other=0.0)
+                    old = w00[:, None] * tl.load(prev_base + ch + src00[:, None], mask=(m00 & mp)[:, None], other=0.0,
+                                                 eviction_policy=PREV_EVICT)
+                    old += w01[:, None] * tl.load(prev_base + ch + src01[:, None], mask=(m01 & mp)[:, None], other=0.0,
+                                                  eviction_policy=PREV_EVICT)
+                    old += w10[:, None] * tl.load(prev_base + ch + src10[:, None], mask=(m10 & mp)[:, None], other=0.0,
+                                                  eviction_policy=PREV_EVICT)
+                    old += w11[:, None] * tl.load(prev_base + ch + src11[:, None], mask=(m11 & mp)[:, None], other=0.0,
+                                                  eviction_policy=PREV_EVICT)
                 else:
-                    old = tl.load(prev_base + ch + src[:, None], mask=(inside & mp)[:, None], other=0.0)
+                    old = tl.load(prev_base + ch + src[:, None], mask=(inside & mp)[:, None], other=0.0,
+                                  eviction_policy=PREV_EVICT)
             else:
-                old = tl.load(prev_base + ch + offs[:, None], mask=mp[:, None], other=0.0)
+                old = tl.load(prev_base + ch + offs[:, None], mask=mp[:, None], other=0.0, eviction_policy=PREV_EVICT)
             if HAS_RESET:
                 old = tl.where(rst[:, None], 0.0, old)
-            xp = tl.load(x_ptr + bi * s_x_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0)
+            xp = tl.load(x_ptr + bi * s_x_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0, eviction_policy=IN_EVICT)
             new = old * decay[:, None] + (step * xp)[:, None] * bt
-            tl.store(new_base + ch + offs[:, None], new, mask=mp[:, None])
+            tl.store(new_base + ch + offs[:, None], new, mask=mp[:, None], cache_modifier=NEW_CACHE)
             yp = tl.sum(new * ct, axis=1) + dd * xp
-            zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0)
+            zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0, eviction_policy=IN_EVICT)
             yp = yp * zp * tl.sigmoid(zp)
             tl.store(y_ptr + bi * s_y_b + (h * HEADDIM + p) * HW + offs, yp, mask=mp)
 
@@ -219,8 +234,10 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
     A, D [nheads]; reset_mask [B, H, W] bool in the current frame (cleared before the update).
     Returns y [B, nheads*headdim, H, W] (gated) and the new state [B, S, H, W].
     ``out`` = (y, h_new) preallocated buffers (CUDA graphs); h_new must not alias h_prev.
-    ``config`` = {"BLOCK": cells per program, "P_PER": headdim rows per program} fixes the block
-    shape instead of autotuning it (the interpreter always uses a fixed shape)."""
+    ``config`` fixes the launch instead of autotuning it (the interpreter always uses a fixed one):
+    {"BLOCK": cells per program, "P_PER": headdim rows per program} and optionally the kernel's
+    cache hints ("PREV_EVICT", "IN_EVICT", "NEW_CACHE") and Triton's "num_warps" / "num_stages"
+    (see LAUNCH_KEYS; scripts/gpu_fused_sweep.py sweeps them)."""
     if triton is None:
         raise RuntimeError("model.backend 'fused' needs the 'triton' package (pip install triton)")
     if not h_prev.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -256,8 +273,11 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
             "WARP": warp is not None, "BILINEAR": bool(bilinear), "HAS_RESET": reset is not None}
     if config is not None or os.environ.get("TRITON_INTERPRET") == "1":
         cfg = {"BLOCK": BLOCK_CELLS, "P_PER": headdim, **(config or {})}
+        unknown = set(cfg) - set(LAUNCH_KEYS)
+        if unknown:
+            raise ValueError(f"unknown fused-step config keys {sorted(unknown)}; known: {list(LAUNCH_KEYS)}")
         grid = (math.ceil(hw / cfg["BLOCK"]), nheads * math.ceil(headdim / cfg["P_PER"]), bsz)
-        _fused_warp_step_kernel[grid](*args, **meta, BLOCK=cfg["BLOCK"], P_PER=cfg["P_PER"])
+        _fused_warp_step_kernel[grid](*args, **meta, **cfg)
     else:
         def grid(cfg):
             return (triton.cdiv(hw, cfg["BLOCK"]), nheads * triton.cdiv(headdim, cfg["P_PER"]), bsz)

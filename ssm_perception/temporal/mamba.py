@@ -54,6 +54,7 @@ from ssm_perception.temporal.base import (
 DT_NOMINAL = 0.1  # [s] frame period the discretization is calibrated to
 DT_RATIO_MAX = 50.0  # gaps beyond 5 s count as 5 s (all memory is gone long before that)
 STEP_MAX = 10.0  # cap of the per-head step: exp(-10 * A) is below 5e-5 for every A <= -1
+CELL_BLOCK = 1024  # cells per block of the CPU step (2 MiB of state at 2 KB per cell: cache-sized)
 SCAN_CHUNK = 16  # time chunk of the parallel scan (the stock kernels want 8-16 for short sequences)
 
 
@@ -224,6 +225,8 @@ class MambaCore(TemporalCore):
 
     def _ssm_step_reference(self, h: Tensor, z, xs, b, c, step) -> tuple[Tensor, Tensor]:
         """One state update in the cell-aligned layout. h [B, S, H, W] -> y [B, d_inner, H, W], h'."""
+        if self._cpu_inference(h, z, xs, b, c, step):
+            return self._ssm_step_cells(h, z, xs, b, c, step)
         bsz, _, hh, ww = h.shape
         nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
         h = h.view(bsz, g, nh // g, p, n, hh, ww)
@@ -238,6 +241,64 @@ class MambaCore(TemporalCore):
         y = y.reshape(bsz, self.d_inner, hh, ww) * F.silu(z)
         return y, h_new.view(bsz, -1, hh, ww)
 
+    @staticmethod
+    def _cpu_inference(*tensors: Tensor) -> bool:
+        """CPU and no autograd graph to build: the cell-row form applies (it writes into buffers)."""
+        return tensors[0].device.type == "cpu" and not (
+            torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+    def _ssm_step_cells(self, h: Tensor, z, xs, b, c, step, taps=None, reset: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
+        """The same update for CPU inference, cell by cell: each cell's state is one contiguous row
+        (the state is stored channels-last on CPU; an NCHW state is transposed once here), and the
+        cells are processed in blocks of CELL_BLOCK so that the temporaries stay in cache and no
+        state-sized temporary is allocated (a fresh 32 MiB tensor costs ~10 ms of page faults).
+        Returns h' channels-last. Same arithmetic per element as the cell-aligned form.
+
+        ``taps`` (warp.row_taps): h is the previous frame's state and each block's rows are
+        gathered (ego-motion warp) right before their update; ``reset`` [B*H*W] bool then clears
+        those cells after the warp, before the update (as apply_reset does in ``step``)."""
+        bsz, s, hh, ww = h.shape
+        nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
+        hg = nh // g
+        cells = bsz * hh * ww
+
+        def rows(v: Tensor) -> Tensor:  # [B, C, H, W] -> [cells, C]
+            return v.permute(0, 2, 3, 1).reshape(cells, v.shape[1])
+
+        h_rows = rows(h).view(cells, g, hg, p, n)
+        step_r = rows(step).view(cells, g, hg, 1, 1)  # [cells, g, hg, 1, 1]
+        decay = torch.exp(step_r * self.A().view(1, g, hg, 1, 1))
+        xs_r = rows(xs).view(cells, g, hg, p, 1)
+        sx = step_r * xs_r  # [cells, g, hg, p, 1]
+        b_r = rows(b).view(cells, g, 1, 1, n)
+        c_r = rows(c).view(cells, g, 1, 1, n)
+        h_new = torch.empty(bsz, hh, ww, s, dtype=h.dtype).view(cells, g, hg, p, n)  # [cells, S] rows
+        y_r = torch.empty(cells, g, hg, p, dtype=h.dtype)
+        tmp = torch.empty(min(CELL_BLOCK, cells), g, hg, p, n, dtype=h.dtype)
+        if taps is not None:
+            from ssm_perception.temporal.warp import gather_rows
+
+            table = h_rows.view(cells, s)
+        for i in range(0, cells, CELL_BLOCK):
+            blk = slice(i, i + CELL_BLOCK)
+            hn = h_new[blk]
+            if taps is None:
+                src = h_rows[blk]
+            else:
+                src = gather_rows(table, taps, i, min(i + CELL_BLOCK, cells)).view(-1, g, hg, p, n)
+                if reset is not None:  # masked_fill, not a product: a non-finite cell becomes exactly 0
+                    src.masked_fill_(reset[blk].view(-1, 1, 1, 1, 1), 0.0)
+            torch.mul(src, decay[blk], out=hn)
+            hn.addcmul_(sx[blk], b_r[blk])  # + step * xs (outer) B
+            t = tmp[: hn.shape[0]]
+            torch.mul(hn, c_r[blk], out=t)
+            torch.sum(t, -1, out=y_r[blk])  # h' C
+        y_r.addcmul_(self.D.view(1, g, hg, 1), xs_r.squeeze(-1))  # + D xs
+        # y back to NCHW (one small transpose) so that the gate and everything after run as before
+        y = y_r.view(bsz, hh, ww, self.d_inner).permute(0, 3, 1, 2).contiguous() * F.silu(z)
+        return y, h_new.view(bsz, hh, ww, s).permute(0, 3, 1, 2)
+
     def warp_step(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None = None,
                   grid=None, mode: str = "bilinear") -> tuple[Tensor, State]:
         """Warp the previous frame's state into the current frame and step, in one call.
@@ -248,6 +309,8 @@ class MambaCore(TemporalCore):
         dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
         if self.backend != "fused":
             if T_prev_cur is not None:
+                if self.backend == "reference" and self._cpu_inference(prev_state["ssm"], *self.parameters()):
+                    return self._warp_step_cells(x, prev_state, T_prev_cur, dt, reset_mask, grid, mode)
                 from ssm_perception.temporal.warp import warp_state
 
                 prev_state = warp_state(prev_state, T_prev_cur, grid, mode)
@@ -262,6 +325,27 @@ class MambaCore(TemporalCore):
         y, h = fused_step.fused_warp_step(prev_state["ssm"], z, xs, b, c, step, self.A(), self.D.float(),
                                           self.nheads, self.headdim, self.d_state, self.ngroups, warp, reset_mask)
         return self._post(u, y), {"ssm": h}
+
+    def _warp_step_cells(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None,
+                         grid, mode: str) -> tuple[Tensor, State]:
+        """CPU inference: warp_state + step with the warp gathered block by block inside the
+        update, so the warped state is never materialised (one state-sized allocation and one
+        pass over the state instead of two). Same numbers as warp_state followed by ``step``."""
+        from ssm_perception.temporal.warp import row_taps
+
+        check_input(self, x)
+        h = prev_state["ssm"]
+        if grid is None or h.dim() != 4 or h.shape[-2:] != grid.shape or h.shape[0] != x.shape[0]:
+            raise ValueError(f"state {tuple(h.shape)} does not match the batch and the grid "
+                             f"{None if grid is None else grid.shape}")
+        if reset_mask is not None and reset_mask.shape != (h.shape[0], *h.shape[-2:]):
+            raise ValueError(f"reset_mask {tuple(reset_mask.shape)} does not match state {tuple(h.shape)}")
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        taps = row_taps(T_prev_cur, grid, h.shape[0], mode, h.dtype, h.device)
+        reset = None if reset_mask is None else reset_mask.reshape(-1).bool()
+        y, h_new = self._ssm_step_cells(h, z, xs, b, c, step, taps, reset)
+        return self._post(u, y), {"ssm": h_new}
 
     def _check_inference(self, name: str) -> None:
         if torch.is_grad_enabled() and any(q.requires_grad for q in self.parameters()):

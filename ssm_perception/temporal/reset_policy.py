@@ -199,6 +199,21 @@ class ResetPolicy:
         obs = observed.to(torch.bool).reshape(self.grid.shape)
         self._age[0, 0][obs.to(self._age.device)] = 0.0
 
+    def memory(self) -> dict:
+        """What the next decision depends on (previous stamp, pose, LiDAR stamp, zone, age grid), as
+        plain values (bytes for arrays) so that a training sampler can save it and compare it with ==."""
+        pose = None if self._prev_pose is None else np.asarray(self._prev_pose, np.float64).tobytes()
+        age = None if self._age is None else self._age.numpy().astype(np.float32).tobytes()
+        return {"prev_stamp": self._prev_stamp, "prev_pose": pose, "last_lidar": self._last_lidar,
+                "zone": self._zone, "age": age}
+
+    def load_memory(self, m: dict) -> None:
+        """Inverse of ``memory()`` (counters and pending requests are not part of it)."""
+        self._prev_stamp, self._last_lidar, self._zone = m["prev_stamp"], m["last_lidar"], m["zone"]
+        self._prev_pose = None if m["prev_pose"] is None else np.frombuffer(m["prev_pose"], np.float64).reshape(4, 4)
+        self._age = None if m["age"] is None else (
+            torch.from_numpy(np.frombuffer(m["age"], np.float32).copy()).reshape(1, 1, *self.grid.shape))
+
     @property
     def cell_age_s(self) -> Tensor | None:
         """[H, W] seconds since each cell was last observed (None before the first observe)."""

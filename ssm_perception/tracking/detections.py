@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssm_perception.config import GridConfig
+from ssm_perception.config import GridConfig, TrackingConfig
 from ssm_perception.geometry import wrap_angle, yaw_of
 
 # Head channel k of center_logit is object class k + 1 (msg/Track.msg numbering).
@@ -23,6 +23,14 @@ NUM_OBJECT_CLASSES = 4
 CLASS_NAMES = {0: "unknown", 1: "car", 2: "truck", 3: "cyclist", 4: "pedestrian"}
 
 _REQUIRED_HEADS = ("center_logit", "box_offset", "box_size", "box_yaw", "velocity")
+_OPTIONAL_HEADS = ("occupancy_logit",)
+MAX_DETECTIONS = 256  # decoder cap per frame (best scores kept): a safety bound, far above a street's objects
+# Detector confusions that association and NMS tolerate (car <-> truck); anything else must match exactly.
+VEHICLES = (1, 2)
+
+
+def classes_compatible(a: int, b: int) -> bool:
+    return a == b or (a in VEHICLES and b in VEHICLES)
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class Detection:
     cls: int
     score: float
     frame: Literal["base_link", "odom"] = "base_link"
+    evidence: float = math.nan  # P(occupied) of the occupancy head at the centre cell; NaN = not known
 
     def is_finite(self) -> bool:
         """Position, heading, size and score usable (velocity may be missing)."""
@@ -54,8 +63,10 @@ class Detection:
 def _unbatch(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Accept [1, C, H, W] or [C, H, W] per key; return [C, H, W] float32 on CPU."""
     out = {}
-    for key in _REQUIRED_HEADS:
+    for key in _REQUIRED_HEADS + _OPTIONAL_HEADS:
         if key not in heads:
+            if key in _OPTIONAL_HEADS:
+                continue
             raise KeyError(f"decode_detections: heads dict lacks {key!r} (has {sorted(heads)})")
         t = heads[key].detach()
         if t.dim() == 4:
@@ -73,13 +84,15 @@ def decode_detections(
     heads: dict[str, torch.Tensor],
     grid: GridConfig,
     score_threshold: float = 0.3,
-    max_detections: int = 100,
+    max_detections: int = MAX_DETECTIONS,
 ) -> list[Detection]:
     """Heatmap peaks -> boxes in base_link, best score first.
 
     A peak is a cell whose sigmoid score is the maximum of its 3x3 neighbourhood in its own class
-    channel (the CenterPoint-style max-pool NMS) and at least ``score_threshold``. Non-finite
-    outputs never become detections.
+    channel (the CenterPoint-style max-pool NMS) and at least ``score_threshold``, the floor;
+    per-class thresholds, circle NMS and evidence gating come after (``select_detections``, applied
+    by the tracker). Each detection carries the occupancy head's P(occupied) at its peak cell as
+    ``evidence`` when the heads have ``occupancy_logit``. Non-finite outputs never become detections.
     """
     h = _unbatch(heads)
     center = h["center_logit"]  # [4, H, W]
@@ -104,6 +117,10 @@ def decode_detections(
     xs = grid.x_min + (i.float() + 0.5) * res + off[0]
     ys = grid.y_min + (j.float() + 0.5) * res + off[1]
     yaws = torch.atan2(sin_cos[0], sin_cos[1])
+    if "occupancy_logit" in h:
+        evidence = torch.sigmoid(h["occupancy_logit"][0, i, j])  # [N]
+    else:
+        evidence = torch.full((k.numel(),), math.nan)
 
     dets = []
     for n in range(k.numel()):
@@ -111,10 +128,39 @@ def decode_detections(
             x=float(xs[n]), y=float(ys[n]), yaw=float(yaws[n]),
             length=float(size[0, n]), width=float(size[1, n]), height=float(size[2, n]),
             vx=float(vel[0, n]), vy=float(vel[1, n]), cls=int(k[n]) + 1, score=float(scores[n]),
+            evidence=float(evidence[n]),
         )
         if d.is_finite():
             dets.append(d)
     return dets
+
+
+def select_detections(dets: list[Detection], cfg: TrackingConfig) -> list[Detection]:
+    """The detections worth tracking: finite with a positive size, above their class's score threshold, with enough
+    occupancy evidence (when known), and not within the NMS radius of a better one.
+
+    The 3x3 max-pool in ``decode_detections`` only suppresses neighbouring cells; a poorly peaked
+    heatmap still puts two or three peaks on one car (or a car and a truck peak on one vehicle), and
+    each extra peak is a false positive and a spurious track. The circle NMS here (as CenterPoint's
+    ``circle_nms``, greedy by score) removes them, with the larger of the two classes' radii, across
+    compatible classes (car/truck). Works in any planar frame (distances are frame-invariant) and
+    keeps the input order of the survivors. Written here: a dozen lines over a short list of boxes.
+    """
+    kept: list[Detection] = []
+    for d in sorted(dets, key=lambda d: -d.score if math.isfinite(d.score) else math.inf):
+        if not d.is_finite() or min(d.length, d.width, d.height) <= 0.0:
+            continue
+        if d.score < cfg.score_threshold.of(d.cls, cfg.detection_threshold):
+            continue
+        if math.isfinite(d.evidence) and d.evidence < cfg.min_evidence:
+            continue
+        r = cfg.nms_radius_m.of(d.cls, 0.0)
+        if any(classes_compatible(d.cls, k.cls)
+               and math.hypot(d.x - k.x, d.y - k.y) < max(r, cfg.nms_radius_m.of(k.cls, 0.0)) for k in kept):
+            continue
+        kept.append(d)
+    keep = {id(d) for d in kept}
+    return [d for d in dets if id(d) in keep]
 
 
 def refine_with_radar(

@@ -14,13 +14,32 @@ The tracker, its configuration and the metrics are identical for every source, s
 between sources are differences of the detections. The learned sources need sensor data
 (``GtFrame.sensors``): ``sim_sequence`` (simulator in-process) and ``bag_sequence`` (a simulated bag
 decoded like ``ssm-perception evaluate`` does) carry it; ``load_gt_frames`` reads ground truth only.
+
+What is scored (nuScenes / KITTI practice, the same rules for every source):
+
+    frame     odom, at the LiDAR stamp (ground truth is stamped with it; tracks are updated at it)
+    region    the ego-centred BEV grid of the frame, for truth and tracks alike
+    truth     objects with at least ``MIN_LIDAR_POINTS`` LiDAR returns in the frame (nuScenes drops
+              boxes without points: nothing can be tracked that no sensor saw). Unobservable ones
+              in the grid are 'ignored': a track on one is neither a hit nor a false positive
+    tracks    confirmed and coasting (tentative ones are not handed to the planner)
+    matching  per class, 2D centre distance <= 2 m (nuScenes' tracking threshold for every class)
+
+``cache_detections`` runs the learned detectors once per sequence and keeps their detections above
+a low score floor, so thresholds and tracker settings can be swept over the cached detections
+(scripts/tune_tracking.py) without re-running the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+import hashlib
+import json
+import math
+import pickle
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -33,7 +52,12 @@ from ssm_perception.geometry import (
     make_transform,
     yaw_of,
 )
-from ssm_perception.tracking.detections import Detection, detections_to_odom
+from ssm_perception.tracking.detections import (
+    MAX_DETECTIONS,
+    Detection,
+    detections_to_odom,
+    select_detections,
+)
 from ssm_perception.tracking.synthetic import (
     SyntheticDetectionConfig,
     synthetic_detections,
@@ -43,6 +67,10 @@ from ssm_perception.tracking.tracker import MultiObjectTracker
 DetectionSource = Callable[[GtFrame], list[Detection]]  # frame -> detections in base_link
 GT_OBJECTS_TOPIC = "/ground_truth/objects"
 TF_TOPIC = "/tf"
+MIN_LIDAR_POINTS = 1  # nuScenes keeps ground-truth boxes with at least one LiDAR (or radar) point
+# /ground_truth/objects carries observability in Track.status (sim/writer.py): CONFIRMED (1) = at least
+# one LiDAR return this scan, COASTING (2) = none. Bags do not carry the count itself.
+_STATUS_SEEN, _STATUS_UNSEEN = 1, 2
 
 
 def in_grid(x: float, y: float, T_odom_base: np.ndarray, grid: GridConfig) -> bool:
@@ -50,6 +78,52 @@ def in_grid(x: float, y: float, T_odom_base: np.ndarray, grid: GridConfig) -> bo
     T_base_odom = invert_transform(T_odom_base)
     p = T_base_odom[:2, :2] @ [x, y] + T_base_odom[:2, 3]
     return grid.x_min <= p[0] < grid.x_min + grid.length_x and grid.y_min <= p[1] < grid.y_min + grid.length_y
+
+
+def _footprint_visible(o: GroundTruthObject, T_base_odom: np.ndarray, grid: GridConfig, visible: np.ndarray) -> bool:
+    """Does any cell under the box (sampled every half cell) show as visible in the visibility grid?"""
+    step = grid.resolution / 2
+    u = np.arange(-o.length / 2, o.length / 2 + 1e-9, step)
+    v = np.arange(-o.width / 2, o.width / 2 + 1e-9, step)
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    c, s = math.cos(o.yaw), math.sin(o.yaw)
+    ox, oy = o.x + c * uu - s * vv, o.y + s * uu + c * vv  # odom
+    bx = T_base_odom[0, 0] * ox + T_base_odom[0, 1] * oy + T_base_odom[0, 3]
+    by = T_base_odom[1, 0] * ox + T_base_odom[1, 1] * oy + T_base_odom[1, 3]
+    i = np.floor((bx - grid.x_min) / grid.resolution).astype(np.int64)
+    j = np.floor((by - grid.y_min) / grid.resolution).astype(np.int64)
+    ok = (i >= 0) & (i < grid.nx) & (j >= 0) & (j < grid.ny)
+    return bool(visible[i[ok], j[ok]].any())
+
+
+def split_ground_truth(
+    objects: Sequence[GroundTruthObject],
+    T_odom_base: np.ndarray,
+    grid: GridConfig,
+    min_points: int = MIN_LIDAR_POINTS,
+    visible: np.ndarray | None = None,
+) -> tuple[list[GroundTruthObject], list[GroundTruthObject]]:
+    """(counted, ignored) ground truth of one frame; objects outside the grid are in neither.
+
+    Counted: inside the grid and observable, i.e. ``num_points >= min_points`` (simulator runs).
+    Where the count is unknown (``num_points < 0``, bags), ``observed`` (at least one return) decides;
+    where that is unknown too, some cell of the box footprint must be visible in ``visible``
+    ([H, W] bool, /ground_truth/visibility), or, without that grid, the object is counted. The same
+    rule serves every detection source, the temporal model and the single-frame baseline alike.
+    """
+    T_base_odom = invert_transform(np.asarray(T_odom_base, dtype=np.float64))
+    counted, ignored = [], []
+    for o in objects:
+        if not in_grid(o.x, o.y, T_odom_base, grid):
+            continue
+        if o.num_points >= 0:
+            seen = o.num_points >= min_points
+        elif o.observed is not None:
+            seen = o.observed
+        else:
+            seen = visible is None or _footprint_visible(o, T_base_odom, grid, visible)
+        (counted if seen else ignored).append(o)
+    return counted, ignored
 
 
 def synthetic_source(grid: GridConfig, seed: int, cfg: SyntheticDetectionConfig | None = None) -> DetectionSource:
@@ -63,14 +137,16 @@ def evaluate_tracking(
     grid: GridConfig,
     evaluator: MotEvaluator | None = None,
     progress: bool = False,
+    min_points: int = MIN_LIDAR_POINTS,
 ) -> MotEvaluator:
     """Track every sequence from scratch and accumulate metrics over the grid region.
 
     Evaluated hypotheses are confirmed and coasting tracks (tentative ones are not reported to the
     planner as objects); ground truth and hypotheses are both restricted to the grid of the frame.
-    Ground truth known to have no LiDAR return this frame (num_points == 0) is 'ignored': tracks on
-    it are neither rewarded nor punished (MOTChallenge's distractors; nuScenes drops such boxes from
-    the truth but then counts a track coasting on them as a false positive).
+    Ground truth with fewer than ``min_points`` LiDAR returns this frame is 'ignored' (see
+    ``split_ground_truth``): tracks on it are neither rewarded nor punished (MOTChallenge's
+    distractors; nuScenes drops such boxes from the truth and would count a track coasting through
+    an occlusion as a false positive, which punishes exactly what the planner wants).
     """
     evaluator = evaluator or MotEvaluator()
     tracker = MultiObjectTracker(tracking)
@@ -78,16 +154,15 @@ def evaluate_tracking(
         tracker.reset()
         evaluator.start_sequence()
         for frame in tqdm(frames, desc=f"sequence {k}", unit="frame", disable=not progress, leave=False):
-            dets = detections_to_odom(source(frame), frame.T_odom_base)
+            # The tracker selects (thresholds, NMS) itself; selecting first in base_link gives the same
+            # detections (distances are frame-invariant) and spares moving hundreds of low scores to odom.
+            dets = detections_to_odom(select_detections(source(frame), tracking), frame.T_odom_base)
             tracks = tracker.update(dets, frame.stamp_s)
             hyp = [t for t in tracks if t.status != "tentative" and in_grid(t.x, t.y, frame.T_odom_base, grid)]
             if frame.objects is None:  # no truth at this stamp: tracked (state continuity), not scored
                 continue
-            gt, ignored = [], []
-            for o in frame.objects:
-                if in_grid(o.x, o.y, frame.T_odom_base, grid):
-                    (ignored if o.num_points == 0 else gt).append(o)
-            evaluator.update(gt, hyp, ignored)
+            gt, ignored = split_ground_truth(frame.objects, frame.T_odom_base, grid, min_points)
+            evaluator.update(gt, hyp, ignored, ego_xy=(float(frame.T_odom_base[0, 3]), float(frame.T_odom_base[1, 3])))
     return evaluator
 
 
@@ -116,26 +191,26 @@ def bag_sequence(bag: str | Path, config) -> list[GtFrame]:
     """Every LiDAR frame of a simulated bag, decoded for the pipeline (``GtFrame.sensors`` holds the
     FrameInputs), with its ground truth. Decoding is the offline evaluator's (eval/evaluate.py), so
     frames are paired with radar/camera/TF exactly as in ``ssm-perception evaluate`` and the node.
-    Objects whose centre cell is not visible in /ground_truth/visibility get ``num_points = 0``
-    (ignored by the metrics); frames without /ground_truth/objects have ``objects = None``."""
+    Observability comes from the objects' Track.status (LiDAR returns or not, see ``_gt_observed``);
+    where a bag lacks it, from the box footprint in /ground_truth/visibility (``split_ground_truth``).
+    Frames without /ground_truth/objects have ``objects = None``."""
     from ssm_perception.eval.evaluate import decode_bag, topic_roles
 
     decoded = decode_bag(bag, config, topic_roles(config.topics), progress=False)
+    observed = _gt_observed(bag)
     g = config.grid
     frames = []
     for inp in decoded.frames:
         objects = decoded.gt.objects.get(inp.stamp_ns)
         truth = decoded.gt.grids.get(inp.stamp_ns)
-        if objects is not None and truth is not None:
-            vis = truth[2]  # [H, W] bool
-            T_base_odom = invert_transform(np.asarray(inp.T_odom_base, np.float64))
-            marked = []
-            for o in objects:
-                p = T_base_odom[:2, :2] @ [o.x, o.y] + T_base_odom[:2, 3]
-                i, j = int((p[0] - g.x_min) // g.resolution), int((p[1] - g.y_min) // g.resolution)
-                hidden = 0 <= i < g.nx and 0 <= j < g.ny and not vis[i, j]
-                marked.append(replace(o, num_points=0) if hidden else o)
-            objects = marked
+        if objects is not None:
+            seen = observed.get(inp.stamp_ns, {})
+            objects = [replace(o, observed=seen.get(o.id)) for o in objects]
+            if truth is not None:  # not in the statuses: decide from the visible footprint now
+                vis = truth[2]  # [H, W] bool
+                T_base_odom = invert_transform(np.asarray(inp.T_odom_base, np.float64))
+                objects = [o if o.observed is not None else
+                           replace(o, observed=_footprint_visible(o, T_base_odom, g, vis)) for o in objects]
         frames.append(GtFrame(stamp_s=inp.stamp_ns * 1e-9, T_odom_base=np.asarray(inp.T_odom_base, np.float64),
                               objects=objects, sensors=inp))
     return frames
@@ -179,9 +254,173 @@ def pipeline_source(config, kind: str) -> DetectionSource:
     return source
 
 
+# ------------------------------------------------------------------------------ cached detections
+CACHE_VERSION = 1
+
+
+@dataclass
+class CachedSequence:
+    """One sequence's ground truth (sensor data dropped) and each learned source's detections."""
+
+    name: str
+    frames: list[GtFrame]
+    detections: dict[str, list[list[Detection]]]  # source -> [frame][detection] in base_link, score >= floor
+    floor: float  # decoder score floor the detections were taken at
+    model_info: dict[str, Any] = field(default_factory=dict)  # source -> pipeline.model_info
+
+    def sequence(self, source: str) -> tuple[list[GtFrame], DetectionSource]:
+        """(frames, source) for ``evaluate_tracking``, replaying the cached detections."""
+        if source not in self.detections:
+            raise KeyError(f"{self.name}: no cached detections of {source!r} (have {sorted(self.detections)})")
+        by_stamp = dict(zip((f.stamp_s for f in self.frames), self.detections[source], strict=True))
+        return self.frames, lambda frame: by_stamp[frame.stamp_s]
+
+    def saturated_frames(self, source: str, max_detections: int = MAX_DETECTIONS) -> int:
+        """Frames whose detection list hit the decoder's cap: thresholds near the floor are then
+        replayed with fewer detections than a pipeline decoding at that threshold would produce."""
+        return sum(len(d) >= max_detections for d in self.detections[source])
+
+
+def _file_digest(path: str | Path) -> str:
+    from ssm_perception.model import file_sha256
+
+    return file_sha256(Path(path))
+
+
+def cache_detections(
+    name: str,
+    frames: Callable[[], Iterable[GtFrame]],
+    config,
+    sources: Sequence[str],
+    floor: float = 0.1,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    checkpoints: dict[str, str] | None = None,
+) -> CachedSequence:
+    """Run every learned ``source`` ('model', 'single-frame') once over ``frames()`` (one pass of the
+    simulator or one decoded bag serves all sources) and keep the detections with score >= ``floor``.
+
+    With ``cache_dir`` the result is stored as a pickle keyed by the sequence name, the floor, the
+    checkpoints' sha256 and the model/grid/sensor configuration, so a later call with the same
+    inputs loads it instead of running the network, and a new checkpoint is never served stale
+    detections. ``checkpoints``: {source: weights file} overriding ``config.model.checkpoint``.
+    """
+    srcs = {}
+    for s in sources:
+        cfg = config.model_copy(deep=True)
+        cfg.tracking.detection_threshold = float(floor)  # only the decoder floor: the tracker is not used here
+        if checkpoints and checkpoints.get(s):
+            cfg.model.checkpoint = str(checkpoints[s])
+        srcs[s] = pipeline_source(cfg, s)
+    infos = {s: src.model_info for s, src in srcs.items()}
+    key_data = {
+        "version": CACHE_VERSION, "name": name, "floor": float(floor),
+        "checkpoints": {s: _file_digest(i["source"]) for s, i in infos.items()},
+        # where the network runs (cpu/cuda, threads) does not change what it detects beyond fp32 noise
+        "config": cfg.model_dump(mode="json", exclude={"tracking": True, "diagnostics": True, "topics": True,
+                                                       "model": {"device", "cpu_threads"}}),
+    }
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = None
+    if cache_dir is not None:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        path = Path(cache_dir) / f"{safe}_{'_'.join(sorted(sources))}_{key}.pkl"
+        if path.is_file():
+            with path.open("rb") as f:
+                return pickle.load(f)
+    kept: list[GtFrame] = []
+    dets: dict[str, list[list[Detection]]] = {s: [] for s in srcs}
+    for frame in tqdm(frames(), desc=f"detections {name}", unit="frame", disable=not progress, leave=False):
+        for s, src in srcs.items():
+            dets[s].append(src(frame))
+        kept.append(replace(frame, sensors=None))
+    out = CachedSequence(name=name, frames=kept, detections=dets, floor=float(floor), model_info=infos)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(out, f)
+        tmp.replace(path)  # atomic: a killed run never leaves a truncated cache behind
+    return out
+
+
+def cache_sim_detections(preset: str, seed: int, duration_s: float | None, config, sources: Sequence[str],
+                         floor: float = 0.1, cache_dir: str | Path | None = None, progress: bool = False,
+                         checkpoints: dict[str, str] | None = None) -> CachedSequence:
+    """``cache_detections`` over one in-process simulator run."""
+    name = f"sim:{preset}:seed{seed}:{duration_s if duration_s is not None else 'preset'}s"
+    return cache_detections(name, lambda: sim_sequence(preset, seed, duration_s, config), config, sources,
+                            floor, cache_dir, progress, checkpoints)
+
+
+def _cache_sim_worker(args) -> int:
+    preset, seed, duration_s, config_data, sources, floor, cache_dir, checkpoints = args
+    from ssm_perception.config import PerceptionConfig
+
+    config = PerceptionConfig.model_validate(config_data)
+    return len(cache_sim_detections(preset, seed, duration_s, config, sources, floor, cache_dir, False,
+                                    checkpoints).frames)
+
+
+def cache_sim_many(preset: str, seeds: Sequence[int], duration_s: float | None, config, sources: Sequence[str],
+                   floor: float, cache_dir: str | Path, checkpoints: dict[str, str] | None = None,
+                   workers: int = 1, progress: bool = False) -> list[CachedSequence]:
+    """``cache_sim_detections`` for several seeds, ``workers`` simulator+network processes at a time
+    (each seed is independent; on a many-core GPU machine this is what makes a sweep affordable)."""
+    if workers > 1 and len(seeds) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        jobs = [(preset, int(s), duration_s, config.model_dump(mode="json"), list(sources), floor, str(cache_dir),
+                 checkpoints) for s in seeds]
+        with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=get_context("spawn")) as pool:
+            list(tqdm(pool.map(_cache_sim_worker, jobs), total=len(jobs), desc="detections", unit="seed",
+                      disable=not progress))
+    return [cache_sim_detections(preset, int(s), duration_s, config, sources, floor, cache_dir, progress, checkpoints)
+            for s in tqdm(seeds, desc="detections", unit="seed", disable=not progress or workers > 1)]
+
+
+def cache_bag_detections(bag: str | Path, config, sources: Sequence[str], floor: float = 0.1,
+                         cache_dir: str | Path | None = None, progress: bool = False,
+                         checkpoints: dict[str, str] | None = None) -> CachedSequence:
+    """``cache_detections`` over one simulated bag (decoded as ``ssm-perception evaluate`` does)."""
+    path = Path(bag)
+    name = f"bag:{path.resolve()}:{_file_digest(path / 'metadata.yaml') if (path / 'metadata.yaml').is_file() else ''}"
+    return cache_detections(name, lambda: bag_sequence(path, config), config, sources, floor, cache_dir, progress,
+                            checkpoints)
+
+
+def evaluate_cached(caches: Sequence[CachedSequence], source: str, tracking: TrackingConfig, grid: GridConfig,
+                    min_points: int = MIN_LIDAR_POINTS) -> MotEvaluator:
+    """``evaluate_tracking`` on cached detections: a fresh tracker per sequence with ``tracking``."""
+    lowest = min(tracking.score_threshold.of(k, 1.0) for k in (1, 2, 3, 4))
+    floor = max((c.floor for c in caches), default=0.0)
+    if lowest < floor - 1e-9:
+        raise ValueError(f"a score threshold of {lowest} is below the cached detections' floor {floor}: "
+                         "re-cache with a lower floor")
+    return evaluate_tracking([c.sequence(source) for c in caches], tracking, grid, min_points=min_points)
+
+
 # ------------------------------------------------------------------------------ bags
 def _stamp_s(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def _observed_from_status(status: int) -> bool | None:
+    """Ground-truth Track.status -> some LiDAR return this scan (True), none (False), not said (None)."""
+    return {_STATUS_SEEN: True, _STATUS_UNSEEN: False}.get(int(status))
+
+
+def _gt_observed(bag: str | Path) -> dict[int, dict[int, bool | None]]:
+    """{stamp [ns]: {object id: observed}} from the statuses on /ground_truth/objects."""
+    from ssm_perception.io.bag import read_messages
+
+    out: dict[int, dict[int, int]] = {}
+    for _, _, _, msg in read_messages(bag, [GT_OBJECTS_TOPIC]):
+        st = msg.header.stamp
+        out[int(st.sec) * 1_000_000_000 + int(st.nanosec)] = {
+            int(t.id): _observed_from_status(t.status) for t in msg.tracks}
+    return out
 
 
 def _pose_matrix(pose) -> np.ndarray:
@@ -240,6 +479,7 @@ def load_gt_frames(bag: str | Path, odom_frame: str = "odom", base_frame: str = 
                 id=int(t.id), cls=int(t.classification), x=float(T[0, 3]), y=float(T[1, 3]), yaw=yaw_of(T),
                 vx=float(t.twist.linear.x), vy=float(t.twist.linear.y),
                 length=float(t.size.x), width=float(t.size.y), height=float(t.size.z),
+                observed=_observed_from_status(t.status),
             ))
         frames.append(GtFrame(stamp_s=stamp, T_odom_base=trajectory.at(stamp), objects=objects))
     frames.sort(key=lambda f: f.stamp_s)

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ssm_perception.config import TrackingConfig
-from ssm_perception.tracking.detections import Detection
+from ssm_perception.tracking.detections import VEHICLES, Detection, select_detections
 from ssm_perception.tracking.kalman import (
     GATE_COMPONENTS,
     BoxEKF,
@@ -69,15 +69,9 @@ DEFAULT_CLASS_MODELS: dict[int, ClassModel] = {
     4: ClassModel("cv", MotionNoise(accel_std=1.5, yaw_accel_std=1.0), 0.25, 1.0, 0.5),
 }
 
-# Detector confusions that association tolerates (car <-> truck); anything else must match exactly.
-_VEHICLES = (1, 2)
 _MAX_EXISTENCE = 0.999
 _FALSE_ALARM_IN_GATE = 0.05  # chance that clutter produces a detection inside a track's gate in one frame
 _SIZE_SMOOTHING = 0.3  # weight of a new detection in the box-size running average
-
-
-def classes_compatible(a: int, b: int) -> bool:
-    return a == b or (a in _VEHICLES and b in _VEHICLES)
 
 
 @dataclass
@@ -192,17 +186,16 @@ class MultiObjectTracker:
 
     # ------------------------------------------------------------------ steps
     def _valid(self, dets: list[Detection]) -> list[Detection]:
+        """Detections of a known class through the detection pre-processing of SimpleTrack's
+        decomposition (``select_detections``): finite, per-class score threshold, evidence gate, circle NMS."""
         out = []
         for d in dets:
             if d.frame != "odom":
                 raise ValueError(f"MultiObjectTracker.update expects detections in odom, got {d.frame!r} "
                                  "(use detections_to_odom)")
-            if not d.is_finite() or min(d.length, d.width, d.height) <= 0.0:
-                continue
-            if d.score < self.cfg.detection_threshold or d.cls not in self.models:
-                continue
-            out.append(d)
-        return out
+            if d.cls in self.models:
+                out.append(d)
+        return select_detections(out, self.cfg)
 
     def _measurement(self, d: Detection) -> np.ndarray:
         return np.array([d.x, d.y, d.yaw, d.vx, d.vy], dtype=np.float64)  # NaN velocity = not measured
@@ -227,7 +220,7 @@ class MultiObjectTracker:
         t_cls = np.array([t.cls for t in self._tracks])
         d_cls = np.array([d.cls for d in dets])
         compatible = (t_cls[:, None] == d_cls[None, :]) | (
-            np.isin(t_cls, _VEHICLES)[:, None] & np.isin(d_cls, _VEHICLES)[None, :])
+            np.isin(t_cls, VEHICLES)[:, None] & np.isin(d_cls, VEHICLES)[None, :])
         ok = compatible & np.isfinite(d2) & (d2 <= self.cfg.gate_mahalanobis)
         cost[ok] = d2[ok]
         return cost

@@ -4,7 +4,10 @@ Each of the B batch slots walks through one sequence, L frames per optimizer ste
 state is carried (detached) from one window to the next, so the model learns to use memory longer
 than L frames, exactly as it runs in the node: warp(previous state) -> step -> heads. A slot jumps
 to a random new sequence/position at the end of a sequence or with ``reset_prob`` (the state is
-then reset to zero, as the node's reset policy does), and random masked resets teach recovery.
+then reset to zero). Every slot runs the node's own ResetPolicy (temporal/reset_policy.py) over its
+frames, so training sees exactly the resets the node makes: full resets on time gaps, localization
+jumps and LiDAR dropouts, and partial resets of cells unobserved for ``reset.unobserved_cell_reset_s``;
+random masked resets on top teach recovery. Validation runs the same policy.
 
 Mixed precision: bf16 autocast on CUDA for the step; parameters and the carried state stay fp32.
 Multi-GPU: torch DistributedDataParallel started by torchrun (NCCL on CUDA, gloo on CPU); each
@@ -79,16 +82,26 @@ class WindowSampler:
         self.B, self.L = cfg.optim.batch_size, cfg.optim.tbptt
         self.reset_prob = cfg.optim.reset_prob
         self.partial_prob = cfg.optim.partial_reset_prob
-        self.max_gap_s = cfg.perception.reset.max_time_gap_s
         self.rng = np.random.default_rng(seed)
-        self.slots: list[tuple[int, int] | None] = [None] * self.B  # (sequence index, next frame)
+        self.reset_cfg, self.grid_cfg = cfg.perception.reset, cfg.perception.grid
+        self._pool = None  # threads that assemble the B windows of a batch side by side
+        self.resize(self.B)
+
+    def resize(self, batch: int) -> None:
+        """(Re)start with ``batch`` empty slots, each with its own reset policy."""
+        self.B = batch
+        self.slots: list[tuple[int, int] | None] = [None] * batch  # (sequence index, next frame)
+        self.policies = [quiet_policy(self.reset_cfg, self.grid_cfg) for _ in range(batch)]
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "slots": [list(s) if s else [-1, -1] for s in self.slots]}
+        return {"rng": self.rng.bit_generator.state, "slots": [list(s) if s else [-1, -1] for s in self.slots],
+                "policies": [p.memory() for p in self.policies]}
 
     def load_state_dict(self, st: dict) -> None:
         self.rng.bit_generator.state = st["rng"]
         self.slots = [tuple(s) if s[0] >= 0 else None for s in st["slots"]]
+        for p, m in zip(self.policies, st["policies"], strict=True):
+            p.load_memory(m)
 
     def _fresh(self) -> tuple[int, int]:
         n = len(self.store.sequences)
@@ -101,7 +114,7 @@ class WindowSampler:
         current frame in the previous one), dt [L,B] s, reset [L,B,H,W] bool (cells reset before the step)."""
         B, L = self.B, self.L
         seqs = self.store.sequences
-        feats, tgts, se2, dts, resets = [], [], [], [], []
+        plans = []  # (slot, sequence, frame indices); the random draws stay sequential (reproducible)
         for b in range(B):
             slot = self.slots[b]
             fresh = slot is None or self.rng.random() < self.reset_prob
@@ -110,24 +123,28 @@ class WindowSampler:
                 fresh = t + L > len(seqs[k]["stamp_ns"])
             if fresh:
                 k, t = self._fresh()
-            seq = seqs[k]
-            T = len(seq["stamp_ns"])
-            idx = [min(t + i, T - 1) for i in range(L)]  # a sequence shorter than L repeats its last frame
-            feats.append(seq["features"][idx])
-            tgts.append({name: seq[name][idx] for name in TARGET_ARRAYS})  # raw dtypes: converted on the device
-            m, d, r = _motion(seq, idx, first_fresh=fresh, max_gap_s=self.max_gap_s)
-            se2.append(m)
-            dts.append(d)
-            H, W = seq["occupied"].shape[1:]
-            rm = np.zeros((L, H, W), bool)
-            rm[r] = True
+                self.policies[b].clear()
+            T = len(seqs[k]["stamp_ns"])
+            plans.append((b, seqs[k], [min(t + i, T - 1) for i in range(L)]))  # a short sequence repeats its last frame
+            self.slots[b] = (k, t + L)
+
+        def window(plan):  # copies from the memory-mapped cache and the reset policy: both release the GIL
+            b, seq, idx = plan
+            targets = {name: seq[name][idx] for name in TARGET_ARRAYS}  # raw dtypes: converted on the device
+            return (seq["features"][idx], targets, *policy_window(self.policies[b], seq, idx))
+
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=min(B, 8), thread_name_prefix="window")
+        feats, tgts, se2, dts, resets = (list(x) for x in zip(*self._pool.map(window, plans), strict=True))
+        for rm in resets:  # rm [L, H, W]
+            H, W = rm.shape[1:]
             for i in range(L):
                 if self.rng.random() < self.partial_prob:  # a random rectangle of cells forgets
                     h, w = int(self.rng.integers(H // 8, H // 2 + 1)), int(self.rng.integers(W // 8, W // 2 + 1))
                     i0, j0 = int(self.rng.integers(H - h + 1)), int(self.rng.integers(W - w + 1))
                     rm[i, i0 : i0 + h, j0 : j0 + w] = True
-            resets.append(rm)
-            self.slots[b] = (k, t + L)
         return {
             "features": np.stack(feats, 1),
             "targets": {n: np.stack([t[n] for t in tgts], 1) for n in TARGET_ARRAYS},
@@ -190,27 +207,50 @@ class Prefetcher:
         self._thread.join(timeout=60)  # it finishes the batch in hand, then sees the flag
 
 
-def _motion(seq: dict, idx: list[int], first_fresh: bool, max_gap_s: float):
-    """Per frame of a window: se2 [L,3] warp motion, dt [L] s, full-reset flags [L] bool."""
-    from ssm_perception.temporal.warp import se2_between
+def quiet_policy(reset_cfg, grid_cfg):
+    """The node's ResetPolicy for a training slot or a validation sequence. Its per-reset log lines
+    (WARNING on a localization jump) are the node's business, not training's: silenced here."""
+    import logging
+
+    from ssm_perception.temporal.reset_policy import ResetPolicy
+
+    logging.getLogger("ssm_perception.temporal.reset_policy").setLevel(logging.ERROR)
+    return ResetPolicy(reset_cfg, grid_cfg)
+
+
+def policy_window(policy, seq: dict, idx: list[int]):
+    """Run the reset policy over the frames ``idx`` of a sequence, as the node does frame by frame
+    (decide -> step -> observe). Returns se2 [L,3] warp motion (current frame in the previous one),
+    dt [L] s, and reset masks [L,H,W] bool (all True = full reset; else the stale cells)."""
+    import torch
+
+    from ssm_perception.bev.features import channel_index
+    from ssm_perception.temporal.health import observed_from_features
 
     stamps, poses = seq["stamp_ns"], seq["pose"]
     nominal = float(np.median(np.diff(stamps))) * 1e-9 if len(stamps) > 1 else 0.1
     L = len(idx)
-    se2, dt, reset = np.zeros((L, 3)), np.full(L, nominal), np.zeros(L, bool)
+    H, W = seq["occupied"].shape[1:]
+    se2, dt, reset = np.zeros((L, 3)), np.full(L, nominal), np.zeros((L, H, W), bool)
+    # Only the channels observed_from_features reads (a full frame is 25 channels: too slow to copy
+    # 64 times per batch in the prefetch thread); the rest stay zero.
+    used = [channel_index(n) for n in ("lidar_log_count", "lidar_free", "radar_log_count", "camera_visible")]
+    f = torch.zeros(1, seq["features"].shape[1], H, W)  # [1, C, H, W]
     for i, t in enumerate(idx):
-        prev = idx[i - 1] if i > 0 else t - 1
-        if (i == 0 and first_fresh) or prev < 0:
+        if i > 0 and idx[i - 1] == t:  # repeated last frame of a short sequence: no motion, no new frame
+            continue
+        f[0, used] = torch.from_numpy(np.asarray(seq["features"][t, used], np.float32))
+        lidar_present = bool((f[0, used[:2]] != 0).any())
+        d = policy.decide(int(stamps[t]), poses[t], lidar_present=lidar_present)
+        if d.full:
             reset[i] = True
-            continue
-        if prev == t:  # repeated last frame of a short sequence: no motion
-            continue
-        gap = (int(stamps[t]) - int(stamps[prev])) * 1e-9
-        if gap <= 0 or gap > max_gap_s:  # what the node's reset policy does on a time gap
-            reset[i] = True
-            continue
-        dt[i] = gap
-        se2[i] = se2_between(poses[prev], poses[t])
+        else:
+            m = d.T_prev_cur
+            se2[i] = (m[0, 3], m[1, 3], math.atan2(m[1, 0], m[0, 0]))
+            dt[i] = d.dt_s
+            if d.cell_mask is not None:
+                reset[i] = d.cell_mask.cpu().numpy()
+        policy.observe(observed_from_features(f)[0])
     return se2, dt, reset
 
 
@@ -443,8 +483,7 @@ class Trainer:
         torch.cuda.empty_cache()
         if self.prefetch is not None:
             self.prefetch.close()
-        self.sampler.B //= 2
-        self.sampler.slots = [None] * self.sampler.B
+        self.sampler.resize(self.sampler.B // 2)
         self._sampler_state = None
         if self.prefetch is not None:
             self.prefetch = Prefetcher(self.sampler)
@@ -538,11 +577,12 @@ def validate(model: nn.Module, sequences: list[dict], cfg: PerceptionConfig, dev
         T = len(seq["stamp_ns"])
         T = min(T, max_frames) if max_frames else T
         state = model.init_state(1, device)
+        policy = quiet_policy(cfg.reset, cfg.grid)
         for t in range(T):
-            se2, dt, reset = _motion(seq, [t], first_fresh=(t == 0), max_gap_s=cfg.reset.max_time_gap_s)
+            se2, dt, reset = policy_window(policy, seq, [t])
             state = warp_state(state, torch.from_numpy(se2), grid)
             x = torch.from_numpy(np.array(seq["features"][t : t + 1])).to(device).float()
-            mask = torch.full((1, grid.nx, grid.ny), bool(reset[0]), device=device)
+            mask = torch.from_numpy(reset).to(device)  # [1, H, W]
             ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
             with ctx:
                 heads, state = model.step(x, state, torch.tensor([dt[0]], device=device, dtype=torch.float32), mask)
