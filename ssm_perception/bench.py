@@ -76,6 +76,7 @@ class BenchSettings:
     threads: int = 2  # CPU threads for torch (the CPU target is "on 2 cores")
     profile: bool = True  # torch.profiler of one full Mamba frame at the first grid
     memory: bool = True  # the memory part of the history sweep
+    heap_mib: int = 0  # > 0: glibc keeps tensors below this size in its heap (see keep_tensors_in_heap)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -140,7 +141,9 @@ def environment(device) -> dict:
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cpu_model": cpu_model(), "load_avg": list(os.getloadavg()), "device": str(device)}
+           "cpu_model": cpu_model(), "load_avg": list(os.getloadavg()), "device": str(device),
+           # the allocator settings change CPU timings (fresh state-sized tensors cost page faults)
+           "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "LD_PRELOAD"))}}
     for mod in ("mamba_ssm", "triton"):
         try:
             env[mod] = __import__(mod).__version__
@@ -171,6 +174,25 @@ def _nvidia_driver() -> str:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def keep_tensors_in_heap(mib: int) -> dict:
+    """Process-wide glibc setting: allocations below ``mib`` MiB come from the heap and freed heap
+    memory is kept (mallopt M_MMAP_THRESHOLD / M_TRIM_THRESHOLD), instead of a fresh mmap per
+    tensor. glibc maps every block of >= 32 MiB on its own, so each new state-sized tensor (32 MiB
+    at 128x128) costs ~8k page faults (~10 ms on this machine) when first written; with the heap,
+    freed states are reused. Costs RSS: the heap keeps its peak. Linux/glibc only; a deployment
+    choice (call it at process start), so the benchmark applies it only when asked."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return {"heap_mib": mib, "applied": False, "reason": "not glibc on Linux"}
+    libc = ctypes.CDLL(name)
+    ok = libc.mallopt(m_mmap_threshold, mib << 20) == 1 and libc.mallopt(m_trim_threshold, 2 * (mib << 20)) == 1
+    return {"heap_mib": mib, "applied": bool(ok), "reason": "" if ok else "mallopt refused the value"}
 
 
 def memory_bandwidth(device, mib: int = 512, repeats: int = 10) -> dict:
@@ -390,10 +412,22 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
             "history": history if kind == "attention" else None,
             "stages": {s: percentiles(v) for s, v in samples.items()}, "full_step": percentiles(totals),
             "full_step_process_cpu": percentiles(cpu_totals), "state_bytes": state_bytes(state), "parameters": int(sum(p.numel() for p in model.parameters())),
+            "architecture": architecture(model),
             "encode_parts_p50_ms": {key: round(float(np.median([p[key] for p in encode_parts[warmup:] if key in p])), 3)
                                     for key in sorted({k2 for p in encode_parts[warmup:] for k2 in p})},
             "detections_mean": float(np.mean(n_dets)) if n_dets else 0.0,
             "tracks_mean": float(np.mean(n_tracks)) if n_tracks else 0.0, "profile": prof_out}
+
+
+def architecture(model) -> dict:
+    """What the timed model contains besides its core (the numbers depend on it): the model config's
+    neck and the heads' trunk kernel, read from the built model."""
+    m = model.config.model
+    heads = getattr(model, "heads", None)
+    trunk = getattr(heads, "trunk", None)
+    return {"neck": getattr(m, "neck", None), "d_model": m.d_model, "d_state": m.d_state, "headdim": m.headdim,
+            "heads_trunk_kernel": None if trunk is None else int(trunk[0].kernel_size[0]),
+            "state_layout": None if model.kind != "mamba" else "channels_last on CPU (cell rows), NCHW on CUDA"}
 
 
 def profile_frame(fn, device, top: int = 15) -> dict:
@@ -546,9 +580,11 @@ def run_bench(s: BenchSettings, progress: bool = True) -> dict:
         raise ValueError(f"unknown model(s) {bad}; choose from {list(MODELS)}")
     if device.type == "cpu":
         torch.set_num_threads(s.threads)
+    allocator = keep_tensors_in_heap(s.heap_mib) if s.heap_mib > 0 else {"heap_mib": 0, "applied": False,
+                                                                           "reason": "glibc defaults"}
     t_start = time.perf_counter()
     result: dict = {"format": "ssm_perception.bench/1", "settings": asdict(s), "environment": environment(device),
-                    "stages": list(STAGES), "resolution_m": RESOLUTION}
+                    "stages": list(STAGES), "resolution_m": RESOLUTION, "allocator": allocator}
     result["bandwidth"] = memory_bandwidth(device, mib=512 if device.type == "cuda" else 256)
     frames = simulate_frames(s.scenario, s.seed, s.source_frames, progress)
     result["source_frames"] = {"count": len(frames), "lidar_points_mean": float(sum(f.lidar_msg.width for f in frames)
@@ -732,12 +768,15 @@ def _str_list(text: str) -> list[str]:
 
 
 def bench_main(device: str, grid: str, history: str, output: str, models: str, backends: str, frames: int,
-               warmup: int, source_frames: int, threads: int, profile: bool, memory: bool, quiet: bool) -> int:
+               warmup: int, source_frames: int, threads: int, profile: bool, memory: bool, quiet: bool,
+               heap_mib: int = 0) -> int:
     if not backends:
         backends = "reference,mamba_ssm,fused" if device.startswith("cuda") else "reference"
     s = BenchSettings(device=device, grids=_int_list(grid), histories=_int_list(history), models=_str_list(models),
                       backends=_str_list(backends), frames=frames, warmup=warmup, source_frames=source_frames,
-                      threads=threads, profile=profile, memory=memory)
+                      threads=threads, profile=profile, memory=memory, heap_mib=heap_mib)
+    if heap_mib < 0:
+        raise ValueError(f"--malloc-heap-mib must be >= 0, got {heap_mib}")
     if 16 not in s.histories:
         s.main_history = max(s.histories)
     result = run_bench(s, progress=not quiet)
@@ -768,11 +807,13 @@ def register(app) -> None:
         profile: bool = typer.Option(True, "--profile/--no-profile", help="torch.profiler of one Mamba frame"),
         memory: bool = typer.Option(True, "--memory/--no-memory", help="peak memory per model and history"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+        heap_mib: int = typer.Option(0, "--malloc-heap-mib", min=0,
+                                     help="CPU: keep tensors below this many MiB in glibc's heap (0 = defaults)"),
     ) -> None:
         """Per-stage latency (p50/p99), peak memory and scaling of every model, in one run."""
         try:
             code = bench_main(device, grid, history, output, models, backends, frames, warmup, source_frames,
-                              threads, profile, memory, quiet)
+                              threads, profile, memory, quiet, heap_mib)
         except (ValueError, RuntimeError) as exc:
             typer.secho(f"bench failed: {exc}", fg="red", err=True)
             raise typer.Exit(2) from None
@@ -801,10 +842,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--malloc-heap-mib", dest="heap_mib", type=int, default=0)
     a = ap.parse_args(argv)
     try:
         return bench_main(a.device, a.grid, a.history, a.output, a.models, a.backends, a.frames, a.warmup,
-                          a.source_frames, a.threads, a.profile, a.memory, a.quiet)
+                          a.source_frames, a.threads, a.profile, a.memory, a.quiet, a.heap_mib)
     except (ValueError, RuntimeError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 2

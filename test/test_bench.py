@@ -267,3 +267,17 @@ def test_gpu_sweep_runs_under_the_triton_interpreter(tmp_path):
     assert result["format"] == "ssm_perception.gpu_fused_sweep/1" and result["meta"]["size"] == 6
     assert [r["label"] for r in result["configs"]] == ["autotuned"] and len(result["skipped"]) > 20
     assert result["env"]["triton_interpret"] == "1" and "autotuned" in res.stdout
+
+
+def test_keep_tensors_in_heap_is_opt_in_and_applies():
+    """The glibc heap setting is process-wide: checked in a child process; the bench records it."""
+    code = ("from ssm_perception.bench import keep_tensors_in_heap as k, BenchSettings as S; import json; "
+            "print(json.dumps([k(64), S().heap_mib]))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stderr
+    applied, default = json.loads(res.stdout)
+    assert default == 0 and applied["heap_mib"] == 64
+    assert applied["applied"] is (sys.platform == "linux")
+    with pytest.raises(ValueError, match="malloc-heap-mib"):
+        bench.bench_main("cpu", "16", "1", "/nonexistent/x.json", "mamba", "", 2, 0, 2, 1, False, False, True, -1)
