@@ -21,6 +21,11 @@ latency of every frame (wall and process CPU time). After the warm-up:
   time (and the upper percentiles of CPU time) also measure the neighbours, while a real creep
   (work that grows with the frames processed) moves every percentile.
 
+With ``--mode dds`` the node runs as its own process; ``--memory-profile FILE`` makes it write a
+JSON-lines memory profile (smaps_rollup, glibc mallinfo2, tracemalloc growth; see
+perception_node.MemoryProfile) and ``--node-env KEY=VALUE`` sets its environment (allocator A/B runs).
+The RSS series comes with its anonymous part (``rss_anon_mib``).
+
 Writes the JSON (settings, environment, time series, checks) and a PNG next to it; exit 1 when a
 check fails, 2 on a usage error.
 """

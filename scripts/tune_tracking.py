@@ -176,6 +176,9 @@ def main(
     baseline_checkpoint: Annotated[Path | None, typer.Option(help="weights for 'single-frame'")] = None,
     floor: Annotated[float, typer.Option(help="decoder score floor of the cached detections")] = 0.15,
     rounds: Annotated[int, typer.Option(help="coordinate-ascent rounds")] = 1,
+    start: Annotated[Path | None, typer.Option(
+        help="an earlier results file: each source starts from the settings chosen there (one more round "
+             "without redoing the first)")] = None,
     config: Annotated[Path | None, typer.Option(help="PerceptionConfig YAML (default: built-in defaults)")] = None,
     cache_dir: Annotated[Path, typer.Option(help="detection cache")] = Path("out/tracking_cache"),
     device: Annotated[str, typer.Option(help="where the network runs while caching: cpu | cuda")] = "",
@@ -226,9 +229,15 @@ def main(
                   "detection_probability": DETECTION_PROBABILITY},
         "sources": {},
     }
+    earlier = json.loads(start.read_text()) if start is not None else None
+    if earlier is not None:
+        result["started_from"] = {"file": str(start), "command": earlier.get("command"),
+                                  "chosen": {s: v["chosen"] for s, v in earlier["sources"].items()}}
     for source in sources:
-        start = cfg.tracking.model_copy(deep=True)
-        tuner = Tuner(source, start, pool, progress)
+        begin = cfg.tracking.model_copy(deep=True)
+        if earlier is not None and source in earlier["sources"]:
+            begin = TrackingConfig.model_validate(earlier["sources"][source]["chosen"])
+        tuner = Tuner(source, begin, pool, progress)
         baseline_row = tuner.start()
         for _ in range(rounds):
             tuner.per_class("score_threshold", {c: THRESHOLDS for c in CLASSES})

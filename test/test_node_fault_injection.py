@@ -1,6 +1,7 @@
 """Issue 11 (item 2): faults injected into the node over DDS: a duplicated and a late (out-of-order)
 LiDAR scan, TF loss and sensor silence. Diagnostics go to WARN/ERROR, only the silence resets
-(on the first frame after it), the others drop frames with a flag, and the node recovers."""
+(on the first frame after it), the others drop frames with a flag, and the node recovers. Bursts:
+test_node_burst.py."""
 
 import pytest
 

@@ -16,6 +16,17 @@ from ssm_perception.tracking.tracker import (
 SIZES = {1: (4.5, 1.9, 1.6), 2: (10.0, 2.5, 3.2), 3: (1.8, 0.6, 1.7), 4: (0.6, 0.6, 1.75)}
 
 
+def cfg(**kw) -> TrackingConfig:
+    """A fixed lifecycle for these behaviour tests (3 hits to confirm, 1.5 s of coasting, threshold
+    0.3): the shipped defaults are tuned to the model's detections and may move."""
+    from ssm_perception.config import PerClass
+
+    base = {"detection_threshold": 0.3, "score_threshold": PerClass(car=0.3, truck=0.3, cyclist=0.3, pedestrian=0.3),
+            "nms_radius_m": PerClass(car=2.0, truck=3.0, cyclist=1.0, pedestrian=0.5), "confirm_hits": 3,
+            "max_coast_s": 1.5, "report_coast_s": 1.5, "detection_probability": 0.5}
+    return TrackingConfig(**(base | kw))
+
+
 def odet(x, y, vx=0.0, vy=0.0, cls=1, yaw=None, score=0.9):
     yaw = math.atan2(vy, vx) if yaw is None else yaw
     return Detection(x, y, yaw, *SIZES[cls], vx, vy, cls, score, frame="odom")
@@ -27,7 +38,7 @@ def confirmed(tracks: list[TrackState]) -> list[TrackState]:
 
 def test_constant_velocity_target_small_error():
     rng = np.random.default_rng(0)
-    trk = MultiObjectTracker(TrackingConfig())
+    trk = MultiObjectTracker(cfg())
     for k in range(40):
         t = 0.1 * k
         x, y = 5.0 + 10.0 * t, -3.0 + 2.0 * t
@@ -54,7 +65,7 @@ def test_constant_velocity_target_small_error():
 
 
 def test_id_stable_through_half_second_occlusion():
-    trk = MultiObjectTracker(TrackingConfig())
+    trk = MultiObjectTracker(cfg())
     statuses = []
     for k in range(40):
         t = 0.1 * k
@@ -71,7 +82,7 @@ def test_id_stable_through_half_second_occlusion():
 
 def test_crossing_targets_do_not_swap():
     rng = np.random.default_rng(3)
-    trk = MultiObjectTracker(TrackingConfig())
+    trk = MultiObjectTracker(cfg())
     ids_a, ids_b = set(), set()
     for k in range(60):
         t = 0.1 * k
@@ -94,7 +105,7 @@ def test_crossing_targets_do_not_swap():
 
 
 def test_empty_and_nan_detections_make_no_tracks():
-    trk = MultiObjectTracker(TrackingConfig())
+    trk = MultiObjectTracker(cfg())
     assert trk.update([], 0.0) == []
     bad = [odet(math.nan, 0.0), odet(1.0, math.inf), odet(2.0, 2.0, yaw=math.nan),
            Detection(3.0, 3.0, 0.0, -1.0, 2.0, 1.5, 0.0, 0.0, 1, 0.9, frame="odom"),  # negative size
@@ -111,11 +122,11 @@ def test_empty_and_nan_detections_make_no_tracks():
 
 def test_detections_must_be_in_odom():
     with pytest.raises(ValueError, match="odom"):
-        MultiObjectTracker().update([Detection(0, 0, 0, 1, 1, 1, 0, 0, 1, 0.9)], 0.0)
+        MultiObjectTracker(cfg()).update([Detection(0, 0, 0, 1, 1, 1, 0, 0, 1, 0.9)], 0.0)
 
 
 def test_zero_and_negative_dt():
-    trk = MultiObjectTracker(TrackingConfig(confirm_hits=3))
+    trk = MultiObjectTracker(cfg(confirm_hits=3))
     d = odet(0.0, 0.0)
     trk.update([d], 0.0)
     trk.update([d], 0.0)  # duplicate frame: ignored, no second hit
@@ -133,8 +144,8 @@ def test_zero_and_negative_dt():
 
 
 def test_leave_and_reenter_gets_a_new_track_without_spurious_ones():
-    cfg = TrackingConfig(max_coast_s=1.0)
-    trk = MultiObjectTracker(cfg)
+    config = cfg(max_coast_s=1.0, report_coast_s=1.0)
+    trk = MultiObjectTracker(config)
     counts = []
     for k in range(80):
         t = 0.1 * k
@@ -150,7 +161,7 @@ def test_leave_and_reenter_gets_a_new_track_without_spurious_ones():
 
 
 def test_long_gap_starts_fresh_tracks():
-    trk = MultiObjectTracker(TrackingConfig(max_coast_s=1.5))
+    trk = MultiObjectTracker(cfg(max_coast_s=1.5))
     for k in range(5):
         trk.update([odet(0.5 * k, 0.0, 5.0, 0.0)], 0.1 * k)
     # 10 s without any frame (e.g. the sensor died), then an object near where the old one would be
@@ -159,7 +170,7 @@ def test_long_gap_starts_fresh_tracks():
 
 
 def test_gating_and_class_awareness():
-    trk = MultiObjectTracker(TrackingConfig())
+    trk = MultiObjectTracker(cfg())
     for k in range(5):
         trk.update([odet(0.0, 0.0)], 0.1 * k)
     # a detection 15 m away is outside the gate: the car track coasts and a new tentative track starts
@@ -177,7 +188,7 @@ def test_gating_and_class_awareness():
 
 def test_hungarian_beats_greedy():
     """Greedy nearest-neighbour would give the middle detection to the wrong track."""
-    trk = MultiObjectTracker(TrackingConfig(confirm_hits=1))
+    trk = MultiObjectTracker(cfg(confirm_hits=1))
     for k in range(5):
         trk.update([odet(0.0, 0.0, cls=4), odet(1.0, 0.0, cls=4)], 0.1 * k)
     ids = {round(t.x): t.id for t in trk.tracks()}
@@ -191,7 +202,7 @@ def test_hungarian_beats_greedy():
 
 
 def test_reset_and_ids_never_reused():
-    trk = MultiObjectTracker()
+    trk = MultiObjectTracker(cfg())
     trk.update([odet(0.0, 0.0)], 0.0)
     trk.reset()
     assert trk.tracks() == [] and trk.stamp is None
@@ -201,7 +212,7 @@ def test_reset_and_ids_never_reused():
 
 def test_track_state_fills_a_track_array_message():
     bag = pytest.importorskip("ssm_perception.io.bag")
-    trk = MultiObjectTracker()
+    trk = MultiObjectTracker(cfg())
     for k in range(4):
         tracks = trk.update([odet(3.0 * 0.1 * k, 1.0, 3.0, 0.0)], 0.1 * k)
     msg = bag.track_array_msg([t.as_msg_dict() for t in tracks], 400_000_000, "odom")
@@ -213,7 +224,7 @@ def test_track_state_fills_a_track_array_message():
 
 def test_batched_cost_matrix_equals_per_pair_mahalanobis():
     rng = np.random.default_rng(7)
-    trk = MultiObjectTracker(TrackingConfig(confirm_hits=1, gate_mahalanobis=1e9))
+    trk = MultiObjectTracker(cfg(confirm_hits=1, gate_mahalanobis=1e9))
     truth = [(rng.uniform(-20, 20), rng.uniform(-20, 20), c) for c in (1, 1, 2, 3, 4, 4)]
     for k in range(3):
         trk.update([odet(x + 0.5 * k, y, 5.0, 0.0, cls=c) for x, y, c in truth], 0.1 * k)
@@ -231,9 +242,8 @@ def test_batched_cost_matrix_equals_per_pair_mahalanobis():
 def test_per_class_thresholds_and_nms_reach_the_tracker():
     from ssm_perception.config import PerClass
 
-    cfg = TrackingConfig(score_threshold=PerClass(car=0.8, truck=0.8, cyclist=0.3, pedestrian=0.3),
-                         nms_radius_m=PerClass(car=2.0, truck=3.0, cyclist=1.0, pedestrian=0.5))
-    trk = MultiObjectTracker(cfg)
+    config = cfg(score_threshold=PerClass(car=0.8, truck=0.8, cyclist=0.3, pedestrian=0.3))
+    trk = MultiObjectTracker(config)
     for k in range(6):
         t = 0.1 * k
         # a weak car (below its class threshold), a pedestrian at the same score, and a strong car
@@ -244,3 +254,18 @@ def test_per_class_thresholds_and_nms_reach_the_tracker():
     assert (car.cls, ped.cls) == (1, 4)
     assert car.x == pytest.approx(10.5, abs=0.3) and ped.x == pytest.approx(5.0, abs=0.1)
     assert len(tracks) == 2  # no tentative leftovers from the suppressed detections
+
+
+def test_long_coasting_track_is_withheld_but_keeps_its_id():
+    trk = MultiObjectTracker(cfg(max_coast_s=1.5, report_coast_s=0.3))
+    reported = []
+    for k in range(30):
+        t = 0.1 * k
+        seen = k < 10 or k >= 18  # 0.8 s without detections
+        tracks = trk.update([odet(10.0 + 2.0 * t, 0.0, 2.0, 0.0)] if seen else [], t)
+        reported.append([tr.id for tr in tracks])
+    first = reported[9]
+    assert len(first) == 1
+    assert reported[10:13] == [first] * 3  # coasting, still reported for 0.3 s
+    assert reported[13:18] == [[]] * 5  # then withheld from the output ...
+    assert reported[18:] == [first] * 12  # ... and the same id comes back with the object

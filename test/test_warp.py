@@ -287,3 +287,14 @@ def test_cpu_mamba_warp_step_gathers_inside_the_update(mode):
                 assert torch.isfinite(s1["ssm"][0, :, 5, 4]).all()
     with torch.no_grad(), pytest.raises(ValueError, match="does not match"):
         core.warp_step(x, {"ssm": h[:, :, :-1]}, (0.3, 0.0, 0.0), dt, None, grid)
+
+
+def test_empty_rows_is_an_ordinary_writable_tensor():
+    from ssm_perception.temporal.warp import empty_rows
+
+    for rows, ch in ((3, 5), (4096, 512)):  # below and above the huge-page size
+        t = empty_rows(rows, ch)
+        assert t.shape == (rows, ch) and t.dtype == torch.float32 and t.is_contiguous()
+        t.copy_(torch.arange(rows * ch, dtype=torch.float32).view(rows, ch))
+        assert t[-1, -1].item() == rows * ch - 1
+    assert empty_rows(8, 8, torch.float64).dtype == torch.float64

@@ -81,7 +81,8 @@ class StateHealthMonitor:
             self.observed = self.unobserved_s = None
             self.frames, self.baseline = 0, 0.0
             return
-        keep = (~mask.bool()).unsqueeze(1).to(self.observed.dtype)
+        # The per-cell maps live on the CPU (small); the mask comes from the state's device.
+        keep = (~mask.bool()).unsqueeze(1).to(self.observed.device, self.observed.dtype)
         self.observed = self.observed * keep
         self.unobserved_s = self.unobserved_s * keep
 

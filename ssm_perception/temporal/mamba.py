@@ -50,6 +50,7 @@ from ssm_perception.temporal.base import (
     check_input,
     zeros_state,
 )
+from ssm_perception.temporal.warp import empty_rows, gather_rows, row_taps
 
 DT_NOMINAL = 0.1  # [s] frame period the discretization is calibrated to
 DT_RATIO_MAX = 50.0  # gaps beyond 5 s count as 5 s (all memory is gone long before that)
@@ -210,6 +211,8 @@ class MambaCore(TemporalCore):
         if self.backend == "fused":
             return self.warp_step(x, state, None, dt, reset_mask)
         state = apply_reset(state, reset_mask)
+        if self.backend == "reference" and self._cpu_inference(state["ssm"], x, *self.parameters()):
+            return self._step_cells(x, state["ssm"], dt)
         u = self._pre(x)
         z, xs, b, c, step = self._project(u, dt)
         if self.backend == "reference":
@@ -273,12 +276,10 @@ class MambaCore(TemporalCore):
         sx = step_r * xs_r  # [cells, g, hg, p, 1]
         b_r = rows(b).view(cells, g, 1, 1, n)
         c_r = rows(c).view(cells, g, 1, 1, n)
-        h_new = torch.empty(bsz, hh, ww, s, dtype=h.dtype).view(cells, g, hg, p, n)  # [cells, S] rows
+        h_new = empty_rows(cells, s, h.dtype).view(cells, g, hg, p, n)  # [cells, S] rows, huge pages
         y_r = torch.empty(cells, g, hg, p, dtype=h.dtype)
         tmp = torch.empty(min(CELL_BLOCK, cells), g, hg, p, n, dtype=h.dtype)
         if taps is not None:
-            from ssm_perception.temporal.warp import gather_rows
-
             table = h_rows.view(cells, s)
         for i in range(0, cells, CELL_BLOCK):
             blk = slice(i, i + CELL_BLOCK)
@@ -294,10 +295,21 @@ class MambaCore(TemporalCore):
             t = tmp[: hn.shape[0]]
             torch.mul(hn, c_r[blk], out=t)
             torch.sum(t, -1, out=y_r[blk])  # h' C
-        y_r.addcmul_(self.D.view(1, g, hg, 1), xs_r.squeeze(-1))  # + D xs
-        # y back to NCHW (one small transpose) so that the gate and everything after run as before
-        y = y_r.view(bsz, hh, ww, self.d_inner).permute(0, 3, 1, 2).contiguous() * F.silu(z)
-        return y, h_new.view(bsz, hh, ww, s).permute(0, 3, 1, 2)
+        y_r += self.D.view(1, g, hg, 1) * xs_r.squeeze(-1)  # + D xs (not addcmul: same rounding as the reference)
+        y = y_r.view(bsz, hh, ww, self.d_inner).permute(0, 3, 1, 2)  # [B, d_inner, H, W] channels-last
+        if not z.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous()  # one small transpose: the gate then runs in z's layout
+        return y * F.silu(z), h_new.view(bsz, hh, ww, s).permute(0, 3, 1, 2)
+
+    def _step_cells(self, x: Tensor, h: Tensor, dt: Tensor, taps=None, reset: Tensor | None = None
+                    ) -> tuple[Tensor, State]:
+        """CPU inference step around ``_ssm_step_cells``. The activations stay NCHW: running them
+        channels-last too saved a few ms but changes the convolutions' rounding (heads ~3e-5 off
+        after the neck), while this way the outputs are bit-equal to the cell-aligned form."""
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        y, h_new = self._ssm_step_cells(h, z, xs, b, c, step, taps, reset)
+        return self._post(u, y), {"ssm": h_new}
 
     def warp_step(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None = None,
                   grid=None, mode: str = "bilinear") -> tuple[Tensor, State]:
@@ -331,8 +343,6 @@ class MambaCore(TemporalCore):
         """CPU inference: warp_state + step with the warp gathered block by block inside the
         update, so the warped state is never materialised (one state-sized allocation and one
         pass over the state instead of two). Same numbers as warp_state followed by ``step``."""
-        from ssm_perception.temporal.warp import row_taps
-
         check_input(self, x)
         h = prev_state["ssm"]
         if grid is None or h.dim() != 4 or h.shape[-2:] != grid.shape or h.shape[0] != x.shape[0]:
@@ -340,12 +350,9 @@ class MambaCore(TemporalCore):
                              f"{None if grid is None else grid.shape}")
         if reset_mask is not None and reset_mask.shape != (h.shape[0], *h.shape[-2:]):
             raise ValueError(f"reset_mask {tuple(reset_mask.shape)} does not match state {tuple(h.shape)}")
-        u = self._pre(x)
-        z, xs, b, c, step = self._project(u, dt)
         taps = row_taps(T_prev_cur, grid, h.shape[0], mode, h.dtype, h.device)
         reset = None if reset_mask is None else reset_mask.reshape(-1).bool()
-        y, h_new = self._ssm_step_cells(h, z, xs, b, c, step, taps, reset)
-        return self._post(u, y), {"ssm": h_new}
+        return self._step_cells(x, h, dt, taps, reset)
 
     def _check_inference(self, name: str) -> None:
         if torch.is_grad_enabled() and any(q.requires_grad for q in self.parameters()):

@@ -25,6 +25,11 @@ for a sigma = 3 cell blob). 'nearest' keeps values sharp but drifts by up to hal
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +41,42 @@ from ssm_perception.temporal.base import State
 
 # Source points within this fraction of a cell of a cell centre count as cell-aligned.
 _ALIGN_TOL = 1e-4
+_HUGE_PAGE = 1 << 21  # bytes (x86-64 / arm64 transparent huge page)
+_MADV_HUGEPAGE = 14  # linux/mman.h
+_BLOCK_BYTES = 1 << 21  # rows per gather block: ~2 MiB of output, cache-sized
+
+
+@functools.cache
+def _madvise():
+    """libc's madvise, or None off Linux/glibc (then tensors keep the default page size)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+
+
+def empty_rows(rows: int, channels: int, dtype=torch.float32) -> Tensor:
+    """torch.empty([rows, channels]) on the CPU, asked to be backed by transparent huge pages.
+
+    Why: glibc maps every block of >= 32 MiB freshly (the state is 32 MiB at 128x128), so a new
+    state-sized tensor is first written in 4 KiB pages: ~8k page faults, 10-16 ms on the 2-core
+    machine, more than the arithmetic of the step. madvise(MADV_HUGEPAGE) before the first write
+    lets Linux fault it in 2 MiB pages (~4 ms). torch only does this for the whole process, at
+    start-up (THP_MEM_ALLOC_ENABLE), hence the ctypes call here. A hint: where the kernel has
+    THP off or no huge page at hand, the tensor simply keeps 4 KiB pages; values never change."""
+    out = torch.empty(rows, channels, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    madvise = _madvise() if nbytes >= 2 * _HUGE_PAGE else None
+    if madvise is not None:
+        start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE  # whole huge pages inside the block
+        stop = (out.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if stop > start:
+            madvise(start, stop - start, _MADV_HUGEPAGE)  # a failure (EINVAL without THP) is harmless
+    return out
 
 
 def se2_between(T_odom_base_prev, T_odom_base_cur) -> tuple[float, float, float]:
@@ -157,8 +198,15 @@ def _gather(x: Tensor, taps: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     fused primitive, so nothing here is hand-written beyond the taps)."""
     b, c, h, w = x.shape
     rows, wts, offsets = taps
-    table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # [B*H*W, C], a view: x is channels-last
-    out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=wts)  # [B*H*W, C]
+    n = b * h * w
+    table = x.permute(0, 2, 3, 1).reshape(n, c)  # [B*H*W, C], a view: x is channels-last
+    if x.requires_grad and torch.is_grad_enabled():  # autograd: one differentiable call
+        out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=wts)  # [B*H*W, C]
+    else:  # inference: cache-sized blocks into a huge-page output (see empty_rows)
+        out = empty_rows(n, c, x.dtype)
+        step = max(1, _BLOCK_BYTES // (c * x.element_size()))
+        for i in range(0, n, step):
+            out[i : i + step] = gather_rows(table, taps, i, min(i + step, n))
     return out.view(b, h, w, c).permute(0, 3, 1, 2)  # [B, C, H, W], channels-last
 
 

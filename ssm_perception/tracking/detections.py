@@ -1,8 +1,12 @@
-"""Object detections: decoded from the heads' centre heatmaps, refined with radar, moved to odom.
+"""Object detections: decoded from the heads' centre heatmaps, refined with radar, moved to odom,
+selected for tracking.
 
 A detection is one box at one LiDAR stamp. The decoder works in base_link (the grid frame); the
 tracker works in odom, so ``detections_to_odom`` is the hand-over. Velocities are over-ground
 (the heads predict them that way), so moving a detection to odom only rotates the velocity.
+``decode_detections`` keeps every heatmap peak above a low floor; ``select_detections`` (called by
+the tracker) applies what tracking needs: per-class score thresholds, an occupancy-evidence gate
+and a circle NMS, with values from TrackingConfig tuned on validation seeds (scripts/tune_tracking.py).
 """
 
 from __future__ import annotations
@@ -136,8 +140,8 @@ def decode_detections(
 
 
 def select_detections(dets: list[Detection], cfg: TrackingConfig) -> list[Detection]:
-    """The detections worth tracking: finite with a positive size, above their class's score threshold, with enough
-    occupancy evidence (when known), and not within the NMS radius of a better one.
+    """The detections worth tracking: finite with a positive size, above their class's score
+    threshold, with enough occupancy evidence (when known), not within the NMS radius of a better one.
 
     The 3x3 max-pool in ``decode_detections`` only suppresses neighbouring cells; a poorly peaked
     heatmap still puts two or three peaks on one car (or a car and a truck peak on one vehicle), and

@@ -72,6 +72,7 @@ DEFAULT_CLASS_MODELS: dict[int, ClassModel] = {
 _MAX_EXISTENCE = 0.999
 _FALSE_ALARM_IN_GATE = 0.05  # chance that clutter produces a detection inside a track's gate in one frame
 _SIZE_SMOOTHING = 0.3  # weight of a new detection in the box-size running average
+_STAMP_TOLERANCE_S = 1e-6  # float seconds: 1.2 - 0.9 must count as 0.3
 
 
 @dataclass
@@ -181,8 +182,12 @@ class MultiObjectTracker:
         return self.tracks()
 
     def tracks(self) -> list[TrackState]:
+        """Live tracks, except those coasting longer than ``report_coast_s``: a prediction without
+        detections drifts, so it is withheld from the planner, but it lives on (up to max_coast_s)
+        so that the object keeps its id when it is detected again."""
         now = self._stamp if self._stamp is not None else 0.0
-        return [self._state(t, now) for t in sorted(self._tracks, key=lambda t: t.id)]
+        return [self._state(t, now) for t in sorted(self._tracks, key=lambda t: t.id)
+                if now - t.last_update_s <= self.cfg.report_coast_s + _STAMP_TOLERANCE_S]
 
     # ------------------------------------------------------------------ steps
     def _valid(self, dets: list[Detection]) -> list[Detection]:
