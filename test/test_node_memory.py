@@ -77,9 +77,11 @@ def test_memory_profile_records(tmp_path):
                 "malloc_arenas", "threads", "tracemalloc.current"):
         assert key in last, key
     assert last["malloc_arenas"] >= 1 and last["smaps.Rss"] > 0
-    # the growth is attributed to the line that allocated it (the first record may see part of it)
-    top = last["tracemalloc.top_growth"][0]
-    assert top["where"].startswith("<string>") and top["size"] > 15_000_000 and top["size_diff"] > 0, top
+    # the growth is attributed to the line that allocated it, in the record that follows the
+    # allocation (which one that is depends on timing: a loaded machine allocates more slowly)
+    grown = [t for r in recs for t in r.get("tracemalloc.top_growth", [])[:1]
+             if t["where"].startswith("<string>") and t["size"] > 15_000_000 and t["size_diff"] > 0]
+    assert grown, [r.get("tracemalloc.top_growth", [])[:1] for r in recs]
 
 
 def test_glibc_defaults_on_request():

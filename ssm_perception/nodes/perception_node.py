@@ -644,6 +644,9 @@ class MemoryProfile:
         import tracemalloc
 
         tracemalloc.start(self.frames)
+        # The baseline is taken here, not by the thread: what the caller allocates after start()
+        # must show up as growth, however late the thread gets to run.
+        self._first = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("")
         self._t0 = time.monotonic()
