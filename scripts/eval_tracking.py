@@ -143,9 +143,7 @@ def main(
         raise typer.BadParameter("learned detections need sensor data: use --preset or --bag (the crossing "
                                  "scenario is ground truth only)")
     try:
-        cfg = PerceptionConfig.from_yaml(config) if config else PerceptionConfig()
-        if device:
-            cfg.model.device = device
+        cfg = PerceptionConfig.load(config, device)
     except (ConfigError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     tracking_of = {s: cfg.tracking for s in sources}

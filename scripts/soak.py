@@ -244,9 +244,9 @@ def run_offline(args) -> dict:
         "passed": all(c["ok"] for c in checks.values()),
         "series": {
             "sample_t_s": [round(v, 2) for v in samples["t"]],
-            "rss_mib": [round(v / 2**20, 2) for v in samples["rss"]],
-            "gpu_alloc_mib": [round(v / 2**20, 2) for v in samples["gpu_alloc"]],
-            "gpu_reserved_mib": [round(v / 2**20, 2) for v in samples["gpu_reserved"]],
+            "rss_mib": _mib(samples["rss"]),
+            "gpu_alloc_mib": _mib(samples["gpu_alloc"]),
+            "gpu_reserved_mib": _mib(samples["gpu_reserved"]),
             # per-frame series, thinned to at most ~4000 points to keep the file readable
             **_thin({"frame_t_s": list(frame_t), "frame_wall_ms": list(frame_wall), "frame_cpu_ms": list(frame_cpu)},
                     4000),
@@ -379,9 +379,9 @@ def run_dds(args) -> dict:
             "passed": all(c["ok"] for c in checks.values()),
             "series": {
                 "sample_t_s": [round(v, 2) for v in samples["t"]],
-                "rss_mib": [round(v / 2**20, 2) for v in samples["rss"]],
-                "rss_anon_mib": [round(v / 2**20, 2) for v in samples["rss_anon"]],
-                "gpu_alloc_mib": [round(v / 2**20, 2) for v in samples["gpu_alloc"]],
+                "rss_mib": _mib(samples["rss"]),
+                "rss_anon_mib": _mib(samples["rss_anon"]),
+                "gpu_alloc_mib": _mib(samples["gpu_alloc"]),
                 "gpu_reserved_mib": [],
                 "frame_t_s": [round(v, 3) for v in frame_t], "frame_wall_ms": [round(v, 3) for v in frame_ms],
                 "frame_cpu_ms": [], "frame_stride": 1,
@@ -411,6 +411,11 @@ def nvidia_smi_process_bytes(pid: int) -> int:
         if len(parts) == 2 and parts[0] == str(pid):
             return int(float(parts[1])) * 2**20
     return 0
+
+
+def _mib(values) -> list[float]:
+    """Bytes -> MiB, rounded for the JSON series."""
+    return [round(v / 2**20, 2) for v in values]
 
 
 def _pcts(v: list[float]) -> dict:

@@ -199,9 +199,7 @@ def main(
     if not 0.0 < floor <= min(THRESHOLDS):
         raise typer.BadParameter(f"--floor must be in (0, {min(THRESHOLDS)}]")
     try:
-        cfg = PerceptionConfig.from_yaml(config) if config else PerceptionConfig()
-        if device:
-            cfg.model.device = device
+        cfg = PerceptionConfig.load(config, device)
     except (ConfigError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     console = Console(width=120)

@@ -25,7 +25,7 @@ def show_config(
     from ssm_perception.config import ConfigError, PerceptionConfig
 
     try:
-        cfg = PerceptionConfig.from_yaml(path) if path else PerceptionConfig()
+        cfg = PerceptionConfig.load(path)
     except ConfigError as exc:
         typer.secho(f"invalid configuration: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

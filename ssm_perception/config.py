@@ -205,6 +205,15 @@ class PerceptionConfig(_Section):
     def from_yaml(cls, path: str | Path) -> PerceptionConfig:
         return validate_yaml(path, cls.from_mapping)
 
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "") -> PerceptionConfig:
+        """What the command-line tools take: the YAML at ``path`` (empty/None = the defaults), with
+        ``model.device`` overridden when ``device`` is given."""
+        cfg = cls.from_yaml(path) if path else cls()
+        if device:
+            cfg.model.device = device
+        return cfg
+
     def to_ros_parameters(self) -> dict[str, Any]:
         """Flat {'grid.resolution': 0.5, ...} for declare_parameters."""
         return flatten(self.model_dump())

@@ -30,7 +30,7 @@ def evaluate(
     from ssm_perception.eval.evaluate import evaluate as run
 
     try:
-        cfg = PerceptionConfig.from_yaml(config) if config else PerceptionConfig()
+        cfg = PerceptionConfig.load(config)
         result = run([str(b) for b in bags], cfg, out, main_checkpoint=model,
                      baselines=[b for b in (x.strip() for x in baselines.split(",")) if b],
                      topic_map=parse_topic_map(topic_map), plots=not no_plots)

@@ -144,24 +144,6 @@ def _grid_bool(msg, cfg: PerceptionConfig, topic: str) -> np.ndarray:
     return arr >= 50
 
 
-def _gt_objects(msg) -> list:
-    from ssm_perception.eval.mot import GroundTruthObject
-    from ssm_perception.geometry import quat_xyzw_to_matrix
-    from ssm_perception.tracking.evaluation import _observed_from_status
-
-    out = []
-    for t in msg.tracks:
-        q = t.pose.orientation
-        r = quat_xyzw_to_matrix((q.x, q.y, q.z, q.w))
-        out.append(GroundTruthObject(
-            id=int(t.id), cls=int(t.classification), x=float(t.pose.position.x), y=float(t.pose.position.y),
-            yaw=math.atan2(r[1, 0], r[0, 0]), vx=float(t.twist.linear.x), vy=float(t.twist.linear.y),
-            length=float(t.size.x), width=float(t.size.y), height=float(t.size.z),
-            observed=_observed_from_status(t.status),  # the simulator says whether the LiDAR hit it
-        ))
-    return out
-
-
 def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], progress: bool = True) -> DecodedBag:
     """Read a bag once into FrameInputs (TF resolved) + ground truth. Raises EvaluationError with the
     bag's topic list when the LiDAR topic is missing or of the wrong type."""
@@ -175,6 +157,7 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
     )
     from ssm_perception.pipeline import FrameInputs
     from ssm_perception.tf_buffer import TfBuffer, TfError
+    from ssm_perception.tracking.evaluation import ground_truth_objects
 
     path = Path(path)
     try:
@@ -294,7 +277,7 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
             elif role == "gt_events":
                 gt.events.append(json.loads(msg.data))
             elif role == "gt_objects":
-                gt.objects[stamp_to_ns(msg.header.stamp)] = _gt_objects(msg)
+                gt.objects[stamp_to_ns(msg.header.stamp)] = ground_truth_objects(msg)
             elif role in ("gt_occupancy", "gt_dynamic", "gt_visibility"):
                 st = stamp_to_ns(msg.header.stamp)
                 k = ("gt_occupancy", "gt_dynamic", "gt_visibility").index(role)

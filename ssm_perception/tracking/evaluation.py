@@ -411,6 +411,20 @@ def _observed_from_status(status: int) -> bool | None:
     return {_STATUS_SEEN: True, _STATUS_UNSEEN: False}.get(int(status))
 
 
+def ground_truth_objects(msg) -> list[GroundTruthObject]:
+    """A /ground_truth/objects TrackArray (odom) -> GroundTruthObject per track, ``observed`` from its status."""
+    objects = []
+    for t in msg.tracks:
+        T = _pose_matrix(t.pose)
+        objects.append(GroundTruthObject(
+            id=int(t.id), cls=int(t.classification), x=float(T[0, 3]), y=float(T[1, 3]), yaw=yaw_of(T),
+            vx=float(t.twist.linear.x), vy=float(t.twist.linear.y),
+            length=float(t.size.x), width=float(t.size.y), height=float(t.size.z),
+            observed=_observed_from_status(t.status),
+        ))
+    return objects
+
+
 def _gt_observed(bag: str | Path) -> dict[int, dict[int, bool | None]]:
     """{stamp [ns]: {object id: observed}} from the statuses on /ground_truth/objects."""
     from ssm_perception.io.bag import read_messages
@@ -472,15 +486,6 @@ def load_gt_frames(bag: str | Path, odom_frame: str = "odom", base_frame: str = 
     frames = []
     for msg in arrays:
         stamp = _stamp_s(msg.header)
-        objects = []
-        for t in msg.tracks:
-            T = _pose_matrix(t.pose)
-            objects.append(GroundTruthObject(
-                id=int(t.id), cls=int(t.classification), x=float(T[0, 3]), y=float(T[1, 3]), yaw=yaw_of(T),
-                vx=float(t.twist.linear.x), vy=float(t.twist.linear.y),
-                length=float(t.size.x), width=float(t.size.y), height=float(t.size.z),
-                observed=_observed_from_status(t.status),
-            ))
-        frames.append(GtFrame(stamp_s=stamp, T_odom_base=trajectory.at(stamp), objects=objects))
+        frames.append(GtFrame(stamp_s=stamp, T_odom_base=trajectory.at(stamp), objects=ground_truth_objects(msg)))
     frames.sort(key=lambda f: f.stamp_s)
     return frames
