@@ -22,6 +22,10 @@
 #                                         validation come on top: ~1-2 min for the first kind)
 #          --config FILE                  (default config/train_default.yaml)
 #          --workers N                    simulator processes (default: CPU cores - 2)
+#          --init-from DIR                warm start each kind from DIR/<kind>.safetensors when it exists
+#                                         (e.g. ssm_perception/checkpoints: continue the shipped weights)
+#          --lr LR                        peak learning rate (default: the config's optim.lr)
+#          --train-seeds N                training sequences (default: the config's data.train_seeds.count)
 # A trainable kind needs minutes > 0 (0 = no wall-clock limit, run.max_steps only); logodds=0 only
 # validates the training-free filter on the same held-out sequences.
 set -euo pipefail
@@ -30,11 +34,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MINUTES="mamba=5.5"
 CONFIG=config/train_default.yaml
 WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
+INIT_FROM=""
+LR=""
+TRAIN_SEEDS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) MINUTES=$2; shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
+    --init-from) INIT_FROM=$2; shift 2 ;;
+    --lr) LR=$2; shift 2 ;;
+    --train-seeds) TRAIN_SEEDS=$2; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "train_gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -81,8 +91,15 @@ for item in "${ITEMS[@]}"; do
   mins=${item#*=}
   echo "=== $kind: training for $mins min (config $CONFIG, $WORKERS simulator processes) ===" | tee -a "$LOG"
   start=$(date +%s)
+  extra=()
+  if [ -n "$INIT_FROM" ] && [ -f "$INIT_FROM/$kind.safetensors" ]; then
+    extra+=(--init-weights "$INIT_FROM/$kind.safetensors")
+    echo "    warm start from $INIT_FROM/$kind.safetensors" | tee -a "$LOG"
+  fi
+  [ -n "$LR" ] && extra+=(--lr "$LR")
+  [ -n "$TRAIN_SEEDS" ] && extra+=(--train-seeds "$TRAIN_SEEDS")
   $PY -m ssm_perception.train.cli --config "$CONFIG" --out "$RUNS/$kind" --kind "$kind" \
-      --max-minutes "$mins" --workers "$WORKERS" 2>&1 | tee -a "$LOG"
+      --max-minutes "$mins" --workers "$WORKERS" "${extra[@]}" 2>&1 | tee -a "$LOG"
   echo "=== $kind: done in $(( $(date +%s) - start )) s ===" | tee -a "$LOG"
   for f in model.safetensors model.safetensors.json; do
     [ -f "$RUNS/$kind/$f" ] && cp "$RUNS/$kind/$f" "$RUNS/${f/model/$kind}"

@@ -186,3 +186,40 @@ def test_out_of_memory_at_first_step_halves_the_batch(monkeypatch, tmp_path):
     result = tr.train()
     assert calls == [2, 1] and tr.step == 1
     assert result["meta"]["batch_size"] == 1
+
+
+def test_warm_start_copies_weights_and_keeps_the_training_totals(monkeypatch, tmp_path):
+    fk.patch(monkeypatch)
+    from ssm_perception.model import load_checkpoint
+    from ssm_perception.train.trainer import Trainer
+
+    first = Trainer(small_train_config(tmp_path, max_steps=3), tmp_path / "a", progress=False)
+    first.train()
+    src = tmp_path / "a" / "model.safetensors"
+    cfg = small_train_config(tmp_path, max_steps=2, init_weights=str(src))
+    second = Trainer(cfg, tmp_path / "b", progress=False)
+    for (k, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)  # starts from the source, not at random
+    second.train()
+    _, meta = load_checkpoint(tmp_path / "b" / "model.safetensors")
+    assert meta["init_from"]["steps"] == 3 and meta["steps"] == 2 and meta["total_steps"] == 5
+    assert meta["total_train_time_s"] >= meta["train_time_s"]
+    # a chain keeps counting: warm start from the warm-started checkpoint
+    third = Trainer(small_train_config(tmp_path, max_steps=1, init_weights=str(tmp_path / "b" / "model.safetensors")),
+                    tmp_path / "c", progress=False)
+    third.train()
+    assert load_checkpoint(tmp_path / "c" / "model.safetensors")[1]["total_steps"] == 6
+
+
+def test_warm_start_refuses_another_model_section(monkeypatch, tmp_path):
+    fk.patch(monkeypatch)
+    from ssm_perception.train.trainer import Trainer
+
+    Trainer(small_train_config(tmp_path, max_steps=1), tmp_path / "a", progress=False).train()
+    cfg = small_train_config(tmp_path, init_weights=str(tmp_path / "a" / "model.safetensors"))
+    cfg.perception.model.d_state = 8
+    with pytest.raises(RuntimeError, match="d_state"):
+        Trainer(cfg, tmp_path / "b", progress=False)
+    cfg = small_train_config(tmp_path, init_weights=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(RuntimeError, match="not found"):
+        Trainer(cfg, tmp_path / "b", progress=False)

@@ -80,6 +80,8 @@ class RunConfig(_Section):
     log_every: int = Field(10, ge=1)
     val_frames: int = Field(0, ge=0, description="frames per validation sequence; 0 = all")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    init_weights: str = Field("", description="warm start: a checkpoint (.safetensors + .json sidecar) of the "
+                                              "same model section; fresh optimizer and schedule; '' = random")
 
 
 class TrainConfig(_Section):

@@ -332,6 +332,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.grid = BevGrid.from_config(cfg.perception.grid)
         self.model = build_model(cfg.perception).to(self.device)
+        self.init_from = self._warm_start(cfg.run.init_weights) if cfg.run.init_weights else None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         w = cfg.loss
         weights = LossWeights(w.occupancy, w.dynamic, w.velocity, w.center, w.box, w.occ_static_pos,
@@ -367,6 +368,36 @@ class Trainer:
         self._sampler_state: dict | None = None  # sampler state after the last consumed batch
 
     # -------------------------------------------------------------- checkpoints
+    def _warm_start(self, path: str) -> dict:
+        """Copy the weights of a checkpoint of the same model section into the fresh model (the
+        optimizer and the schedule start anew). Returns what the model card needs: the source, its
+        sha256 and the training it had already had, so that reported totals stay honest. A resume
+        (--resume with a trainer state) later overwrites these weights with its own."""
+        from ssm_perception.model import CheckpointError, file_sha256, load_checkpoint
+
+        kind = self.cfg.perception.model.kind
+        try:
+            src, meta = load_checkpoint(path, expected_kind=kind, grid=self.cfg.perception.grid)
+        except CheckpointError as exc:
+            raise RuntimeError(f"--init-weights: {exc}") from None
+        theirs, ours = src.config.model.model_dump(), self.cfg.perception.model.model_dump()
+        if theirs != ours:
+            diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
+            raise RuntimeError(f"--init-weights {path}: model section differs from the training config "
+                               f"(checkpoint, config): {diff}")
+        self.model.load_state_dict(src.state_dict())
+        steps, seconds = int(meta.get("steps", 0)), float(meta.get("train_time_s", 0.0))
+        return {
+            "path": Path(path).name,
+            "sha256": file_sha256(Path(path)),
+            "steps": steps,
+            "train_time_s": seconds,
+            "train_seeds": meta.get("train_seeds", []),
+            # cumulative over every warm start in the chain (the source may itself be warm-started)
+            "total_steps": int(meta.get("total_steps", steps)),
+            "total_train_time_s": float(meta.get("total_train_time_s", seconds)),
+        }
+
     def _state_path(self, rank: int | None = None) -> Path:
         return self.out / TRAIN_STATE.format(rank=self.d.rank if rank is None else rank)
 
@@ -550,6 +581,10 @@ class Trainer:
                 "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
                 "world_size": self.d.world,
             }
+            if self.init_from:
+                meta["init_from"] = self.init_from
+                meta["total_steps"] = self.step + self.init_from["total_steps"]
+                meta["total_train_time_s"] = round(train_time_s + self.init_from["total_train_time_s"], 1)
             result = {"meta": meta, "val": val, "last_log": self.log[-1] if self.log else None}
             self.out.mkdir(parents=True, exist_ok=True)
             if self.trainable:
