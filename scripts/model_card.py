@@ -171,8 +171,14 @@ def write_card(ckpt_dir: Path = CKPT_DIR) -> Path:
         e = ma["ece"]
         lines.append(f"| ECE <= {ECE_TARGET} | {_f(e)} | {'yes' if e is not None and e <= ECE_TARGET else '**no**'} |")
     lines += ["", "## Reproduce", "", "```bash",
-              "bash scripts/train_gpu.sh --minutes mamba=6.5        # on the GPU machine (see the script header)",
+              "# on the GPU machine (see the script header); each command one device call of < 10 min",
+              "bash scripts/train_gpu.sh --minutes mamba=6.5                    # from scratch, 96 seeds",
               "bash scripts/train_gpu.sh --minutes convgru=1.5,attention=1.5,single=1,logodds=0",
+              "python scripts/model_card.py --import out/gpu/results.tar.gz  # here: ship them",
+              "# then warm starts from the shipped weights (the card's 'a + b' columns):",
+              "bash scripts/train_gpu.sh --minutes mamba=8 --init-from ssm_perception/checkpoints --lr 1e-3 --train-seeds 144",
+              "bash scripts/train_gpu.sh --minutes convgru=2.2,attention=2.2,single=1.3,logodds=0 \\",
+              "    --init-from ssm_perception/checkpoints --lr 1e-3 --train-seeds 144",
               "python scripts/model_card.py --import out/gpu/results.tar.gz", "```", "",
               ("Limits: the data are simulated (no real sensor data could be obtained here); metrics on real "
               "LiDAR will differ. Evaluate any rosbag2 with `ssm-perception evaluate BAG --baselines logodds`."), ""]
