@@ -95,6 +95,8 @@ for item in "${ITEMS[@]}"; do
   if [ -n "$INIT_FROM" ] && [ -f "$INIT_FROM/$kind.safetensors" ]; then
     extra+=(--init-weights "$INIT_FROM/$kind.safetensors")
     echo "    warm start from $INIT_FROM/$kind.safetensors" | tee -a "$LOG"
+  elif [ -n "$INIT_FROM" ] && [ "$kind" != logodds ]; then
+    echo "    WARNING: no $INIT_FROM/$kind.safetensors: $kind starts from random weights" | tee -a "$LOG"
   fi
   [ -n "$LR" ] && extra+=(--lr "$LR")
   [ -n "$TRAIN_SEEDS" ] && extra+=(--train-seeds "$TRAIN_SEEDS")
