@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=200001)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--tol", type=float, default=0.02, help="max |P_cuda - P_cpu| of occupancy (bf16-free fp32 path)")
+    ap.add_argument("--backend", default="reference", choices=["reference", "mamba_ssm", "fused"],
+                    help="Mamba backend of the CUDA pipeline (the CPU one is always the reference)")
     ap.add_argument("--stale-s", type=float, default=0.0,
                     help="> 0: reset.unobserved_cell_reset_s for both pipelines (short: partial resets happen often)")
     ap.add_argument("--out", type=Path, default=Path("gpu_pipeline_check.json"))
@@ -61,6 +63,7 @@ def main() -> int:
     from ssm_perception.pipeline import PerceptionPipeline
 
     cfgs = {d: PerceptionConfig.load(None, d) for d in ("cpu", "cuda")}
+    cfgs["cuda"].model.backend = args.backend
     for c in cfgs.values():
         if args.stale_s > 0:
             c.reset.unobserved_cell_reset_s = args.stale_s
@@ -93,7 +96,7 @@ def main() -> int:
         frames.append(rec)
     result = {
         "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
-        "scenario": args.scenario, "seed": args.seed, "frames": len(frames),
+        "backend": args.backend, "scenario": args.scenario, "seed": args.seed, "frames": len(frames),
         "unobserved_cell_reset_s": cfgs["cuda"].reset.unobserved_cell_reset_s,
         "model": {k: v for k, v in pipes["cuda"].model_info.items() if k != "metadata"},
         "frames_with_full_reset": sum(1 for f in frames if f.get("reasons") and f.get("partial_cells", 0) == 0),

@@ -10,8 +10,9 @@ sync at each boundary, which the pipeline's own timers do not do on CUDA):
 
     decode     PointCloud2-like LiDAR + radar messages -> structured arrays (io.pointcloud2)
     encode     BEV feature encoding (bev.features.encode_frame) and the copy to the device
-    warp       ego-motion warp of the previous state (temporal.warp.warp_state)
-    temporal   model.step: stem -> temporal core -> head convolutions
+    warp       ego-motion warp of the previous state (temporal.warp.warp_state); 0 for Mamba, whose
+               core gathers the warp inside its step, as the pipeline runs it (model.warp_step)
+    temporal   model.step (Mamba: model.warp_step): stem -> temporal core -> head convolutions
     heads      head tensors -> occupancy/dynamic grids on the host + decoded detections
     tracking   MultiObjectTracker.update in odom
     msg_encode OccupancyGrid and TrackArray payloads as plain numpy (what the node copies into msgs)
@@ -77,6 +78,7 @@ class BenchSettings:
     profile: bool = True  # torch.profiler of one full Mamba frame at the first grid
     memory: bool = True  # the memory part of the history sweep
     heap_mib: int = 0  # > 0: glibc keeps tensors below this size in its heap (see keep_tensors_in_heap)
+    node_allocator: bool = False  # the node's setting (memory.fix_malloc_mmap_threshold): measure as it runs
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -343,6 +345,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
     from ssm_perception.heads import occupancy_probabilities
     from ssm_perception.io.pointcloud2 import cloud_to_array
     from ssm_perception.model import BevPerceptionModel
+    from ssm_perception.pipeline import reusable_state
     from ssm_perception.temporal.warp import warp_state
     from ssm_perception.tracking.detections import decode_detections
     from ssm_perception.tracking.tracker import MultiObjectTracker
@@ -352,6 +355,8 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
     model = BevPerceptionModel(cfg).to(device).eval()
     tracker = MultiObjectTracker(cfg.tracking)
     state = model.init_state(1, device)
+    warp_in_step = hasattr(model.core, "warp_step")
+    spare = None
     timer = _Timer(device)
     dets_odom = [gt_detections(f.objects_odom) for f in frames]
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -377,9 +382,15 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
             return feats.features.unsqueeze(0).to(device)  # [1, C_in, H, W]
 
         x, lat["encode"] = timer(encode)
-        state, lat["warp"] = timer(warp_state, state, T_prev_cur, grid)
         dt = torch.tensor([dt_s], dtype=torch.float32, device=device)
-        (heads, state), lat["temporal"] = timer(model.step, x, state, dt)
+        if warp_in_step:  # as PerceptionPipeline.process: warp inside the step, buffers handed back
+            nonlocal spare
+            prev, lat["warp"] = state, 0.0
+            (heads, state), lat["temporal"] = timer(model.warp_step, x, prev, T_prev_cur, dt, None, spare)
+            spare = prev if reusable_state(prev) else None
+        else:
+            state, lat["warp"] = timer(warp_state, state, T_prev_cur, grid)
+            (heads, state), lat["temporal"] = timer(model.step, x, state, dt)
 
         def decode_heads():
             p_occ, p_dyn = occupancy_probabilities(heads)
@@ -580,8 +591,16 @@ def run_bench(s: BenchSettings, progress: bool = True) -> dict:
         raise ValueError(f"unknown model(s) {bad}; choose from {list(MODELS)}")
     if device.type == "cpu":
         torch.set_num_threads(s.threads)
-    allocator = keep_tensors_in_heap(s.heap_mib) if s.heap_mib > 0 else {"heap_mib": 0, "applied": False,
-                                                                           "reason": "glibc defaults"}
+    if s.node_allocator and s.heap_mib > 0:
+        raise ValueError("--node-allocator and --malloc-heap-mib are two different allocator settings; pick one")
+    if s.node_allocator:
+        from ssm_perception.memory import fix_malloc_mmap_threshold
+
+        allocator = {"heap_mib": 0, "node": True, "applied": True, "reason": fix_malloc_mmap_threshold()}
+    elif s.heap_mib > 0:
+        allocator = keep_tensors_in_heap(s.heap_mib)
+    else:
+        allocator = {"heap_mib": 0, "applied": False, "reason": "glibc defaults"}
     t_start = time.perf_counter()
     result: dict = {"format": "ssm_perception.bench/1", "settings": asdict(s), "environment": environment(device),
                     "stages": list(STAGES), "resolution_m": RESOLUTION, "allocator": allocator}
@@ -769,12 +788,13 @@ def _str_list(text: str) -> list[str]:
 
 def bench_main(device: str, grid: str, history: str, output: str, models: str, backends: str, frames: int,
                warmup: int, source_frames: int, threads: int, profile: bool, memory: bool, quiet: bool,
-               heap_mib: int = 0) -> int:
+               heap_mib: int = 0, node_allocator: bool = False) -> int:
     if not backends:
         backends = "reference,mamba_ssm,fused" if device.startswith("cuda") else "reference"
     s = BenchSettings(device=device, grids=_int_list(grid), histories=_int_list(history), models=_str_list(models),
                       backends=_str_list(backends), frames=frames, warmup=warmup, source_frames=source_frames,
-                      threads=threads, profile=profile, memory=memory, heap_mib=heap_mib)
+                      threads=threads, profile=profile, memory=memory, heap_mib=heap_mib,
+                      node_allocator=node_allocator)
     if heap_mib < 0:
         raise ValueError(f"--malloc-heap-mib must be >= 0, got {heap_mib}")
     if 16 not in s.histories:
@@ -809,11 +829,13 @@ def register(app) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
         heap_mib: int = typer.Option(0, "--malloc-heap-mib", min=0,
                                      help="CPU: keep tensors below this many MiB in glibc's heap (0 = defaults)"),
+        node_allocator: bool = typer.Option(False, "--node-allocator",
+                                            help="the node's malloc setting (16 MiB mmap threshold): time as it runs"),
     ) -> None:
         """Per-stage latency (p50/p99), peak memory and scaling of every model, in one run."""
         try:
             code = bench_main(device, grid, history, output, models, backends, frames, warmup, source_frames,
-                              threads, profile, memory, quiet, heap_mib)
+                              threads, profile, memory, quiet, heap_mib, node_allocator)
         except (ValueError, RuntimeError) as exc:
             typer.secho(f"bench failed: {exc}", fg="red", err=True)
             raise typer.Exit(2) from None
@@ -843,10 +865,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("-q", "--quiet", action="store_true")
     ap.add_argument("--malloc-heap-mib", dest="heap_mib", type=int, default=0)
+    ap.add_argument("--node-allocator", action="store_true")
     a = ap.parse_args(argv)
     try:
         return bench_main(a.device, a.grid, a.history, a.output, a.models, a.backends, a.frames, a.warmup,
-                          a.source_frames, a.threads, a.profile, a.memory, a.quiet, a.heap_mib)
+                          a.source_frames, a.threads, a.profile, a.memory, a.quiet, a.heap_mib, a.node_allocator)
     except (ValueError, RuntimeError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 2

@@ -121,6 +121,25 @@ class BevPerceptionModel(nn.Module):
         y, state = self.core.step(self.stem(features), state, dt, reset_mask)
         return self._heads(y), state
 
+    def warp_step(
+        self, features: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None = None,
+        out_state: State | None = None,
+    ) -> tuple[dict[str, Tensor], State]:
+        """``warp`` then ``step`` in one call (T_prev_cur None = no motion): the same numbers, but a
+        core that can gather the warp inside its update does (Mamba: the fused kernel on the GPU,
+        block-wise row gathers in CPU inference), which saves a pass over the state and the warped
+        copy. ``out_state``: buffers for the new state (see MambaCore.warp_step; other cores ignore
+        it). A streaming caller hands back the previous-but-one state, so no frame allocates a state."""
+        if not hasattr(self.core, "warp_step"):  # only the Mamba core gathers the warp itself
+            state = prev_state if T_prev_cur is None else self.warp(prev_state, T_prev_cur)
+            return self.step(features, state, dt, reset_mask)
+        self._check(features)
+        dt = torch.as_tensor(dt, dtype=torch.float32, device=features.device).reshape(-1)
+        self._check_dt(dt)
+        y, state = self.core.warp_step(self.stem(features), prev_state, T_prev_cur, dt, reset_mask,
+                                       grid=self.grid, out=out_state)
+        return self._heads(y), state
+
     def forward(self, features: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None):
         return self.step(features, state, dt, reset_mask)
 

@@ -33,12 +33,14 @@ from ssm_perception.config import PerceptionConfig
 from ssm_perception.geometry import transform_points, yaw_of
 from ssm_perception.heads import occupancy_probabilities
 from ssm_perception.model import BevPerceptionModel, load_checkpoint
+from ssm_perception.temporal.base import State
 from ssm_perception.temporal.health import (
     HealthReport,
     StateHealthMonitor,
     observed_from_features,
 )
 from ssm_perception.temporal.reset_policy import ResetDecision, ResetPolicy
+from ssm_perception.temporal.warp import is_cell_rows
 from ssm_perception.tracking.detections import (
     Detection,
     decode_detections,
@@ -165,6 +167,8 @@ class PerceptionPipeline:
         self.health = StateHealthMonitor(self.grid, self.config.reset, sensors=enabled)
         self.tracker = MultiObjectTracker(self.config.tracking)
         self.state = self.model.init_state(1, self.device)
+        self._warp_in_step = hasattr(getattr(self.model, "core", None), "warp_step")
+        self._spare_state: State | None = None  # buffers for the next state (see process, step 4)
         self._state_finite = True
         self.frames = 0
 
@@ -217,23 +221,36 @@ class PerceptionPipeline:
         observed = observed_from_features(x)  # [1, H, W] bool
         lat["encode"] = _ms(t0)
 
-        # 3. Warp (or restart) the state.
+        # 3. Warp (or restart) the state. The Mamba core gathers the warp inside its step (one pass
+        # over the state, no warped copy), so for it this stage is only the restart and the warp's
+        # time is part of "temporal"; the other cores warp here.
         t0 = time.perf_counter()
         if decision.full:
             self.state = self.model.init_state(1, self.device)
+            self._spare_state = None  # a state of another episode: never written into again
             self.health.reset()
             self.tracker.reset()
             dt_s, motion, reset_mask = _FIRST_FRAME_DT_S, None, None
         else:
             dt_s, motion = float(decision.dt_s), decision.T_prev_cur
-            self.state = self.model.warp(self.state, motion)  # the model's warp (backend-specific)
+            if not self._warp_in_step:
+                self.state = self.model.warp(self.state, motion)  # the model's warp (backend-specific)
             reset_mask = None if decision.cell_mask is None else decision.cell_mask.to(self.device).unsqueeze(0)
         lat["warp"] = _ms(t0)
 
         # 4. Temporal step (+ the heads' convolutions, inside model.step).
         t0 = time.perf_counter()
         dt = torch.tensor([dt_s], dtype=torch.float32, device=self.device)
-        heads, self.state = self.model.step(x, self.state, dt, reset_mask)
+        if self._warp_in_step:
+            # The previous-but-one state is handed back as the buffer of the new one: in CPU
+            # inference no frame allocates a state (the node's allocator setting would otherwise
+            # map and page-fault tens of MiB every frame). Nothing else keeps a reference to it.
+            prev = self.state
+            heads, self.state = self.model.warp_step(x, prev, None if decision.full else motion, dt, reset_mask,
+                                                     out_state=self._spare_state)
+            self._spare_state = prev if reusable_state(prev) else None
+        else:
+            heads, self.state = self.model.step(x, self.state, dt, reset_mask)
         lat["temporal"] = _ms(t0)
 
         # 5. Heads -> grids and detections.
@@ -281,6 +298,11 @@ class PerceptionPipeline:
             T_odom_base=None if inp.T_odom_base is None else np.asarray(inp.T_odom_base, dtype=np.float64),
             T_map_odom=inp.T_map_odom,
         )
+
+
+def reusable_state(state: State) -> bool:
+    """A state whose buffers the Mamba CPU step can write the next state into (cell rows on the CPU)."""
+    return set(state) == {"ssm"} and is_cell_rows(state["ssm"])
 
 
 def _ms(t0: float) -> float:

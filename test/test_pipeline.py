@@ -260,3 +260,33 @@ def test_checkpoint_resolution_explicit_then_shipped(tmp_path, monkeypatch):
     assert pl.shipped_checkpoint("attention") is None
     out = shipped.process(_frame(0, np.random.default_rng(7)))
     assert np.isfinite(out.occupancy).all()
+
+
+def test_mamba_pipeline_reuses_two_state_buffers_and_changes_no_number():
+    """The pipeline gathers the warp inside the Mamba step and hands the previous-but-one state
+    back as the next one's buffer: the same occupancy as warp-then-step, and after the first
+    frames of an episode only two state buffers ever (none allocated per frame)."""
+    import copy
+
+    torch.manual_seed(0)
+    cfg = PerceptionConfig(grid=GRID, model={"kind": "mamba"})
+    cfg.reset.unobserved_cell_reset_s = 0.25  # partial resets of stale cells on most frames
+    model = BevPerceptionModel(cfg)
+    fast, plain = PerceptionPipeline(cfg, model=model), PerceptionPipeline(cfg, model=copy.deepcopy(model))
+    plain._warp_in_step = False  # the old order: model.warp, then model.step
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    stamps = [S + k * DT for k in range(8)] + [S + 30 * DT + k * DT for k in range(8)]  # a 2.2 s gap: full reset
+    reused, partial = [], 0
+    for k, stamp in enumerate(stamps):
+        spare = fast._spare_state
+        a = fast.process(_frame(k, rng_a, stamp=stamp, ego_x=0.37 * k))
+        # the buffer handed in is alive while the step runs, so an allocation could not land on it
+        reused.append(spare is not None and fast.state["ssm"].data_ptr() == spare["ssm"].data_ptr())
+        b = plain.process(_frame(k, rng_b, stamp=stamp, ego_x=0.37 * k))
+        assert a.reset.reasons == b.reset.reasons
+        partial += a.reset.cell_mask is not None
+        np.testing.assert_array_equal(a.occupancy, b.occupancy)
+        np.testing.assert_array_equal(a.dynamic, b.dynamic)
+    assert partial >= 4
+    # frames 0-1 of each episode allocate (zeros, then the first channels-last state), then never
+    assert reused == [False, False] + [True] * 6 + [False, False] + [True] * 6

@@ -191,11 +191,11 @@ def test_row_gather_warp_gradients_match_grid_sample():
 
 def test_single_channel_and_cuda_layouts_keep_grid_sample():
     # [B, 1, H, W] is both contiguous and channels-last: it stays on grid_sample (one plane, nothing to gather)
-    from ssm_perception.temporal.warp import _cell_rows
+    from ssm_perception.temporal.warp import is_cell_rows
 
-    assert not _cell_rows(torch.zeros(1, 1, 8, 8))
-    assert not _cell_rows(torch.zeros(1, 4, 8, 8))
-    assert _cell_rows(_cl(torch.zeros(1, 4, 8, 8)))
+    assert not is_cell_rows(torch.zeros(1, 1, 8, 8))
+    assert not is_cell_rows(torch.zeros(1, 4, 8, 8))
+    assert is_cell_rows(_cl(torch.zeros(1, 4, 8, 8)))
 
 
 def test_cpu_mamba_step_in_cell_rows_matches_the_cell_aligned_form():

@@ -50,7 +50,7 @@ from ssm_perception.temporal.base import (
     check_input,
     zeros_state,
 )
-from ssm_perception.temporal.warp import empty_rows, gather_rows, row_taps
+from ssm_perception.temporal.warp import empty_rows, gather_rows, is_cell_rows, row_taps
 
 DT_NOMINAL = 0.1  # [s] frame period the discretization is calibrated to
 DT_RATIO_MAX = 50.0  # gaps beyond 5 s count as 5 s (all memory is gone long before that)
@@ -205,14 +205,21 @@ class MambaCore(TemporalCore):
         return self.norm_out(u)
 
     # ------------------------------------------------------------------ streaming
-    def step(self, x: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None) -> tuple[Tensor, State]:
+    def step(self, x: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None,
+             out: State | None = None) -> tuple[Tensor, State]:
+        """``out``: optional buffers for the new state (see ``warp_step``)."""
         check_input(self, x)
         dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
         if self.backend == "fused":
             return self.warp_step(x, state, None, dt, reset_mask)
-        state = apply_reset(state, reset_mask)
         if self.backend == "reference" and self._cpu_inference(state["ssm"], x, *self.parameters()):
-            return self._step_cells(x, state["ssm"], dt)
+            h = state["ssm"]
+            if reset_mask is None:
+                return self._step_cells(x, h, dt, out=out)
+            # The reset goes into the block loop (as after a warp): no reset copy of the state.
+            reset = self._reset_rows(reset_mask, h)
+            return self._step_cells(x, h, dt, taps=None, reset=reset, out=out)
+        state = apply_reset(state, reset_mask)
         u = self._pre(x)
         z, xs, b, c, step = self._project(u, dt)
         if self.backend == "reference":
@@ -250,8 +257,33 @@ class MambaCore(TemporalCore):
         return tensors[0].device.type == "cpu" and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
-    def _ssm_step_cells(self, h: Tensor, z, xs, b, c, step, taps=None, reset: Tensor | None = None
-                        ) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _reset_rows(reset_mask: Tensor, h: Tensor) -> Tensor:
+        """reset_mask [B, H, W] -> [B*H*W] bool in the cell-row order of h [B, S, H, W]."""
+        if reset_mask.shape != (h.shape[0], *h.shape[-2:]):
+            raise ValueError(f"reset_mask {tuple(reset_mask.shape)} does not match state {tuple(h.shape)}")
+        return reset_mask.reshape(-1).bool()
+
+    @staticmethod
+    def _out_rows(out: State | None, h: Tensor) -> Tensor | None:
+        """The caller's buffer for the new state as cell rows [B*H*W, S], or None to allocate.
+        It must have h's shape and dtype, be a channels-last CPU tensor (what this path returns,
+        so the previous-but-one state can be handed back) and must not overlap h: the update
+        reads h (at warped rows) while it writes the buffer."""
+        if out is None:
+            return None
+        o = out.get("ssm")
+        if o is None or o.shape != h.shape or o.dtype != h.dtype or o.device != h.device or not is_cell_rows(o):
+            raise ValueError(f"out['ssm'] must be a channels-last {h.dtype} tensor of shape {tuple(h.shape)} on "
+                             f"{h.device}, got {None if o is None else (tuple(o.shape), o.dtype, o.device)}")
+        lo, hi = h.data_ptr(), h.data_ptr() + h.numel() * h.element_size()
+        olo, ohi = o.data_ptr(), o.data_ptr() + o.numel() * o.element_size()
+        if olo < hi and lo < ohi:
+            raise ValueError("out['ssm'] overlaps the state it is computed from; pass the previous-but-one state")
+        return o.permute(0, 2, 3, 1).reshape(-1, o.shape[1])  # a view: o is channels-last
+
+    def _ssm_step_cells(self, h: Tensor, z, xs, b, c, step, taps=None, reset: Tensor | None = None,
+                        out: State | None = None) -> tuple[Tensor, Tensor]:
         """The same update for CPU inference, cell by cell: each cell's state is one contiguous row
         (the state is stored channels-last on CPU; an NCHW state is transposed once here), and the
         cells are processed in blocks of CELL_BLOCK so that the temporaries stay in cache and no
@@ -260,7 +292,9 @@ class MambaCore(TemporalCore):
 
         ``taps`` (warp.row_taps): h is the previous frame's state and each block's rows are
         gathered (ego-motion warp) right before their update; ``reset`` [B*H*W] bool then clears
-        those cells after the warp, before the update (as apply_reset does in ``step``)."""
+        those cells after the warp (or without taps, straight away), before the update, as
+        apply_reset does. ``out``: write h' into these buffers instead of a fresh tensor (see
+        ``_out_rows``); with a buffer handed back every frame the step allocates nothing state-sized."""
         bsz, s, hh, ww = h.shape
         nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
         hg = nh // g
@@ -276,7 +310,8 @@ class MambaCore(TemporalCore):
         sx = step_r * xs_r  # [cells, g, hg, p, 1]
         b_r = rows(b).view(cells, g, 1, 1, n)
         c_r = rows(c).view(cells, g, 1, 1, n)
-        h_new = empty_rows(cells, s, h.dtype).view(cells, g, hg, p, n)  # [cells, S] rows, huge pages
+        out_rows = self._out_rows(out, h)
+        h_new = (empty_rows(cells, s, h.dtype) if out_rows is None else out_rows).view(cells, g, hg, p, n)
         y_r = torch.empty(cells, g, hg, p, dtype=h.dtype)
         tmp = torch.empty(min(CELL_BLOCK, cells), g, hg, p, n, dtype=h.dtype)
         if taps is not None:
@@ -286,6 +321,8 @@ class MambaCore(TemporalCore):
             hn = h_new[blk]
             if taps is None:
                 src = h_rows[blk]
+                if reset is not None:  # where(), not a product: a non-finite cell becomes exactly 0
+                    src = torch.where(reset[blk].view(-1, 1, 1, 1, 1), 0.0, src)
             else:
                 src = gather_rows(table, taps, i, min(i + CELL_BLOCK, cells)).view(-1, g, hg, p, n)
                 if reset is not None:  # masked_fill, not a product: a non-finite cell becomes exactly 0
@@ -301,32 +338,35 @@ class MambaCore(TemporalCore):
             y = y.contiguous()  # one small transpose: the gate then runs in z's layout
         return y * F.silu(z), h_new.view(bsz, hh, ww, s).permute(0, 3, 1, 2)
 
-    def _step_cells(self, x: Tensor, h: Tensor, dt: Tensor, taps=None, reset: Tensor | None = None
-                    ) -> tuple[Tensor, State]:
+    def _step_cells(self, x: Tensor, h: Tensor, dt: Tensor, taps=None, reset: Tensor | None = None,
+                    out: State | None = None) -> tuple[Tensor, State]:
         """CPU inference step around ``_ssm_step_cells``. The activations stay NCHW: running them
         channels-last too saved a few ms but changes the convolutions' rounding (heads ~3e-5 off
         after the neck), while this way the outputs are bit-equal to the cell-aligned form."""
         u = self._pre(x)
         z, xs, b, c, step = self._project(u, dt)
-        y, h_new = self._ssm_step_cells(h, z, xs, b, c, step, taps, reset)
+        y, h_new = self._ssm_step_cells(h, z, xs, b, c, step, taps, reset, out)
         return self._post(u, y), {"ssm": h_new}
 
     def warp_step(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None = None,
-                  grid=None, mode: str = "bilinear") -> tuple[Tensor, State]:
+                  grid=None, mode: str = "bilinear", out: State | None = None) -> tuple[Tensor, State]:
         """Warp the previous frame's state into the current frame and step, in one call.
 
         T_prev_cur and grid as for temporal.warp.warp_state (None = no motion). The 'fused' backend
-        gathers the warped state inside its kernel (one pass over the state); the others call
-        warp_state and then ``step``."""
+        gathers the warped state inside its kernel (one pass over the state), and so does the
+        reference backend in CPU inference (block by block); otherwise warp_state, then ``step``.
+        ``out`` (CPU reference inference only, ignored elsewhere): buffers the new state is written
+        into, typically the previous-but-one state handed back by a streaming caller; the returned
+        state then *is* ``out``, so the caller must not keep using what it handed back."""
         dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
         if self.backend != "fused":
             if T_prev_cur is not None:
                 if self.backend == "reference" and self._cpu_inference(prev_state["ssm"], *self.parameters()):
-                    return self._warp_step_cells(x, prev_state, T_prev_cur, dt, reset_mask, grid, mode)
+                    return self._warp_step_cells(x, prev_state, T_prev_cur, dt, reset_mask, grid, mode, out)
                 from ssm_perception.temporal.warp import warp_state
 
                 prev_state = warp_state(prev_state, T_prev_cur, grid, mode)
-            return self.step(x, prev_state, dt, reset_mask)
+            return self.step(x, prev_state, dt, reset_mask, out)
         check_input(self, x)
         self._check_inference("fused")
         from ssm_perception.temporal import fused_step
@@ -339,7 +379,7 @@ class MambaCore(TemporalCore):
         return self._post(u, y), {"ssm": h}
 
     def _warp_step_cells(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None,
-                         grid, mode: str) -> tuple[Tensor, State]:
+                         grid, mode: str, out: State | None = None) -> tuple[Tensor, State]:
         """CPU inference: warp_state + step with the warp gathered block by block inside the
         update, so the warped state is never materialised (one state-sized allocation and one
         pass over the state instead of two). Same numbers as warp_state followed by ``step``."""
@@ -352,7 +392,7 @@ class MambaCore(TemporalCore):
             raise ValueError(f"reset_mask {tuple(reset_mask.shape)} does not match state {tuple(h.shape)}")
         taps = row_taps(T_prev_cur, grid, h.shape[0], mode, h.dtype, h.device)
         reset = None if reset_mask is None else reset_mask.reshape(-1).bool()
-        return self._step_cells(x, h, dt, taps, reset)
+        return self._step_cells(x, h, dt, taps, reset, out)
 
     def _check_inference(self, name: str) -> None:
         if torch.is_grad_enabled() and any(q.requires_grad for q in self.parameters()):

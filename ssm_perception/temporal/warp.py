@@ -154,7 +154,7 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     return g.to(dtype=dtype, device=device), mode
 
 
-def _cell_rows(x: Tensor) -> bool:
+def is_cell_rows(x: Tensor) -> bool:
     """True when x [B, C, H, W] is stored channels-last on the CPU (each cell's C values contiguous)."""
     return (x.device.type == "cpu" and x.shape[1] > 1 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last))
@@ -236,7 +236,7 @@ class _Sampler:
         self._taps = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if _cell_rows(x):
+        if is_cell_rows(x):
             if self._taps is None:
                 self._taps = grid_taps(self.g, self.mode, *self.shape)
             return _gather(x, self._taps)
