@@ -205,11 +205,14 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     expected_kind: str | None = None,
     grid: GridConfig | None = None,
+    backend: str | None = None,
 ) -> tuple[BevPerceptionModel, dict]:
     """Rebuild the model from ``path`` + ``path.json``; verifies the sha256 (against the sidecar
     and ``expected_sha256`` if given), the kind, the feature layout and every tensor's shape.
     ``grid``: run the weights on another grid extent. The model is convolutional and per cell, so
     any size works, but the resolution must be the trained one (features are per cell area).
+    ``backend``: the Mamba backend to run the weights with (a runtime choice, same parameters;
+    None = the one recorded at training, normally 'reference').
     Returns (model in eval mode on map_location, metadata). Raises CheckpointError."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -253,6 +256,8 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: trained at grid.resolution {config.grid.resolution} m, the configuration "
                                   f"asks for {grid.resolution} m (set model.kind=logodds or retrain)")
         config.grid = grid.model_copy()
+    if backend is not None:
+        config.model.backend = backend
     model = BevPerceptionModel(config)
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))

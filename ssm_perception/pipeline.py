@@ -104,13 +104,15 @@ def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
     """
     m = config.model
     if m.checkpoint:
-        model, meta = load_checkpoint(m.checkpoint, map_location=m.device, expected_kind=m.kind, grid=config.grid)
+        model, meta = load_checkpoint(m.checkpoint, map_location=m.device, expected_kind=m.kind, grid=config.grid,
+                                      backend=m.backend)
         return model, {"kind": model.kind, "source": str(m.checkpoint), "metadata": meta}
     if m.kind == "logodds":
         return BevPerceptionModel(config).to(m.device).eval(), {"kind": "logodds", "source": "training-free"}
     shipped = shipped_checkpoint(m.kind)
     if shipped is not None:
-        model, meta = load_checkpoint(shipped, map_location=m.device, expected_kind=m.kind, grid=config.grid)
+        model, meta = load_checkpoint(shipped, map_location=m.device, expected_kind=m.kind, grid=config.grid,
+                                      backend=m.backend)
         return model, {"kind": model.kind, "source": str(shipped), "metadata": meta}
     fallback = config.model_copy(deep=True)
     fallback.model.kind = "logodds"

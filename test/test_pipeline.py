@@ -290,3 +290,18 @@ def test_mamba_pipeline_reuses_two_state_buffers_and_changes_no_number():
     assert partial >= 4
     # frames 0-1 of each episode allocate (zeros, then the first channels-last state), then never
     assert reused == [False, False] + [True] * 6 + [False, False] + [True] * 6
+
+
+def test_configured_backend_is_used_with_a_checkpoint(tmp_path):
+    """model.backend is a runtime choice: a checkpoint trained with 'reference' runs with the
+    backend the node's configuration asks for (it used to silently keep the training one)."""
+    from ssm_perception.model import save_checkpoint
+    from ssm_perception.pipeline import resolve_model
+
+    cfg = PerceptionConfig(grid=GRID, model={"kind": "mamba"})
+    save_checkpoint(BevPerceptionModel(cfg), tmp_path / "m.safetensors")
+    for backend in ("reference", "fused", "mamba_ssm"):
+        run = PerceptionConfig(grid=GRID, model={"kind": "mamba", "backend": backend,
+                                                 "checkpoint": str(tmp_path / "m.safetensors")})
+        model, _ = resolve_model(run)
+        assert model.core.backend == backend and model.config.model.backend == backend

@@ -380,7 +380,9 @@ class Trainer:
             src, meta = load_checkpoint(path, expected_kind=kind, grid=self.cfg.perception.grid)
         except CheckpointError as exc:
             raise RuntimeError(f"--init-weights: {exc}") from None
-        theirs, ours = src.config.model.model_dump(), self.cfg.perception.model.model_dump()
+        runtime = {"backend", "device", "checkpoint", "cpu_threads", "max_cells_per_call"}  # not the architecture
+        theirs = src.config.model.model_dump(exclude=runtime)
+        ours = self.cfg.perception.model.model_dump(exclude=runtime)
         if theirs != ours:
             diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
             raise RuntimeError(f"--init-weights {path}: model section differs from the training config "
