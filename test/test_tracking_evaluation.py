@@ -274,3 +274,21 @@ def test_tuning_refuses_training_and_held_out_seeds_and_runs_on_validation(untra
     assert {s["param"] for s in r["sweeps"]} >= {"score_threshold", "nms_radius_m", "confirm_hits"}
     # the chosen setting is never worse on the validation data than where the search started
     assert r["validation_at_chosen"]["pooled_mota"] >= r["validation_at_start"]["pooled_mota"] - 1e-9
+
+
+def test_tuning_objective_mota_plus_idf1(untrained_single, tmp_path):
+    app = _load_tune_script().app
+    base = ["--seed", "100000", "--duration", "0.15", "--detections", "single-frame", "--baseline-checkpoint",
+            str(untrained_single), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    bad = CliRunner().invoke(app, [*base, "--objective", "hota", "--out", str(tmp_path / "x.json")])
+    assert bad.exit_code != 0 and "objective" in bad.output
+    out = tmp_path / "tuning.json"
+    run = CliRunner().invoke(app, [*base, "--objective", "mota+idf1", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    res = json.loads(out.read_text())
+    r = res["sources"]["single-frame"]
+    assert "IDF1" in res["objective"] and "report_coast_s" in {s["param"] for s in r["sweeps"]}
+    start, chosen = r["sweeps"][0], r["validation_at_chosen"]
+    assert chosen["pooled_objective"] == pytest.approx(0.5 * (chosen["pooled_mota"] + chosen["pooled_idf1"]))
+    assert chosen["pooled_objective"] >= start["pooled_objective"] - 1e-9
+    assert TrackingConfig.model_validate(r["chosen"]).report_coast_s <= r["chosen"]["max_coast_s"]
