@@ -142,7 +142,7 @@ class TrackingConfig(_Section):
         "(not enforced: checkpoints store older tracking sections)"
     )
     score_threshold: PerClass = Field(
-        default_factory=lambda: PerClass(car=0.3, truck=0.25, cyclist=0.45, pedestrian=0.45),
+        default_factory=lambda: PerClass(car=0.3, truck=0.25, cyclist=0.45, pedestrian=0.4),
         description="per-class detection score a detection needs to reach the tracker (scripts/tune_tracking.py)",
     )
     nms_radius_m: PerClass = Field(
@@ -150,15 +150,15 @@ class TrackingConfig(_Section):
         description="circle NMS: a detection this close to a better one of a compatible class is dropped",
     )
     min_evidence: float = Field(
-        0.0, ge=0, le=1, description="minimum P(occupied) of the occupancy head at a detection's centre cell"
+        0.2, ge=0, le=1, description="minimum P(occupied) of the occupancy head at a detection's centre cell"
     )
     gate_mahalanobis: float = Field(11.83, gt=0, description="chi2(3 dof) 99.2%")
     # Defaults of the detection selection and the lifecycle below: scripts/tune_tracking.py on validation
     # seeds 100000-100003 for the shipped temporal model (results/tracking_tuning.json).
     confirm_hits: int = Field(4, ge=1)
-    max_coast_s: float = Field(0.5, ge=0, description="a track unmatched this long is deleted")
+    max_coast_s: float = Field(1.5, ge=0, description="a track unmatched this long is deleted")
     report_coast_s: float = Field(
-        0.5, ge=0, description="a coasting track is reported this long after its last detection (kept for "
+        0.3, ge=0, description="a coasting track is reported this long after its last detection (kept for "
         "re-identification until max_coast_s)"
     )
     min_existence: float = Field(0.1, ge=0, le=1)
