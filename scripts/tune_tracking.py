@@ -63,6 +63,7 @@ CONFIRM_HITS = (1, 2, 3, 4, 5)
 MAX_COAST_S = (0.5, 1.0, 1.5, 2.5)
 DETECTION_PROBABILITY = (0.3, 0.5, 0.7)
 REPORT_COAST_S = (0.3, 0.5, 1.0, 1.5, 2.5)  # a track coasting longer is withheld (kept alive to max_coast_s)
+LOW_SCORE_THRESHOLD = (0.0, 0.15, 0.2)  # second stage off, or from the cache's score floor up
 OBJECTIVES = ("mota", "mota+idf1")  # what coordinate ascent maximizes (the targets name both)
 KEPT_METRICS = ("mota", "idf1", "hota", "id_switches", "false_positives", "misses", "num_gt", "num_matches")
 
@@ -246,7 +247,7 @@ def main(
                       "IDF1 over classes for the rest"),
         "grids": {"score_threshold": THRESHOLDS, "nms_radius_m": NMS_RADII, "min_evidence": MIN_EVIDENCE,
                   "confirm_hits": CONFIRM_HITS, "max_coast_s": MAX_COAST_S,
-                  "detection_probability": DETECTION_PROBABILITY, "report_coast_s": REPORT_COAST_S},
+                  "detection_probability": DETECTION_PROBABILITY, "report_coast_s": REPORT_COAST_S, "low_score_threshold": LOW_SCORE_THRESHOLD},
         "sources": {},
     }
     earlier = json.loads(start.read_text()) if start is not None else None
@@ -267,6 +268,7 @@ def main(
             tuner.pooled("max_coast_s", MAX_COAST_S)
             # only values up to max_coast_s mean anything (a deleted track cannot be reported)
             tuner.pooled("report_coast_s", tuple(v for v in REPORT_COAST_S if v <= tuner.best.max_coast_s))
+            tuner.pooled("low_score_threshold", tuple(v for v in LOW_SCORE_THRESHOLD if v == 0.0 or v >= floor))
             tuner.pooled("detection_probability", DETECTION_PROBABILITY)
         chosen = tuner.best
         # the decoder floor follows the lowest class threshold, so the node decodes what the classes accept
@@ -293,7 +295,8 @@ def main(
                           *(f"{m.get(k, 0):.0f}" for k in ("false_positives", "misses", "id_switches", "num_gt")))
         console.print(table)
         console.print(f"{source}: min_evidence {chosen.min_evidence}, confirm_hits {chosen.confirm_hits}, max_coast_s "
-                      f"{chosen.max_coast_s}, report_coast_s {chosen.report_coast_s}, detection_probability "
+                      f"{chosen.max_coast_s}, report_coast_s {chosen.report_coast_s}, low_score_threshold "
+                      f"{chosen.low_score_threshold}, detection_probability "
                       f"{chosen.detection_probability}; pooled MOTA {baseline_row['pooled_mota']:.3f} -> "
                       f"{final['pooled_mota']:.3f}, pooled IDF1 {baseline_row['pooled_idf1']:.3f} -> "
                       f"{final['pooled_idf1']:.3f}")

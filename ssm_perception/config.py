@@ -153,6 +153,11 @@ class TrackingConfig(_Section):
         0.2, ge=0, le=1, description="minimum P(occupied) of the occupancy head at a detection's centre cell"
     )
     gate_mahalanobis: float = Field(11.83, gt=0, description="chi2(3 dof) 99.2%")
+    low_score_threshold: float = Field(
+        0.0, ge=0, le=1, description="second association stage (as ByteTrack): detections scoring at least "
+        "this but below their class threshold may keep a confirmed or coasting track alive, never start one; "
+        "0 = off",
+    )
     # Defaults of the detection selection and the lifecycle below: scripts/tune_tracking.py on validation
     # seeds 100000-100003 for the shipped temporal model (results/tracking_tuning.json).
     confirm_hits: int = Field(4, ge=1)

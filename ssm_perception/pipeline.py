@@ -260,7 +260,10 @@ class PerceptionPipeline:
         p_occ, p_dyn = occupancy_probabilities(heads)
         occ = p_occ[0].float().cpu().numpy()
         dyn = p_dyn[0].float().cpu().numpy()
-        dets_base = decode_detections(heads, self.config.grid, self.config.tracking.detection_threshold)
+        trk = self.config.tracking
+        floor = min(trk.detection_threshold, trk.low_score_threshold) if trk.low_score_threshold > 0 else \
+            trk.detection_threshold  # the tracker's second stage needs the weak peaks too
+        dets_base = decode_detections(heads, self.config.grid, floor)
         if radar is not None and dets_base and twist is not None:
             pts, sensor_xy = _radar_over_ground(radar, inp.T_base_radar, twist)
             dets_base = refine_with_radar(dets_base, pts, sensor_xy)

@@ -269,3 +269,25 @@ def test_long_coasting_track_is_withheld_but_keeps_its_id():
     assert reported[10:13] == [first] * 3  # coasting, still reported for 0.3 s
     assert reported[13:18] == [[]] * 5  # then withheld from the output ...
     assert reported[18:] == [first] * 12  # ... and the same id comes back with the object
+
+
+@pytest.mark.parametrize("low", [0.0, 0.2])
+def test_second_stage_keeps_tracks_alive_on_weak_detections_but_never_starts_one(low):
+    """ByteTrack's second stage: a confirmed car whose score drops below its class threshold for a
+    while stays matched (not coasting) when low_score_threshold admits the weak detections; a
+    weak-only object never becomes a track; with the stage off (0) the same car only coasts."""
+    trk = MultiObjectTracker(cfg(low_score_threshold=low, max_coast_s=0.3, report_coast_s=0.3))
+    statuses, ids = [], set()
+    for k in range(30):
+        t = 0.1 * k
+        car_score = 0.9 if (k < 8 or k >= 20) else 0.25  # weak for 1.2 s: longer than max_coast_s
+        tracks = trk.update([odet(10.0 + 2.0 * t, 0.0, 2.0, 0.0, score=car_score),
+                             odet(-20.0, 5.0, score=0.25)], t)  # a weak-only clutter peak, every frame
+        car = [tr for tr in tracks if abs(tr.y) < 1.0]
+        statuses.append(car[0].status if car else None)
+        ids |= {tr.id for tr in confirmed(car)}
+        assert all(abs(tr.x + 20.0) > 1.0 for tr in tracks)  # never a track on the weak-only peak
+    if low > 0:
+        assert statuses[8:20] == ["confirmed"] * 12 and len(ids) == 1  # one id through the weak spell
+    else:
+        assert None in statuses[8:20] and len(ids) == 2  # deleted after 0.3 s, re-born with a new id

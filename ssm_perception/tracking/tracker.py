@@ -161,7 +161,7 @@ class MultiObjectTracker:
                 return self.tracks()
             if dt < 0.0:
                 self.reset()
-        dets = self._valid(detections_in_odom)
+        dets, weak = self._valid(detections_in_odom)
         if self._stamp is not None:
             # Tracks unseen for longer than max_coast_s by now (a gap in the data) are gone before
             # association: a stale prediction must not capture a new object.
@@ -174,8 +174,17 @@ class MultiObjectTracker:
         matches, lone_tracks, lone_dets = self._associate(dets)
         for ti, di in matches:
             self._hit(self._tracks[ti], dets[di], stamp_s)
+        # Second stage (ByteTrack): established tracks left over try the weak detections, which an
+        # occluded or distant object often still produces; they never start a track.
+        kept = [ti for ti in lone_tracks if self._tracks[ti].status != "tentative"]
+        rescued: set[int] = set()
+        if weak and kept:
+            for k, di in self._associate(weak, kept)[0]:
+                self._hit(self._tracks[kept[k]], weak[di], stamp_s)
+                rescued.add(kept[k])
         for ti in lone_tracks:
-            self._miss(self._tracks[ti])
+            if ti not in rescued:
+                self._miss(self._tracks[ti])
         for di in lone_dets:
             self._birth(dets[di], stamp_s)
         self._tracks = [t for t in self._tracks if not self._dead(t, stamp_s)]
@@ -190,9 +199,11 @@ class MultiObjectTracker:
                 if now - t.last_update_s <= self.cfg.report_coast_s + _STAMP_TOLERANCE_S]
 
     # ------------------------------------------------------------------ steps
-    def _valid(self, dets: list[Detection]) -> list[Detection]:
+    def _valid(self, dets: list[Detection]) -> tuple[list[Detection], list[Detection]]:
         """Detections of a known class through the detection pre-processing of SimpleTrack's
-        decomposition (``select_detections``): finite, per-class score threshold, evidence gate, circle NMS."""
+        decomposition (``select_detections``): finite, per-class score threshold, evidence gate,
+        circle NMS. Returns (detections, weak ones for the second stage: at least
+        low_score_threshold but below their class threshold, and not near a kept detection)."""
         out = []
         for d in dets:
             if d.frame != "odom":
@@ -200,7 +211,17 @@ class MultiObjectTracker:
                                  "(use detections_to_odom)")
             if d.cls in self.models:
                 out.append(d)
-        return select_detections(out, self.cfg)
+        strong = select_detections(out, self.cfg)
+        low = self.cfg.low_score_threshold
+        if low <= 0.0:
+            return strong, []
+        # the same selection at the low threshold: its NMS lets a strong detection suppress weak ones near it
+        th = self.cfg.score_threshold
+        floor = {c: min(low, getattr(th, c)) for c in type(th).model_fields}
+        weak_cfg = self.cfg.model_copy(update={"score_threshold": self.cfg.score_threshold.model_copy(update=floor),
+                                               "detection_threshold": min(low, self.cfg.detection_threshold)})
+        strong_ids = {id(d) for d in strong}
+        return strong, [d for d in select_detections(out, weak_cfg) if id(d) not in strong_ids]
 
     def _measurement(self, d: Detection) -> np.ndarray:
         return np.array([d.x, d.y, d.yaw, d.vx, d.vy], dtype=np.float64)  # NaN velocity = not measured
@@ -230,11 +251,17 @@ class MultiObjectTracker:
         cost[ok] = d2[ok]
         return cost
 
-    def _associate(self, dets: list[Detection]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-        n_t, n_d = len(self._tracks), len(dets)
+    def _associate(self, dets: list[Detection], track_rows: list[int] | None = None
+                   ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """Hungarian assignment of ``dets`` to the tracks (or to the tracks at ``track_rows``; the
+        returned track indices then index that list)."""
+        n_t = len(self._tracks) if track_rows is None else len(track_rows)
+        n_d = len(dets)
         if n_t == 0 or n_d == 0:
             return [], list(range(n_t)), list(range(n_d))
         cost = self.cost_matrix(dets)
+        if track_rows is not None:
+            cost = cost[track_rows]
         big = self.cfg.gate_mahalanobis * 10.0 + 1.0  # finite stand-in for inf (solver needs finite)
         rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
         matches = [(int(r), int(c)) for r, c in zip(rows, cols) if np.isfinite(cost[r, c])]
