@@ -167,6 +167,22 @@ def select_detections(dets: list[Detection], cfg: TrackingConfig) -> list[Detect
     return [d for d in dets if id(d) in keep]
 
 
+def select_two_stage(dets: list[Detection], cfg: TrackingConfig) -> tuple[list[Detection], list[Detection]]:
+    """(strong, weak): ``select_detections`` as configured, and for the tracker's second association
+    stage the detections that the same selection keeps at ``low_score_threshold`` but that are not
+    strong (weak is empty when the stage is off). A strong detection suppresses weak ones near it."""
+    strong = select_detections(dets, cfg)
+    low = cfg.low_score_threshold
+    if low <= 0.0:
+        return strong, []
+    th = cfg.score_threshold
+    floor = {c: min(low, getattr(th, c)) for c in type(th).model_fields}
+    weak_cfg = cfg.model_copy(update={"score_threshold": th.model_copy(update=floor),
+                                      "detection_threshold": min(low, cfg.detection_threshold)})
+    strong_ids = {id(d) for d in strong}
+    return strong, [d for d in select_detections(dets, weak_cfg) if id(d) not in strong_ids]
+
+
 def refine_with_radar(
     dets: list[Detection],
     radar_points_base: np.ndarray,

@@ -56,7 +56,7 @@ from ssm_perception.tracking.detections import (
     MAX_DETECTIONS,
     Detection,
     detections_to_odom,
-    select_detections,
+    select_two_stage,
 )
 from ssm_perception.tracking.synthetic import (
     SyntheticDetectionConfig,
@@ -156,7 +156,8 @@ def evaluate_tracking(
         for frame in tqdm(frames, desc=f"sequence {k}", unit="frame", disable=not progress, leave=False):
             # The tracker selects (thresholds, NMS) itself; selecting first in base_link gives the same
             # detections (distances are frame-invariant) and spares moving hundreds of low scores to odom.
-            dets = detections_to_odom(select_detections(source(frame), tracking), frame.T_odom_base)
+            strong, weak = select_two_stage(source(frame), tracking)
+            dets = detections_to_odom(strong + weak, frame.T_odom_base)
             tracks = tracker.update(dets, frame.stamp_s)
             hyp = [t for t in tracks if t.status != "tentative" and in_grid(t.x, t.y, frame.T_odom_base, grid)]
             if frame.objects is None:  # no truth at this stamp: tracked (state continuity), not scored

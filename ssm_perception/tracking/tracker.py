@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ssm_perception.config import TrackingConfig
-from ssm_perception.tracking.detections import VEHICLES, Detection, select_detections
+from ssm_perception.tracking.detections import VEHICLES, Detection, select_two_stage
 from ssm_perception.tracking.kalman import (
     GATE_COMPONENTS,
     BoxEKF,
@@ -211,17 +211,7 @@ class MultiObjectTracker:
                                  "(use detections_to_odom)")
             if d.cls in self.models:
                 out.append(d)
-        strong = select_detections(out, self.cfg)
-        low = self.cfg.low_score_threshold
-        if low <= 0.0:
-            return strong, []
-        # the same selection at the low threshold: its NMS lets a strong detection suppress weak ones near it
-        th = self.cfg.score_threshold
-        floor = {c: min(low, getattr(th, c)) for c in type(th).model_fields}
-        weak_cfg = self.cfg.model_copy(update={"score_threshold": self.cfg.score_threshold.model_copy(update=floor),
-                                               "detection_threshold": min(low, self.cfg.detection_threshold)})
-        strong_ids = {id(d) for d in strong}
-        return strong, [d for d in select_detections(out, weak_cfg) if id(d) not in strong_ids]
+        return select_two_stage(out, self.cfg)
 
     def _measurement(self, d: Detection) -> np.ndarray:
         return np.array([d.x, d.y, d.yaw, d.vx, d.vy], dtype=np.float64)  # NaN velocity = not measured
