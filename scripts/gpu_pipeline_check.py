@@ -29,18 +29,7 @@ def simulated_inputs(scenario: str, seed: int, seconds: float, grid) -> list:
     from ssm_perception.sim.scenario import Scenario
 
     sc = Scenario.from_preset(scenario, seed=seed, duration_s=seconds, grid=grid)
-    c = sc.config
-    out = []
-    for fr in sc.frames():
-        T = fr.T_base_sensor
-        out.append(FrameInputs(
-            stamp_ns=int(fr.stamp_ns), T_odom_base=fr.T_odom_base, lidar=fr.lidar, T_base_lidar=T[c.lidar.frame_id],
-            radar=fr.radar.points if fr.radar is not None else None, T_base_radar=T[c.radar.frame_id],
-            image=fr.camera.image if fr.camera is not None else None,
-            K=fr.camera.K if fr.camera is not None else None, T_base_camera=T[c.camera.frame_id],
-            T_map_odom=fr.T_map_odom,
-        ))
-    return out
+    return [FrameInputs.from_sim(sc.config, fr) for fr in sc.frames()]
 
 
 def main() -> int:

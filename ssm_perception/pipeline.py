@@ -72,6 +72,21 @@ class FrameInputs:
     zone: str | None = None  # operational zone, when signalled (/vehicle/zone)
     ego_twist: tuple[float, float, float] | None = None  # (vx, vy, yaw_rate) in base_link; None = from odom
 
+    @classmethod
+    def from_sim(cls, scenario_config, frame) -> FrameInputs:
+        """The inputs of one simulator frame (``Scenario.frames()``), every sensor it has, as a bag
+        replay would give them (the scenario's config names the sensor frames)."""
+        T = frame.T_base_sensor
+        c = scenario_config
+        return cls(
+            stamp_ns=int(frame.stamp_ns), T_odom_base=frame.T_odom_base, lidar=frame.lidar,
+            T_base_lidar=T[c.lidar.frame_id],
+            radar=frame.radar.points if frame.radar is not None else None, T_base_radar=T[c.radar.frame_id],
+            image=frame.camera.image if frame.camera is not None else None,
+            K=frame.camera.K if frame.camera is not None else None, T_base_camera=T[c.camera.frame_id],
+            T_map_odom=frame.T_map_odom,
+        )
+
 
 @dataclass
 class FrameOutputs:

@@ -241,15 +241,7 @@ def pipeline_source(config, kind: str) -> DetectionSource:
         if isinstance(frame.sensors, FrameInputs):  # decoded from a bag
             return pipeline.process(frame.sensors).detections_base
         sc, fr = frame.sensors
-        T = fr.T_base_sensor
-        inp = FrameInputs(
-            stamp_ns=int(fr.stamp_ns), T_odom_base=fr.T_odom_base, lidar=fr.lidar, T_base_lidar=T[sc.lidar.frame_id],
-            radar=fr.radar.points if fr.radar is not None else None, T_base_radar=T[sc.radar.frame_id],
-            image=fr.camera.image if fr.camera is not None else None,
-            K=fr.camera.K if fr.camera is not None else None, T_base_camera=T[sc.camera.frame_id],
-            T_map_odom=fr.T_map_odom,
-        )
-        return pipeline.process(inp).detections_base
+        return pipeline.process(FrameInputs.from_sim(sc, fr)).detections_base
 
     source.model_info = pipeline.model_info  # type: ignore[attr-defined]  # for the results file
     return source
