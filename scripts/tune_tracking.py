@@ -59,6 +59,7 @@ NMS_RADII = {  # index k of every list is tried together
     "pedestrian": (0.0, 0.3, 0.5, 0.75, 1.0),
 }
 MIN_EVIDENCE = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+GATE_MAHALANOBIS = (11.83, 25.0, 50.0, 100.0, 200.0)  # chi2 3 dof 99.2 %, then wider: R may be optimistic
 CONFIRM_HITS = (1, 2, 3, 4, 5)
 MAX_COAST_S = (0.5, 1.0, 1.5, 2.5)
 DETECTION_PROBABILITY = (0.3, 0.5, 0.7)
@@ -246,7 +247,7 @@ def main(
                       "per-class mean of MOTA and IDF1 for per-class settings; mean of pooled MOTA and GT-weighted "
                       "IDF1 over classes for the rest"),
         "grids": {"score_threshold": THRESHOLDS, "nms_radius_m": NMS_RADII, "min_evidence": MIN_EVIDENCE,
-                  "confirm_hits": CONFIRM_HITS, "max_coast_s": MAX_COAST_S,
+                  "gate_mahalanobis": GATE_MAHALANOBIS, "confirm_hits": CONFIRM_HITS, "max_coast_s": MAX_COAST_S,
                   "detection_probability": DETECTION_PROBABILITY, "report_coast_s": REPORT_COAST_S, "low_score_threshold": LOW_SCORE_THRESHOLD},
         "sources": {},
     }
@@ -264,6 +265,7 @@ def main(
             tuner.per_class("score_threshold", {c: THRESHOLDS for c in CLASSES})
             tuner.per_class("nms_radius_m", NMS_RADII)
             tuner.pooled("min_evidence", MIN_EVIDENCE)
+            tuner.pooled("gate_mahalanobis", GATE_MAHALANOBIS)
             tuner.pooled("confirm_hits", CONFIRM_HITS)
             tuner.pooled("max_coast_s", MAX_COAST_S)
             # only values up to max_coast_s mean anything (a deleted track cannot be reported)

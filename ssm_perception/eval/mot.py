@@ -152,6 +152,10 @@ class MotEvaluator:
         drop = {int(cc) for r, cc in zip(rows, cols) if r >= len(g) and d[r, cc] <= self.max_distance_m}
         return [o for k, o in enumerate(h) if k not in drop]
 
+    def events(self, cls: int):
+        """motmetrics' event table (MATCH, SWITCH, MISS, FP, ...) of class ``cls`` (internal ids)."""
+        return self._acc[cls].mot_events
+
     def id_switches(self) -> list[tuple[str, int, int, int]]:
         """(class name, frame index, ground-truth id, new hypothesis id) of every ID switch (ids as given)."""
         original = {uid: i for (_, _, i), uid in self._uids.items()}
