@@ -178,3 +178,27 @@ def test_range_breakdown_counts_recall_and_false_positives_per_bucket():
     assert (rows["40-50"]["num_hyp"], rows["40-50"]["false_positives"]) == (4, 4)
     assert math.isnan(rows["10-20"]["recall"]) and rows["10-20"]["num_gt"] == 0
     assert MotEvaluator().range_breakdown() == {}  # nothing recorded without ego_xy
+
+
+def test_id_switch_causes_are_told_apart():
+    """scripts/diagnose_id_switches.classify: a hand-over (no gap, the old track gone that frame)
+    and a switch after a detection gap with the old track still reported elsewhere."""
+    import importlib.util
+    from pathlib import Path
+
+    import motmetrics as mm
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_id_switches.py"
+    spec = importlib.util.spec_from_file_location("diagnose_id_switches", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    acc = mm.MOTAccumulator(auto_id=False)
+    acc.update([1], [10], [[0.1]], frameid=0)
+    acc.update([1], [10], [[0.1]], frameid=1)
+    acc.update([1], [11], [[0.1]], frameid=2)  # track 10 gone, 11 takes over: hand-over
+    acc.update([1], [11], [[float("nan")]], frameid=3)  # missed (11 too far)
+    acc.update([1, 2], [12, 11], [[0.1, float("nan")], [float("nan"), 0.1]], frameid=4)  # back as 12; 11 on object 2
+    out = mod.classify(acc.mot_events)
+    assert out["switches"] == 2
+    assert out["causes"] == {"handover_old_gone": 1, "after_gap_old_reported": 1}
+    assert out["gap_frames_median"] == 1.0
