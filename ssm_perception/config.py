@@ -152,7 +152,11 @@ class TrackingConfig(_Section):
     min_evidence: float = Field(
         0.2, ge=0, le=1, description="minimum P(occupied) of the occupancy head at a detection's centre cell"
     )
-    gate_mahalanobis: float = Field(11.83, gt=0, description="chi2(3 dof) 99.2%")
+    gate_mahalanobis: float = Field(
+        100.0, gt=0, description="association gate on the squared Mahalanobis distance over (x, y, yaw); chi2(3 dof) "
+        "99.2 % would be 11.83, but the detector's errors are larger than the filter's measurement noise says, and "
+        "the tight gate split objects into two tracks (scripts/diagnose_id_switches.py)",
+    )
     low_score_threshold: float = Field(
         0.0, ge=0, le=1, description="second association stage (as ByteTrack): detections scoring at least "
         "this but below their class threshold may keep a confirmed or coasting track alive, never start one; "
@@ -160,7 +164,7 @@ class TrackingConfig(_Section):
     )
     # Defaults of the detection selection and the lifecycle below: scripts/tune_tracking.py on validation
     # seeds 100000-100003 for the shipped temporal model (results/tracking_tuning.json).
-    confirm_hits: int = Field(4, ge=1)
+    confirm_hits: int = Field(1, ge=1)
     max_coast_s: float = Field(1.5, ge=0, description="a track unmatched this long is deleted")
     report_coast_s: float = Field(
         0.3, ge=0, description="a coasting track is reported this long after its last detection (kept for "

@@ -188,7 +188,8 @@ def test_detections_reach_the_tracker_in_odom():
     p.request_reset("operator")
     model.peak = (26, 24)
     out = p.process(_frame(6, rng))
-    assert [t.id for t in out.tracks] != [track.id] and all(t.status == "tentative" for t in out.tracks)
+    fresh = "tentative" if cfg.tracking.confirm_hits > 1 else "confirmed"  # a one-hit birth is confirmed at once
+    assert [t.id for t in out.tracks] != [track.id] and all(t.status == fresh for t in out.tracks)
 
 
 def test_model_fallback_is_explicit(caplog, tmp_path, monkeypatch):

@@ -18,12 +18,12 @@ SIZES = {1: (4.5, 1.9, 1.6), 2: (10.0, 2.5, 3.2), 3: (1.8, 0.6, 1.7), 4: (0.6, 0
 
 def cfg(**kw) -> TrackingConfig:
     """A fixed lifecycle for these behaviour tests (3 hits to confirm, 1.5 s of coasting, threshold
-    0.3): the shipped defaults are tuned to the model's detections and may move."""
+    0.3, the chi2 99.2 % gate): the shipped defaults are tuned to the model's detections and may move."""
     from ssm_perception.config import PerClass
 
     base = {"detection_threshold": 0.3, "score_threshold": PerClass(car=0.3, truck=0.3, cyclist=0.3, pedestrian=0.3),
             "nms_radius_m": PerClass(car=2.0, truck=3.0, cyclist=1.0, pedestrian=0.5), "confirm_hits": 3,
-            "max_coast_s": 1.5, "report_coast_s": 1.5, "detection_probability": 0.5}
+            "max_coast_s": 1.5, "report_coast_s": 1.5, "detection_probability": 0.5, "gate_mahalanobis": 11.83}
     return TrackingConfig(**(base | kw))
 
 
