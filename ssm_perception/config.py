@@ -163,7 +163,8 @@ class TrackingConfig(_Section):
         "0 = off",
     )
     # Defaults of the detection selection and the lifecycle below: scripts/tune_tracking.py on validation
-    # seeds 100000-100003 for the shipped temporal model (results/tracking_tuning.json).
+    # seeds 100000-100003 for the shipped temporal model (results/tracking_tuning_round3.json, the last of
+    # three rounds; README, Tracking evaluation).
     confirm_hits: int = Field(1, ge=1)
     max_coast_s: float = Field(1.5, ge=0, description="a track unmatched this long is deleted")
     report_coast_s: float = Field(
