@@ -24,6 +24,9 @@ setup(
         (f"share/{PACKAGE}/msg", files("msg/*.msg")),
     ],
     install_requires=["setuptools"],
+    # `colcon test` runs pytest (not unittest) because pytest is declared here; the plugins are what
+    # pytest.ini uses. Same list as the <test_depend> keys of package.xml.
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
     zip_safe=False,
     maintainer="ssm_perception maintainers",
     maintainer_email="maintainers@ssm-perception.dev",

@@ -62,45 +62,53 @@ class GridConfig(_Section):
 
 
 class FramesConfig(_Section):
-    map: str = "map"
-    odom: str = "odom"
-    base_link: str = "base_link"
+    map: str = Field("map", description="global map frame (not used by the node; for consumers of the outputs)")
+    odom: str = Field("odom", description="odometry frame: tracks and markers are published in it")
+    base_link: str = Field("base_link", description="vehicle frame: the BEV grid is centred on it")
 
 
 class TopicsConfig(_Section):
-    lidar: str = "/sensing/lidar/points"
-    radar: str = "/sensing/radar/points"
-    camera_image: str = "/sensing/camera/front/image_raw"
-    camera_info: str = "/sensing/camera/front/camera_info"
-    occupancy_grid: str = "/perception/occupancy_grid"
-    tracks: str = "/perception/tracks"
-    markers: str = "/perception/markers"
-    diagnostics: str = "/diagnostics"
+    lidar: str = Field("/sensing/lidar/points", description="input: LiDAR sensor_msgs/PointCloud2 (drives the frame rate)")
+    radar: str = Field("/sensing/radar/points", description="input: radar sensor_msgs/PointCloud2")
+    camera_image: str = Field(
+        "/sensing/camera/front/image_raw", description="input: camera sensor_msgs/Image"
+    )
+    camera_info: str = Field(
+        "/sensing/camera/front/camera_info", description="input: sensor_msgs/CameraInfo of that camera"
+    )
+    occupancy_grid: str = Field(
+        "/perception/occupancy_grid", description="output: nav_msgs/OccupancyGrid in base_link"
+    )
+    tracks: str = Field("/perception/tracks", description="output: ssm_perception/TrackArray in odom")
+    markers: str = Field("/perception/markers", description="output: visualization_msgs/MarkerArray of the tracks")
+    diagnostics: str = Field("/diagnostics", description="output: diagnostic_msgs/DiagnosticArray")
 
 
 class SensorsConfig(_Section):
-    use_lidar: bool = True
-    use_radar: bool = True
-    use_camera: bool = True
+    use_lidar: bool = Field(True, description="subscribe to the LiDAR")
+    use_radar: bool = Field(True, description="subscribe to the radar and fuse it")
+    use_camera: bool = Field(True, description="subscribe to the camera and fuse it")
     radar_tolerance_s: float = Field(0.1, ge=0, description="max |stamp difference| radar vs LiDAR")
     camera_tolerance_s: float = Field(0.1, ge=0, description="max |stamp difference| camera vs LiDAR")
     tf_extrapolation_limit_s: float = Field(0.1, ge=0, description="TF lookups may extrapolate this far")
-    tf_cache_s: float = Field(10.0, gt=0)
+    tf_cache_s: float = Field(10.0, gt=0, description="seconds of /tf history kept for lookups")
 
 
 class ModelConfig(_Section):
-    kind: Literal["mamba", "logodds", "single", "convgru", "attention"] = "mamba"
+    kind: Literal["mamba", "logodds", "single", "convgru", "attention"] = Field(
+        "mamba", description="temporal core: the Mamba state-space model or one of the baselines"
+    )
     backend: Literal["reference", "mamba_ssm", "fused"] = Field(
         "reference", description="mamba only: pure PyTorch, stock mamba-ssm kernels, or fused Triton step"
     )
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device")
     checkpoint: str = Field("", description="path to weights; empty = the checkpoint shipped with the package")
-    d_model: int = Field(32, gt=0)
+    d_model: int = Field(32, gt=0, description="channels of the BEV features and the temporal core")
     # 2 KB of fp32 state per cell (nheads 4 x headdim 16 x d_state 8): a 128x128 CPU step stays
     # near 40 ms on 2 cores (results/bench_mamba_cpu.json); d_state must be a power of two (Triton).
-    d_state: int = Field(8, gt=0)
-    headdim: int = Field(16, gt=0)
-    expand: int = Field(2, gt=0)
+    d_state: int = Field(8, gt=0, description="mamba: state size per head channel (a power of two)")
+    headdim: int = Field(16, gt=0, description="mamba: channels per head")
+    expand: int = Field(2, gt=0, description="mamba: inner width = expand x d_model")
     attention_history: int = Field(8, gt=0, description="frames kept by the attention baseline")
     neck: Literal["unet", "none"] = Field(
         "unet", description="spatial context between the temporal core and the heads (ssm_perception/neck.py)"
@@ -115,7 +123,7 @@ class ModelConfig(_Section):
 class ResetConfig(_Section):
     max_time_gap_s: float = Field(1.0, gt=0, description="larger gap between frames resets the state")
     pose_jump_m: float = Field(2.0, gt=0, description="odom->base_link jump beyond motion model")
-    pose_jump_yaw_rad: float = Field(0.5, gt=0)
+    pose_jump_yaw_rad: float = Field(0.5, gt=0, description="odom->base_link heading jump that resets the state")
     max_speed_mps: float = Field(50.0, gt=0, description="plausible ego speed for jump detection")
     sensor_dropout_s: float = Field(1.0, gt=0, description="LiDAR silence that resets the state")
     unobserved_cell_reset_s: float = Field(5.0, gt=0, description="partial reset of stale cells")
@@ -125,10 +133,10 @@ class ResetConfig(_Section):
 class PerClass(_Section):
     """One number per object class (msg/Track.msg numbering: car 1, truck 2, cyclist 3, pedestrian 4)."""
 
-    car: float = Field(ge=0)
-    truck: float = Field(ge=0)
-    cyclist: float = Field(ge=0)
-    pedestrian: float = Field(ge=0)
+    car: float = Field(ge=0, description="car")
+    truck: float = Field(ge=0, description="truck")
+    cyclist: float = Field(ge=0, description="cyclist")
+    pedestrian: float = Field(ge=0, description="pedestrian")
 
     def of(self, cls: int, default: float) -> float:
         """The value for class ``cls``; ``default`` for classes without one (0 unknown)."""
@@ -165,13 +173,13 @@ class TrackingConfig(_Section):
     # Defaults of the detection selection and the lifecycle below: scripts/tune_tracking.py on validation
     # seeds 100000-100003 for the shipped temporal model (results/tracking_tuning_round3.json, the last of
     # three rounds; README, Tracking evaluation).
-    confirm_hits: int = Field(1, ge=1)
+    confirm_hits: int = Field(1, ge=1, description="associated detections that confirm a tentative track")
     max_coast_s: float = Field(1.5, ge=0, description="a track unmatched this long is deleted")
     report_coast_s: float = Field(
         0.3, ge=0, description="a coasting track is reported this long after its last detection (kept for "
         "re-identification until max_coast_s)"
     )
-    min_existence: float = Field(0.1, ge=0, le=1)
+    min_existence: float = Field(0.1, ge=0, le=1, description="a track whose existence probability falls below this is deleted")
     detection_probability: float = Field(
         0.3, gt=0, lt=1, description="P(detected | exists) per frame in the existence update; below the "
         "detector's recall because occlusion is not modelled, so a short occlusion does not kill a track"
@@ -182,10 +190,10 @@ class TrackingConfig(_Section):
 
 
 class DiagnosticsConfig(_Section):
-    period_s: float = Field(1.0, gt=0)
-    latency_warn_ms: float = Field(100.0, gt=0)
-    latency_error_ms: float = Field(200.0, gt=0)
-    hardware_id: str = "ssm_perception"
+    period_s: float = Field(1.0, gt=0, description="seconds between /diagnostics messages")
+    latency_warn_ms: float = Field(100.0, gt=0, description="pipeline latency p50 above this is WARN")
+    latency_error_ms: float = Field(200.0, gt=0, description="pipeline latency p50 above this is ERROR")
+    hardware_id: str = Field("ssm_perception", description="hardware_id of the diagnostic statuses")
 
 
 class PerceptionConfig(_Section):

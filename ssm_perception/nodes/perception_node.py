@@ -31,7 +31,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
@@ -52,6 +52,7 @@ from visualization_msgs.msg import MarkerArray
 
 from ssm_perception.config import NODE_NAME, ConfigError, PerceptionConfig
 from ssm_perception.memory import MMAP_THRESHOLD_BYTES, fix_malloc_mmap_threshold  # noqa: F401  (re-exported)
+from ssm_perception.nodes import parameters
 
 ZONE_TOPIC = "/vehicle/zone"
 LOG_THROTTLE_S = 5.0  # per flag: a flood of bad packets gives one line per 5 s, not one per packet
@@ -131,14 +132,9 @@ class PerceptionNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        # dynamic_typing: the YAML may say `100` for a float field; pydantic validates the values
-        # (with the field named in the error) instead of rclpy rejecting the type opaquely.
-        any_type = ParameterDescriptor(dynamic_typing=True)
-        defaults = PerceptionConfig().to_ros_parameters()
-        self.declare_parameters("", [(name, value, any_type) for name, value in defaults.items()])
-        self.config = PerceptionConfig.from_ros_parameters(
-            {name: self.get_parameter(name).value for name in defaults}
-        )
+        # One descriptor per parameter from the schema (nodes/parameters.py); runtime changes are
+        # validated by the schema and applied to the live configuration.
+        self.config = parameters.declare(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         cfg = self.config
 
@@ -250,12 +246,14 @@ class PerceptionNode(Node):
         return True
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        # The pipeline is built once from the configuration; changing it live would silently
-        # desynchronise the model, the grid and the tracker.
-        names = ", ".join(p.name for p in params if p.name != "use_sim_time")
-        if names:
-            return SetParametersResult(successful=False, reason=f"restart the node to change {names}")
-        return SetParametersResult(successful=True)
+        # Parameters that need a restart are read-only (rclpy refuses them); the others go through
+        # the schema like the parameter file and then into the live configuration.
+        result, cfg = parameters.validate_change(self, params)
+        if cfg is not None:
+            names = [p.name for p in params if parameters.is_runtime(p.name)]
+            for live in {id(c): c for c in (self.config, getattr(getattr(self, "pipeline", None), "config", None)) if c}.values():
+                parameters.apply_live(live, cfg, names)
+        return result
 
     # ------------------------------------------------------------------ callbacks (cheap)
     def _on_lidar(self, msg: PointCloud2) -> None:
