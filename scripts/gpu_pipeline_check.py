@@ -25,11 +25,11 @@ import torch
 
 
 def simulated_inputs(scenario: str, seed: int, seconds: float, grid) -> list:
-    from ssm_perception.pipeline import FrameInputs
+    from ssm_perception.pipeline import sim_inputs
     from ssm_perception.sim.scenario import Scenario
 
     sc = Scenario.from_preset(scenario, seed=seed, duration_s=seconds, grid=grid)
-    return [FrameInputs.from_sim(sc.config, fr) for fr in sc.frames()]
+    return list(sim_inputs(sc))
 
 
 def main() -> int:

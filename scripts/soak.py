@@ -98,12 +98,11 @@ def simulate_inputs(scenario: str, seed: int, seconds: float, grid, progress: bo
     """FrameInputs of ``seconds`` of the scenario (all three sensors where present)."""
     from tqdm import tqdm
 
-    from ssm_perception.pipeline import FrameInputs
+    from ssm_perception.pipeline import sim_inputs
     from ssm_perception.sim.scenario import Scenario
 
     sc = Scenario.from_preset(scenario, seed=seed, duration_s=seconds, grid=grid)
-    out = [FrameInputs.from_sim(sc.config, fr)
-           for fr in tqdm(sc.frames(), desc="simulate", disable=not progress, leave=False)]
+    out = list(sim_inputs(sc, frames=tqdm(sc.frames(), desc="simulate", disable=not progress, leave=False)))
     if len(out) < 4:
         raise ValueError(f"--bag-seconds {seconds}: only {len(out)} LiDAR frames; use a longer drive")
     return out

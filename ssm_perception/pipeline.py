@@ -19,7 +19,6 @@ as unknown cells rather than published as numbers.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ import torch
 from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import PerceptionConfig
-from ssm_perception.geometry import transform_points, yaw_of
+from ssm_perception.frame_assembler import ego_twist, radar_over_ground
+from ssm_perception.geometry import transform_points
 from ssm_perception.heads import occupancy_probabilities
 from ssm_perception.model import BevPerceptionModel, load_checkpoint
 from ssm_perception.temporal.base import State
@@ -59,6 +59,10 @@ _FIRST_FRAME_DT_S = 0.1
 
 @dataclass
 class FrameInputs:
+    """One LiDAR frame's inputs, as `frame_assembler.FrameAssembler` builds them (the node, `evaluate`,
+    the simulator frames, the trainer and the bench all do): every transform refers to base_link at
+    the LiDAR stamp, radar and camera already moved there through the ego motion."""
+
     stamp_ns: int  # LiDAR stamp; everything below is at (or already compensated to) this stamp
     T_odom_base: np.ndarray  # 4x4 pose of base_link in odom
     lidar: np.ndarray | None = None  # structured (x, y, z, intensity[, t, ring]) in the LiDAR frame
@@ -71,21 +75,61 @@ class FrameInputs:
     T_map_odom: np.ndarray | None = None  # for consumers that want map-frame output
     zone: str | None = None  # operational zone, when signalled (/vehicle/zone)
     ego_twist: tuple[float, float, float] | None = None  # (vx, vy, yaw_rate) in base_link; None = from odom
+    # True: radar radial_velocity is over ground (the assembler removed the ego motion); False: as the
+    # driver gives it (relative to the sensor), and process() compensates it with the twist.
+    radar_over_ground: bool = False
 
     @classmethod
-    def from_sim(cls, scenario_config, frame) -> FrameInputs:
-        """The inputs of one simulator frame (``Scenario.frames()``), every sensor it has, as a bag
-        replay would give them (the scenario's config names the sensor frames)."""
-        T = frame.T_base_sensor
-        c = scenario_config
-        return cls(
-            stamp_ns=int(frame.stamp_ns), T_odom_base=frame.T_odom_base, lidar=frame.lidar,
-            T_base_lidar=T[c.lidar.frame_id],
-            radar=frame.radar.points if frame.radar is not None else None, T_base_radar=T[c.radar.frame_id],
-            image=frame.camera.image if frame.camera is not None else None,
-            K=frame.camera.K if frame.camera is not None else None, T_base_camera=T[c.camera.frame_id],
-            T_map_odom=frame.T_map_odom,
-        )
+    def from_sim(cls, scenario_config, frame, assembler=None) -> FrameInputs:
+        """The inputs of one simulator frame (``Scenario.frames()``), every sensor it has, through the
+        frame assembler as a bag replay would give them: the scenario's poses go into the assembler's
+        TF buffer (odom -> base_link at each sensor's stamp, the static mounts), then pairing and
+        motion compensation are the assembler's. Pass the same ``assembler`` for consecutive frames
+        (`sim_inputs` does): it carries the previous pose for the ego twist."""
+        from types import SimpleNamespace
+
+        from ssm_perception.frame_assembler import FrameAssembler, Stamped
+
+        if assembler is None:
+            assembler = FrameAssembler(PerceptionConfig())
+        fr, tf, c = assembler.config.frames, assembler.tf, scenario_config
+        for frame_id, T in frame.T_base_sensor.items():
+            if tf.parent_of(frame_id) is None:
+                tf.set_transform(T, fr.base_link, frame_id, 0, static=True)
+        tf.set_transform(frame.T_odom_base, fr.odom, fr.base_link, int(frame.stamp_ns))
+        if frame.T_map_odom is not None:
+            tf.set_transform(frame.T_map_odom, fr.map, fr.odom, int(frame.stamp_ns))
+        for other in (frame.radar, frame.camera):
+            if other is not None and getattr(other, "T_odom_base", None) is not None:
+                tf.set_transform(other.T_odom_base, fr.odom, fr.base_link, int(other.stamp_ns))
+        if frame.radar is not None:
+            assembler.radar = Stamped(frame.radar.points, c.radar.frame_id, int(frame.radar.stamp_ns))
+        if frame.camera is not None:
+            assembler.image = Stamped(frame.camera.image, c.camera.frame_id, int(frame.camera.stamp_ns))
+            assembler.camera_info = SimpleNamespace(K=frame.camera.K)
+        out = assembler.assemble(int(frame.stamp_ns), frame.lidar, c.lidar.frame_id)
+        if out.inputs is None:  # the scenario's own poses are always there
+            raise RuntimeError(f"simulated frame at {frame.stamp_ns} could not be assembled: {out.problems}")
+        return out.inputs
+
+    def scans(self, sensors=None) -> tuple[LidarScan | None, RadarScan | None, CameraFrame | None]:
+        """The encoder's inputs of the sensors present (and enabled in ``sensors``, a SensorsConfig)."""
+        on = (lambda name: getattr(sensors, f"use_{name}")) if sensors is not None else (lambda name: True)
+        lidar = LidarScan(self.lidar, self.T_base_lidar) if self.lidar is not None and on("lidar") else None
+        radar = RadarScan(self.radar, self.T_base_radar) if self.radar is not None and on("radar") else None
+        camera = CameraFrame(self.image, self.K, self.T_base_camera) \
+            if self.image is not None and on("camera") else None
+        return lidar, radar, camera
+
+
+def sim_inputs(scenario, config: PerceptionConfig | None = None, frames=None):
+    """FrameInputs of every frame of a `sim.scenario.Scenario` (or of ``frames``, its SimFrames),
+    through one frame assembler."""
+    from ssm_perception.frame_assembler import FrameAssembler
+
+    assembler = FrameAssembler(config or PerceptionConfig())
+    for frame in (scenario.frames() if frames is None else frames):
+        yield FrameInputs.from_sim(scenario.config, frame, assembler)
 
 
 @dataclass
@@ -157,9 +201,6 @@ def shipped_checkpoint(kind: str) -> Path | None:
     return None
 
 
-_shipped_checkpoint = shipped_checkpoint  # the name eval/evaluate.py imports
-
-
 class PerceptionPipeline:
     """Stateful per-frame perception. ``process`` once per LiDAR frame, in stamp order."""
 
@@ -214,7 +255,11 @@ class PerceptionPipeline:
         t0 = time.perf_counter()
         decision = self.policy.decide(stamp_ns, inp.T_odom_base, lidar_present=lidar is not None,
                                       state_finite=self._state_finite, zone=inp.zone)
-        twist = inp.ego_twist if inp.ego_twist is not None else _twist_from_motion(decision)
+        # The assembler's twist; hand-built inputs without one get it from the same odom motion.
+        twist = inp.ego_twist if inp.ego_twist is not None else \
+            (None if decision.full else ego_twist(decision.T_prev_cur, decision.dt_s))
+        if radar is not None and not inp.radar_over_ground:
+            radar = radar_over_ground(radar, inp.T_base_radar, twist) if twist is not None else radar
         lat["reset"] = _ms(t0)
 
         # 2. Encode the sensors present.
@@ -225,7 +270,7 @@ class PerceptionPipeline:
                 LidarScan(lidar, inp.T_base_lidar) if lidar is not None else None,
                 RadarScan(radar, inp.T_base_radar) if radar is not None else None,
                 CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
-                ego_twist=twist,
+                ego_twist=twist,  # LiDAR deskew (bev.lidar.deskew, the only one)
             )
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
             # Last line of defence: input the checks above did not foresee must not stop the node.
@@ -280,7 +325,7 @@ class PerceptionPipeline:
             trk.detection_threshold  # the tracker's second stage needs the weak peaks too
         dets_base = decode_detections(heads, self.config.grid, floor)
         if radar is not None and dets_base and twist is not None:
-            pts, sensor_xy = _radar_over_ground(radar, inp.T_base_radar, twist)
+            pts, sensor_xy = _radar_in_base(radar, inp.T_base_radar)
             dets_base = refine_with_radar(dets_base, pts, sensor_xy)
         lat["heads"] = _ms(t0)
 
@@ -369,29 +414,10 @@ def _checked_camera(inp: FrameInputs, problems: list[str]) -> bool:
     return True
 
 
-def _twist_from_motion(decision: ResetDecision) -> tuple[float, float, float] | None:
-    """(vx, vy, yaw_rate) of base_link from the odom motion since the previous frame."""
-    if decision.full or decision.T_prev_cur is None or not decision.dt_s:
-        return None
-    m, dt = decision.T_prev_cur, decision.dt_s
-    twist = (m[0, 3] / dt, m[1, 3] / dt, yaw_of(m) / dt)
-    return twist if all(math.isfinite(v) for v in twist) else None
-
-
-def _radar_over_ground(radar: np.ndarray, T_base_radar: np.ndarray, twist) -> tuple[np.ndarray, tuple[float, float]]:
-    """Radar returns as [N, 3] (x, y, radial velocity over ground) in base_link, and the sensor xy.
-
-    The radar measures (v_object - v_sensor) . u with u the unit line of sight; adding v_sensor . u
-    gives the object's over-ground radial velocity, which refine_with_radar expects.
-    """
+def _radar_in_base(radar: np.ndarray, T_base_radar: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Radar returns as [N, 3] (x, y, over-ground radial velocity) in base_link, and the sensor xy."""
     xyz = np.stack([radar["x"], radar["y"], radar["z"]], 1).astype(np.float64)
-    p = transform_points(np.asarray(T_base_radar, dtype=np.float64), xyz)
-    s = np.asarray(T_base_radar, dtype=np.float64)[:2, 3]
-    vx, vy, wz = twist
-    v_sensor = np.array([vx - wz * s[1], vy + wz * s[0]])  # rigid-body velocity at the mount
-    ray = p[:, :2] - s
-    rng = np.linalg.norm(ray, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        u = ray / rng
-    vr = np.asarray(radar["radial_velocity"], dtype=np.float64) + u @ v_sensor
-    return np.stack([p[:, 0], p[:, 1], vr], 1), (float(s[0]), float(s[1]))
+    T = np.asarray(T_base_radar, dtype=np.float64)
+    p = transform_points(T, xyz)
+    vr = np.asarray(radar["radial_velocity"], dtype=np.float64)
+    return np.stack([p[:, 0], p[:, 1], vr], 1), (float(T[0, 3]), float(T[1, 3]))

@@ -38,7 +38,7 @@ class LidarScan:
 
 @dataclass
 class RadarScan:
-    points: np.ndarray  # structured (x, y, z, radial_velocity, rcs) or [N, >=3]; radar frame
+    points: np.ndarray  # structured (x, y, z, radial_velocity over ground, rcs) or [N, >=3]; radar frame
     T_base_sensor: np.ndarray
 
 
@@ -65,8 +65,9 @@ def encode_frame(
     ground: str = "ransac",
 ) -> BevFeatures:
     """Encode the sensors present this frame. ``ego_twist`` = (vx, vy, yaw_rate) of base_link in
-    base_link (m/s, rad/s): deskews LiDAR points with per-point time and compensates radar
-    velocities; None = no compensation. Bad points are dropped and counted, never NaN."""
+    base_link (m/s, rad/s), from the frame assembler: deskews LiDAR points with per-point time
+    (None = no deskew). Radar velocities arrive over ground (frame_assembler.radar_over_ground).
+    Bad points are dropped and counted, never NaN."""
     if ego_twist is not None:
         ego_twist = tuple(float(v) for v in ego_twist)
         if len(ego_twist) != 3 or not all(np.isfinite(ego_twist)):
@@ -80,7 +81,7 @@ def encode_frame(
     stats.update(s)
     t1 = time.perf_counter()
     f, s = encode_radar(grid, None if radar is None else radar.points,
-                        None if radar is None else radar.T_base_sensor, ego_twist)
+                        None if radar is None else radar.T_base_sensor)
     parts.append(f)
     stats.update(s)
     t2 = time.perf_counter()

@@ -1,9 +1,9 @@
-"""Radar -> BEV features: hits, ego-motion-compensated radial velocity, RCS.
+"""Radar -> BEV features: hits, over-ground radial velocity, RCS.
 
-The driver's radial_velocity is relative to the (moving) sensor, positive = moving away. The
-over-ground radial velocity of the target is v_r + v_sensor . u, with u the unit ray from the
-sensor to the detection and v_sensor = v_ego + yaw_rate x r_sensor (the lever arm matters when
-turning). A static object then reads ~0, whatever the ego speed.
+The driver's radial_velocity is relative to the (moving) sensor, positive = moving away. The frame
+assembler (frame_assembler.radar_over_ground, the one place that does it) turns it into the
+target's over-ground radial velocity before the scan reaches this encoder, so a static object
+reads ~0 whatever the ego speed; this module only rasterizes.
 """
 
 from __future__ import annotations
@@ -27,25 +27,13 @@ RADAR_CHANNELS = [
 ]
 
 
-def compensate_radial_velocity(xy: Tensor, vr: Tensor, sensor_xy: Tensor, ego_twist) -> tuple[Tensor, Tensor]:
-    """(over-ground radial velocity [N], unit ray u [N, 2]) in base_link."""
-    ray = xy - sensor_xy
-    u = ray / torch.hypot(ray[:, 0], ray[:, 1]).clamp_min(1e-3).unsqueeze(1)
-    if ego_twist is None:
-        return vr, u
-    vx, vy, wz = (float(v) for v in ego_twist)
-    v_sensor = torch.tensor([vx - wz * float(sensor_xy[1]), vy + wz * float(sensor_xy[0])])
-    return vr + u @ v_sensor, u
-
-
-def encode_radar(grid: BevGrid, points, T_base_radar, ego_twist=None) -> tuple[Tensor, dict]:
-    """-> (features [len(RADAR_CHANNELS), H, W] float32, stats). Non-finite detections are
-    dropped; detections outside the grid are counted. ``ego_twist`` (vx, vy, yaw_rate) in
-    base_link; without it the velocity is left uncompensated (stats['radar_compensated'] False)."""
+def encode_radar(grid: BevGrid, points, T_base_radar) -> tuple[Tensor, dict]:
+    """-> (features [len(RADAR_CHANNELS), H, W] float32, stats). ``radial_velocity`` is over
+    ground (see the module doc). Non-finite detections are dropped; detections outside the grid
+    are counted."""
     h, w = grid.shape
     feats = torch.zeros(len(RADAR_CHANNELS), h * w)
-    stats = {"radar_points": 0, "radar_used": 0, "radar_nonfinite": 0, "radar_out_of_grid": 0,
-             "radar_compensated": ego_twist is not None}
+    stats = {"radar_points": 0, "radar_used": 0, "radar_nonfinite": 0, "radar_out_of_grid": 0}
     if points is None:
         return feats.view(-1, h, w), stats
     c = cloud_to_tensors(points, ("x", "y", "z", "radial_velocity", "rcs"))
@@ -62,10 +50,8 @@ def encode_radar(grid: BevGrid, points, T_base_radar, ego_twist=None) -> tuple[T
     if t.shape != (4, 4) or not torch.isfinite(t).all():
         raise ValueError("T_base_radar must be a finite 4x4 transform")
     xyz = xyz @ t[:3, :3].T + t[:3, 3]
-    if ego_twist is not None and not all(np.isfinite([float(v) for v in ego_twist])):
-        ego_twist = None
-        stats["radar_compensated"] = False
-    vr, u = compensate_radial_velocity(xyz[:, :2], vr, t[:2, 3], ego_twist)
+    ray = xyz[:, :2] - t[:2, 3]  # unit line of sight from the sensor, base_link axes
+    u = ray / torch.hypot(ray[:, 0], ray[:, 1]).clamp_min(1e-3).unsqueeze(1)
     feats[0] = 1.0
     flat, valid = grid.points_to_cells(xyz[:, :2])
     stats["radar_out_of_grid"], stats["radar_used"] = int((~valid).sum()), int(valid.sum())

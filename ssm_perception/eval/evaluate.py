@@ -1,8 +1,8 @@
 """Offline evaluation: replay rosbag2 files through PerceptionPipeline (the node's code path) and score.
 
 A bag is decoded once (deterministic, no DDS): TF from /tf and /tf_static into a TfBuffer, each LiDAR
-frame paired with the latest radar/camera within the configured tolerances, exactly as the node
-does. LiDAR frames wait until the bag has advanced ``TF_WAIT_NS`` past their stamp before the TF
+frame assembled by the node's frame assembler (frame_assembler.py: pairing with the latest
+radar/camera within the configured tolerances, TF, ego twist, motion compensation). LiDAR frames wait until the bag has advanced ``TF_WAIT_NS`` past their stamp before the TF
 lookup, so a transform recorded just after the cloud is still found. Every model then replays the
 same decoded frames through its own fresh PerceptionPipeline.
 
@@ -147,6 +147,7 @@ def _grid_bool(msg, cfg: PerceptionConfig, topic: str) -> np.ndarray:
 def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], progress: bool = True) -> DecodedBag:
     """Read a bag once into FrameInputs (TF resolved) + ground truth. Raises EvaluationError with the
     bag's topic list when the LiDAR topic is missing or of the wrong type."""
+    from ssm_perception.frame_assembler import FrameAssembler, Stamped
     from ssm_perception.io.bag import BagError, bag_topics, read_messages
     from ssm_perception.io.pointcloud2 import PointCloudDecodeError, cloud_to_array
     from ssm_perception.io.ros_convert import (
@@ -155,7 +156,6 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
         image_to_array,
         stamp_to_ns,
     )
-    from ssm_perception.pipeline import FrameInputs
     from ssm_perception.tf_buffer import TfBuffer, TfError
     from ssm_perception.tracking.evaluation import ground_truth_objects
 
@@ -186,43 +186,30 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
         by_topic.setdefault(t, []).append(r)
 
     s = cfg.sensors
-    fr = cfg.frames
     tf = TfBuffer(cache_s=max(s.tf_cache_s, 30.0), extrapolation_limit_s=s.tf_extrapolation_limit_s)
+    # Pairing, TF lookups, ego twist and motion compensation: the node's assembler.
+    assembler = FrameAssembler(cfg, tf)
     gt = GroundTruth()
     frames: list = []
     dropped: Counter = Counter()
-    pending: list[tuple] = []  # (stamp, points, frame_id, radar, image, info, zone)
-    latest: dict[str, object] = {"radar": None, "image": None, "info": None, "zone": None}
+    pending: list[tuple] = []  # (stamp, points, frame_id, assembler snapshot at the LiDAR's arrival)
     start_ns: int | None = None
     first_tf_errors: list[str] = []
+    dropped_as = {"tf_radar": "radar: no TF (frame kept without radar)",
+                  "tf_camera": "camera: no TF (frame kept without camera)"}
 
     def resolve(item) -> None:
-        stamp, pts, frame_id, radar, image, info, zone = item
-        try:
-            T_base_lidar = tf.lookup(fr.base_link, frame_id, stamp)
-            T_odom_base = tf.lookup(fr.odom, fr.base_link, stamp)
-        except TfError as exc:
-            dropped[f"tf: {type(exc).__name__}"] += 1
-            if not first_tf_errors:
-                first_tf_errors.append(str(exc))
-            return
-        try:
-            T_map_odom = tf.lookup(fr.map, fr.odom, stamp)
-        except TfError:
-            T_map_odom = None
-        kw = {}
-        if radar is not None and abs(radar[2] - stamp) <= s.radar_tolerance_s * NS:
-            try:
-                kw.update(radar=radar[0], T_base_radar=tf.lookup(fr.base_link, radar[1], radar[2]))
-            except TfError:
-                dropped["radar: no TF (frame kept without radar)"] += 1
-        if image is not None and info is not None and abs(image[2] - stamp) <= s.camera_tolerance_s * NS:
-            try:
-                kw.update(image=image[0], K=info.K, T_base_camera=tf.lookup(fr.base_link, image[1], image[2]))
-            except TfError:
-                dropped["camera: no TF (frame kept without camera)"] += 1
-        frames.append(FrameInputs(stamp_ns=stamp, T_odom_base=T_odom_base, lidar=pts, T_base_lidar=T_base_lidar,
-                                  T_map_odom=T_map_odom, zone=zone, **kw))
+        stamp, pts, frame_id, snapshot = item
+        out = assembler.assemble(stamp, pts, frame_id, snapshot)
+        for flag, text in out.problems:
+            if flag in dropped_as:
+                dropped[dropped_as[flag]] += 1
+            else:
+                dropped[f"tf: {flag}"] += 1
+                if not first_tf_errors:
+                    first_tf_errors.append(text)
+        if out.inputs is not None:
+            frames.append(out.inputs)
 
     total = sum(contents[t][1] for t in by_topic)
     bar = None
@@ -253,25 +240,24 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
                 if frames and stamp <= frames[-1].stamp_ns or pending and stamp <= pending[-1][0]:
                     dropped["lidar: stamp not increasing"] += 1
                     continue
-                pending.append((stamp, pts, msg.header.frame_id, latest["radar"], latest["image"], latest["info"],
-                                latest["zone"]))
+                pending.append((stamp, pts, msg.header.frame_id, assembler.snapshot()))
             elif role == "radar":
                 try:
-                    latest["radar"] = (cloud_to_array(msg), msg.header.frame_id, stamp_to_ns(msg.header.stamp))
+                    assembler.radar = Stamped(cloud_to_array(msg), msg.header.frame_id, stamp_to_ns(msg.header.stamp))
                 except (PointCloudDecodeError, ValueError):
                     dropped["radar: undecodable cloud"] += 1
             elif role == "camera_image":
                 try:
-                    latest["image"] = (image_to_array(msg), msg.header.frame_id, stamp_to_ns(msg.header.stamp))
+                    assembler.image = Stamped(image_to_array(msg), msg.header.frame_id, stamp_to_ns(msg.header.stamp))
                 except ValueError:
                     dropped["camera: undecodable image"] += 1
             elif role == "camera_info":
                 try:
-                    latest["info"] = camera_info_to_model(msg)
+                    assembler.camera_info = camera_info_to_model(msg)
                 except CameraInfoError:
                     dropped["camera: invalid camera_info"] += 1
             elif role == "zone":
-                latest["zone"] = str(msg.data)
+                assembler.zone = str(msg.data)
             elif role == "gt_scenario":
                 gt.scenario = str(msg.data)
             elif role == "gt_events":

@@ -14,7 +14,6 @@ import array
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ssm_perception.geometry import (
@@ -141,11 +140,12 @@ _YUV422 = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
 
 # OpenCV names a Bayer pattern after its second row's first two pixels, ROS after the first row:
 # ROS rggb == OpenCV BG (the same table cv_bridge uses). Checked by test_ros_convert.
+# Names of OpenCV constants: cv2 is imported only for these encodings (the GPU image lacks it).
 _CV_CONVERSION = {
-    "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
-    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
-    "rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
-    "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB,
+    "yuv422": "COLOR_YUV2RGB_UYVY", "uyvy": "COLOR_YUV2RGB_UYVY",
+    "yuv422_yuy2": "COLOR_YUV2RGB_YUY2", "yuyv": "COLOR_YUV2RGB_YUY2",
+    "rggb": "COLOR_BayerBG2RGB", "bggr": "COLOR_BayerRG2RGB",
+    "gbrg": "COLOR_BayerGR2RGB", "grbg": "COLOR_BayerGB2RGB",
 }
 # Channel reordering to RGB for the packed colour encodings (a numpy view, no OpenCV needed).
 _TO_RGB = {"bgr8": slice(None, None, -1), "bgr16": slice(None, None, -1), "rgba8": slice(0, 3),
@@ -220,10 +220,10 @@ def image_to_array(msg) -> np.ndarray:
     img = rows.reshape(h, w, channels) if channels > 1 else rows.reshape(h, w)
     if enc in _TO_RGB:
         img = img[..., _TO_RGB[enc]]
-    elif enc in _YUV422:
-        img = cv2.cvtColor(img, _CV_CONVERSION[enc])
-    elif enc.startswith("bayer_"):
-        img = cv2.cvtColor(img, _CV_CONVERSION[enc[6:10]])
+    elif enc in _YUV422 or enc.startswith("bayer_"):
+        import cv2
+
+        img = cv2.cvtColor(img, getattr(cv2, _CV_CONVERSION[enc if enc in _YUV422 else enc[6:10]]))
     out = np.ascontiguousarray(img)
     return out.copy() if np.may_share_memory(out, raw) else out  # never a view of the message buffer
 
@@ -342,6 +342,17 @@ def occupancy_grid_msg(prob: np.ndarray, unknown: np.ndarray | None, grid, frame
     data.frombytes(vals.tobytes())
     msg.data = data
     return msg
+
+
+def frame_messages(out, config) -> tuple:
+    """(OccupancyGrid, TrackArray, MarkerArray) of one `pipeline.FrameOutputs`: what the node publishes
+    and what the bench times (one function, so both encode the same way)."""
+    stamp = int(out.stamp_ns)
+    grid = occupancy_grid_msg(out.occupancy, out.unknown, config.grid, config.frames.base_link, stamp)
+    published = out.tracks if config.tracking.publish_tentative else \
+        [t for t in out.tracks if t.status != "tentative"]
+    return (grid, track_array_msg(published, config.frames.odom, stamp),
+            marker_array_msg(published, config.frames.odom, stamp))
 
 
 def occupancy_grid_to_array(msg) -> np.ndarray:

@@ -51,6 +51,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from ssm_perception.config import NODE_NAME, ConfigError, PerceptionConfig
+from ssm_perception.frame_assembler import Stamped
 from ssm_perception.memory import MMAP_THRESHOLD_BYTES, fix_malloc_mmap_threshold  # noqa: F401  (re-exported)
 from ssm_perception.nodes import parameters
 
@@ -138,21 +139,20 @@ class PerceptionNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         cfg = self.config
 
+        from ssm_perception.frame_assembler import FrameAssembler
         from ssm_perception.pipeline import PerceptionPipeline
         from ssm_perception.tf_buffer import TfBuffer
 
         self.pipeline = PerceptionPipeline(cfg)
         self.tf = TfBuffer(cfg.sensors.tf_cache_s)
-        self._tf_limit_ns = int(cfg.sensors.tf_extrapolation_limit_s * 1e9)
+        # Pairing, TF lookups, ego twist and motion compensation: the same assembler evaluate,
+        # the simulator, the trainer and the bench use. Its message slots are guarded by _lock.
+        self.assembler = FrameAssembler(cfg, self.tf)
 
         self._lock = threading.Lock()  # guards the latest-input slots below and the TF buffer
         self._stats_lock = threading.Lock()  # latency windows: written by the worker, read by diagnostics
         self._wake = threading.Condition(self._lock)
         self._pending_lidar: tuple[PointCloud2, int] | None = None
-        self._radar: tuple[np.ndarray, str, int] | None = None  # (points, frame_id, stamp_ns)
-        self._image = None  # (decoded image, frame_id, stamp_ns)
-        self._camera_info = None
-        self._zone: str | None = None
         self._last_lidar_ns: int | None = None
         self._clock_jumped_back = False
         self._stop = False
@@ -287,7 +287,7 @@ class PerceptionNode(Node):
             return
         self.stats["radar"].seen(self._now_ns(), stamp)
         with self._lock:
-            self._radar = (pts, msg.header.frame_id, stamp)
+            self.assembler.radar = Stamped(pts, msg.header.frame_id, stamp)
 
     def _on_image(self, msg: Image) -> None:
         from ssm_perception.io.ros_convert import image_to_array
@@ -304,7 +304,7 @@ class PerceptionNode(Node):
             return
         self.stats["camera_image"].seen(self._now_ns(), stamp)
         with self._lock:
-            self._image = (img, msg.header.frame_id, stamp)
+            self.assembler.image = Stamped(img, msg.header.frame_id, stamp)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         from ssm_perception.io.ros_convert import camera_info_to_model
@@ -318,7 +318,7 @@ class PerceptionNode(Node):
             return
         self.stats["camera_info"].seen(self._now_ns(), stamp)
         with self._lock:
-            self._camera_info = info
+            self.assembler.camera_info = info
 
     def _on_tf(self, msg: TFMessage, static: bool) -> None:
         for t in msg.transforms:
@@ -335,9 +335,10 @@ class PerceptionNode(Node):
 
     def _on_zone(self, msg: String) -> None:
         # The reset policy sees the zone with every frame and resets when it changes.
-        if msg.data != self._zone:
-            self.get_logger().info(f"zone {self._zone!r} -> {msg.data!r}")
-        self._zone = msg.data
+        if msg.data != self.assembler.zone:
+            self.get_logger().info(f"zone {self.assembler.zone!r} -> {msg.data!r}")
+        with self._lock:
+            self.assembler.zone = msg.data
 
     def _on_reset_service(self, request, response):
         self.pipeline.request_reset("~/reset service call")
@@ -372,17 +373,15 @@ class PerceptionNode(Node):
 
     def process_lidar(self, msg: PointCloud2, stamp: int) -> None:
         from ssm_perception.io import ros_convert as rc
-        from ssm_perception.pipeline import FrameInputs
-        from ssm_perception.tf_buffer import TfExtrapolationError, TfLookupError
 
         cfg = self.config
-        frames = cfg.frames
         try:
             points = rc.pointcloud_to_array(msg)
         except ValueError as exc:
             self.flag("lidar_malformed", f"LiDAR cloud on {cfg.topics.lidar} dropped: {exc}")
             return
         last = self._last_lidar_ns
+        jumped_back = False
         if last is not None and stamp == last:
             self.flag("lidar_duplicate", f"LiDAR frame at {stamp * 1e-9:.3f} s received twice; second dropped")
             return
@@ -394,57 +393,24 @@ class PerceptionNode(Node):
                 self.flag("lidar_out_of_order", f"LiDAR frame at {stamp * 1e-9:.3f} s is older than the last "
                           f"processed one ({(last - stamp) * 1e-6:.0f} ms earlier); dropped")
                 return
+            jumped_back = True
 
-        with self._lock:
-            radar, image, info = self._radar, self._image, self._camera_info
-            try:
-                T_base_lidar = self.tf.lookup(frames.base_link, msg.header.frame_id, stamp, self._tf_limit_ns)
-                T_odom_base = self.tf.lookup(frames.odom, frames.base_link, stamp, self._tf_limit_ns)
-            except TfExtrapolationError as exc:
-                self.flag("tf_extrapolation", f"LiDAR frame at {stamp * 1e-9:.3f} s dropped: {exc}")
-                return
-            except TfLookupError as exc:
-                self.flag("tf_missing", f"LiDAR frame at {stamp * 1e-9:.3f} s dropped: {exc}")
-                return
-            radar_in = self._match(radar, stamp, cfg.sensors.radar_tolerance_s, "radar")
-            camera_in = self._match(image, stamp, cfg.sensors.camera_tolerance_s, "camera")
-            if camera_in is not None and info is None:
-                camera_in = None
-
+        with self._lock:  # TF and the latest radar/camera are written by the callbacks
+            if jumped_back:
+                self.assembler.reset()  # no twist across a backward jump of time
+            assembled = self.assembler.assemble(stamp, points, msg.header.frame_id)
+        for flag, text in assembled.problems:
+            self.flag(flag, text)
+        if assembled.inputs is None:
+            return
         self._last_lidar_ns = stamp
-        inputs = FrameInputs(
-            stamp_ns=stamp, T_odom_base=T_odom_base, lidar=points, T_base_lidar=T_base_lidar,
-            radar=radar_in[0] if radar_in else None, T_base_radar=radar_in[1] if radar_in else None,
-            image=camera_in[0] if camera_in else None, K=info.K if camera_in else None,
-            T_base_camera=camera_in[1] if camera_in else None, zone=self._zone,
-        )
-        out = self.pipeline.process(inputs)
+        out = self.pipeline.process(assembled.inputs)
         self._publish(out, stamp)
-
-    def _match(self, slot, stamp: int, tolerance_s: float, sensor: str):
-        """(data, T_base_sensor) of the latest message within the tolerance of the LiDAR stamp, else None."""
-        from ssm_perception.tf_buffer import TfLookupError
-
-        if slot is None:
-            return None
-        data, frame_id, s = slot
-        if abs(s - stamp) > tolerance_s * 1e9:
-            return None
-        try:
-            return data, self.tf.lookup(self.config.frames.base_link, frame_id, s, self._tf_limit_ns)
-        except (TfLookupError, ValueError) as exc:
-            self.flag(f"tf_{sensor}", f"{sensor} not used for this frame: {exc}")
-            return None
 
     def _publish(self, out, stamp: int) -> None:
         from ssm_perception.io import ros_convert as rc
 
-        cfg = self.config
-        grid = rc.occupancy_grid_msg(out.occupancy, out.unknown, cfg.grid, cfg.frames.base_link, stamp)
-        published = out.tracks if cfg.tracking.publish_tentative else \
-            [t for t in out.tracks if t.status != "tentative"]
-        tracks = rc.track_array_msg(published, cfg.frames.odom, stamp)
-        markers = rc.marker_array_msg(published, cfg.frames.odom, stamp)
+        grid, tracks, markers = rc.frame_messages(out, self.config)
         self.pub_grid.publish(grid)
         self.pub_tracks.publish(tracks)
         self.pub_markers.publish(markers)

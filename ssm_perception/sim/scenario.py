@@ -48,12 +48,14 @@ class CameraFrame:
     K: np.ndarray  # [3, 3]
     D: np.ndarray  # [5] plumb_bob
     P: np.ndarray  # [3, 4]
+    T_odom_base: np.ndarray | None = None  # [4, 4] odom -> base_link at this image's stamp
 
 
 @dataclass
 class RadarFrame:
     stamp_ns: int
     points: np.ndarray  # [N] RADAR_DTYPE in the radar frame
+    T_odom_base: np.ndarray | None = None  # [4, 4] odom -> base_link at this scan's stamp
 
 
 @dataclass
@@ -273,7 +275,7 @@ class Scenario:
             pts = self.radar.scan(self.scene_at(m.t_s), self.ego_pose_at(m.t_s), v, yr, self.rng("radar", m.index),
                                   clutter_rate=clutter.rate if clutter else 0.0,
                                   nan_fraction=nan.fraction if nan else 0.0)
-            return RadarFrame(m.stamp_ns, pts)
+            return RadarFrame(m.stamp_ns, pts, self.T_odom_base(m.t_s))
 
         return self._cached(("radar", m.index), run)
 
@@ -281,7 +283,7 @@ class Scenario:
         def run():
             img = self.camera.render(self.scene_at(m.t_s), self.ego_pose_at(m.t_s), self.world.ground_material)
             c = self.camera
-            return CameraFrame(m.stamp_ns, img, c.K.copy(), c.D.copy(), c.P.copy())
+            return CameraFrame(m.stamp_ns, img, c.K.copy(), c.D.copy(), c.P.copy(), self.T_odom_base(m.t_s))
 
         return self._cached(("camera", m.index), run)
 

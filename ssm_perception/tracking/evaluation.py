@@ -234,6 +234,9 @@ def pipeline_source(config, kind: str) -> DetectionSource:
     pipeline = PerceptionPipeline(cfg)
     if "fallback" in pipeline.model_info:
         raise RuntimeError(f"--detections {kind}: {pipeline.model_info['fallback']}; pass --checkpoint")
+    from ssm_perception.frame_assembler import FrameAssembler
+
+    assembler = FrameAssembler(cfg)  # consecutive simulated frames of one sequence share it (ego twist)
 
     def source(frame: GtFrame) -> list[Detection]:
         if frame.sensors is None:
@@ -241,7 +244,7 @@ def pipeline_source(config, kind: str) -> DetectionSource:
         if isinstance(frame.sensors, FrameInputs):  # decoded from a bag
             return pipeline.process(frame.sensors).detections_base
         sc, fr = frame.sensors
-        return pipeline.process(FrameInputs.from_sim(sc, fr)).detections_base
+        return pipeline.process(FrameInputs.from_sim(sc, fr, assembler)).detections_base
 
     source.model_info = pipeline.model_info  # type: ignore[attr-defined]  # for the results file
     return source

@@ -32,7 +32,8 @@ import numpy as np
 from ssm_perception.config import GridConfig, PerceptionConfig
 
 # Bump when the cached arrays change meaning (encoder, targets): old caches are then ignored.
-CACHE_VERSION = 1
+# 2: radar and camera motion-compensated to the LiDAR stamp by the frame assembler (issue 16).
+CACHE_VERSION = 2
 
 # Object classes (msg/Track.msg): 0 unknown, 1 car, 2 truck, 3 cyclist, 4 pedestrian; head k = class k+1.
 NUM_CENTER_CLASSES = 4
@@ -118,51 +119,26 @@ def _objects_base_link(frame) -> np.ndarray:
 
 
 class SimFrameEncoder:
-    """SimFrame -> BEV features [C, H, W] with the encoder the pipeline runs (bev.features.encode_frame).
+    """SimFrame -> BEV features [C, H, W] as the pipeline computes them: the frame assembler (pairing,
+    motion compensation to the LiDAR stamp, ego twist from consecutive odom poses; FrameInputs.from_sim)
+    then the encoder the pipeline runs (bev.features.encode_frame). One instance per sequence."""
 
-    Keeps the previous pose to give the encoder the ego twist (LiDAR deskew, radar ego-velocity
-    compensation), as the pipeline derives it from consecutive odom -> base_link poses.
-    """
-
-    def __init__(self, cfg: PerceptionConfig, frame_ids: dict[str, str]):
+    def __init__(self, cfg: PerceptionConfig, scenario_config):
         from ssm_perception.bev.grid import BevGrid
+        from ssm_perception.frame_assembler import FrameAssembler
 
         self.cfg = cfg
-        self.frame_ids = frame_ids  # sensor -> frame_id, for the static T_base_sensor of a SimFrame
+        self.scenario_config = scenario_config
         self.grid = BevGrid.from_config(cfg.grid)
-        self._prev: tuple[int, np.ndarray] | None = None
-
-    def ego_twist(self, stamp_ns: int, T_odom_base: np.ndarray):
-        """(vx, vy, yaw_rate) of base_link in base_link from the previous frame, or None."""
-        from ssm_perception.temporal.warp import se2_between
-
-        prev, self._prev = self._prev, (stamp_ns, T_odom_base)
-        if prev is None or stamp_ns <= prev[0]:
-            return None
-        dt = (stamp_ns - prev[0]) * 1e-9
-        if dt > self.cfg.reset.max_time_gap_s:
-            return None
-        dx, dy, dyaw = se2_between(prev[1], T_odom_base)
-        return dx / dt, dy / dt, dyaw / dt
+        self.assembler = FrameAssembler(cfg)
 
     def __call__(self, frame) -> np.ndarray:
-        from ssm_perception.bev.features import (
-            CameraFrame,
-            LidarScan,
-            RadarScan,
-            encode_frame,
-        )
+        from ssm_perception.bev.features import encode_frame
+        from ssm_perception.pipeline import FrameInputs
 
-        s, T = self.cfg.sensors, frame.T_base_sensor
-        lidar = radar = camera = None
-        if s.use_lidar and frame.lidar is not None:
-            lidar = LidarScan(frame.lidar, T[self.frame_ids["lidar"]])
-        if s.use_radar and frame.radar is not None:
-            radar = RadarScan(frame.radar.points, T[self.frame_ids["radar"]])
-        if s.use_camera and frame.camera is not None:
-            camera = CameraFrame(frame.camera.image, frame.camera.K, T[self.frame_ids["camera"]])
-        twist = self.ego_twist(int(frame.stamp_ns), np.asarray(frame.T_odom_base, np.float64))
-        return encode_frame(self.grid, lidar=lidar, radar=radar, camera=camera, ego_twist=twist).features.numpy()
+        inp = FrameInputs.from_sim(self.scenario_config, frame, self.assembler)
+        lidar, radar, camera = inp.scans(self.cfg.sensors)
+        return encode_frame(self.grid, lidar=lidar, radar=radar, camera=camera, ego_twist=inp.ego_twist).features.numpy()
 
 
 def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False) -> dict[str, np.ndarray]:
@@ -170,9 +146,7 @@ def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool 
     from ssm_perception.sim.scenario import Scenario
 
     scenario = Scenario.from_preset(spec.preset, seed=spec.seed, duration_s=spec.duration_s, grid=cfg.grid)
-    sc = scenario.config
-    encoder = SimFrameEncoder(cfg, {"lidar": sc.lidar.frame_id, "radar": sc.radar.frame_id,
-                                    "camera": sc.camera.frame_id})
+    encoder = SimFrameEncoder(cfg, scenario.config)
     cols: dict[str, list] = {k: [] for k in
                              ("features", "occupied", "dynamic", "visible", "velocity", "center", "box",
                               "center_mask", "pose", "stamp_ns")}
