@@ -6,7 +6,9 @@ import typer
 
 
 def simulate(
-    scenario: str = typer.Option("urban", "--scenario", "-s", help="preset: urban, highway, parking, adversity_mix, demo"),
+    scenario: str = typer.Option("urban", "--scenario", "-s",
+                                 help="preset: urban, highway, parking, adversity_mix, demo; randomised, "
+                                      "randomised_urban|_highway|_parking (sensor and scene drawn from the seed)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed -> byte-identical bag)"),
     duration: float = typer.Option(0.0, "--duration", "-d", help="seconds to simulate; 0 = the preset's length"),
     output: str = typer.Option(..., "--output", "-o", help="bag directory to create (must not exist)"),

@@ -13,8 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SensorName = Literal["lidar", "radar", "camera"]
 AdversityType = Literal[
-    "dropout", "time_gap", "localization_jump", "nan_points", "stamp_jitter", "out_of_order", "clutter", "zone_change"
+    "dropout", "time_gap", "localization_jump", "nan_points", "stamp_jitter", "out_of_order", "clutter", "zone_change",
+    "weather",
 ]
+WeatherKind = Literal["fog", "rain", "snow"]
+IntensityModel = Literal["incidence", "reflectivity", "signal", "none"]
 # Which fields each adversity type uses; anything else set on it is rejected as a likely mistake.
 _ADVERSITY_NEEDS: dict[str, set[str]] = {
     "dropout": {"sensors", "duration_s"},
@@ -25,6 +28,7 @@ _ADVERSITY_NEEDS: dict[str, set[str]] = {
     "out_of_order": {"sensors", "duration_s"},
     "clutter": {"sensors", "duration_s", "rate"},
     "zone_change": {"zone"},
+    "weather": {"sensors", "duration_s", "weather", "visibility_m", "rate", "ramp_s"},
 }
 
 
@@ -53,6 +57,55 @@ class LidarConfig(_Section):
     missing_prob: float = Field(0.03, ge=0, le=1, description="returns lost at random")
     latency_s: float = Field(0.03, ge=0, description="bag time = stamp + latency")
     mount: Mount = Mount(xyz=(1.0, 0.0, 1.9))
+    # --- sensor model (sim/lidar_models.py fills these from datasheets; the defaults are the
+    # original generic 32-beam sensor, so existing presets are unchanged)
+    model: str = Field("generic32", description="name of the sensor model (informational: summaries, bags)")
+    elevations_deg: list[float] = Field([], description="explicit beam elevations (any order, len = beams); "
+                                                        "empty = uniform from elevation_min_deg to elevation_max_deg")
+    ring_order: Literal["bottom_up", "top_down"] = Field("bottom_up", description="ring 0 = lowest (Velodyne "
+                                                         "drivers) or highest beam (Ouster drivers)")
+    intensity_model: IntensityModel = Field(
+        "incidence", description="incidence: reflectivity x incidence x mild range falloff (original); reflectivity: "
+        "calibrated, range-independent; signal: raw return strength ~ 1/r^2; none: all zeros")
+    intensity_max: float = Field(255.0, gt=0, description="full scale of the intensity field (255, 1.0, 100, ...)")
+    intensity_gamma: float = Field(1.0, gt=0, description="reflectivity curve: normalised value ** gamma")
+    reflectivity_jitter: float = Field(0.0, ge=0, description="log-sigma of a per-material reflectivity factor "
+                                                              "(drawn from the seed): sensors disagree on materials")
+    dead_beams: list[int] = Field([], description="rings that never return (failed lasers)")
+    weak_beams: list[int] = Field([], description="rings that lose weak_beam_missing of their returns")
+    weak_beam_missing: float = Field(0.5, ge=0, le=1)
+    packet_loss_prob: float = Field(0.0, ge=0, le=1, description="chance that a packet (packet_columns "
+                                                                 "consecutive azimuth columns) is lost")
+    packet_columns: int = Field(12, ge=1)
+    blocked_sectors_deg: list[tuple[float, float]] = Field(
+        [], description="azimuth sectors [from, to] (sensor frame, degrees, counter-clockwise) without returns: "
+        "mount occlusions")
+    self_returns: bool = Field(False, description="returns from the ego body (roof, hood) inside ego_body")
+    ego_body: tuple[float, float, float, float, float, float] = Field(
+        (-2.3, 2.3, -0.95, 0.95, 0.0, 1.5), description="ego body box in base_link: x0, x1, y0, y1, z0, z1 [m]")
+    self_min_range: float = Field(0.3, ge=0, description="self-returns nearer than this are not reported")
+
+    @model_validator(mode="after")
+    def _check(self) -> LidarConfig:
+        if self.elevations_deg and len(self.elevations_deg) != self.beams:
+            raise ValueError(f"lidar.elevations_deg has {len(self.elevations_deg)} angles for {self.beams} beams")
+        if len(set(self.elevations_deg)) != len(self.elevations_deg):
+            raise ValueError("lidar.elevations_deg repeats an angle")
+        bad = [b for b in self.dead_beams + self.weak_beams if not 0 <= b < self.beams]
+        if bad:
+            raise ValueError(f"lidar dead/weak beams {bad} outside 0..{self.beams - 1}")
+        x0, x1, y0, y1, z0, z1 = self.ego_body
+        if not (x0 < x1 and y0 < y1 and z0 < z1):
+            raise ValueError("lidar.ego_body must be (x0 < x1, y0 < y1, z0 < z1)")
+        return self
+
+    def elevations(self) -> list[float]:
+        """Beam elevations [deg], ascending (ring order is applied on output)."""
+        if self.elevations_deg:
+            return sorted(self.elevations_deg)
+        import numpy as np
+
+        return np.linspace(self.elevation_min_deg, self.elevation_max_deg, self.beams).tolist()
 
 
 class RadarConfig(_Section):
@@ -103,14 +156,20 @@ class AdversityConfig(_Section):
     frame: Literal["map", "odom"] = Field("map", description="jump in map->odom (relocalization) or odom->base_link")
     fraction: float = Field(0.0, ge=0, le=1, description="share of points made NaN/inf")
     jitter_s: float = Field(0.0, ge=0, description="max |stamp jitter|")
-    rate: float = Field(0.0, ge=0, description="clutter: false returns per scan")
+    rate: float = Field(0.0, ge=0, description="clutter: false returns per scan; weather: near-range returns per "
+                                                "LiDAR scan at full strength")
     zone: str = ""
+    weather: WeatherKind = Field("fog", description="weather: fog, rain or snow")
+    visibility_m: float = Field(0.0, ge=0, description="weather: meteorological visibility at full strength [m] "
+                                                       "(extinction 3 / visibility, Koschmieder)")
+    ramp_s: float = Field(0.0, ge=0, description="weather: seconds from the onset (start_s) to full strength")
 
     @model_validator(mode="after")
     def _check(self) -> AdversityConfig:
         needs = _ADVERSITY_NEEDS[self.type]
         defaults = AdversityConfig.model_fields
-        for name in ("duration_s", "sensors", "offset", "fraction", "jitter_s", "rate", "zone"):
+        for name in ("duration_s", "sensors", "offset", "fraction", "jitter_s", "rate", "zone", "weather",
+                     "visibility_m", "ramp_s"):
             value = getattr(self, name)
             if name not in needs and value != defaults[name].default:
                 raise ValueError(f"adversity {self.type!r} does not use {name!r}")
@@ -128,7 +187,15 @@ class AdversityConfig(_Section):
             raise ValueError("stamp_jitter needs jitter_s > 0")
         if self.type == "zone_change" and not self.zone:
             raise ValueError("zone_change needs a zone name")
+        if self.type == "weather" and (self.visibility_m <= 0 or set(self.sensors) - {"lidar", "camera"}):
+            raise ValueError("weather needs visibility_m > 0 and sensors among lidar, camera")
         return self
+
+    def strength(self, t_s: float) -> float:
+        """Weather: 0 before the onset, ramping linearly to 1 over ramp_s, 1 until the end."""
+        if not self.active(t_s):
+            return 0.0
+        return 1.0 if self.ramp_s <= 0 else min(1.0, (t_s - self.start_s) / self.ramp_s)
 
     @property
     def end_s(self) -> float:
@@ -141,10 +208,25 @@ class AdversityConfig(_Section):
 class TrafficConfig(_Section):
     vehicles: int = Field(14, ge=0)
     trucks: int = Field(2, ge=0)
+    buses: int = Field(0, ge=0, description="buses (class truck in the ground truth, 12 m long)")
     cyclists: int = Field(2, ge=0)
     pedestrians: int = Field(10, ge=0)
+    pedestrian_group_max: int = Field(1, ge=1, description="crossing and sidewalk pedestrians walk in groups of "
+                                                           "1..this many (extra members on top of 'pedestrians')")
     parked_fraction: float = Field(0.6, ge=0, le=1, description="share of parking places that hold a car")
     ego_speed_mps: float = Field(10.0, gt=0)
+
+
+class SceneryConfig(_Section):
+    """Extra static scenery (all off by default: the original layouts). Drawn from its own random
+    stream, so switching it on never moves what the original layout placed."""
+
+    vegetation: float = Field(0.0, ge=0, le=1, description="hedges along building fronts and bushes on verges")
+    fences: float = Field(0.0, ge=0, le=1, description="share of building gaps / verges closed by a fence")
+    poles: float = Field(0.0, ge=0, le=1, description="extra signs, bollards and signal poles")
+    front_parking: float = Field(0.0, ge=0, le=1, description="share of buildings set back behind a forecourt "
+                                                              "with cars parked along the front")
+    kerb_height: float = Field(0.15, gt=0, le=0.3)
 
 
 class ScenarioConfig(_Section):
@@ -155,6 +237,7 @@ class ScenarioConfig(_Section):
     start_time_s: int = Field(1_700_000_000, ge=0, description="stamp of the first message (fixed: determinism)")
     zone: str = Field("urban", description="value on /vehicle/zone at the start")
     traffic: TrafficConfig = TrafficConfig()
+    scenery: SceneryConfig = SceneryConfig()
     lidar: LidarConfig = LidarConfig()
     radar: RadarConfig = RadarConfig()
     camera: CameraConfig = CameraConfig()

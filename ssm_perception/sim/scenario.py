@@ -105,7 +105,7 @@ class Scenario:
         seed = config.seed
         layout = W.LAYOUTS[config.layout]
         self.world = layout(config, np.random.default_rng([seed, 0]))
-        self.lidar = Lidar(config.lidar)
+        self.lidar = Lidar(config.lidar, seed)
         self.radar = Radar(config.radar)
         self.camera = Camera(config.camera)
         self.T_base_sensor = {
@@ -256,6 +256,15 @@ class Scenario:
             self._cache.popitem(last=False)
         return value
 
+    def weather_at(self, sensor: str, t: float):
+        """(kind, extinction [1/m], near-range returns per LiDAR scan) of the weather in effect for a
+        sensor at t, or None in clear air."""
+        a = self._adv("weather", sensor, t)
+        if a is None or a.strength(t) <= 0:
+            return None
+        s = a.strength(t)
+        return a.weather, s * 3.0 / a.visibility_m, s * a.rate
+
     def lidar_scan(self, m: Measurement):
         def run():
             clutter = self._adv("clutter", "lidar", m.t_s)
@@ -263,6 +272,7 @@ class Scenario:
             return self.lidar.scan(
                 self.scene_at(m.t_s), self.ego_pose_at, m.t_s, self.world.ground_material, self.rng("lidar", m.index),
                 clutter_rate=clutter.rate if clutter else 0.0, nan_fraction=nan.fraction if nan else 0.0,
+                weather=self.weather_at("lidar", m.t_s), rng_extra=self.rng("lidar", m.index, 2),
             )
 
         return self._cached(("lidar", m.index), run)
@@ -281,7 +291,9 @@ class Scenario:
 
     def camera_frame(self, m: Measurement) -> CameraFrame:
         def run():
-            img = self.camera.render(self.scene_at(m.t_s), self.ego_pose_at(m.t_s), self.world.ground_material)
+            w = self.weather_at("camera", m.t_s)
+            img = self.camera.render(self.scene_at(m.t_s), self.ego_pose_at(m.t_s), self.world.ground_material,
+                                     extinction=w[1] if w else 0.0)
             c = self.camera
             return CameraFrame(m.stamp_ns, img, c.K.copy(), c.D.copy(), c.P.copy(), self.T_odom_base(m.t_s))
 
@@ -411,18 +423,20 @@ class Scenario:
         res = self.grid.resolution
         h = float(lid.T_base_sensor[2, 3])
         rng_ = hits.range.reshape(n_az, n_b)
-        dxy = np.hypot(lid.dirs[0, :, 0], lid.dirs[0, :, 1])  # [n_b] horizontal part of each beam
-        tan_el = lid.dirs[0, :, 2] / np.maximum(dxy, 1e-9)
+        # beam directions in base_link per column (a pitched or rolled mount tilts them unevenly)
+        dirs_b = lid.dirs @ lid.T_base_sensor[:3, :3].T  # [n_az, n_b, 3]
+        dxy = np.hypot(dirs_b[..., 0], dirs_b[..., 1])  # horizontal part of each beam
+        tan_el = dirs_b[..., 2] / np.maximum(dxy, 1e-9)
         # horizontal interval [lo, hi] of each beam inside the band z in [0, VISIBILITY_BAND]
         with np.errstate(divide="ignore", invalid="ignore"):
             if h <= VISIBILITY_BAND:
-                lo = np.zeros(n_b)
+                lo = np.zeros((n_az, n_b))
                 r_out = np.where(tan_el > 0, (VISIBILITY_BAND - h) / tan_el, np.inf)
             else:
                 lo = np.where(tan_el < 0, (h - VISIBILITY_BAND) / -tan_el, np.inf)
-                r_out = np.full(n_b, np.inf)
-        reach = np.where(np.isfinite(rng_), rng_ * dxy[None, :], lid.cfg.max_range)  # [n_az, n_b]
-        hi = np.minimum(reach, r_out[None, :])
+                r_out = np.full((n_az, n_b), np.inf)
+        reach = np.where(np.isfinite(rng_), rng_ * dxy, lid.cfg.max_range)  # [n_az, n_b]
+        hi = np.minimum(reach, r_out)
         T_lb = invert_transform(lid.T_base_sensor)
         X, Y = np.meshgrid(self._gx, self._gy, indexing="ij")
         lx = T_lb[0, 0] * X + T_lb[0, 1] * Y + T_lb[0, 3]
@@ -430,14 +444,17 @@ class Scenario:
         r = np.hypot(lx, ly)[..., None]  # [H, W, 1]
         col = np.round((np.pi - np.arctan2(ly, lx)) / (2 * np.pi) * n_az).astype(np.int64) % n_az
         margin = res * 0.71
-        used = np.isfinite(lo)  # beams that ever get below the band top
-        visible = ((lo[None, None, used] <= r + margin) & (r - margin <= hi[:, used][col])).any(axis=-1)
+        used = np.isfinite(lo).any(axis=0)  # beams that ever get below the band top
+        visible = ((lo[:, used][col] <= r + margin) & (r - margin <= hi[:, used][col])).any(axis=-1)
         # cells holding a return (walls hit above the band, object tops) were observed too
         finite = np.isfinite(hits.range)
         if finite.any():
             d = lid.dirs.reshape(-1, 3)[finite] * hits.range[finite, None]
-            bx = lid.T_base_sensor[0, 0] * d[:, 0] + lid.T_base_sensor[0, 1] * d[:, 1] + lid.T_base_sensor[0, 3]
-            by = lid.T_base_sensor[1, 0] * d[:, 0] + lid.T_base_sensor[1, 1] * d[:, 1] + lid.T_base_sensor[1, 3]
+            Ts = lid.T_base_sensor
+            bx = Ts[0, 0] * d[:, 0] + Ts[0, 1] * d[:, 1] + Ts[0, 3]
+            by = Ts[1, 0] * d[:, 0] + Ts[1, 1] * d[:, 1] + Ts[1, 3]
+            if Ts[0, 2] != 0 or Ts[1, 2] != 0:  # tilted mount: the vertical part moves points sideways
+                bx, by = bx + Ts[0, 2] * d[:, 2], by + Ts[1, 2] * d[:, 2]
             i = np.floor((bx - self.grid.x_min) / res).astype(np.int64)
             j = np.floor((by - self.grid.y_min) / res).astype(np.int64)
             ok = (i >= 0) & (i < self.grid.nx) & (j >= 0) & (j < self.grid.ny)
@@ -496,4 +513,5 @@ _EVENT_KEYS = {
     "dropout": {"sensors"}, "time_gap": set(), "localization_jump": {"offset", "frame"},
     "nan_points": {"sensors", "fraction"}, "stamp_jitter": {"sensors", "jitter_s"}, "out_of_order": {"sensors"},
     "clutter": {"sensors", "rate"}, "zone_change": {"zone"},
+    "weather": {"sensors", "weather", "visibility_m", "rate", "ramp_s"},
 }

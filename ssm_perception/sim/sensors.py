@@ -3,6 +3,7 @@ detections with Doppler and RCS), pinhole RGB camera (coarse ray grid, upsampled
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -45,8 +46,25 @@ def sensor_rays_world(T_world_base_xyyaw, T_base_sensor, dirs_sensor):
 
 
 # ------------------------------------------------------------------------------------ LiDAR
+# Self-returns and weather clutter get their own material codes (after -2 clutter, -3 corrupted).
+MAT_SELF, MAT_WEATHER = -4, -5
+_RHO_MIN = float(_REFLECT.min())  # least reflective surface: still detected at max_range in clear air
+
+
+def _body_hits(origin: np.ndarray, dirs: np.ndarray, body) -> np.ndarray:
+    """Distance along each ray [N, 3] (base_link, from one origin outside the box) to the ego body
+    box (x0, x1, y0, y1, z0, z1), inf where it misses."""
+    lo, hi = np.asarray(body[0::2]), np.asarray(body[1::2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
+        a, b = (lo - origin) / d, (hi - origin) / d
+    tmin = np.minimum(a, b).max(axis=1)
+    tmax = np.maximum(a, b).min(axis=1)
+    return np.where((tmax >= tmin) & (tmin > 1e-6), tmin, np.inf)
+
+
 class Lidar:
-    def __init__(self, cfg):
+    def __init__(self, cfg, seed: int = 0):
         self.cfg = cfg
         self.T_base_sensor = mount_matrix(cfg.mount)
         n_az, n_b = cfg.azimuth_steps, cfg.beams
@@ -54,16 +72,37 @@ class Lidar:
         # clockwise spin starting behind the vehicle; column k is measured at t = k * period / n_az
         self.az = np.pi - 2 * np.pi * (np.arange(n_az) / n_az)
         self.col_t = np.arange(n_az) * (self.period / n_az)
-        el = np.deg2rad(np.linspace(cfg.elevation_min_deg, cfg.elevation_max_deg, n_b))
+        el = np.deg2rad(np.asarray(cfg.elevations(), dtype=np.float64))  # ascending
         ca, sa = np.cos(self.az)[:, None], np.sin(self.az)[:, None]
         self.dirs = np.stack([np.cos(el)[None, :] * ca, np.cos(el)[None, :] * sa,
                               np.broadcast_to(np.sin(el), (n_az, n_b))], -1)  # [n_az, n_b, 3]
+        # ring id of each beam (beams are kept in ascending elevation for the ray caster)
+        self.ring = np.arange(n_b) if cfg.ring_order == "bottom_up" else np.arange(n_b)[::-1].copy()
+        self.reflect = _REFLECT
+        if cfg.reflectivity_jitter > 0:  # this sensor's view of the materials, fixed per scenario seed
+            f = np.random.default_rng([seed, 5]).lognormal(0.0, cfg.reflectivity_jitter, len(_REFLECT))
+            self.reflect = np.clip(_REFLECT * f, 5.0, 255.0)
+        self._lost_beams = self._column_mask()
+
+    def _column_mask(self) -> np.ndarray:
+        """[n_az, n_b] True where a return can never come: dead beams, blocked azimuth sectors."""
+        cfg = self.cfg
+        m = np.zeros((cfg.azimuth_steps, cfg.beams), dtype=bool)
+        if cfg.dead_beams:
+            m[:, np.isin(self.ring, cfg.dead_beams)] = True
+        for a0, a1 in cfg.blocked_sectors_deg:
+            rel = (np.rad2deg(self.az) - a0) % 360.0
+            m[rel <= (a1 - a0) % 360.0, :] = True
+        return m
 
     def scan(self, scene: Scene, ego_pose_at, t0: float, ground_material, rng, clutter_rate: float = 0.0,
-             nan_fraction: float = 0.0):
+             nan_fraction: float = 0.0, weather=None, rng_extra=None):
         """One sweep starting at t0 (seconds from scenario start).
 
         ego_pose_at(times [K]) -> (x, y, yaw) of base_link in the world at those times.
+        weather: None or (kind, extinction [1/m], near-range returns per scan) in effect now.
+        rng_extra: random stream of the sensor-model effects (beam failures, packet loss, weather),
+        kept apart from ``rng`` so that scans without them draw exactly the original noise.
         Returns (cloud [N] LIDAR_DTYPE in the sensor frame at each point's own time, material [N],
         object id [N], clean hits [n_az, n_b] for visibility ground truth).
         """
@@ -74,6 +113,16 @@ class Lidar:
         d = dirs.reshape(-1, 3)
         dt = np.repeat(self.col_t, n_b)
         hits = cast(scene, o, d, cfg.max_range, dt, ground_material, beams=n_b)
+        selfret = None
+        if cfg.self_returns:  # the ego body stops the beam: roof / hood points, nothing behind them
+            R, tr = self.T_base_sensor[:3, :3], self.T_base_sensor[:3, 3]
+            t_body = _body_hits(tr, self.dirs.reshape(-1, 3) @ R.T, cfg.ego_body)
+            selfret = t_body < hits.range
+            if selfret.any():
+                hits = dataclasses.replace(
+                    hits, range=np.where(selfret, t_body, hits.range), material=np.where(selfret, -1, hits.material),
+                    obj=np.where(selfret, -1, hits.obj), prim=np.where(selfret, -1, hits.prim),
+                    normal=np.where(selfret[:, None], 0.0, hits.normal))
         rng_ = hits.range.copy()
         # rain-like clutter: drops intercept the beam close to the sensor (first return wins)
         clutter = np.zeros(len(rng_), dtype=bool)
@@ -84,21 +133,47 @@ class Lidar:
             closer = r_drop < rng_[idx]
             rng_[idx[closer]] = r_drop[closer]
             clutter[idx[closer]] = True
+        wclutter = None
+        alpha = 0.0
+        if weather is not None:
+            kind, alpha, w_rate = weather
+            wclutter = np.zeros(len(rng_), dtype=bool)
+            k = rng_extra.poisson(w_rate)
+            if k:
+                idx = rng_extra.choice(len(rng_), size=min(k, len(rng_)), replace=False)
+                # fog: backscatter from the cloud a few metres out; rain/snow: drops and flakes nearby
+                r_near = cfg.min_range + (rng_extra.gamma(2.0, 1.5, len(idx)) if kind == "fog"
+                                          else rng_extra.exponential(4.0 if kind == "rain" else 7.0, len(idx)))
+                closer = r_near < rng_[idx]
+                rng_[idx[closer]] = r_near[closer]
+                wclutter[idx[closer]] = True
         noisy = rng_ + rng.normal(0.0, cfg.range_noise, size=len(rng_))
-        keep = np.isfinite(rng_) & (noisy >= cfg.min_range) & (rng.random(len(rng_)) >= cfg.missing_prob)
+        lost = rng.random(len(rng_)) < cfg.missing_prob
+        if selfret is None:
+            keep = np.isfinite(rng_) & (noisy >= cfg.min_range) & ~lost
+        else:  # self-returns are reported down to self_min_range (drivers do not cut them off)
+            body = selfret & ~clutter & (~wclutter if wclutter is not None else True)
+            near_ok = np.where(body, noisy >= cfg.self_min_range, noisy >= cfg.min_range)
+            keep = np.isfinite(rng_) & near_ok & ~lost
         keep &= noisy <= cfg.max_range
+        keep &= self._model_losses(rng_, hits, clutter, wclutter, alpha, rng_extra)
         idx = np.nonzero(keep)[0]
         pts = self.dirs.reshape(-1, 3)[idx] * noisy[idx, None]
         mat = np.where(clutter[idx], -2, hits.material[idx])
+        if selfret is not None:
+            mat = np.where(selfret[idx] & ~clutter[idx], MAT_SELF, mat)
+        if wclutter is not None:
+            mat = np.where(wclutter[idx] & ~clutter[idx], MAT_WEATHER, mat)
         incidence = np.abs(np.einsum("ij,ij->i", hits.normal[idx], d[idx]))
-        refl = _REFLECT[np.maximum(mat, 0)]
+        refl = self.reflect[np.maximum(mat, 0)]
         inten = refl * (0.3 + 0.7 * incidence) * (1.0 - 0.4 * noisy[idx] / cfg.max_range)
         inten = np.where(clutter[idx], rng.uniform(0, 4, len(idx)), inten + rng.normal(0, 2.0, len(idx)))
         cloud = np.empty(len(idx), dtype=LIDAR_DTYPE)
         cloud["x"], cloud["y"], cloud["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-        cloud["intensity"] = np.clip(inten, 0, 255)
+        cloud["intensity"] = self._intensity(np.clip(inten, 0, 255), refl, incidence, noisy[idx], mat, alpha,
+                                             rng_extra)
         cloud["t"] = dt[idx]
-        cloud["ring"] = idx % n_b
+        cloud["ring"] = self.ring[idx % n_b]
         if nan_fraction > 0 and len(idx):
             bad = rng.random(len(idx)) < nan_fraction
             vals = np.where(rng.random(int(bad.sum())) < 0.5, np.nan, np.inf * rng.choice([-1.0, 1.0], int(bad.sum())))
@@ -108,6 +183,55 @@ class Lidar:
             mat[bad] = -3
         obj = np.where(mat >= 0, hits.obj[idx], -1)
         return cloud, mat.astype(np.int16), obj, hits
+
+    def _model_losses(self, rng_, hits, clutter, wclutter, alpha, rng_extra) -> np.ndarray:
+        """[N] False for returns the sensor model loses: dead beams, blocked sectors, weak beams,
+        lost packets, and weather attenuation of far, dark surfaces."""
+        cfg = self.cfg
+        ok = ~self._lost_beams.reshape(-1)
+        if not (cfg.weak_beams or cfg.packet_loss_prob > 0 or alpha > 0):
+            return ok
+        n_az, n_b = cfg.azimuth_steps, cfg.beams
+        if cfg.weak_beams:
+            weak = np.zeros((n_az, n_b), bool)
+            weak[:, np.isin(self.ring, cfg.weak_beams)] = True
+            ok &= ~(weak.reshape(-1) & (rng_extra.random(n_az * n_b) < cfg.weak_beam_missing))
+        if cfg.packet_loss_prob > 0:
+            n_pk = -(-n_az // cfg.packet_columns)
+            lost_pk = rng_extra.random(n_pk) < cfg.packet_loss_prob
+            ok &= ~np.repeat(lost_pk[np.arange(n_az) // cfg.packet_columns], n_b)
+        if alpha > 0:
+            # Two-way extinction against the link budget: a surface of reflectivity rho at range r
+            # returns rho * exp(-2 alpha r) / r^2; the darkest surface is just seen at max_range in
+            # clear air. A lognormal factor blurs the edge (speckle, beam-to-beam gain).
+            surface = ~clutter & ~wclutter & np.isfinite(rng_) & (hits.material >= 0)
+            r = np.maximum(rng_, 0.1)
+            rho = self.reflect[np.maximum(hits.material, 0)]
+            budget = rho / _RHO_MIN * np.exp(-2.0 * alpha * r) * (cfg.max_range / r) ** 2
+            budget = budget * rng_extra.lognormal(0.0, 0.3, len(r))
+            ok &= ~(surface & (budget < 1.0))
+        return ok
+
+    def _intensity(self, legacy, refl, incidence, r, mat, alpha, rng_extra):
+        """Intensity field per the model; ``legacy`` is the original 'incidence' value on 0..255."""
+        cfg = self.cfg
+        model = cfg.intensity_model
+        if model == "none":
+            return np.zeros(len(legacy))
+        if model == "incidence":
+            v = legacy / 255.0
+        elif model == "reflectivity":  # calibrated: range- and angle-independent, small gain noise
+            v = refl / 255.0 * rng_extra.lognormal(0.0, 0.05, len(refl))
+        else:  # signal: raw return strength, ~ rho cos(theta) / r^2 (1 at 5 m on a white wall)
+            v = np.clip(refl / 255.0 * (0.2 + 0.8 * incidence) * (5.0 / np.maximum(r, 0.5)) ** 2, 0.0, 1.0)
+        if alpha > 0:
+            v = v * np.exp(-2.0 * alpha * r)
+        spurious = mat < 0  # clutter, self-returns, weather: weak, diffuse
+        if spurious.any() and model != "incidence":
+            v = np.where(spurious, rng_extra.uniform(0.0, 0.05, len(v)), v)
+        if model == "incidence" and cfg.intensity_max == 255.0 and cfg.intensity_gamma == 1.0 and alpha == 0:
+            return legacy  # the original field, bit for bit
+        return np.clip(v, 0.0, 1.0) ** cfg.intensity_gamma * cfg.intensity_max
 
 
 # ------------------------------------------------------------------------------------ radar
@@ -205,8 +329,10 @@ class Camera:
         self.dirs = (d / np.linalg.norm(d, axis=-1, keepdims=True)).reshape(-1, 3)  # optical frame
         self.coarse_shape = (h // s, w // s)
 
-    def render(self, scene: Scene, ego_xyyaw, ground_material, max_range: float = 150.0) -> np.ndarray:
-        """[H, W, 3] uint8 RGB: surfaces shaded by material, sun angle and distance haze."""
+    def render(self, scene: Scene, ego_xyyaw, ground_material, max_range: float = 150.0,
+               extinction: float = 0.0) -> np.ndarray:
+        """[H, W, 3] uint8 RGB: surfaces shaded by material, sun angle and distance haze; fog or rain
+        (``extinction`` [1/m] > 0) thickens the haze and greys the sky."""
         origins, dirs = sensor_rays_world(ego_xyyaw, self.T_base_sensor, self.dirs)
         d = dirs[0]
         hits = cast(scene, np.repeat(origins, len(d), axis=0), d, max_range, None, ground_material)
@@ -218,10 +344,16 @@ class Camera:
         varied = (hits.material == W.VEHICLE) | (hits.material == W.BUILDING)
         base = np.where(varied[:, None], base * (0.6 + 0.8 * tint) * np.array([1.0, 0.9, 0.8]) + 20 * tint, base)
         light = 0.35 + 0.65 * np.clip(hits.normal @ _SUN, 0, 1)
-        haze = 1.0 - np.exp(-np.where(hit, hits.range, 0.0) / 120.0)
+        if extinction > 0:
+            haze = 1.0 - np.exp(-np.where(hit, hits.range, 0.0) * (1.0 / 120.0 + extinction))
+        else:
+            haze = 1.0 - np.exp(-np.where(hit, hits.range, 0.0) / 120.0)
         shaded = base * light[:, None] * (1 - haze[:, None]) + _HAZE * haze[:, None]
         up = np.clip(d[:, 2], 0, 1)[:, None]
         sky = _SKY_HORIZON * (1 - up) + _SKY_TOP * up
+        if extinction > 0:
+            f = 1.0 - math.exp(-extinction * 300.0)
+            sky = sky * (1 - f) + _HAZE * f
         rgb = np.where(hit[:, None], shaded, sky).reshape(*self.coarse_shape, 3)
         s = self.cfg.render_scale
         img = np.repeat(np.repeat(np.clip(rgb, 0, 255).astype(np.uint8), s, axis=0), s, axis=1)

@@ -22,6 +22,8 @@ CLS_UNKNOWN, CLS_CAR, CLS_TRUCK, CLS_CYCLIST, CLS_PEDESTRIAN = range(5)
 CLASS_MATERIAL = {CLS_CAR: VEHICLE, CLS_TRUCK: VEHICLE, CLS_CYCLIST: CYCLIST, CLS_PEDESTRIAN: PEDESTRIAN}
 CLASS_SIZE = {CLS_CAR: (4.5, 1.9, 1.5), CLS_TRUCK: (9.0, 2.5, 3.4), CLS_CYCLIST: (1.8, 0.6, 1.7),
               CLS_PEDESTRIAN: (0.6, 0.6, 1.75)}
+BUS_SIZE = (12.0, 2.55, 3.2)  # a city bus: class truck in the ground truth (msg/Track.msg has no bus)
+_BUS = -1  # marker in the class lists of the layouts: a truck-class agent of BUS_SIZE
 
 # Occupancy ground truth counts primitives that reach into the body band of a vehicle
 # (top above OCC_Z_LOW, bottom below OCC_Z_HIGH): kerbs are driveable-looking, tree canopies overhang.
@@ -117,6 +119,13 @@ class Path:
     def at(self, s):
         s = np.clip(s, 0.0, self.length)
         return np.interp(s, self.s, self.x), np.interp(s, self.s, self.y), np.interp(s, self.s, self.yaw)
+
+    def offset(self, d: float) -> Path:
+        """The same curve shifted d metres to the left (a walking companion's path)."""
+        p = Path.__new__(Path)
+        p.x, p.y = self.x - d * np.sin(self.yaw), self.y + d * np.cos(self.yaw)
+        p.yaw, p.s, p.length = self.yaw, self.s, self.length
+        return p
 
     def rotated(self, theta: float) -> Path:
         c, s = math.cos(theta), math.sin(theta)
@@ -288,18 +297,22 @@ def _lane_path(direction: float, offset: float, length: float, turn: str | None 
 
 
 def _buildings(b: PrimitiveBuilder, rng, along: int, side: float, start: float, stop: float, setback: float):
-    """A row of buildings facing a road along axis ``along`` on side ``side`` (+1/-1) from start to stop."""
+    """A row of buildings facing a road along axis ``along`` on side ``side`` (+1/-1) from start to stop.
+    Returns (box index, along, side) of each building."""
     u = start
+    made = []
     while u < stop:
         length, depth = rng.uniform(12, 30), rng.uniform(10, 20)
         height = rng.uniform(6, 25)
         front = setback + rng.uniform(0, 3)
         c_u, c_v = u + length / 2, side * (front + depth / 2)
+        made.append((len(b.boxes), along, side))
         if along == 0:
             b.box(c_u, c_v, 0.0, length, depth, 0.0, height, BUILDING)
         else:
             b.box(c_v, c_u, 0.0, depth, length, 0.0, height, BUILDING)
         u += length + rng.uniform(1, 6)
+    return made
 
 
 def _street_furniture(b: PrimitiveBuilder, rng, along: int, side: float, start: float, stop: float, half: float):
@@ -324,15 +337,16 @@ def build_urban(cfg, rng) -> World:
     half, extent = 9.5, 220.0
     b = PrimitiveBuilder()
     parked_ids = []
+    buildings = []
     for along in (0, 1):
         for side in (-1.0, 1.0):
             for seg in ((-extent, -half), (half, extent)):
                 a0, a1 = seg
                 pts = ((a0, side * half), (a1, side * half)) if along == 0 else ((side * half, a0), (side * half, a1))
-                b.segment(*pts[0], *pts[1], 0.3, 0.15, KERB)
+                b.segment(*pts[0], *pts[1], 0.3, cfg.scenery.kerb_height, KERB)
                 # leave the corner free of buildings: the other road's sidewalk ends at |u| = 14
                 lo, hi = (a0 + 4.5, a1) if a0 > 0 else (a0, a1 - 4.5)
-                _buildings(b, rng, along, side, lo, hi - 12.0, 14.0)
+                buildings += _buildings(b, rng, along, side, lo, hi - 12.0, 14.0)
                 _street_furniture(b, rng, along, side, a0 + 3, a1 - 3, half)
                 # parked cars in the parking lane, away from the intersection
                 u = a0 + 3.0
@@ -355,8 +369,9 @@ def build_urban(cfg, rng) -> World:
     for k, direction in enumerate((0.0, math.pi / 2, math.pi, -math.pi / 2)):
         for offset in (1.75, 5.25):
             lanes.append((direction, offset, k % 2))
-    n_veh = cfg.traffic.vehicles + cfg.traffic.trucks + cfg.traffic.cyclists
+    n_veh = cfg.traffic.vehicles + cfg.traffic.trucks + cfg.traffic.cyclists + cfg.traffic.buses
     classes = [CLS_CAR] * cfg.traffic.vehicles + [CLS_TRUCK] * cfg.traffic.trucks + [CLS_CYCLIST] * cfg.traffic.cyclists
+    classes += [_BUS] * cfg.traffic.buses
     rng.shuffle(classes)
     occupied: dict[int, list[float]] = {}
     for i in range(n_veh):
@@ -374,10 +389,16 @@ def build_urban(cfg, rng) -> World:
         if s0 < extent - 15.0 and cls != CLS_CYCLIST:
             turn = rng.choice(np.array([None, None, "R", "L"], dtype=object))
             turn = None if (turn == "R" and offset < 5) or (turn == "L" and offset > 5) else turn
+        if cls == _BUS:
+            turn = None  # a 12 m bus does not take the 4 m right-turn radius
         path = _lane_path(direction, offset, extent, turn)
-        v = {CLS_CAR: rng.uniform(8, 12), CLS_TRUCK: rng.uniform(7, 9), CLS_CYCLIST: rng.uniform(4, 6)}[cls]
+        # (the dict draws all three speeds, as the original layout did: the random stream stays put)
+        v = {CLS_CAR: rng.uniform(8, 12), CLS_TRUCK: rng.uniform(7, 9), CLS_CYCLIST: rng.uniform(4, 6)}[
+            CLS_TRUCK if cls == _BUS else cls]
         stops = [(float(rng.uniform(1, 15)), float(rng.uniform(1, 3)))] if rng.random() < 0.25 else []
-        specs.append(AgentSpec(cls, path, s0, v, CLASS_SIZE[cls], stops=stops, stop_line_s=extent - 13.5, axis=axis))
+        size = BUS_SIZE if cls == _BUS else CLASS_SIZE[cls]
+        specs.append(AgentSpec(CLS_TRUCK if cls == _BUS else cls, path, s0, v, size, stops=stops,
+                               stop_line_s=extent - 13.5, axis=axis))
     # pedestrians: crossing at the crosswalks (|u| = 12), a jaywalker ahead of ego, sidewalk walkers
     for k in range(cfg.traffic.pedestrians):
         s0, start = 0.0, 0.0
@@ -399,6 +420,9 @@ def build_urban(cfg, rng) -> World:
             s0 = float(rng.uniform(0, 100))
         specs.append(AgentSpec(CLS_PEDESTRIAN, path, s0, float(rng.uniform(1.1, 1.6)), CLASS_SIZE[CLS_PEDESTRIAN],
                                start_time=start, follows=False))
+    srng = np.random.default_rng([cfg.seed, 12])  # scenery stream: never shifts the draws above
+    specs += _pedestrian_groups(specs, cfg, srng, skip_first=1)
+    _scenery_urban(b, cfg, srng, half, extent, buildings)
     traj = simulate_agents(specs, cfg.duration_s, lights=True)
     return _finish(b, traj, rng, half, True, [-3.5, 3.5, 0.0])
 
@@ -424,13 +448,13 @@ def build_highway(cfg, rng) -> World:
     # braking vehicle ahead of ego
     specs.append(AgentSpec(CLS_CAR, Path(-extent, -5.6, 0.0, [("S", 2 * extent)]), extent - 260.0, v_ego,
                            CLASS_SIZE[CLS_CAR], stops=[(4.0, 0.6)]))
-    n = cfg.traffic.vehicles + cfg.traffic.trucks
-    classes = [CLS_TRUCK] * cfg.traffic.trucks + [CLS_CAR] * cfg.traffic.vehicles
+    n = cfg.traffic.vehicles + cfg.traffic.trucks + cfg.traffic.buses
+    classes = [CLS_TRUCK] * cfg.traffic.trucks + [CLS_CAR] * cfg.traffic.vehicles + [_BUS] * cfg.traffic.buses
     used: dict[tuple, list[float]] = {}
     for i in range(n):
         cls = classes[i]
         for _ in range(20):
-            lane = 2 if cls == CLS_TRUCK else int(rng.integers(0, 3))
+            lane = 2 if cls in (CLS_TRUCK, _BUS) else int(rng.integers(0, 3))
             direction = float(rng.choice([0.0, math.pi]))
             s0 = float(rng.uniform(extent - 420.0, extent - 120.0)) if direction == 0 else float(
                 rng.uniform(extent - 500.0, extent + 300.0))
@@ -445,7 +469,11 @@ def build_highway(cfg, rng) -> World:
                                                        ("A", r, -ang), ("S", 2 * extent)])
         else:
             path = Path(-extent, -lanes_y[lane], 0.0, [("S", 2 * extent)]).rotated(direction)
-        specs.append(AgentSpec(cls, path, s0, v, CLASS_SIZE[cls]))
+        if cls == _BUS:
+            specs.append(AgentSpec(CLS_TRUCK, path, s0, v, BUS_SIZE))
+        else:
+            specs.append(AgentSpec(cls, path, s0, v, CLASS_SIZE[cls]))
+    _scenery_highway(b, cfg, np.random.default_rng([cfg.seed, 12]), half, extent)
     traj = simulate_agents(specs, cfg.duration_s)
     return _finish(b, traj, rng, half, False, [0.0 - 3.75, -7.45, 3.75, 7.45])
 
@@ -466,9 +494,9 @@ def build_parking(cfg, rng) -> World:
     for x in np.arange(-60.0, 61.0, 20.0):
         b.cylinder(x, 11.0, 0.2, 0.0, 8.0, POLE)
         b.cylinder(x, -9.0, 0.2, 0.0, 8.0, POLE)
-    b.segment(-62.0, 11.0, 62.0, 11.0, 1.2, 0.15, KERB)
+    b.segment(-62.0, 11.0, 62.0, 11.0, 1.2, cfg.scenery.kerb_height, KERB)
     b.box(0.0, 50.0, 0.0, 120.0, 25.0, 0.0, 8.0, BUILDING)
-    b.segment(-65.0, -12.0, 65.0, -12.0, 0.3, 0.15, KERB)
+    b.segment(-65.0, -12.0, 65.0, -12.0, 0.3, cfg.scenery.kerb_height, KERB)
     for x in np.arange(-60.0, 60.0, 8.0) + rng.uniform(0, 3):
         b.cylinder(x, -14.0, 0.2, 0.0, 2.0, VEGETATION)
         b.cylinder(x, -14.0, rng.uniform(1.0, 1.8), 2.0, 5.0, VEGETATION)
@@ -490,8 +518,140 @@ def build_parking(cfg, rng) -> World:
         specs.append(AgentSpec(CLS_PEDESTRIAN, path, 0.0 if k % 2 == 0 else float(rng.uniform(0, 100)),
                                float(rng.uniform(1.0, 1.5)), CLASS_SIZE[CLS_PEDESTRIAN],
                                start_time=float(rng.uniform(0, 8)), follows=False))
+    srng = np.random.default_rng([cfg.seed, 12])
+    specs += _pedestrian_groups(specs, cfg, srng)
+    _scenery_parking(b, cfg, srng)
     traj = simulate_agents(specs, cfg.duration_s)
     return _finish(b, traj, rng, 4.5, False, [], parking_lot=True)
+
+
+# ------------------------------------------------------------------------------- extra scenery
+def _pedestrian_groups(specs: list[AgentSpec], cfg, srng, skip_first: int = 0) -> list[AgentSpec]:
+    """Companions for the pedestrians (groups of 1..pedestrian_group_max): side by side, 0.7 m
+    apart, a step ahead or behind, same start and pace (they walk together)."""
+    g = cfg.traffic.pedestrian_group_max
+    if g <= 1:
+        return []
+    peds = [sp for sp in specs if sp.cls == CLS_PEDESTRIAN][skip_first:]  # the scripted jaywalker walks alone
+    out = []
+    for sp in peds:
+        for j in range(int(srng.integers(0, g))):
+            lateral = 0.7 * (j // 2 + 1) * (1 if j % 2 == 0 else -1)
+            out.append(AgentSpec(CLS_PEDESTRIAN, sp.path.offset(lateral), max(0.0, sp.s0 + float(srng.uniform(-0.6, 0.6))),
+                                 sp.v_des, CLASS_SIZE[CLS_PEDESTRIAN], start_time=sp.start_time, follows=False))
+    return out
+
+
+def _parked(b: PrimitiveBuilder, x, y, yaw, srng, truck: bool = False):
+    """A parked car (or van-sized truck) as a static object box (id assigned in _finish)."""
+    if truck:
+        b.box(x, y, yaw, srng.uniform(5.5, 7.0), 2.2, 0.0, srng.uniform(2.5, 3.0), VEHICLE, 0, CLS_TRUCK)
+    else:
+        b.box(x, y, yaw, srng.uniform(4.2, 4.9), 1.85, 0.0, srng.uniform(1.4, 1.8), VEHICLE, 0, CLS_CAR)
+
+
+def _scenery_urban(b: PrimitiveBuilder, cfg, srng, half: float, extent: float, buildings):
+    """Hedges, fences, bushes, signs, bollards, signal poles, and buildings set back behind a
+    forecourt with cars parked along their front. Positions (u along the road, v across it) stay
+    off the lanes, the parking lane (|v| < 9.5), the sidewalk walkers' line (|v| = 11.5) and the
+    crosswalks (|u| = 12)."""
+    sc = cfg.scenery
+    if not (sc.vegetation or sc.fences or sc.poles or sc.front_parking):
+        return
+
+    def place(along, u, v):
+        return (u, v) if along == 0 else (v, u)
+
+    # buildings set back: forecourt parking along the front (a frequent source of confusion
+    # between parked cars and facades on real data)
+    for idx, along, side in buildings:
+        if srng.random() >= sc.front_parking:
+            continue
+        x, y, yaw, length, width, z0, z1, mat, oid, cls = b.boxes[idx]
+        depth = width if along == 0 else length
+        c_u, c_v = (x, y) if along == 0 else (y, x)
+        lenu = length if along == 0 else width
+        front = abs(c_v) - depth / 2
+        push = 7.0
+        c_v += side * push
+        nx_, ny_ = place(along, c_u, c_v)
+        b.boxes[idx] = (nx_, ny_, yaw, length, width, z0, z1, mat, oid, cls)
+        # perpendicular bays along the new front, nose to the wall
+        for u in np.arange(c_u - lenu / 2 + 1.5, c_u + lenu / 2 - 1.2, 2.7):
+            if srng.random() < 0.65:
+                v = side * (front + push - 0.6 - 2.4)
+                px, py = place(along, float(u), float(v))
+                car_yaw = (math.pi / 2 if along == 0 else 0.0) + srng.normal(0, 0.05)
+                _parked(b, px, py, car_yaw, srng, truck=srng.random() < 0.08)
+    for along in (0, 1):
+        for side in (-1.0, 1.0):
+            for a0, a1 in ((-extent, -half - 5.0), (half + 5.0, extent)):
+                # hedges or fences in 10 m slots just in front of the building line
+                for u in np.arange(a0 + 2.0, a1 - 10.0, 10.0):
+                    r = srng.random()
+                    if r < sc.vegetation * 0.5:
+                        ln = float(srng.uniform(3.0, 9.0))
+                        px, py = place(along, float(u) + ln / 2, side * 13.2)
+                        b.box(px, py, 0.0 if along == 0 else math.pi / 2, ln, float(srng.uniform(0.5, 0.9)), 0.0,
+                              float(srng.uniform(0.7, 1.6)), VEGETATION)
+                    elif r < sc.vegetation * 0.5 + sc.fences * 0.5:
+                        ln = float(srng.uniform(5.0, 10.0))
+                        px, py = place(along, float(u) + ln / 2, side * 13.4)
+                        b.box(px, py, 0.0 if along == 0 else math.pi / 2, ln, 0.06, 0.0,
+                              float(srng.uniform(1.0, 2.0)), BARRIER)
+                # bushes on the verge between the street lights' and the trees' line
+                for u in np.arange(a0 + 4.0, a1 - 4.0, 7.0):
+                    if srng.random() < sc.vegetation * 0.3:
+                        px, py = place(along, float(u + srng.uniform(-2, 2)), side * (half + float(srng.uniform(2.2, 3.2))))
+                        b.cylinder(px, py, float(srng.uniform(0.3, 0.8)), 0.0, float(srng.uniform(0.5, 1.5)), VEGETATION)
+                # signs on posts at the kerb
+                for u in np.arange(a0 + 6.0, a1 - 6.0, 25.0):
+                    if srng.random() < sc.poles:
+                        px, py = place(along, float(u + srng.uniform(-5, 5)), side * (half + 0.5))
+                        b.cylinder(px, py, 0.04, 0.0, 2.8, POLE)
+                        b.box(px, py, float(srng.uniform(0, math.pi)), 0.7, 0.05, 2.1, 2.8, POLE)
+    if sc.poles > 0:
+        # signal poles at the corners and bollards on the corner kerbs
+        for sx in (-1.0, 1.0):
+            for sy in (-1.0, 1.0):
+                b.cylinder(sx * (half + 1.0), sy * (half + 1.0), 0.12, 0.0, 5.5, POLE)
+                if srng.random() < sc.poles:
+                    for k in range(3):
+                        b.cylinder(sx * (half + 3.0 + 1.5 * k), sy * (half + 0.4), 0.1, 0.0, 0.9, POLE)
+
+
+def _scenery_highway(b: PrimitiveBuilder, cfg, srng, half: float, extent: float):
+    """Noise walls / fences, bush rows and sign posts on the verges beyond the guard rails."""
+    sc = cfg.scenery
+    if not (sc.vegetation or sc.fences or sc.poles):
+        return
+    for side in (-1.0, 1.0):
+        for u in np.arange(-extent, extent, 40.0):
+            r = srng.random()
+            if r < sc.fences * 0.6:
+                b.segment(u, side * (half + 5.0), u + 40.0, side * (half + 5.0), 0.2, float(srng.uniform(1.5, 4.0)),
+                          BARRIER)
+            elif r < sc.fences * 0.6 + sc.vegetation * 0.6:
+                for x in np.arange(u, u + 40.0, 4.0):
+                    b.cylinder(float(x + srng.uniform(-1, 1)), side * (half + float(srng.uniform(3.5, 6.0))),
+                               float(srng.uniform(0.6, 1.4)), 0.0, float(srng.uniform(0.8, 2.2)), VEGETATION)
+            if srng.random() < sc.poles * 0.4:
+                b.cylinder(u + 20.0, side * (half + 2.0), 0.08, 0.0, 3.0, POLE)
+                b.box(u + 20.0, side * (half + 2.0), 0.0, 0.08, 1.5, 2.0, 3.0, POLE)
+
+
+def _scenery_parking(b: PrimitiveBuilder, cfg, srng):
+    """Bushes along the lot edge, a fence behind the south kerb, bollards at the store front."""
+    sc = cfg.scenery
+    for x in np.arange(-60.0, 60.0, 5.0):
+        if srng.random() < sc.vegetation * 0.5:
+            b.cylinder(float(x + srng.uniform(0, 3)), -13.2, float(srng.uniform(0.4, 0.9)), 0.0,
+                       float(srng.uniform(0.5, 1.3)), VEGETATION)
+    if srng.random() < sc.fences:
+        b.segment(-65.0, -16.5, 65.0, -16.5, 0.06, float(srng.uniform(1.2, 2.0)), BARRIER)
+    for x in np.arange(-55.0, 56.0, 4.0):
+        if srng.random() < sc.poles * 0.5:
+            b.cylinder(float(x), 36.0, 0.1, 0.0, 0.9, POLE)
 
 
 def _finish(b: PrimitiveBuilder, traj: Trajectories, rng, half: float, intersection: bool, markings,
