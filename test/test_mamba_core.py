@@ -260,7 +260,7 @@ def test_cpu_step_writes_into_given_buffers_with_the_same_numbers():
             assert s_b["ssm"].data_ptr() == buf["ssm"].data_ptr()  # written in place
             assert torch.equal(s_a["ssm"], s_b["ssm"]) and torch.equal(y_a, y_b)
         # the reset-in-the-loop path of step() equals apply_reset + the cell-aligned reference
-        y_r, s_r = core.step(x, prev, torch.tensor([0.1]), mask)
+        _, s_r = core.step(x, prev, torch.tensor([0.1]), mask)
         core_ref = make_core()
         h_ref = torch.where(mask.unsqueeze(1), 0.0, prev["ssm"])
         u = core_ref._pre(x)
