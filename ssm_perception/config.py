@@ -94,6 +94,37 @@ class SensorsConfig(_Section):
     tf_cache_s: float = Field(10.0, gt=0, description="seconds of /tf history kept for lookups")
 
 
+class LidarInputConfig(_Section):
+    """Per-sensor normalisation and checks applied to every LiDAR cloud before the BEV encoder
+    (ssm_perception/bev/lidar_input.py): real LiDARs differ in intensity scale, fields and mounting."""
+
+    intensity_mode: Literal["auto", "fixed", "ignore"] = Field(
+        "auto", description="auto: scale detected from the first scans (95th percentile matched to the training "
+        "data's, logged once); fixed: multiply by intensity_scale; ignore: replace by the training median "
+        "(as for a cloud without an intensity field)",
+    )
+    intensity_scale: float = Field(1.0, gt=0, description="fixed mode: raw intensity x this = the 0..255 scale "
+                                   "the model was trained on (255 for a 0..1 sensor, 1/257 for 0..65535)")
+    auto_scans: int = Field(10, ge=1, description="auto mode: scans whose intensities set the scale")
+    ego_footprint: bool = Field(True, description="drop returns inside the ego box below (self-returns)")
+    ego_box_x: tuple[float, float] = Field((-1.0, 3.9), description="ego box in base_link, x range [m]")
+    ego_box_y: tuple[float, float] = Field((-1.0, 1.0), description="ego box in base_link, y range [m]")
+    ego_box_z: tuple[float, float] = Field((0.15, 2.1), description="ego box in base_link, z range [m]")
+    mount_check: bool = Field(True, description="check the LiDAR mounting from the scans (ground normal, "
+                              "ground height, heading against odometry) and report it in diagnostics")
+    mount_max_tilt_deg: float = Field(5.0, gt=0, description="ground normal vs +z of base_link beyond this: WARN")
+    mount_max_ground_offset_m: float = Field(0.4, gt=0, description="ground height at base_link beyond this: WARN")
+    mount_max_heading_deg: float = Field(30.0, gt=0, description="scan motion vs odom motion heading: WARN")
+
+    @model_validator(mode="after")
+    def _check(self) -> LidarInputConfig:
+        for name in ("ego_box_x", "ego_box_y", "ego_box_z"):
+            lo, hi = getattr(self, name)
+            if hi <= lo:
+                raise ValueError(f"lidar_input.{name}: max must be greater than min")
+        return self
+
+
 class ModelConfig(_Section):
     kind: Literal["mamba", "logodds", "single", "convgru", "attention"] = Field(
         "mamba", description="temporal core: the Mamba state-space model or one of the baselines"
@@ -201,6 +232,7 @@ class PerceptionConfig(_Section):
     frames: FramesConfig = FramesConfig()
     topics: TopicsConfig = TopicsConfig()
     sensors: SensorsConfig = SensorsConfig()
+    lidar_input: LidarInputConfig = LidarInputConfig()
     model: ModelConfig = ModelConfig()
     reset: ResetConfig = ResetConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -158,7 +158,7 @@ class FrameAssembler:
             twist = ego_twist(invert_transform(prev[1]) @ T_odom_base, (stamp_ns - prev[0]) / NS)
 
         inp = FrameInputs(stamp_ns=int(stamp_ns), T_odom_base=T_odom_base, lidar=lidar, T_base_lidar=T_base_lidar,
-                          T_map_odom=T_map_odom, zone=zone, ego_twist=twist)
+                          T_map_odom=T_map_odom, zone=zone, ego_twist=twist, lidar_frame=lidar_frame)
         if s.use_radar and radar is not None and abs(radar.stamp_ns - stamp_ns) <= s.radar_tolerance_s * NS:
             mount = self._mount_at_stamp("radar", radar, stamp_ns, T_odom_base, twist, problems)
             if mount is not None:

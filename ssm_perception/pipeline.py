@@ -28,6 +28,7 @@ import torch
 
 from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
 from ssm_perception.bev.grid import BevGrid
+from ssm_perception.bev.lidar_input import LidarInput
 from ssm_perception.config import PerceptionConfig
 from ssm_perception.frame_assembler import ego_twist, radar_over_ground
 from ssm_perception.geometry import transform_points
@@ -78,6 +79,7 @@ class FrameInputs:
     # True: radar radial_velocity is over ground (the assembler removed the ego motion); False: as the
     # driver gives it (relative to the sensor), and process() compensates it with the twist.
     radar_over_ground: bool = False
+    lidar_frame: str = "lidar"  # the cloud's frame_id (named in the mounting diagnostics)
 
     @classmethod
     def from_sim(cls, scenario_config, frame, assembler=None) -> FrameInputs:
@@ -149,6 +151,9 @@ class FrameOutputs:
     sensors: dict[str, bool]  # which sensors contributed this frame
     input_problems: list[str] = field(default_factory=list)  # rejected inputs, one line each
     feature_stats: dict = field(default_factory=dict)
+    # LiDAR input checks (bev/lidar_input.py): {name: (level 0 OK / 1 WARN / 2 ERROR, message)}, e.g.
+    # intensity scale, fields, ego footprint, mounting, heading; the node shows them in /diagnostics.
+    sensor_checks: dict[str, tuple[int, str]] = field(default_factory=dict)
     T_odom_base: np.ndarray | None = None
     T_map_odom: np.ndarray | None = None
 
@@ -224,6 +229,7 @@ class PerceptionPipeline:
         # Only enabled sensors are watched: a vehicle without a camera must not report "camera never seen".
         self.health = StateHealthMonitor(self.grid, self.config.reset, sensors=enabled)
         self.tracker = MultiObjectTracker(self.config.tracking)
+        self.lidar_input = LidarInput(self.config.lidar_input)  # per-sensor normalisation + mounting checks
         self.state = self.model.init_state(1, self.device)
         self._warp_in_step = hasattr(getattr(self.model, "core", None), "warp_step")
         self._spare_state: State | None = None  # buffers for the next state (see process, step 4)
@@ -250,6 +256,15 @@ class PerceptionPipeline:
         radar = _checked_points("radar", inp.radar, inp.T_base_radar, ("x", "y", "z", "radial_velocity"),
                                 problems) if use.use_radar else None
         camera_ok = use.use_camera and _checked_camera(inp, problems)
+        input_ms = 0.0  # counted in the "encode" stage: it prepares the cloud for the encoder
+        if lidar is not None:  # sensor-agnostic input: intensity scale, fields, self-returns (one place)
+            t0 = time.perf_counter()
+            try:
+                lidar = self.lidar_input(lidar, inp.T_base_lidar, inp.T_odom_base, stamp_ns, inp.lidar_frame)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                problems.append(f"lidar input failed: {type(exc).__name__}: {exc}")
+                lidar = None
+            input_ms = _ms(t0)
 
         # 1. Reset decision (cheap, first: it tells whether there is a motion to warp with).
         t0 = time.perf_counter()
@@ -281,7 +296,7 @@ class PerceptionPipeline:
             feats = encode_frame(self.grid, ego_twist=twist)
         x = feats.features.unsqueeze(0).to(self.device)  # [1, C_in, H, W]
         observed = observed_from_features(x)  # [1, H, W] bool
-        lat["encode"] = _ms(t0)
+        lat["encode"] = _ms(t0) + input_ms
 
         # 3. Warp (or restart) the state. The Mamba core gathers the warp inside its step (one pass
         # over the state, no warped copy), so for it this stage is only the restart and the warp's
@@ -360,6 +375,7 @@ class PerceptionPipeline:
             stamp_ns=stamp_ns, occupancy=occ, unknown=unknown, dynamic=dyn, detections_base=dets_base,
             detections_odom=dets_odom, tracks=tracks, health=report, reset=decision, latency_ms=lat,
             sensors=dict(feats.sensor_mask), input_problems=problems, feature_stats=feats.stats,
+            sensor_checks=self.lidar_input.summary(),
             T_odom_base=None if inp.T_odom_base is None else np.asarray(inp.T_odom_base, dtype=np.float64),
             T_map_odom=inp.T_map_odom,
         )

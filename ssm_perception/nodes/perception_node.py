@@ -169,6 +169,7 @@ class PerceptionNode(Node):
         self.stage_ms: dict[str, deque] = {}
         self.pipeline_latency_ms: deque = deque(maxlen=LATENCY_WINDOW)
         self.last_health = None  # temporal.health.HealthReport of the last frame
+        self.sensor_checks: dict = {}  # LiDAR input checks of the last frame (bev/lidar_input.py)
         self.partial_resets = 0
 
         t = cfg.topics
@@ -422,6 +423,7 @@ class PerceptionNode(Node):
                 self.stage_ms.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(float(ms))
         self.frames_processed += 1
         self.last_health = out.health
+        self.sensor_checks = out.sensor_checks
         decision = out.reset
         if decision.full:
             self.resets.update(decision.reasons)
@@ -504,6 +506,13 @@ class PerceptionNode(Node):
             elif p50 > cfg.diagnostics.latency_warn_ms:
                 level = WARN
         status("latency", level, msg, lat)
+
+        # LiDAR input checks: intensity scale, fields, ego footprint, mounting and heading vs TF
+        checks = self.sensor_checks
+        warn = [m for lv, m in checks.values() if lv > OK]
+        status("lidar input", max([lv for lv, _ in checks.values()], default=OK),
+               "; ".join(warn) or ("checks passed" if checks else "no LiDAR frame yet"),
+               {k: m for k, (_, m) in sorted(checks.items())})
 
         # input problems: WARN while any flag was raised recently
         t = time.monotonic()

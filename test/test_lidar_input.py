@@ -1,0 +1,146 @@
+"""Sensor-agnostic LiDAR input (bev/lidar_input.py): intensity scale and absence do not change what
+the shipped model publishes, self-returns are dropped, and wrong mountings are reported."""
+
+import functools
+
+import numpy as np
+import pytest
+import transforms3d as t3
+
+from ssm_perception.bev.features import LidarScan, channel_index, encode_frame
+from ssm_perception.bev.grid import BevGrid
+from ssm_perception.bev.lidar_input import OK, WARN, LidarInput, relative_times
+from ssm_perception.config import GridConfig, LidarInputConfig, PerceptionConfig
+from ssm_perception.geometry import make_transform
+from ssm_perception.pipeline import FrameInputs, PerceptionPipeline
+from ssm_perception.sim.scenario import Scenario
+
+
+@functools.cache
+def _frames(n: int = 5):
+    sc = Scenario.from_preset("urban", seed=3, duration_s=2.0)
+    out = []
+    for fr in sc.frames(with_others=False):
+        out.append(fr)
+        if len(out) == n:
+            break
+    fid = sc.config.lidar.frame_id
+    return out, fid, out[0].T_base_sensor[fid]
+
+
+def _variant(cloud, kind):
+    if kind == "removed":
+        return cloud[[n for n in cloud.dtype.names if n != "intensity"]]
+    c = cloud.copy()
+    c["intensity"] = c["intensity"] * (255.0 if kind == "x255" else 1 / 255.0) if kind != "original" else c["intensity"]
+    return c
+
+
+def _occupied(kind, lidar_input=None):
+    frames, fid, T = _frames()
+    cfg = PerceptionConfig(sensors={"use_radar": False, "use_camera": False})
+    if lidar_input is not None:
+        cfg.lidar_input = lidar_input
+    p = PerceptionPipeline(cfg)
+    for fr in frames:
+        out = p.process(FrameInputs(stamp_ns=fr.stamp_ns, T_odom_base=fr.T_odom_base, lidar=_variant(fr.lidar, kind),
+                                    T_base_lidar=T, lidar_frame=fid))
+    return out.occupancy > 0.5, out
+
+
+def test_intensity_scaled_or_removed_gives_the_same_occupied_cells():
+    ref, out = _occupied("original")
+    assert ref.sum() > 200 and out.sensor_checks["intensity"][0] == OK
+    for kind in ("x255", "/255", "removed"):
+        occ, o = _occupied(kind)
+        changed = (occ ^ ref).sum() / ref.sum()
+        assert abs(int(occ.sum()) - int(ref.sum())) <= 0.05 * ref.sum(), kind
+        assert changed <= 0.05, (kind, changed)
+        assert o.sensor_checks["intensity"][0] == WARN  # the rescale / absence is reported
+    # Without the normalisation (scale pinned to 1) a 0..1 sensor does change the output: the
+    # test above measures the feature, not an insensitive model.
+    occ, _ = _occupied("/255", LidarInputConfig(intensity_mode="fixed", intensity_scale=1.0))
+    assert (occ ^ ref).sum() / ref.sum() > 0.05
+
+
+def _roof_and_wall():
+    """A wall 10 m ahead plus 400 roof returns (base_link z 1.6-1.9 over the cabin), LiDAR frame."""
+    rng = np.random.default_rng(0)
+    n_wall, n_roof = 800, 400
+    a = np.zeros(n_wall + n_roof, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")])
+    a["x"][:n_wall], a["y"][:n_wall] = 9.0, rng.uniform(-4, 4, n_wall)
+    a["z"][:n_wall] = rng.uniform(-1.5, 0.5, n_wall)
+    a["x"][n_wall:], a["y"][n_wall:] = rng.uniform(-1.5, 1.5, n_roof), rng.uniform(-0.8, 0.8, n_roof)
+    a["z"][n_wall:] = rng.uniform(-0.3, 0.0, n_roof)
+    a["intensity"] = 40.0
+    return a, make_transform((1.0, 0.0, 1.9))
+
+
+def test_self_returns_dropped():
+    cloud, T = _roof_and_wall()
+    grid = BevGrid.from_config(GridConfig(length_x=40.0, length_y=40.0, resolution=0.5))
+    ego = (slice(38, 44), slice(38, 42))  # cells x 0..3, y -1..1
+    nonground = channel_index("lidar_nonground")
+
+    kept = LidarInput()(cloud, T)
+    assert len(kept) == 800 and np.all(kept["x"] > 8)
+    f_on = encode_frame(grid, LidarScan(kept, T), ground="flat").features[nonground]
+    off = LidarInput(LidarInputConfig(ego_footprint=False))(cloud, T)
+    f_off = encode_frame(grid, LidarScan(off, T), ground="flat").features[nonground]
+    assert float(f_off[ego].sum()) > 0 and float(f_on[ego].sum()) == 0
+
+
+def _checks(T, xf=lambda a: a):
+    frames, fid, _ = _frames(12)
+    li = LidarInput()
+    for fr in frames:
+        li(xf(fr.lidar), T, fr.T_odom_base, fr.stamp_ns, fid)
+    return li.summary()
+
+
+def test_mounting_checks_pass_on_a_correct_mount():
+    _, _, T = _frames()
+    c = _checks(T)
+    assert c["mounting"][0] == OK and c["heading"][0] == OK, c
+
+
+def test_tilted_mount_detected():
+    _, _, T = _frames()
+    R = np.eye(4)
+    R[:3, :3] = t3.euler.euler2mat(0.0, np.radians(8.0), 0.0)  # sensor pitched 8 deg; TF says level
+    level, msg = _checks(T @ R)["mounting"]
+    assert level == WARN and "tilted 8." in msg and "base_link <- lidar_top" in msg
+
+
+def test_wrong_height_and_y_forward_frame_detected():
+    _, _, T = _frames()
+    low = T.copy()
+    low[2, 3] = 0.0  # TF puts the LiDAR on the ground
+    level, msg = _checks(low)["mounting"]
+    assert level == WARN and "ground is at z = -1.9" in msg
+
+    def y_forward(a):  # the same scan from a LiDAR whose y axis points forward, with the TF unchanged
+        b = a.copy()
+        b["x"], b["y"] = a["y"], -a["x"]
+        return b
+
+    level, msg = _checks(T, y_forward)["heading"]
+    assert level == WARN and "y forward" in msg and "base_link <- lidar_top" in msg
+
+
+def test_per_point_time_fields():
+    stamp = 1_700_000_000_000_000_000
+    t, _ = relative_times(np.array([0, 50_000_000, 99_000_000], np.uint32), stamp)  # Ouster-style ns
+    assert np.allclose(t, [0, 0.05, 0.099])
+    t, how = relative_times(np.array([stamp * 1e-9 - 0.05, stamp * 1e-9 + 0.04]), stamp)  # absolute s
+    assert np.allclose(t, [-0.05, 0.04], atol=1e-5) and how == "absolute seconds"
+    assert relative_times(np.array([stamp * 1e-9], np.float32), stamp)[0] is None  # float32 epoch: too coarse
+    assert relative_times(np.array([0.0, 3.0]), stamp)[0] is None  # not a sweep
+
+
+@pytest.mark.parametrize("mode,expected", [("fixed", 255.0 * 0.3), ("ignore", 21.0)])
+def test_intensity_modes(mode, expected):
+    a = np.zeros(10, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4"), ("time", "f8")])
+    a["x"], a["intensity"] = 20.0, 0.3
+    out = LidarInput(LidarInputConfig(intensity_mode=mode, intensity_scale=255.0))(a, np.eye(4))
+    assert np.allclose(out["intensity"], expected) and "t" in out.dtype.names
