@@ -107,9 +107,13 @@ class LidarInputConfig(_Section):
                                    "the model was trained on (255 for a 0..1 sensor, 1/257 for 0..65535)")
     auto_scans: int = Field(10, ge=1, description="auto mode: scans whose intensities set the scale")
     ego_footprint: bool = Field(True, description="drop returns inside the ego box below (self-returns)")
-    ego_box_x: tuple[float, float] = Field((-1.0, 3.9), description="ego box in base_link, x range [m]")
-    ego_box_y: tuple[float, float] = Field((-1.0, 1.0), description="ego box in base_link, y range [m]")
-    ego_box_z: tuple[float, float] = Field((0.15, 2.1), description="ego box in base_link, z range [m]")
+    # Ego box in base_link [m]; defaults: the simulated vehicle body (sim lidar.ego_body) + 0.1 m.
+    ego_x_min: float = Field(-2.4, description="ego box: rear end in base_link x [m]")
+    ego_x_max: float = Field(2.4, description="ego box: front end in base_link x [m]")
+    ego_y_min: float = Field(-1.05, description="ego box: right side in base_link y [m]")
+    ego_y_max: float = Field(1.05, description="ego box: left side in base_link y [m]")
+    ego_z_min: float = Field(0.15, description="ego box: bottom in base_link z [m] (above the ground)")
+    ego_z_max: float = Field(1.7, description="ego box: top (roof) in base_link z [m]")
     mount_check: bool = Field(True, description="check the LiDAR mounting from the scans (ground normal, "
                               "ground height, heading against odometry) and report it in diagnostics")
     mount_max_tilt_deg: float = Field(5.0, gt=0, description="ground normal vs +z of base_link beyond this: WARN")
@@ -118,10 +122,9 @@ class LidarInputConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> LidarInputConfig:
-        for name in ("ego_box_x", "ego_box_y", "ego_box_z"):
-            lo, hi = getattr(self, name)
-            if hi <= lo:
-                raise ValueError(f"lidar_input.{name}: max must be greater than min")
+        for a in "xyz":
+            if getattr(self, f"ego_{a}_max") <= getattr(self, f"ego_{a}_min"):
+                raise ValueError(f"lidar_input.ego_{a}_max must be greater than lidar_input.ego_{a}_min")
         return self
 
 

@@ -64,14 +64,14 @@ def test_intensity_scaled_or_removed_gives_the_same_occupied_cells():
 
 
 def _roof_and_wall():
-    """A wall 10 m ahead plus 400 roof returns (base_link z 1.6-1.9 over the cabin), LiDAR frame."""
+    """A wall 10 m ahead plus 400 roof returns (base_link z 1.45-1.55 over the cabin), LiDAR frame."""
     rng = np.random.default_rng(0)
     n_wall, n_roof = 800, 400
     a = np.zeros(n_wall + n_roof, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")])
     a["x"][:n_wall], a["y"][:n_wall] = 9.0, rng.uniform(-4, 4, n_wall)
     a["z"][:n_wall] = rng.uniform(-1.5, 0.5, n_wall)
-    a["x"][n_wall:], a["y"][n_wall:] = rng.uniform(-1.5, 1.5, n_roof), rng.uniform(-0.8, 0.8, n_roof)
-    a["z"][n_wall:] = rng.uniform(-0.3, 0.0, n_roof)
+    a["x"][n_wall:], a["y"][n_wall:] = rng.uniform(-2.5, 1.0, n_roof), rng.uniform(-0.8, 0.8, n_roof)
+    a["z"][n_wall:] = rng.uniform(-0.45, -0.35, n_roof)
     a["intensity"] = 40.0
     return a, make_transform((1.0, 0.0, 1.9))
 
@@ -79,7 +79,7 @@ def _roof_and_wall():
 def test_self_returns_dropped():
     cloud, T = _roof_and_wall()
     grid = BevGrid.from_config(GridConfig(length_x=40.0, length_y=40.0, resolution=0.5))
-    ego = (slice(38, 44), slice(38, 42))  # cells x 0..3, y -1..1
+    ego = (slice(37, 44), slice(38, 42))  # cells x -1.5..2, y -1..1
     nonground = channel_index("lidar_nonground")
 
     kept = LidarInput()(cloud, T)

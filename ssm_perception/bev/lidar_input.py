@@ -150,16 +150,16 @@ class LidarInput:
         keep = np.isfinite(xyz).all(1)
         if self.cfg.ego_footprint:
             c = self.cfg
-            inside = ((xyz[:, 0] >= c.ego_box_x[0]) & (xyz[:, 0] <= c.ego_box_x[1])
-                      & (xyz[:, 1] >= c.ego_box_y[0]) & (xyz[:, 1] <= c.ego_box_y[1])
-                      & (xyz[:, 2] >= c.ego_box_z[0]) & (xyz[:, 2] <= c.ego_box_z[1]))
+            inside = ((xyz[:, 0] >= c.ego_x_min) & (xyz[:, 0] <= c.ego_x_max)
+                      & (xyz[:, 1] >= c.ego_y_min) & (xyz[:, 1] <= c.ego_y_max)
+                      & (xyz[:, 2] >= c.ego_z_min) & (xyz[:, 2] <= c.ego_z_max))
             n_in = int(inside.sum())
             self.dropped_ego = n_in
             if n_in:
                 share = n_in / max(1, len(out))
                 self._note("ego_footprint", WARN if share > 0.2 else OK,
                            f"{n_in} returns ({100 * share:.1f} %) inside the ego box dropped in the last frame"
-                           + (" (more than 20 %: is lidar_input.ego_box_* larger than the vehicle?)"
+                           + (" (more than 20 %: is the lidar_input.ego_* box larger than the vehicle?)"
                               if share > 0.2 else ""), log_once=False)
                 keep_rows = ~inside
                 out, xyz, keep = out[keep_rows], xyz[keep_rows], keep[keep_rows]
