@@ -30,7 +30,7 @@ def plot_stages(result: dict, png: Path) -> None:
         models = list(g["full_step"])
         bottom = [0.0] * len(models)
         for k, s in enumerate(stages):
-            vals = [g["full_step"][m]["stages"][s]["p50"] for m in models]
+            vals = [g["full_step"][m]["stages"][s].get("p50", 0.0) for m in models]  # n/a (no ROS msgs): 0
             ax.bar(models, vals, bottom=bottom, label=s, color=plt.cm.tab10(k))
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
         ax.plot(models, [g["full_step"][m]["full_step"]["p99"] for m in models], "k_", ms=18, mew=2,
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             print(f"plot_bench: cannot read {path}: {exc}", file=sys.stderr)
             return 2
-        if result.get("format") != "ssm_perception.bench/1":
+        if result.get("format") not in ("ssm_perception.bench/1", "ssm_perception.bench/2"):
             print(f"plot_bench: {path} is not an ssm_perception bench result", file=sys.stderr)
             return 2
         results.append(result)

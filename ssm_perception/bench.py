@@ -4,23 +4,22 @@ Mamba model and every baseline, in one run (so that ratios between them are fair
     ssm-perception bench [--device cpu|cuda] [--grid 128,200] [--history 1,4,16,64] -o results/bench_cpu.json
     python -m ssm_perception.bench ...      # same, without the CLI's other sub-commands (GPU image)
 
-Inputs are a few frames of the simulator's 'urban' preset, generated once and replayed in a loop
-through the stages of PerceptionPipeline.process (same functions, timed one by one with a device
-sync at each boundary, which the pipeline's own timers do not do on CUDA):
+Inputs are frames of the simulator's 'urban' preset, generated once as the messages the node
+receives (PointCloud2- and Image-shaped objects, TF). Each model's full step is the node's frame,
+with the functions the node calls (no copy of the step):
 
-    decode     PointCloud2-like LiDAR + radar messages -> structured arrays (io.pointcloud2)
-    encode     BEV feature encoding (bev.features.encode_frame) and the copy to the device
-    warp       ego-motion warp of the previous state (temporal.warp.warp_state); 0 for Mamba, whose
-               core gathers the warp inside its step, as the pipeline runs it (model.warp_step)
-    temporal   model.step (Mamba: model.warp_step): stem -> temporal core -> head convolutions
-    heads      head tensors -> occupancy/dynamic grids on the host + decoded detections
-    tracking   MultiObjectTracker.update in odom
-    msg_encode OccupancyGrid and TrackArray payloads as plain numpy (what the node copies into msgs)
+    decode     PointCloud2 (LiDAR, radar) and Image messages -> numpy (io.pointcloud2, io.ros_convert)
+    assemble   pairing, TF lookups, ego twist, motion compensation (frame_assembler.FrameAssembler)
+    reset .. health   PerceptionPipeline.process, per stage from its own timers (FrameOutputs.latency_ms;
+               on CUDA the bench makes them wait for the device): reset, encode, warp, temporal, heads,
+               tracking, health
+    msg_encode OccupancyGrid, TrackArray, MarkerArray (io.ros_convert.frame_messages, as the node
+               publishes them); reported unavailable where the ROS message packages are missing
 
-The tracker is fed the scenario's ground-truth objects as detections, so every model's tracking
-stage does the same, realistic amount of work (an untrained head decodes few or no peaks).
-Weights are random (latency and memory do not depend on their values); ``--checkpoint`` is not
-offered on purpose: a benchmark of one model must not silently change what the others run.
+``process`` is the wall time of the whole ``process`` call, ``full_step`` that of the frame. Each
+model runs its shipped weights where they load for the grid (so detections, radar refinement and
+tracking do their real work; recorded under ``weights``), else random ones. No frame is replayed
+twice: warm-up + timed + 1 profiled frames are simulated.
 
 History sweep (per model and history h): h frames are run first (the attention baseline keeps
 K = h frames; Mamba's state is constant by construction, measured anyway), then the warp + step
@@ -36,7 +35,6 @@ device-to-device copy on the same run (and the vendor peak is recorded for known
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -46,8 +44,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+FORMAT = "ssm_perception.bench/2"  # /2: the full step is PerceptionPipeline.process with decode and encode
 MODELS = ("mamba", "logodds", "single", "convgru", "attention")
-STAGES = ("decode", "encode", "warp", "temporal", "heads", "tracking", "msg_encode")
+# PerceptionPipeline.process's own stages (FrameOutputs.latency_ms), and around them what the node
+# does per frame: decode the messages, assemble the frame, encode the output messages. Disjoint: they
+# add up to the full step (minus a little loop overhead).
+PROCESS_STAGES = ("reset", "encode", "warp", "temporal", "heads", "tracking", "health")
+STAGES = ("decode", "assemble", *PROCESS_STAGES, "msg_encode")
 RESOLUTION = 0.5  # [m]: every benchmark grid keeps the default cell size, so larger grids see farther
 # Vendor peak HBM bandwidth [GB/s] by device-name fragment, for the record next to the measured one.
 NOMINAL_BANDWIDTH_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H100": 3350.0,
@@ -70,7 +73,7 @@ class BenchSettings:
     backends: list[str] = field(default_factory=lambda: ["reference"])  # Mamba backends, one entry each
     frames: int = 20  # timed frames per measurement
     warmup: int = 3
-    source_frames: int = 6  # simulated frames replayed in a loop
+    source_frames: int = 6  # at least this many simulated frames (always warmup + frames + 1: no frame repeats)
     main_history: int = 16  # attention K in the full-step loop
     scenario: str = "urban"
     seed: int = 0
@@ -142,7 +145,8 @@ def environment(device) -> dict:
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None, "torch_threads": torch.get_num_threads(),
            "cpu_model": cpu_model(), "load_avg": list(os.getloadavg()), "device": str(device),
            # the allocator settings change CPU timings (fresh state-sized tensors cost page faults)
            "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "LD_PRELOAD"))}}
@@ -223,18 +227,17 @@ def memory_bandwidth(device, mib: int = 512, repeats: int = 10) -> dict:
 # ------------------------------------------------------------------------------------- inputs
 @dataclass
 class SourceFrame:
-    """One simulated frame, kept as the messages the node would receive plus what the stages need."""
+    """One simulated LiDAR frame as the node receives it: the messages (PointCloud2- and Image-shaped
+    objects, decoded by io/ inside the timed loop) and the poses that /tf and /tf_static carry."""
 
     stamp_ns: int
     lidar_msg: SimpleNamespace
     radar_msg: SimpleNamespace | None
-    image: object  # [H, W, 3] uint8 or None
-    K: object
-    T_odom_base: object  # [4, 4]
-    T_base_lidar: object
-    T_base_radar: object
-    T_base_camera: object
-    objects_odom: object  # OBJECT_DTYPE [M]
+    image_msg: SimpleNamespace | None
+    K: object  # CameraInfo's K (CameraInfo arrives once; its decode is not per frame)
+    poses: list  # [(stamp_ns, T_odom_base 4x4)] at the LiDAR, radar and camera stamps
+    T_map_odom: object
+    mounts: dict  # frame_id -> T_base_sensor (static)
 
 
 def cloud_message(points, frame_id: str, stamp_ns: int) -> SimpleNamespace:
@@ -243,10 +246,21 @@ def cloud_message(points, frame_id: str, stamp_ns: int) -> SimpleNamespace:
 
     fields, step, data = array_to_cloud_fields(points)
     return SimpleNamespace(
-        header=SimpleNamespace(frame_id=frame_id, stamp=SimpleNamespace(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)),
+        header=_header(frame_id, stamp_ns),
         height=1, width=len(points), point_step=step, row_step=step * len(points), is_bigendian=False, is_dense=True,
         fields=[SimpleNamespace(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields], data=data,
     )
+
+
+def image_message(image, frame_id: str, stamp_ns: int) -> SimpleNamespace:
+    """An Image-shaped object (rgb8), without rclpy."""
+    h, w = image.shape[:2]
+    return SimpleNamespace(header=_header(frame_id, stamp_ns), height=h, width=w, encoding="rgb8",
+                           is_bigendian=0, step=3 * w, data=bytes(image.astype("uint8").tobytes()))
+
+
+def _header(frame_id: str, stamp_ns: int) -> SimpleNamespace:
+    return SimpleNamespace(frame_id=frame_id, stamp=SimpleNamespace(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9))
 
 
 def simulate_frames(scenario: str, seed: int, count: int, progress: bool = True) -> list[SourceFrame]:
@@ -265,12 +279,13 @@ def simulate_frames(scenario: str, seed: int, count: int, progress: bool = True)
     for fr in tqdm(sc.frames(), total=count, desc="simulate", disable=not progress, leave=False):
         if fr.radar is None or fr.camera is None:
             continue  # the first frames may precede the first radar/camera message
-        T = fr.T_base_sensor
+        poses = [(fr.stamp_ns, fr.T_odom_base), (fr.radar.stamp_ns, fr.radar.T_odom_base),
+                 (fr.camera.stamp_ns, fr.camera.T_odom_base)]
         out.append(SourceFrame(
             stamp_ns=fr.stamp_ns, lidar_msg=cloud_message(fr.lidar, c.lidar.frame_id, fr.stamp_ns),
             radar_msg=cloud_message(fr.radar.points, c.radar.frame_id, fr.radar.stamp_ns),
-            image=fr.camera.image, K=fr.camera.K, T_odom_base=fr.T_odom_base, T_base_lidar=T[c.lidar.frame_id],
-            T_base_radar=T[c.radar.frame_id], T_base_camera=T[c.camera.frame_id], objects_odom=fr.objects_odom,
+            image_msg=image_message(fr.camera.image, c.camera.frame_id, fr.camera.stamp_ns), K=fr.camera.K,
+            poses=poses, T_map_odom=fr.T_map_odom, mounts=dict(fr.T_base_sensor),
         ))
         if len(out) >= count:
             break
@@ -279,155 +294,158 @@ def simulate_frames(scenario: str, seed: int, count: int, progress: bool = True)
     return out
 
 
-def gt_detections(objects_odom) -> list:
-    """Ground-truth objects as odom-frame detections (the tracking stage's input, see the docstring)."""
-    from ssm_perception.tracking.detections import Detection
+def tf_buffer_for(frames: list[SourceFrame], cfg):
+    """The TF the node would have received (/tf_static mounts, /tf odom -> base_link and map -> odom)."""
+    from ssm_perception.tf_buffer import TfBuffer
 
-    return [Detection(x=float(o["x"]), y=float(o["y"]), yaw=float(o["yaw"]), length=float(o["l"]),
-                      width=float(o["w"]), height=float(o["h"]), vx=float(o["vx"]), vy=float(o["vy"]),
-                      cls=int(o["cls"]) if int(o["cls"]) > 0 else 1, score=0.9, frame="odom")
-            for o in objects_odom]
-
-
-# ------------------------------------------------------------------------------- message encode
-TRACK_FIELDS = ("id", "cls", "x", "y", "yaw", "vx", "vy", "yaw_rate", "length", "width", "height", "existence")
-
-
-def occupancy_payload(prob, unknown):
-    """OccupancyGrid.data as the node builds it: int8 0..100, -1 unknown, row-major along y.
-    (Same mapping as io.ros_convert.occupancy_values; that module imports cv2, which the GPU image
-    may lack, and the payload is three numpy lines.)"""
-    import numpy as np
-
-    vals = np.rint(np.clip(np.nan_to_num(prob, nan=0.0), 0.0, 1.0) * 100.0).astype(np.int8)
-    vals[unknown] = -1
-    return np.ascontiguousarray(vals.T).tobytes()
+    fr = cfg.frames
+    tf = TfBuffer(cache_s=3600.0)
+    for frame_id, T in frames[0].mounts.items():
+        tf.set_transform(T, fr.base_link, frame_id, 0, static=True)
+    for f in frames:
+        for stamp, T in f.poses:
+            tf.set_transform(T, fr.odom, fr.base_link, int(stamp))
+        tf.set_transform(f.T_map_odom, fr.map, fr.odom, int(f.stamp_ns))
+    return tf
 
 
-def tracks_payload(tracks) -> bytes:
-    """The numbers of a TrackArray (pose, twist, size, covariances) packed as the message holds them."""
-    import numpy as np
+def message_encoder():
+    """io.ros_convert.frame_messages (the node's encoding), or (None, reason) where the ROS message
+    packages are missing (the GPU image): the bench then reports msg_encode as unavailable."""
+    try:
+        import nav_msgs.msg  # noqa: F401
+        import ssm_perception_msgs.msg  # noqa: F401
+        import visualization_msgs.msg  # noqa: F401
 
-    rec = np.empty(len(tracks), dtype=[(f, "<f8") for f in TRACK_FIELDS] + [("pose_cov", "<f8", 36),
-                                                                             ("twist_cov", "<f8", 36)])
-    for k, t in enumerate(tracks):
-        for f in TRACK_FIELDS:
-            rec[f][k] = getattr(t, f)
-        rec["pose_cov"][k] = np.asarray(t.pose_cov).reshape(36)
-        rec["twist_cov"][k] = np.asarray(t.twist_cov).reshape(36)
-    return rec.tobytes()
+        from ssm_perception.io.ros_convert import frame_messages
+    except ImportError as exc:
+        return None, f"unavailable: {type(exc).__name__}: {exc}"[:200]
+    return frame_messages, "io.ros_convert.frame_messages (OccupancyGrid, TrackArray, MarkerArray)"
 
 
 # ---------------------------------------------------------------------------------- the loops
 def _motion(prev: SourceFrame, cur: SourceFrame):
-    """T_prev_cur (4x4) and dt [s] between two source frames; the replay wraps around, so the
-    stamps of the loop are re-based to a steady 10 Hz (the warp's cost does not depend on the motion)."""
+    """T_prev_cur (4x4) between two source frames, for the temporal-only sweep (which replays the
+    frames in a loop: the warp's cost does not depend on the motion)."""
     import numpy as np
 
     from ssm_perception.geometry import invert_transform
 
-    return invert_transform(np.asarray(prev.T_odom_base)) @ np.asarray(cur.T_odom_base), 0.1
+    return invert_transform(np.asarray(prev.poses[0][1])) @ np.asarray(cur.poses[0][1]), 0.1
+
+
+def bench_pipeline(cells: int, kind: str, backend: str, history: int, device):
+    """A PerceptionPipeline for the benchmark grid: the shipped weights of ``kind`` where they load for
+    this grid (detections, and so tracking and radar refinement, then do their real amount of work),
+    else random ones (recorded in the result)."""
+    from ssm_perception.model import (
+        BevPerceptionModel,
+        CheckpointError,
+        load_checkpoint,
+    )
+    from ssm_perception.pipeline import PerceptionPipeline, shipped_checkpoint
+
+    cfg = model_config(cells, kind, history, str(device), backend)
+    cfg.model.cpu_threads = 0  # the bench sets the thread count itself (--threads)
+    weights = "training-free" if kind == "logodds" else "random"
+    model = None
+    if kind != "logodds" and (ckpt := shipped_checkpoint(kind)) is not None:
+        try:
+            model, _ = load_checkpoint(ckpt, map_location=str(device), expected_kind=kind, grid=cfg.grid,
+                                       backend=cfg.model.backend)
+            weights = f"shipped: {ckpt.name}"
+        except CheckpointError as exc:
+            weights = f"random (shipped {ckpt.name} does not load here: {exc})"[:300]
+    if model is None:
+        model = BevPerceptionModel(cfg).to(device)
+    pipe = PerceptionPipeline(cfg, model=model)
+    pipe.sync_timers = device.type == "cuda"  # the stage timers wait for the device (asynchronous CUDA)
+    return pipe, cfg, weights
 
 
 def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: str, history: int, device,
                    n_frames: int, warmup: int, profile: bool = False) -> dict:
-    """Every stage of one frame, frame after frame, for one model: per-stage and total latency."""
+    """The node's frame, frame after frame, for one model: decode the messages (io/), assemble the
+    frame (frame_assembler), ``PerceptionPipeline.process`` (its own per-stage timers), encode the
+    output messages (io.ros_convert.frame_messages). No copy of the step: these are the functions
+    the node calls."""
     import numpy as np
     import torch
 
-    from ssm_perception.bev.features import (
-        CameraFrame,
-        LidarScan,
-        RadarScan,
-        encode_frame,
-    )
-    from ssm_perception.bev.grid import BevGrid
-    from ssm_perception.heads import occupancy_probabilities
+    from ssm_perception.frame_assembler import FrameAssembler, Stamped
     from ssm_perception.io.pointcloud2 import cloud_to_array
-    from ssm_perception.model import BevPerceptionModel
-    from ssm_perception.pipeline import reusable_state
-    from ssm_perception.temporal.warp import warp_state
-    from ssm_perception.tracking.detections import decode_detections
-    from ssm_perception.tracking.tracker import MultiObjectTracker
+    from ssm_perception.io.ros_convert import image_to_array
 
-    cfg = model_config(cells, kind, history, str(device), backend)
-    grid = BevGrid.from_config(cfg.grid)
-    model = BevPerceptionModel(cfg).to(device).eval()
-    tracker = MultiObjectTracker(cfg.tracking)
-    state = model.init_state(1, device)
-    warp_in_step = hasattr(model.core, "warp_step")
-    spare = None
+    if len(frames) < warmup + n_frames + (1 if profile else 0):
+        raise ValueError(f"{len(frames)} simulated frames for {warmup} warm-up + {n_frames} timed frames")
+    pipe, cfg, weights = bench_pipeline(cells, kind, backend, history, device)
+    assembler = FrameAssembler(cfg, tf_buffer_for(frames, cfg))
+    encode_msgs, encode_note = message_encoder()
+    info = SimpleNamespace(K=np.asarray(frames[0].K))
     timer = _Timer(device)
-    dets_odom = [gt_detections(f.objects_odom) for f in frames]
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
+    process_ms: list[float] = []
     totals: list[float] = []
     cpu_totals: list[float] = []  # process CPU time per frame: what the frame cost, whatever the neighbours do
     n_dets: list[int] = []
-    encode_parts: list[dict] = []
     n_tracks: list[int] = []
+    encode_parts: list[dict] = []
     prof_out = None
 
-    def one_frame(k: int) -> dict[str, float]:
-        nonlocal state
-        fr, prev = frames[k % len(frames)], frames[(k - 1) % len(frames)]
+    def one_frame(fr: SourceFrame) -> dict[str, float]:
         lat: dict[str, float] = {}
-        (lidar, radar), lat["decode"] = timer(lambda: (cloud_to_array(fr.lidar_msg), cloud_to_array(fr.radar_msg)))
-        T_prev_cur, dt_s = _motion(prev, fr)
-        twist = (T_prev_cur[0, 3] / dt_s, T_prev_cur[1, 3] / dt_s, math.atan2(T_prev_cur[1, 0], T_prev_cur[0, 0]) / dt_s)
+        (lidar, radar, image), lat["decode"] = timer(lambda: (
+            cloud_to_array(fr.lidar_msg), cloud_to_array(fr.radar_msg), image_to_array(fr.image_msg)))
 
-        def encode():
-            feats = encode_frame(grid, LidarScan(lidar, fr.T_base_lidar), RadarScan(radar, fr.T_base_radar),
-                                 CameraFrame(fr.image, fr.K, fr.T_base_camera), ego_twist=twist)
-            encode_parts.append(dict(feats.stats.get("timings_ms", {})))  # the encoder's own per-sensor timers
-            return feats.features.unsqueeze(0).to(device)  # [1, C_in, H, W]
+        def assemble():
+            assembler.radar = Stamped(radar, fr.radar_msg.header.frame_id, _stamp(fr.radar_msg))
+            assembler.image = Stamped(image, fr.image_msg.header.frame_id, _stamp(fr.image_msg))
+            assembler.camera_info = info
+            return assembler.assemble(fr.stamp_ns, lidar, fr.lidar_msg.header.frame_id)
 
-        x, lat["encode"] = timer(encode)
-        dt = torch.tensor([dt_s], dtype=torch.float32, device=device)
-        if warp_in_step:  # as PerceptionPipeline.process: warp inside the step, buffers handed back
-            nonlocal spare
-            prev, lat["warp"] = state, 0.0
-            (heads, state), lat["temporal"] = timer(model.warp_step, x, prev, T_prev_cur, dt, None, spare)
-            spare = prev if reusable_state(prev) else None
-        else:
-            state, lat["warp"] = timer(warp_state, state, T_prev_cur, grid)
-            (heads, state), lat["temporal"] = timer(model.step, x, state, dt)
-
-        def decode_heads():
-            p_occ, p_dyn = occupancy_probabilities(heads)
-            occ, dyn = p_occ[0].float().cpu().numpy(), p_dyn[0].float().cpu().numpy()
-            return occ, dyn, decode_detections(heads, cfg.grid, cfg.tracking.detection_threshold)
-
-        (occ, dyn, dets), lat["heads"] = timer(decode_heads)
-        # The replay loops: the tracker gets a steady 10 Hz clock so its stamps keep increasing.
-        stamp_s = frames[0].stamp_ns * 1e-9 + 0.1 * k
-        tracks, lat["tracking"] = timer(tracker.update, dets_odom[k % len(frames)], stamp_s)
-        unknown = ~np.isfinite(occ)
-        _, lat["msg_encode"] = timer(lambda: (occupancy_payload(occ, unknown), occupancy_payload(dyn, unknown),
-                                              tracks_payload(tracks)))
-        n_dets.append(len(dets))
-        n_tracks.append(len(tracks))
+        assembled, lat["assemble"] = timer(assemble)
+        if assembled.inputs is None:
+            raise RuntimeError(f"frame at {fr.stamp_ns} not assembled: {assembled.problems}")
+        out, lat["process"] = timer(pipe.process, assembled.inputs)
+        for stage in PROCESS_STAGES:
+            lat[stage] = float(out.latency_ms[stage])
+        if encode_msgs is not None:
+            _, lat["msg_encode"] = timer(encode_msgs, out, cfg)
+        encode_parts.append(dict(out.feature_stats.get("timings_ms", {})))
+        n_dets.append(len(out.detections_base))
+        n_tracks.append(len(out.tracks))
         return lat
 
     with torch.inference_mode():
         for k in range(warmup + n_frames):
-            c0 = time.process_time()
-            lat = one_frame(k)
+            c0, w0 = time.process_time(), time.perf_counter()
+            lat = one_frame(frames[k])
+            wall = 1e3 * (time.perf_counter() - w0)
             if k >= warmup:
                 cpu_totals.append(1e3 * (time.process_time() - c0))
+                totals.append(wall)
+                process_ms.append(lat["process"])
                 for s in STAGES:
-                    samples[s].append(lat[s])
-                totals.append(sum(lat[s] for s in STAGES))
+                    if s in lat:
+                        samples[s].append(lat[s])
         if profile:
-            prof_out = profile_frame(lambda: one_frame(warmup + n_frames), device)
+            prof_out = profile_frame(lambda: one_frame(frames[warmup + n_frames]), device)
+    timed = encode_parts[warmup:warmup + n_frames]
     return {"model": model_label(kind, backend), "kind": kind, "backend": backend if kind == "mamba" else None,
-            "history": history if kind == "attention" else None,
-            "stages": {s: percentiles(v) for s, v in samples.items()}, "full_step": percentiles(totals),
-            "full_step_process_cpu": percentiles(cpu_totals), "state_bytes": state_bytes(state), "parameters": int(sum(p.numel() for p in model.parameters())),
-            "architecture": architecture(model),
-            "encode_parts_p50_ms": {key: round(float(np.median([p[key] for p in encode_parts[warmup:] if key in p])), 3)
-                                    for key in sorted({k2 for p in encode_parts[warmup:] for k2 in p})},
-            "detections_mean": float(np.mean(n_dets)) if n_dets else 0.0,
-            "tracks_mean": float(np.mean(n_tracks)) if n_tracks else 0.0, "profile": prof_out}
+            "history": history if kind == "attention" else None, "weights": weights,
+            "stages": {s: percentiles(v) for s, v in samples.items()}, "process": percentiles(process_ms),
+            "full_step": percentiles(totals), "full_step_process_cpu": percentiles(cpu_totals),
+            "msg_encode_method": encode_note,
+            "state_bytes": state_bytes(pipe.state), "parameters": int(sum(p.numel() for p in pipe.model.parameters())),
+            "architecture": architecture(pipe.model),
+            "encode_parts_p50_ms": {key: round(float(np.median([p[key] for p in timed if key in p])), 3)
+                                    for key in sorted({k2 for p in timed for k2 in p})},
+            "detections_mean": float(np.mean(n_dets[warmup:])) if n_dets[warmup:] else 0.0,
+            "tracks_mean": float(np.mean(n_tracks[warmup:])) if n_tracks[warmup:] else 0.0, "profile": prof_out}
+
+
+def _stamp(msg) -> int:
+    return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
 def architecture(model) -> dict:
@@ -602,10 +620,12 @@ def run_bench(s: BenchSettings, progress: bool = True) -> dict:
     else:
         allocator = {"heap_mib": 0, "applied": False, "reason": "glibc defaults"}
     t_start = time.perf_counter()
-    result: dict = {"format": "ssm_perception.bench/1", "settings": asdict(s), "environment": environment(device),
+    result: dict = {"format": FORMAT, "settings": asdict(s), "environment": environment(device),
                     "stages": list(STAGES), "resolution_m": RESOLUTION, "allocator": allocator}
     result["bandwidth"] = memory_bandwidth(device, mib=512 if device.type == "cuda" else 256)
-    frames = simulate_frames(s.scenario, s.seed, s.source_frames, progress)
+    # The full step replays no frame twice (the reset policy would see time go back): one simulated
+    # frame per warm-up and timed frame, plus the profiled one.
+    frames = simulate_frames(s.scenario, s.seed, max(s.source_frames, s.warmup + s.frames + 1), progress)
     result["source_frames"] = {"count": len(frames), "lidar_points_mean": float(sum(f.lidar_msg.width for f in frames)
                                                                                / len(frames))}
     variants = [(m, b) for m in s.models for b in (s.backends if m == "mamba" else ["reference"])]
@@ -643,20 +663,27 @@ def run_bench(s: BenchSettings, progress: bool = True) -> dict:
 
 
 def _features_for(frames: list[SourceFrame], cells: int, device) -> list:
-    from ssm_perception.bev.features import (
-        CameraFrame,
-        LidarScan,
-        RadarScan,
-        encode_frame,
-    )
+    """BEV features of the source frames (decoded and assembled as in the full step), for the
+    temporal-only sweep."""
+    from ssm_perception.bev.features import encode_frame
     from ssm_perception.bev.grid import BevGrid
+    from ssm_perception.config import PerceptionConfig
+    from ssm_perception.frame_assembler import FrameAssembler, Stamped
     from ssm_perception.io.pointcloud2 import cloud_to_array
+    from ssm_perception.io.ros_convert import image_to_array
 
-    grid = BevGrid.from_config(grid_config(cells))
-    return [encode_frame(grid, LidarScan(cloud_to_array(f.lidar_msg), f.T_base_lidar),
-                         RadarScan(cloud_to_array(f.radar_msg), f.T_base_radar),
-                         CameraFrame(f.image, f.K, f.T_base_camera)).features.unsqueeze(0).to(device)
-            for f in frames]
+    cfg = PerceptionConfig()
+    cfg.grid = grid_config(cells)
+    grid = BevGrid.from_config(cfg.grid)
+    assembler = FrameAssembler(cfg, tf_buffer_for(frames, cfg))
+    out = []
+    for f in frames:
+        assembler.radar = Stamped(cloud_to_array(f.radar_msg), f.radar_msg.header.frame_id, _stamp(f.radar_msg))
+        assembler.image = Stamped(image_to_array(f.image_msg), f.image_msg.header.frame_id, _stamp(f.image_msg))
+        assembler.camera_info = SimpleNamespace(K=f.K)
+        inp = assembler.assemble(f.stamp_ns, cloud_to_array(f.lidar_msg), f.lidar_msg.header.frame_id).inputs
+        out.append(encode_frame(grid, *inp.scans(), ego_twist=inp.ego_twist).features.unsqueeze(0).to(device))
+    return out
 
 
 def _bandwidth_bound(g: dict, bw: dict, s: BenchSettings) -> dict:
@@ -744,12 +771,13 @@ def summary_table(result: dict) -> str:
     lines = []
     for cells, g in result["grids"].items():
         lines.append(f"\n{cells}x{cells} ({g['extent_m']:.0f} m), device {result['environment']['device']}, ms p50 / p99\n")
-        lines.append("| model | " + " | ".join(STAGES) + " | full step |")
-        lines.append("|---" * (len(STAGES) + 2) + "|")
+        lines.append("| model | " + " | ".join(STAGES) + " | process | full step |")
+        lines.append("|---" * (len(STAGES) + 3) + "|")
         for lab, r in g["full_step"].items():
-            cells_txt = [f"{r['stages'][s]['p50']:.2f} / {r['stages'][s]['p99']:.2f}" for s in STAGES]
-            lines.append(f"| {lab} | " + " | ".join(cells_txt)
-                         + f" | {r['full_step']['p50']:.1f} / {r['full_step']['p99']:.1f} |")
+            cells_txt = [f"{r['stages'][s]['p50']:.2f} / {r['stages'][s]['p99']:.2f}" if r["stages"][s].get("n")
+                         else "n/a" for s in STAGES]
+            lines.append(f"| {lab} | " + " | ".join(cells_txt) + f" | {r['process']['p50']:.1f} / "
+                         f"{r['process']['p99']:.1f} | {r['full_step']['p50']:.1f} / {r['full_step']['p99']:.1f} |")
         for lab, err in g["errors"].items():
             lines.append(f"| {lab} | failed: {err[:80]} |")
         if g["history"]:
@@ -822,7 +850,8 @@ def register(app) -> None:
                                      help="Mamba backends; empty = reference on CPU, all three on CUDA"),
         frames: int = typer.Option(20, "--frames", min=2, help="timed frames per measurement"),
         warmup: int = typer.Option(3, "--warmup", min=0, help="untimed frames first"),
-        source_frames: int = typer.Option(6, "--source-frames", min=2, help="simulated frames replayed in a loop"),
+        source_frames: int = typer.Option(6, "--source-frames", min=2,
+                                           help="at least this many simulated frames (always warmup + frames + 1)"),
         threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads"),
         profile: bool = typer.Option(True, "--profile/--no-profile", help="torch.profiler of one Mamba frame"),
         memory: bool = typer.Option(True, "--memory/--no-memory", help="peak memory per model and history"),

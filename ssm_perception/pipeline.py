@@ -235,6 +235,9 @@ class PerceptionPipeline:
         self._spare_state: State | None = None  # buffers for the next state (see process, step 4)
         self._state_finite = True
         self.frames = 0
+        # True: each stage timer waits for the device first (CUDA runs asynchronously; the bench sets it,
+        # the node does not, since the wait costs latency).
+        self.sync_timers = False
 
     def request_reset(self, reason: str = "") -> None:
         """Reset the whole state at the next frame (the ~/reset service); logged and counted."""
@@ -243,6 +246,11 @@ class PerceptionPipeline:
     @property
     def reset_counts(self) -> dict[str, int]:
         return dict(self.policy.counts)
+
+    def _ms(self, t0: float) -> float:
+        if self.sync_timers and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return _ms(t0)
 
     @torch.inference_mode()
     def process(self, inp: FrameInputs) -> FrameOutputs:
@@ -275,7 +283,7 @@ class PerceptionPipeline:
             (None if decision.full else ego_twist(decision.T_prev_cur, decision.dt_s))
         if radar is not None and not inp.radar_over_ground:
             radar = radar_over_ground(radar, inp.T_base_radar, twist) if twist is not None else radar
-        lat["reset"] = _ms(t0)
+        lat["reset"] = self._ms(t0)
 
         # 2. Encode the sensors present.
         t0 = time.perf_counter()
@@ -296,7 +304,7 @@ class PerceptionPipeline:
             feats = encode_frame(self.grid, ego_twist=twist)
         x = feats.features.unsqueeze(0).to(self.device)  # [1, C_in, H, W]
         observed = observed_from_features(x)  # [1, H, W] bool
-        lat["encode"] = _ms(t0) + input_ms
+        lat["encode"] = self._ms(t0) + input_ms
 
         # 3. Warp (or restart) the state. The Mamba core gathers the warp inside its step (one pass
         # over the state, no warped copy), so for it this stage is only the restart and the warp's
@@ -313,7 +321,7 @@ class PerceptionPipeline:
             if not self._warp_in_step:
                 self.state = self.model.warp(self.state, motion)  # the model's warp (backend-specific)
             reset_mask = None if decision.cell_mask is None else decision.cell_mask.to(self.device).unsqueeze(0)
-        lat["warp"] = _ms(t0)
+        lat["warp"] = self._ms(t0)
 
         # 4. Temporal step (+ the heads' convolutions, inside model.step).
         t0 = time.perf_counter()
@@ -328,7 +336,7 @@ class PerceptionPipeline:
             self._spare_state = prev if reusable_state(prev) else None
         else:
             heads, self.state = self.model.step(x, self.state, dt, reset_mask)
-        lat["temporal"] = _ms(t0)
+        lat["temporal"] = self._ms(t0)
 
         # 5. Heads -> grids and detections.
         t0 = time.perf_counter()
@@ -342,7 +350,7 @@ class PerceptionPipeline:
         if radar is not None and dets_base and twist is not None:
             pts, sensor_xy = _radar_in_base(radar, inp.T_base_radar)
             dets_base = refine_with_radar(dets_base, pts, sensor_xy)
-        lat["heads"] = _ms(t0)
+        lat["heads"] = self._ms(t0)
 
         # 6. Tracking in odom (skipped, with an empty result, when the pose is unusable).
         t0 = time.perf_counter()
@@ -351,7 +359,7 @@ class PerceptionPipeline:
             tracks = self.tracker.update(dets_odom, stamp_ns / NS)
         else:
             dets_odom, tracks = [], []
-        lat["tracking"] = _ms(t0)
+        lat["tracking"] = self._ms(t0)
 
         # 7. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells).
         t0 = time.perf_counter()
@@ -368,8 +376,8 @@ class PerceptionPipeline:
         unknown = (self.health.observed[0, 0] <= 0.5).cpu().numpy() | ~np.isfinite(occ)
         occ = np.nan_to_num(occ, nan=0.5, posinf=1.0, neginf=0.0)
         dyn = np.nan_to_num(dyn, nan=0.0, posinf=1.0, neginf=0.0)
-        lat["health"] = _ms(t0)
-        lat["total"] = _ms(t_start)
+        lat["health"] = self._ms(t0)
+        lat["total"] = self._ms(t_start)
         self.frames += 1
         return FrameOutputs(
             stamp_ns=stamp_ns, occupancy=occ, unknown=unknown, dynamic=dyn, detections_base=dets_base,
