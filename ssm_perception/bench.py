@@ -320,7 +320,7 @@ def message_encoder():
         from ssm_perception.io.ros_convert import frame_messages
     except ImportError as exc:
         return None, f"unavailable: {type(exc).__name__}: {exc}"[:200]
-    return frame_messages, "io.ros_convert.frame_messages (OccupancyGrid, TrackArray, MarkerArray)"
+    return frame_messages, "io.ros_convert.frame_messages (OccupancyGrid x2, TrackArray, MarkerArray)"
 
 
 # ---------------------------------------------------------------------------------- the loops

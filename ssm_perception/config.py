@@ -81,6 +81,10 @@ class TopicsConfig(_Section):
     )
     tracks: str = Field("/perception/tracks", description="output: ssm_perception/TrackArray in odom")
     markers: str = Field("/perception/markers", description="output: visualization_msgs/MarkerArray of the tracks")
+    observation: str = Field(
+        "/perception/observation", description="output: nav_msgs/OccupancyGrid in base_link, per cell observed now "
+        "(100), age of the last direct observation (1..99) or inferred only (0); README, Published grids"
+    )
     diagnostics: str = Field("/diagnostics", description="output: diagnostic_msgs/DiagnosticArray")
 
 
@@ -164,6 +168,82 @@ class ResetConfig(_Section):
     state_norm_ratio: float = Field(10.0, gt=1, description="state norm vs running baseline")
 
 
+class EvidenceConfig(_Section):
+    """Rule check of the published grid (ssm_perception/evidence.py; README, Published grids).
+
+    A cell with direct evidence in the current scan (at least ``min_returns`` LiDAR returns between
+    ``min_height_m`` and ``max_height_m`` above the fitted ground, after deskew) is never published
+    below ``floor``: the network may add occupancy, never erase what the LiDAR sees.
+    """
+
+    enabled: bool = Field(True, description="apply the evidence floor to the published grid")
+    min_returns: int = Field(2, ge=1, description="returns in the height band that make a cell evidence")
+    min_height_m: float = Field(0.25, description="band start above ground; one of the LiDAR encoder's bin edges")
+    max_height_m: float = Field(2.5, description="band end above ground; one of the encoder's bin edges")
+    floor: float = Field(
+        0.75, gt=0.5, le=1.0, description="published P(occupied) of an evidence cell is at least this (> 0.5: "
+        "occupied); measured frequency of truth-occupied among evidence cells on validation seeds, README"
+    )
+    free_space: Literal["keep", "clear"] = Field(
+        "keep", description="where the current scan sees through a cell the network calls occupied: keep the "
+        "network's value (counted as a contradiction) or clear it to 0.5 (README, Published grids)"
+    )
+    disagreement_warn: float = Field(
+        0.2, ge=0, le=1, description="share of evidence cells the network calls free (running mean) for WARN"
+    )
+    disagreement_error: float = Field(0.5, ge=0, le=1, description="... for ERROR (out-of-distribution)")
+    min_cells: int = Field(20, ge=1, description="fewer evidence cells in a frame: no disagreement sample")
+    ema: float = Field(0.2, gt=0, le=1, description="weight of the newest frame in the running disagreement")
+    age_step_s: float = Field(0.1, gt=0, description="observation grid: one value step per this many seconds")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvidenceConfig:
+        from ssm_perception.bev.lidar import (
+            HEIGHT_BIN_EDGES,  # here, not at import: bev imports config
+        )
+
+        for name in ("min_height_m", "max_height_m"):
+            v = getattr(self, name)
+            if not any(abs(v - e) < 1e-6 for e in HEIGHT_BIN_EDGES):
+                raise ValueError(f"evidence.{name} must be one of the LiDAR encoder's height bin edges "
+                                 f"{list(HEIGHT_BIN_EDGES)} (the evidence reuses its per-bin counts), got {v}")
+        if self.max_height_m <= self.min_height_m:
+            raise ValueError("evidence.max_height_m must be greater than evidence.min_height_m")
+        if self.disagreement_error < self.disagreement_warn:
+            raise ValueError("evidence.disagreement_error must be >= evidence.disagreement_warn")
+        return self
+
+
+class DistributionShiftConfig(_Section):
+    """Severe weather / sensor change detector on LiDAR statistics (ssm_perception/temporal/shift.py).
+
+    Per scan: share of returns closer than ``near_range_m`` and alone in their ``clutter_voxel_m``
+    voxel (rain, snow and fog clutter; surfaces give many returns per voxel), number of returns,
+    median log(1 + intensity). Each is compared with a running reference learned over
+    ``warmup_frames`` healthy scans; a change beyond its threshold for ``persist_frames`` scans in a row
+    is a shift: WARN in /diagnostics and, with ``reset``, a full reset (reason ``distribution_shift``),
+    after which the reference is learned again from the new conditions.
+    """
+
+    enabled: bool = True
+    reset: bool = Field(True, description="reset the temporal state when a shift is detected")
+    near_range_m: float = Field(10.0, gt=0, description="clutter: returns closer than this to the LiDAR ...")
+    clutter_voxel_m: float = Field(0.3, gt=0, description="... and alone in a voxel of this size")
+    near_share_delta: float = Field(
+        0.02, gt=0, le=1, description="absolute rise of the clutter share (of all returns) that is a shift"
+    )
+    return_rate_change: float = Field(
+        0.35, gt=0, lt=1, description="relative change of the return count (either way) that is a shift"
+    )
+    intensity_delta: float = Field(
+        1.0, gt=0, description="change of the median log(1 + intensity) that is a shift (1.0: a factor of ~2.7; "
+        "the median moves by up to 0.7 between open and built-up simulated streets)"
+    )
+    warmup_frames: int = Field(10, ge=1, description="scans that form the reference (after start and each reset)")
+    ema: float = Field(0.05, gt=0, le=1, description="weight of a healthy scan in the running reference")
+    persist_frames: int = Field(3, ge=1, description="consecutive shifted scans before it counts")
+
+
 class PerClass(_Section):
     """One number per object class (msg/Track.msg numbering: car 1, truck 2, cyclist 3, pedestrian 4)."""
 
@@ -240,6 +320,9 @@ class PerceptionConfig(_Section):
     reset: ResetConfig = ResetConfig()
     tracking: TrackingConfig = TrackingConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    # a factory: EvidenceConfig's validator imports bev.lidar, which must not run while config is imported
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    distribution_shift: DistributionShiftConfig = DistributionShiftConfig()
 
     # ---------------------------------------------------------------- (de)serialization
     @classmethod

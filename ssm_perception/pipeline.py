@@ -8,7 +8,8 @@ on the vehicle. One frame:
       -> warp the previous state into the current base_link (odom -> base_link motion, SE(2))
       -> temporal step + heads (model.step; reset cells zeroed inside the step)
       -> occupancy / dynamic grids, detections (base_link -> odom), tracker (odom)
-      -> state health (temporal.health.StateHealthMonitor)
+      -> state health (temporal.health.StateHealthMonitor), the rule check of the network against the
+         scan's direct evidence (evidence.EvidenceCheck), input distribution shift (temporal.shift)
 
 Inputs are already-decoded numpy arrays and 4x4 transforms (io.ros_convert and tf_buffer do the
 ROS side). Never raises on bad sensor data: a missing sensor is a masked input, a non-finite or
@@ -30,6 +31,12 @@ from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encod
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.lidar_input import LidarInput
 from ssm_perception.config import PerceptionConfig
+from ssm_perception.evidence import (
+    EvidenceCheck,
+    EvidenceGrids,
+    EvidenceReport,
+    evidence_grids,
+)
 from ssm_perception.frame_assembler import ego_twist, radar_over_ground
 from ssm_perception.geometry import transform_points
 from ssm_perception.heads import occupancy_probabilities
@@ -41,6 +48,7 @@ from ssm_perception.temporal.health import (
     observed_from_features,
 )
 from ssm_perception.temporal.reset_policy import ResetDecision, ResetPolicy
+from ssm_perception.temporal.shift import ShiftDetector, ShiftReport
 from ssm_perception.temporal.warp import is_cell_rows
 from ssm_perception.tracking.detections import (
     Detection,
@@ -138,7 +146,9 @@ def sim_inputs(scenario, config: PerceptionConfig | None = None, frames=None):
 class FrameOutputs:
     stamp_ns: int
     occupancy: np.ndarray  # [H, W] float32 P(occupied), H along x (base_link grid)
-    unknown: np.ndarray  # [H, W] bool: never observed since the last reset, or not finite
+    # [H, W] bool: the model has nothing here: not finite, or (for an evidence-only filter such as
+    # log-odds, which infers nothing) never observed since the last reset. Published as -1.
+    unknown: np.ndarray
     dynamic: np.ndarray  # [H, W] float32 P(occupied and dynamic)
     detections_base: list[Detection]
     detections_odom: list[Detection]
@@ -156,6 +166,10 @@ class FrameOutputs:
     sensor_checks: dict[str, tuple[int, str]] = field(default_factory=dict)
     T_odom_base: np.ndarray | None = None
     T_map_odom: np.ndarray | None = None
+    evidence: EvidenceGrids | None = None  # the current scan's direct evidence (None without LiDAR features)
+    evidence_report: EvidenceReport | None = None  # the rule check: network vs evidence, with a level
+    shift: ShiftReport | None = None  # input distribution shift (severe weather, changed sensor)
+    direct_age_s: np.ndarray | None = None  # [H, W] s since a range sensor last observed the cell; inf: never
 
 
 def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
@@ -230,6 +244,11 @@ class PerceptionPipeline:
         self.health = StateHealthMonitor(self.grid, self.config.reset, sensors=enabled)
         self.tracker = MultiObjectTracker(self.config.tracking)
         self.lidar_input = LidarInput(self.config.lidar_input)  # per-sensor normalisation + mounting checks
+        self.evidence_check = EvidenceCheck(self.config.evidence)
+        self.shift = ShiftDetector(self.config.distribution_shift)
+        # A filter of evidence alone (log-odds) holds the uninformative prior where nothing was
+        # observed: that is "nothing", published as -1. Learned models infer there (that is their point).
+        self.infers_unobserved = self.model.kind != "logodds"
         self.state = self.model.init_state(1, self.device)
         self._warp_in_step = hasattr(getattr(self.model, "core", None), "warp_step")
         self._spare_state: State | None = None  # buffers for the next state (see process, step 4)
@@ -276,8 +295,12 @@ class PerceptionPipeline:
 
         # 1. Reset decision (cheap, first: it tells whether there is a motion to warp with).
         t0 = time.perf_counter()
+        shift = self.shift.update(lidar) if lidar is not None else ShiftReport(0, "no LiDAR this scan", False, None,
+                                                                               shifts=self.shift.shifts)
+        reset_on_shift = shift.message if shift.detected and self.config.distribution_shift.reset else None
         decision = self.policy.decide(stamp_ns, inp.T_odom_base, lidar_present=lidar is not None,
-                                      state_finite=self._state_finite, zone=inp.zone)
+                                      state_finite=self._state_finite, zone=inp.zone,
+                                      distribution_shift=reset_on_shift)
         # The assembler's twist; hand-built inputs without one get it from the same odom motion.
         twist = inp.ego_twist if inp.ego_twist is not None else \
             (None if decision.full else ego_twist(decision.T_prev_cur, decision.dt_s))
@@ -304,6 +327,7 @@ class PerceptionPipeline:
             feats = encode_frame(self.grid, ego_twist=twist)
         x = feats.features.unsqueeze(0).to(self.device)  # [1, C_in, H, W]
         observed = observed_from_features(x)  # [1, H, W] bool
+        evidence = evidence_grids(feats.features, self.config.evidence)  # counts the encoder already made
         lat["encode"] = self._ms(t0) + input_ms
 
         # 3. Warp (or restart) the state. The Mamba core gathers the warp inside its step (one pass
@@ -315,6 +339,7 @@ class PerceptionPipeline:
             self._spare_state = None  # a state of another episode: never written into again
             self.health.reset()
             self.tracker.reset()
+            self.evidence_check.reset()
             dt_s, motion, reset_mask = _FIRST_FRAME_DT_S, None, None
         else:
             dt_s, motion = float(decision.dt_s), decision.T_prev_cur
@@ -364,7 +389,8 @@ class PerceptionPipeline:
         # 7. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells).
         t0 = time.perf_counter()
         report = self.health.update(self.state, stamp_ns / NS, observed, feats.sensor_mask, motion,
-                                    0.0 if decision.full else dt_s)
+                                    0.0 if decision.full else dt_s,
+                                    direct=torch.from_numpy(evidence.direct_now).unsqueeze(0))
         # The monitor already counts non-finite state values; no second pass over the state here.
         self._state_finite = report.nonfinite == 0
         if not self._state_finite:
@@ -373,8 +399,12 @@ class PerceptionPipeline:
         if reset_mask is not None:
             self.health.reset(reset_mask & ~observed)
         self.policy.observe(observed[0])
-        unknown = (self.health.observed[0, 0] <= 0.5).cpu().numpy() | ~np.isfinite(occ)
+        unknown = ~np.isfinite(occ)
+        if not self.infers_unobserved:
+            unknown |= (self.health.observed[0, 0] <= 0.5).cpu().numpy()
         occ = np.nan_to_num(occ, nan=0.5, posinf=1.0, neginf=0.0)
+        ev_report = self.evidence_check.update(occ, evidence)
+        direct_age = self.health.direct_age_s()[0].cpu().numpy()
         dyn = np.nan_to_num(dyn, nan=0.0, posinf=1.0, neginf=0.0)
         lat["health"] = self._ms(t0)
         lat["total"] = self._ms(t_start)
@@ -385,7 +415,8 @@ class PerceptionPipeline:
             sensors=dict(feats.sensor_mask), input_problems=problems, feature_stats=feats.stats,
             sensor_checks=self.lidar_input.summary(),
             T_odom_base=None if inp.T_odom_base is None else np.asarray(inp.T_odom_base, dtype=np.float64),
-            T_map_odom=inp.T_map_odom,
+            T_map_odom=inp.T_map_odom, evidence=evidence, evidence_report=ev_report, shift=shift,
+            direct_age_s=direct_age,
         )
 
 

@@ -49,8 +49,9 @@ def run(tmp_path_factory):
     write_synthetic_bag(tmp / "loop_bag", duration_s=1.0)
     listener = Listener()
     t = {"grid": "/perception/occupancy_grid", "tracks": "/perception/tracks",
-         "markers": "/perception/markers", "diag": "/diagnostics"}
+         "markers": "/perception/markers", "diag": "/diagnostics", "observation": "/perception/observation"}
     listener.subscribe(t["grid"], OccupancyGrid, RELIABLE)
+    listener.subscribe(t["observation"], OccupancyGrid, RELIABLE)
     listener.subscribe(t["tracks"], TrackArray, RELIABLE)
     listener.subscribe(t["markers"], MarkerArray, RELIABLE)
     listener.subscribe(t["diag"], DiagnosticArray, RELIABLE)
@@ -100,9 +101,17 @@ def test_grids_arrive_in_base_link_at_lidar_stamps(run):
         assert data.size == n * n and data.min() >= -1 and data.max() <= 100
     stamps = [_ns(g.header.stamp) for g in grids]
     assert stamps == sorted(stamps)
-    # The walls at y = +-9 m are seen: some cells are confidently occupied, some free, some unknown.
+    # The walls at y = +-9 m are seen: some cells are confidently occupied, some free. The learned model
+    # infers every cell (-1 only where it has nothing); the observation grid tells observed now (100)
+    # from observed earlier (1..99) and inferred only (0), on the same stamps.
     last = np.asarray(grids[-1].data, dtype=np.int8)
-    assert (last >= 50).any() and ((last >= 0) & (last < 50)).any() and (last == -1).any()
+    assert (last > 50).any() and ((last >= 0) & (last < 50)).any() and not (last == -1).any()
+    obs = {_ns(g.header.stamp): np.asarray(g.data, dtype=np.int8)
+           for g in run["listener"].get(run["topics"]["observation"])}
+    assert set(obs) >= {_ns(g.header.stamp) for g in grids}
+    o = obs[_ns(grids[-1].header.stamp)]
+    assert (o == 100).any() and (o == 0).any() and ((o > 0) & (o < 100)).any() and not (o == -1).any()
+    assert (last[o == 100] >= 0).all()
 
 
 def test_tracks_and_markers_in_odom_with_the_grid_stamps(run):
@@ -122,7 +131,8 @@ def test_diagnostics_report_health_sensors_latency(run):
     assert diags
     last = diags[-1]
     names = {s.name for s in last.status}
-    for part in ("state", "sensor lidar", "sensor radar", "sensor tf", "latency", "input"):
+    for part in ("state", "sensor lidar", "sensor radar", "sensor tf", "latency", "input", "evidence",
+                 "input distribution"):
         assert f"ssm_perception: {part}" in names
     lidar = diag_values(last, ": sensor lidar")
     assert int(lidar["received"]) >= len(run["lidar_stamps"]) and float(lidar["rate_hz"]) > 0
@@ -133,6 +143,8 @@ def test_diagnostics_report_health_sensors_latency(run):
     state = diag_values(last, ": state")
     assert int(state["frames_processed"]) == len(run["listener"].get(run["topics"]["grid"]))
     assert int(state["frames_dropped_busy"]) == 0
+    ev = diag_values(last, ": evidence")
+    assert int(ev["evidence_cells"]) > 0 and 0.0 <= float(ev["disagreement_mean"]) <= 1.0
 
 
 def test_reset_service_and_discontinuities_reset_with_their_reasons(run):

@@ -324,10 +324,16 @@ def occupancy_values(prob: np.ndarray, unknown: np.ndarray | None = None) -> np.
 
 
 def occupancy_grid_msg(prob: np.ndarray, unknown: np.ndarray | None, grid, frame_id: str, stamp_ns: int):
-    """nav_msgs.msg.OccupancyGrid of an ego-centred grid (``grid``: config.GridConfig)."""
+    """nav_msgs.msg.OccupancyGrid of an ego-centred probability grid (``grid``: config.GridConfig)."""
+    return int8_grid_msg(occupancy_values(prob, unknown).T, grid, frame_id, stamp_ns)
+
+
+def int8_grid_msg(values: np.ndarray, grid, frame_id: str, stamp_ns: int):
+    """nav_msgs.msg.OccupancyGrid from int8 values [H, W] in our layout (H along x), e.g. the
+    published grids of ``evidence.published_grids``."""
     from nav_msgs.msg import OccupancyGrid
 
-    vals = occupancy_values(prob, unknown)  # [W, H] = [rows along y, cols along x]
+    vals = np.ascontiguousarray(np.asarray(values, dtype=np.int8).T)  # [W, H] = [rows along y, cols along x]
     if vals.shape != (grid.ny, grid.nx):
         raise ValueError(f"grid shape {vals.shape[::-1]} does not match config ({grid.nx}, {grid.ny})")
     msg = OccupancyGrid()
@@ -345,13 +351,19 @@ def occupancy_grid_msg(prob: np.ndarray, unknown: np.ndarray | None, grid, frame
 
 
 def frame_messages(out, config) -> tuple:
-    """(OccupancyGrid, TrackArray, MarkerArray) of one `pipeline.FrameOutputs`: what the node publishes
-    and what the bench times (one function, so both encode the same way)."""
+    """(occupancy OccupancyGrid, observation OccupancyGrid, TrackArray, MarkerArray) of one
+    `pipeline.FrameOutputs`: what the node publishes and what the bench times (one function, so both
+    encode the same way). The grid values come from `evidence.published_grids`, which `evaluate` scores."""
+    # imported here: keeps this module free of torch
+    from ssm_perception.evidence import published_grids
+
     stamp = int(out.stamp_ns)
-    grid = occupancy_grid_msg(out.occupancy, out.unknown, config.grid, config.frames.base_link, stamp)
+    pub = published_grids(out, config.evidence)
+    grid = int8_grid_msg(pub.occupancy, config.grid, config.frames.base_link, stamp)
+    observation = int8_grid_msg(pub.observation, config.grid, config.frames.base_link, stamp)
     published = out.tracks if config.tracking.publish_tentative else \
         [t for t in out.tracks if t.status != "tentative"]
-    return (grid, track_array_msg(published, config.frames.odom, stamp),
+    return (grid, observation, track_array_msg(published, config.frames.odom, stamp),
             marker_array_msg(published, config.frames.odom, stamp))
 
 

@@ -170,10 +170,15 @@ class PerceptionNode(Node):
         self.pipeline_latency_ms: deque = deque(maxlen=LATENCY_WINDOW)
         self.last_health = None  # temporal.health.HealthReport of the last frame
         self.sensor_checks: dict = {}  # LiDAR input checks of the last frame (bev/lidar_input.py)
+        self.last_evidence = None  # evidence.EvidenceReport of the last frame
+        self.last_shift = None  # temporal.shift.ShiftReport of the last frame
+        self._shift_detected_at: float | None = None  # steady time of the last detected shift
+        self._shift_detected_msg = ""
         self.partial_resets = 0
 
         t = cfg.topics
         self.pub_grid = self.create_publisher(OccupancyGrid, t.occupancy_grid, MAP_QOS)
+        self.pub_observation = self.create_publisher(OccupancyGrid, t.observation, MAP_QOS)
         self.pub_tracks = self.create_publisher(TrackArray, t.tracks, OUTPUT_QOS)
         self.pub_markers = self.create_publisher(MarkerArray, t.markers, OUTPUT_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, t.diagnostics, OUTPUT_QOS)
@@ -411,7 +416,8 @@ class PerceptionNode(Node):
     def _publish(self, out, stamp: int) -> None:
         from ssm_perception.io import ros_convert as rc
 
-        grid, tracks, markers = rc.frame_messages(out, self.config)
+        grid, observation, tracks, markers = rc.frame_messages(out, self.config)
+        self.pub_observation.publish(observation)  # first: a lockstep replay waits on the occupancy grid
         self.pub_grid.publish(grid)
         self.pub_tracks.publish(tracks)
         self.pub_markers.publish(markers)
@@ -424,6 +430,11 @@ class PerceptionNode(Node):
         self.frames_processed += 1
         self.last_health = out.health
         self.sensor_checks = out.sensor_checks
+        self.last_evidence = out.evidence_report
+        self.last_shift = out.shift
+        if out.shift is not None and out.shift.detected:
+            self._shift_detected_at, self._shift_detected_msg = time.monotonic(), out.shift.message
+            self.get_logger().warning(f"{out.shift.message} at {stamp * 1e-9:.3f} s")
         decision = out.reset
         if decision.full:
             self.resets.update(decision.reasons)
@@ -471,6 +482,32 @@ class PerceptionNode(Node):
             "last_reset_stamp": self.last_reset[1] * 1e-9 if self.last_reset else "",
             **{f"health.{k}": v for k, v in health.items()},
         })
+
+        # rule check: the network against the current scan's direct evidence (out-of-distribution signal)
+        e = self.last_evidence
+        if e is None:
+            status("evidence", OK, "no frame processed yet", {})
+        else:
+            status("evidence", e.level, e.message, {
+                "disagreement": e.disagreement if e.disagreement is not None else "",
+                "disagreement_mean": e.disagreement_mean if e.disagreement_mean is not None else "",
+                "evidence_cells": e.evidence_cells, "network_free_on_evidence": e.network_free,
+                "see_through_cells": e.free_cells, "see_through_called_occupied": e.contradictions,
+                "warn": cfg.evidence.disagreement_warn, "error": cfg.evidence.disagreement_error,
+                "floor_applied": cfg.evidence.enabled,
+            })
+
+        # input distribution shift (severe weather, changed sensor): WARN while a detection is recent
+        sh = self.last_shift
+        recent_shift = self._shift_detected_at is not None and time.monotonic() - self._shift_detected_at < FLAG_RECENT_S
+        values = {"shifts_detected": sh.shifts if sh else 0, "last_shift": self._shift_detected_msg,
+                  "reset_on_shift": cfg.distribution_shift.reset}
+        if sh is not None and sh.stats is not None:
+            values.update({"returns": sh.stats.returns, "near_clutter_share": sh.stats.near_share,
+                           "median_log_intensity": sh.stats.intensity if sh.stats.intensity is not None else ""})
+            values.update({f"reference.{k}": v for k, v in sh.reference.items() if v is not None})
+        status("input distribution", WARN if recent_shift else OK,
+               self._shift_detected_msg if recent_shift else (sh.message if sh else "no frame processed yet"), values)
 
         # inputs: rate (node clock) and age of the newest stamp
         used = {"lidar": cfg.sensors.use_lidar, "radar": cfg.sensors.use_radar,

@@ -74,17 +74,31 @@ class StateHealthMonitor:
         self.last_seen: dict[str, float] = {}
         self.observed: Tensor | None = None  # [B, 1, H, W] 1 = observed since last reset
         self.unobserved_s: Tensor | None = None  # [B, 1, H, W] seconds since last observation
+        # The same two maps for direct range observations only (LiDAR return or ray, radar return; not
+        # the camera's view): the published observation grid (evidence.published_grids) reads them.
+        self.direct_seen: Tensor | None = None
+        self.direct_unobserved_s: Tensor | None = None
 
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget cells (mask [B, H, W] bool) or everything (None), in step with a state reset."""
         if mask is None or self.observed is None:
-            self.observed = self.unobserved_s = None
+            self.observed = self.unobserved_s = self.direct_seen = self.direct_unobserved_s = None
             self.frames, self.baseline = 0, 0.0
             return
         # The per-cell maps live on the CPU (small); the mask comes from the state's device.
         keep = (~mask.bool()).unsqueeze(1).to(self.observed.device, self.observed.dtype)
         self.observed = self.observed * keep
         self.unobserved_s = self.unobserved_s * keep
+        self.direct_seen = self.direct_seen * keep
+        self.direct_unobserved_s = self.direct_unobserved_s * keep
+
+    def direct_age_s(self) -> Tensor | None:
+        """[B, H, W] seconds since the last direct range observation of each cell; inf where none
+        since its last reset (0 = observed in the current frame)."""
+        if self.direct_seen is None:
+            return None
+        return torch.where(self.direct_seen[:, 0] > 0.5, self.direct_unobserved_s[:, 0],
+                           torch.full_like(self.direct_unobserved_s[:, 0], math.inf))
 
     def stale_mask(self) -> Tensor | None:
         """[B, H, W] bool: cells observed once but not within reset.unobserved_cell_reset_s."""
@@ -100,12 +114,14 @@ class StateHealthMonitor:
         sensors_seen: dict[str, bool] | None = None,
         T_prev_cur=None,
         dt: float = 0.0,
+        direct: Tensor | None = None,
     ) -> HealthReport:
         """Call once per frame after the state update.
 
         observed [B, H, W] bool (see observed_from_features); sensors_seen {name: bool};
         T_prev_cur: the motion the state was warped with this frame (None = no motion);
-        dt: seconds since the previous frame (ages the per-cell timers)."""
+        dt: seconds since the previous frame (ages the per-cell timers).
+        direct: [B, H, W] bool, cells observed by a range sensor this frame (``direct_age_s``)."""
         msgs: list[str] = []
         level = Level.OK
         for name, seen in (sensors_seen or {}).items():
@@ -139,7 +155,7 @@ class StateHealthMonitor:
             level = max(level, Level.WARN)
             msgs.append(f"state norm drifting: {ratio:.1f}x baseline")
 
-        self._track_cells(observed, T_prev_cur, dt, state)
+        self._track_cells(observed, T_prev_cur, dt, state, direct)
         never = float((self.observed <= 0.5).float().mean()) if self.observed is not None else 1.0
         stale = self.stale_mask()
         n_stale = int(stale.sum()) if stale is not None else 0
@@ -159,18 +175,29 @@ class StateHealthMonitor:
         return HealthReport(Level(level), msgs, nonfinite, norm_mean, norm_max, self.baseline, ratio, never,
                             n_stale, ages)
 
-    def _track_cells(self, observed: Tensor | None, T_prev_cur, dt: float, state: State) -> None:
+    def _track_cells(self, observed: Tensor | None, T_prev_cur, dt: float, state: State,
+                     direct: Tensor | None = None) -> None:
         b = next((v.shape[0] for v in state.values()), 1) if observed is None else observed.shape[0]
         if self.observed is None or self.observed.shape[0] != b:
-            self.observed = torch.zeros(b, 1, self.grid.nx, self.grid.ny)
-            self.unobserved_s = torch.zeros(b, 1, self.grid.nx, self.grid.ny)
+            zeros = torch.zeros(b, 1, self.grid.nx, self.grid.ny)
+            self.observed, self.unobserved_s = zeros, zeros.clone()
+            self.direct_seen, self.direct_unobserved_s = zeros.clone(), zeros.clone()
         if T_prev_cur is not None:
             # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
             # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
-            both = warp_tensor(torch.cat([self.observed, self.unobserved_s], 1), T_prev_cur, self.grid)
-            self.observed, self.unobserved_s = both[:, :1], both[:, 1:]
-        self.unobserved_s = self.unobserved_s + float(max(dt, 0.0))
+            maps = torch.cat([self.observed, self.unobserved_s, self.direct_seen, self.direct_unobserved_s], 1)
+            maps = warp_tensor(maps, T_prev_cur, self.grid)
+            self.observed, self.unobserved_s = maps[:, :1], maps[:, 1:2]
+            self.direct_seen, self.direct_unobserved_s = maps[:, 2:3], maps[:, 3:]
+        step = float(max(dt, 0.0))
+        self.unobserved_s = self.unobserved_s + step
+        self.direct_unobserved_s = self.direct_unobserved_s + step
         if observed is not None:
             obs = observed.bool().unsqueeze(1).to(self.observed.device)
             self.observed = torch.where(obs, torch.ones_like(self.observed), self.observed)
             self.unobserved_s = torch.where(obs, torch.zeros_like(self.unobserved_s), self.unobserved_s)
+        if direct is not None:
+            d = direct.bool().unsqueeze(1).to(self.direct_seen.device)
+            self.direct_seen = torch.where(d, torch.ones_like(self.direct_seen), self.direct_seen)
+            self.direct_unobserved_s = torch.where(d, torch.zeros_like(self.direct_unobserved_s),
+                                                   self.direct_unobserved_s)

@@ -5,7 +5,8 @@ resets the whole state on: start of route, time going backwards (bag loop, sim-t
 not advancing, a gap longer than ``max_time_gap_s``, a localization jump in odom -> base_link
 (displacement beyond ``max_speed_mps * dt + pose_jump_m`` or a yaw step beyond
 ``pose_jump_yaw_rad``), an invalid pose, LiDAR silence longer than ``sensor_dropout_s``, a
-non-finite state, a signalled zone change, and an explicit request (the node's ~/reset service).
+non-finite state, a signalled zone change, a distribution shift of the LiDAR input (severe weather,
+temporal/shift.py), and an explicit request (the node's ~/reset service).
 
 It also resets *cells*: memory of a cell nobody has observed for ``unobserved_cell_reset_s`` is
 stale. The policy keeps a per-cell age grid (seconds since last observed) [H, W] that moves with
@@ -42,9 +43,10 @@ SENSOR_DROPOUT = "sensor_dropout"
 NON_FINITE_STATE = "non_finite_state"
 ZONE_CHANGE = "zone_change"
 REQUESTED = "requested"
+DISTRIBUTION_SHIFT = "distribution_shift"
 UNOBSERVED_CELLS = "unobserved_cells"  # partial reset
 FULL_RESET_REASONS = (ROUTE_START, TIME_BACKWARDS, TIME_NOT_ADVANCING, TIME_GAP, LOCALIZATION_JUMP,
-                      INVALID_POSE, SENSOR_DROPOUT, NON_FINITE_STATE, ZONE_CHANGE, REQUESTED)
+                      INVALID_POSE, SENSOR_DROPOUT, NON_FINITE_STATE, ZONE_CHANGE, DISTRIBUTION_SHIFT, REQUESTED)
 
 
 @dataclass
@@ -93,12 +95,13 @@ class ResetPolicy:
     # ------------------------------------------------------------------ the decision
     def decide(self, stamp_ns: int, T_odom_base, lidar_present: bool = True, state_finite: bool = True,
                zone: str | None = None, requested: str | None = None,
-               cell_age_s: Tensor | None = None) -> ResetDecision:
+               cell_age_s: Tensor | None = None, distribution_shift: str | None = None) -> ResetDecision:
         """Decide for the frame at ``stamp_ns`` and advance the policy's memory to it.
 
         ``T_odom_base``: 4x4 pose at the stamp. ``cell_age_s`` [H, W]: seconds since each cell
         was observed, already in the current frame; if None, the internal age grid is used
-        (after ``observe`` has been called at least once).
+        (after ``observe`` has been called at least once). ``distribution_shift``: what changed, when
+        the input statistics shifted this frame and the configuration resets on it.
         """
         stamp_ns = int(stamp_ns)
         reasons: list[str] = []
@@ -158,6 +161,8 @@ class ResetPolicy:
             if self._zone is not None and zone != self._zone:
                 add(ZONE_CHANGE, f"zone changed from {self._zone!r} to {zone!r}")
             self._zone = zone
+        if distribution_shift:
+            add(DISTRIBUTION_SHIFT, distribution_shift)
         requests = self._pending + ([requested] if requested is not None else [])
         self._pending = []
         for r in requests:
