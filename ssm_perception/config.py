@@ -225,7 +225,7 @@ class DistributionShiftConfig(_Section):
     after which the reference is learned again from the new conditions.
     """
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="watch the LiDAR statistics for a distribution shift")
     reset: bool = Field(True, description="reset the temporal state when a shift is detected")
     near_range_m: float = Field(10.0, gt=0, description="clutter: returns closer than this to the LiDAR ...")
     clutter_voxel_m: float = Field(0.3, gt=0, description="... and alone in a voxel of this size")
