@@ -41,6 +41,7 @@ __import__("ssm_perception.nodes.launcher", fromlist=["register"]).register(app)
 __import__("ssm_perception.train.cli", fromlist=["register"]).register(app)
 __import__("ssm_perception.eval.cli", fromlist=["register"]).register(app)
 __import__("ssm_perception.bench", fromlist=["register"]).register(app)
+__import__("ssm_perception.io.importers.cli", fromlist=["register"]).register(app)
 
 
 def main() -> None:
