@@ -85,9 +85,9 @@ def test_full_step_is_the_pipeline_with_the_nodes_decode_and_encode(monkeypatch)
 
     def counted_messages(out, cfg):
         calls["messages"] += 1
-        grid, tracks, markers = messages(out, cfg)
-        assert grid.info.width == 16 and tracks.header.frame_id == cfg.frames.odom
-        return grid, tracks, markers
+        grid, observation, tracks, markers = messages(out, cfg)
+        assert grid.info.width == observation.info.width == 16 and tracks.header.frame_id == cfg.frames.odom
+        return grid, observation, tracks, markers
 
     monkeypatch.setattr(pipeline.PerceptionPipeline, "process", counted_process)
     monkeypatch.setattr(ros_convert, "frame_messages", counted_messages)
