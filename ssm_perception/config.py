@@ -152,6 +152,10 @@ class ModelConfig(_Section):
         "unet", description="spatial context between the temporal core and the heads (ssm_perception/neck.py)"
     )
     max_cells_per_call: int = Field(16384, gt=0, description="chunking for the mamba-ssm kernels")
+    cuda_graph: bool = Field(
+        True, description="on CUDA: run the temporal step, neck, heads and detection decode as CUDA graphs "
+        "(Mamba with backend 'fused'; anything else runs eagerly and the node logs why); ignored on the CPU"
+    )
     cpu_threads: int = Field(
         1, ge=0, description="torch CPU threads (0 = torch's default). 1 is fastest when other processes "
         "share the cores: OpenMP workers stall waiting for each other (measured 4x slower with 2 on 2 busy cores)"

@@ -46,13 +46,6 @@ class EvidenceGrids:
         return self.band_count >= cfg.min_returns
 
 
-def _counts(features: Tensor, names: list[str]) -> np.ndarray:
-    """Sum of the integer counts of log(1 + count) channels, [H, W] int32 (the inverse, rounded, is
-    exact: the encoder stores log1p of integer counts)."""
-    idx = [channel_index(n) for n in names]
-    return np.rint(np.expm1(features[idx].double().numpy())).astype(np.int32).sum(0)
-
-
 def band_bins(cfg: EvidenceConfig) -> list[str]:
     """Names of the encoder's height-bin channels that make up the evidence band."""
     edges = (-math.inf, *HEIGHT_BIN_EDGES, math.inf)
@@ -64,15 +57,37 @@ def band_bins(cfg: EvidenceConfig) -> list[str]:
     return out
 
 
-def evidence_grids(features: Tensor, cfg: EvidenceConfig) -> EvidenceGrids:
-    """features [C, H, W] (bev.features layout, CPU) -> the current scan's evidence grids."""
+def evidence_channels(cfg: EvidenceConfig) -> list[str]:
+    """The feature channels ``evidence_grids`` reads (a device pipeline copies only these to the host)."""
+    return [*band_bins(cfg), "lidar_nonground", "lidar_free", "lidar_log_count", "radar_log_count"]
+
+
+def direct_now(features: Tensor) -> Tensor:
+    """[H, W] bool on the features' device: a LiDAR return or ray, or a radar return, in this scan."""
     f = features
+    return (f[channel_index("lidar_log_count")] > 0) | (f[channel_index("lidar_free")] > 0.5) \
+        | (f[channel_index("radar_log_count")] > 0)
+
+
+def evidence_grids(features: Tensor, cfg: EvidenceConfig, channels: list[str] | None = None) -> EvidenceGrids:
+    """features [C, H, W] (bev.features layout; on any device: only the channels needed come to the
+    host) -> the current scan's evidence grids. ``channels``: ``features`` holds only these channels,
+    in this order (``evidence_channels(cfg)``, as the pipeline reads them back)."""
+    names = evidence_channels(cfg)
+    if channels is None:
+        f = features[[channel_index(n) for n in names]].cpu()
+    else:
+        f = features.cpu()[[channels.index(n) for n in names]]
+    nb = len(names) - 4
+
+    def counts(rows) -> np.ndarray:  # the inverse of log1p, rounded, is exact: the encoder stores integer counts
+        return np.rint(np.expm1(f[rows].double().numpy())).astype(np.int32).sum(0)
+
     return EvidenceGrids(
-        band_count=_counts(f, band_bins(cfg)),
-        nonground_count=_counts(f, ["lidar_nonground"]),
-        free_now=(f[channel_index("lidar_free")] > 0.5).numpy(),
-        direct_now=((f[channel_index("lidar_log_count")] > 0) | (f[channel_index("lidar_free")] > 0.5)
-                    | (f[channel_index("radar_log_count")] > 0)).numpy(),
+        band_count=counts(list(range(nb))) if nb else np.zeros(f.shape[1:], dtype=np.int32),
+        nonground_count=counts([nb]),
+        free_now=(f[nb + 1] > 0.5).numpy(),
+        direct_now=((f[nb + 2] > 0) | (f[nb + 1] > 0.5) | (f[nb + 3] > 0)).numpy(),
     )
 
 

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
+from ssm_perception.bev.features import (
+    CameraFrame,
+    LidarScan,
+    RadarScan,
+    channel_index,
+    encode_frame,
+)
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.lidar_input import LidarInput
 from ssm_perception.config import PerceptionConfig
@@ -35,12 +41,14 @@ from ssm_perception.evidence import (
     EvidenceCheck,
     EvidenceGrids,
     EvidenceReport,
+    direct_now,
+    evidence_channels,
     evidence_grids,
 )
 from ssm_perception.frame_assembler import ego_twist, radar_over_ground
 from ssm_perception.geometry import transform_points
-from ssm_perception.heads import occupancy_probabilities
 from ssm_perception.model import BevPerceptionModel, load_checkpoint
+from ssm_perception.pipeline_graph import device_outputs, make_graph_step, read_back
 from ssm_perception.temporal.base import State
 from ssm_perception.temporal.health import (
     HealthReport,
@@ -52,7 +60,7 @@ from ssm_perception.temporal.shift import ShiftDetector, ShiftReport
 from ssm_perception.temporal.warp import is_cell_rows
 from ssm_perception.tracking.detections import (
     Detection,
-    decode_detections,
+    detections_from_table,
     detections_to_odom,
     refine_with_radar,
 )
@@ -257,6 +265,29 @@ class PerceptionPipeline:
         # True: each stage timer waits for the device first (CUDA runs asynchronously; the bench sets it,
         # the node does not, since the wait costs latency).
         self.sync_timers = False
+        trk = self.config.tracking
+        # The decoder's score floor: the tracker's second stage needs the weak peaks too.
+        self._floor = min(trk.detection_threshold, trk.low_score_threshold) if trk.low_score_threshold > 0 \
+            else trk.detection_threshold
+        self._graph, self.graph_status = make_graph_step(self.model, self.config.grid, self._floor,
+                                                         self.config.model.cuda_graph)
+
+    def _graph_step(self, x, motion, dt_s: float, reset_mask):
+        """The temporal step through the CUDA graph (pipeline_graph.CudaGraphStep); None if it
+        cannot run, after which every frame runs eagerly (the reason is in ``graph_status``)."""
+        from ssm_perception.temporal.fused_step import warp_params
+
+        affine, bilinear = (None, True) if motion is None else warp_params(motion, self.grid, 1)
+        try:
+            frame, self.state = self._graph(x, self.state, affine, bilinear, dt_s, reset_mask)
+        except RuntimeError as exc:  # a capture the driver or a kernel refuses: eager from now on
+            log.warning("CUDA graph step failed (%s); running eagerly", exc)
+            self.graph_status = f"failed, eager: {type(exc).__name__}: {exc}"[:300]
+            self._graph = None  # self.state is still the previous state: the frame runs eagerly from it
+            return None
+        self._spare_state = None
+        self.graph_status = "captured"
+        return frame
 
     def request_reset(self, reason: str = "") -> None:
         """Reset the whole state at the next frame (the ~/reset service); logged and counted."""
@@ -316,7 +347,7 @@ class PerceptionPipeline:
                 LidarScan(lidar, inp.T_base_lidar) if lidar is not None else None,
                 RadarScan(radar, inp.T_base_radar) if radar is not None else None,
                 CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
-                ego_twist=twist,  # LiDAR deskew (bev.lidar.deskew, the only one)
+                ego_twist=twist, device=self.device,  # LiDAR deskew (bev.lidar.deskew, the only one)
             )
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
             # Last line of defence: input the checks above did not foresee must not stop the node.
@@ -324,10 +355,10 @@ class PerceptionPipeline:
             log.exception("BEV encoding failed at %.3f s; frame treated as having no sensor data", stamp_ns / NS)
             problems.append(f"encoder failed: {type(exc).__name__}: {exc}")
             lidar = radar = None
-            feats = encode_frame(self.grid, ego_twist=twist)
-        x = feats.features.unsqueeze(0).to(self.device)  # [1, C_in, H, W]
+            feats = encode_frame(self.grid, ego_twist=twist, device=self.device)
+        x = feats.features.unsqueeze(0)  # [1, C_in, H, W], encoded on the model's device
         observed = observed_from_features(x)  # [1, H, W] bool
-        evidence = evidence_grids(feats.features, self.config.evidence)  # counts the encoder already made
+        direct = direct_now(feats.features)  # [H, W] on the device; the evidence grids come with the read-back
         lat["encode"] = self._ms(t0) + input_ms
 
         # 3. Warp (or restart) the state. The Mamba core gathers the warp inside its step (one pass
@@ -348,49 +379,32 @@ class PerceptionPipeline:
             reset_mask = None if decision.cell_mask is None else decision.cell_mask.to(self.device).unsqueeze(0)
         lat["warp"] = self._ms(t0)
 
-        # 4. Temporal step (+ the heads' convolutions, inside model.step).
+        # 4. Temporal step (+ neck and heads; with the CUDA graph also the detection decode).
         t0 = time.perf_counter()
-        dt = torch.tensor([dt_s], dtype=torch.float32, device=self.device)
-        if self._warp_in_step:
-            # The previous-but-one state is handed back as the buffer of the new one: in CPU
-            # inference no frame allocates a state (the node's allocator setting would otherwise
-            # map and page-fault tens of MiB every frame). Nothing else keeps a reference to it.
-            prev = self.state
-            heads, self.state = self.model.warp_step(x, prev, None if decision.full else motion, dt, reset_mask,
-                                                     out_state=self._spare_state)
-            self._spare_state = prev if reusable_state(prev) else None
-        else:
-            heads, self.state = self.model.step(x, self.state, dt, reset_mask)
+        floor = self._floor
+        frame = None
+        if self._graph is not None:
+            frame = self._graph_step(x, None if decision.full else motion, dt_s, reset_mask)
+        if frame is None:
+            dt = torch.tensor([dt_s], dtype=torch.float32, device=self.device)
+            if self._warp_in_step:
+                # The previous-but-one state is handed back as the buffer of the new one: in CPU
+                # inference no frame allocates a state (the node's allocator setting would otherwise
+                # map and page-fault tens of MiB every frame). Nothing else keeps a reference to it.
+                prev = self.state
+                heads, self.state = self.model.warp_step(x, prev, None if decision.full else motion, dt,
+                                                         reset_mask, out_state=self._spare_state)
+                self._spare_state = prev if reusable_state(prev) else None
+            else:
+                heads, self.state = self.model.step(x, self.state, dt, reset_mask)
         lat["temporal"] = self._ms(t0)
 
-        # 5. Heads -> grids and detections.
-        t0 = time.perf_counter()
-        p_occ, p_dyn = occupancy_probabilities(heads)
-        occ = p_occ[0].float().cpu().numpy()
-        dyn = p_dyn[0].float().cpu().numpy()
-        trk = self.config.tracking
-        floor = min(trk.detection_threshold, trk.low_score_threshold) if trk.low_score_threshold > 0 else \
-            trk.detection_threshold  # the tracker's second stage needs the weak peaks too
-        dets_base = decode_detections(heads, self.config.grid, floor)
-        if radar is not None and dets_base and twist is not None:
-            pts, sensor_xy = _radar_in_base(radar, inp.T_base_radar)
-            dets_base = refine_with_radar(dets_base, pts, sensor_xy)
-        lat["heads"] = self._ms(t0)
-
-        # 6. Tracking in odom (skipped, with an empty result, when the pose is unusable).
-        t0 = time.perf_counter()
-        if _finite_pose(inp.T_odom_base):
-            dets_odom = detections_to_odom(dets_base, inp.T_odom_base)
-            tracks = self.tracker.update(dets_odom, stamp_ns / NS)
-        else:
-            dets_odom, tracks = [], []
-        lat["tracking"] = self._ms(t0)
-
-        # 7. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells).
+        # 5. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells); before
+        # the read-back, so the unknown mask travels in the frame's one device-to-host copy.
         t0 = time.perf_counter()
         report = self.health.update(self.state, stamp_ns / NS, observed, feats.sensor_mask, motion,
                                     0.0 if decision.full else dt_s,
-                                    direct=torch.from_numpy(evidence.direct_now).unsqueeze(0))
+                                    direct=direct.unsqueeze(0))
         # The monitor already counts non-finite state values; no second pass over the state here.
         self._state_finite = report.nonfinite == 0
         if not self._state_finite:
@@ -399,14 +413,38 @@ class PerceptionPipeline:
         if reset_mask is not None:
             self.health.reset(reset_mask & ~observed)
         self.policy.observe(observed[0])
-        unknown = ~np.isfinite(occ)
-        if not self.infers_unobserved:
-            unknown |= (self.health.observed[0, 0] <= 0.5).cpu().numpy()
-        occ = np.nan_to_num(occ, nan=0.5, posinf=1.0, neginf=0.0)
-        ev_report = self.evidence_check.update(occ, evidence)
-        direct_age = self.health.direct_age_s()[0].cpu().numpy()
-        dyn = np.nan_to_num(dyn, nan=0.0, posinf=1.0, neginf=0.0)
         lat["health"] = self._ms(t0)
+
+        # 6. Heads -> grids and detections (decoded on the device: pipeline_graph), one read-back.
+        t0 = time.perf_counter()
+        if frame is None:
+            frame = device_outputs(heads, self.config.grid, floor)
+        never = self.health.observed[0, 0] <= 0.5
+        if self.infers_unobserved:
+            never = torch.zeros_like(never)
+        ev_names = evidence_channels(self.config.evidence)
+        # The encoder's counts the evidence check needs, and the direct-observation age, ride along
+        # in the frame's one read-back (on the CPU: views).
+        host = read_back(frame, never, {"evidence": feats.features[[channel_index(n) for n in ev_names]],
+                                        "direct_age": self.health.direct_age_s()[0]})
+        occ, dyn, unknown = host.occupancy, host.dynamic, host.unknown
+        evidence = evidence_grids(torch.from_numpy(host.extras["evidence"]), self.config.evidence, ev_names)
+        ev_report = self.evidence_check.update(occ, evidence)
+        direct_age = host.extras["direct_age"]
+        dets_base = detections_from_table(host.table)
+        if radar is not None and dets_base and twist is not None:
+            pts, sensor_xy = _radar_in_base(radar, inp.T_base_radar)
+            dets_base = refine_with_radar(dets_base, pts, sensor_xy)
+        lat["heads"] = self._ms(t0)
+
+        # 7. Tracking in odom (skipped, with an empty result, when the pose is unusable).
+        t0 = time.perf_counter()
+        if _finite_pose(inp.T_odom_base):
+            dets_odom = detections_to_odom(dets_base, inp.T_odom_base)
+            tracks = self.tracker.update(dets_odom, stamp_ns / NS)
+        else:
+            dets_odom, tracks = [], []
+        lat["tracking"] = self._ms(t0)
         lat["total"] = self._ms(t_start)
         self.frames += 1
         return FrameOutputs(

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssm_perception.bev.device import as_device, upload
 from ssm_perception.bev.grid import BevGrid
 
 CAMERA_CHANNELS = [
@@ -28,7 +29,7 @@ CAMERA_CHANNELS = [
 _WORK_HEIGHT = 240  # images are area-downsampled to about this height first: cheap, less aliasing
 
 
-def image_to_tensor(image, factor: int = 1) -> Tensor:
+def image_to_tensor(image, factor: int = 1, device=None) -> Tensor:
     """[H, W, 3] RGB or [H, W] mono (uint8/uint16 or float in [0, 1]) -> float32 [1, 3, h, w] in
     [0, 1], area-downsampled by an integer ``factor`` (h = H // factor).
 
@@ -51,25 +52,29 @@ def image_to_tensor(image, factor: int = 1) -> Tensor:
     for i in range(f):  # f*f strided adds over the image, not a per-pixel loop
         for j in range(f):
             acc += a[i : hh * f : f, j : ww * f : f]
-    t = torch.from_numpy(acc.astype(np.float32) * np.float32(scale / (f * f))).permute(2, 0, 1)
+    # the small HWC image goes up as it is (pinned, asynchronous on CUDA); the rest runs on the device
+    t = upload(acc.astype(np.float32) * np.float32(scale / (f * f)), device).permute(2, 0, 1)
     t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
     t = t.contiguous().unsqueeze(0)
     return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
 
 
 def project_cells(grid: BevGrid, K, T_base_camera, image_size: tuple[int, int], ground_z: float = 0.0,
-                  max_range: float = 80.0) -> tuple[Tensor, Tensor]:
-    """(uv [HW, 2] pixel coordinates, visible [HW] bool) of every cell's ground point.
+                  max_range: float = 80.0, device=None) -> tuple[Tensor, Tensor, int]:
+    """(uv [HW, 2] pixel coordinates, visible [HW] bool, number of visible cells) of every cell's
+    ground point, the tensors on ``device``.
 
-    Cached on (grid, K, T, image size, ground_z, max_range): the mounting is fixed while driving."""
+    Cached on (grid, K, T, image size, ground_z, max_range, device): the mounting is fixed while driving."""
     k = np.asarray(K, dtype=np.float64).reshape(3, 3)
     t = np.asarray(T_base_camera, dtype=np.float64)
     if t.shape != (4, 4) or not np.isfinite(t).all() or not np.isfinite(k).all():
         raise ValueError("camera K must be 3x3 and T_base_camera a 4x4 transform, all finite")
-    key = (grid, k.tobytes(), t.tobytes(), tuple(image_size), float(ground_z), float(max_range))
+    dev = as_device(device)
+    key = (grid, k.tobytes(), t.tobytes(), tuple(image_size), float(ground_z), float(max_range), dev)
     hit = _PROJECTION_CACHE.get(key)
     if hit is None:
-        hit = _project(grid, torch.from_numpy(k), torch.from_numpy(t), image_size, ground_z, max_range)
+        uv, visible = _project(grid, torch.from_numpy(k), torch.from_numpy(t), image_size, ground_z, max_range)
+        hit = (uv.to(dev), visible.to(dev), int(visible.sum()))
         if len(_PROJECTION_CACHE) >= 8:
             _PROJECTION_CACHE.pop(next(iter(_PROJECTION_CACHE)))
         _PROJECTION_CACHE[key] = hit
@@ -93,10 +98,12 @@ def _project(grid: BevGrid, k: Tensor, t: Tensor, image_size, ground_z: float, m
 
 
 def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
-                  max_range: float = 80.0) -> tuple[Tensor, dict]:
-    """-> (features [len(CAMERA_CHANNELS), H, W] float32, stats)."""
+                  max_range: float = 80.0, device=None) -> tuple[Tensor, dict]:
+    """-> (features [len(CAMERA_CHANNELS), H, W] float32 on ``device``, stats). The image is
+    area-downsampled on the host (integer sums, cheap), uploaded small, and sampled on the device."""
+    dev = as_device(device)
     h, w = grid.shape
-    feats = torch.zeros(len(CAMERA_CHANNELS), h * w)
+    feats = torch.zeros(len(CAMERA_CHANNELS), h * w, device=dev)
     stats = {"camera_visible_cells": 0}
     if image is None:
         return feats.view(-1, h, w), stats
@@ -104,12 +111,12 @@ def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
     if a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
         return feats.view(-1, h, w), stats
     h_img, w_img = a.shape[:2]
-    uv, visible = project_cells(grid, K, T_base_camera, (h_img, w_img), ground_z, max_range)
+    uv, visible, n_visible = project_cells(grid, K, T_base_camera, (h_img, w_img), ground_z, max_range, dev)
     factor = max(1, h_img // _WORK_HEIGHT)
-    small = image_to_tensor(a, factor)  # [1, 3, h, w]
+    small = image_to_tensor(a, factor, dev)  # [1, 3, h, w]
     hc, wc = small.shape[2] * factor, small.shape[3] * factor  # pixels covered (crop to a multiple)
     gray = small.mean(1, keepdim=True)  # [1, 1, h, w]
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=dev) / 8.0
     kern = torch.stack([sobel, sobel.T]).unsqueeze(1)  # [2, 1, 3, 3]
     g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kern)
     grad = torch.hypot(g[:, 0:1], g[:, 1:2])
@@ -124,5 +131,5 @@ def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
     feats[1:4] = (sampled[:3] - 0.5) * vis
     feats[4] = sampled[3] * vis
     feats[5] = vis
-    stats["camera_visible_cells"] = int(visible.sum())
+    stats["camera_visible_cells"] = n_visible
     return feats.view(-1, h, w), stats

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ssm_perception.bev.camera import CAMERA_CHANNELS, encode_camera
+from ssm_perception.bev.device import resolve_stats
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.lidar import LIDAR_CHANNELS, encode_lidar
 from ssm_perception.bev.radar import RADAR_CHANNELS, encode_radar
@@ -63,11 +64,14 @@ def encode_frame(
     camera: CameraFrame | None = None,
     ego_twist=None,
     ground: str = "ransac",
+    device=None,
 ) -> BevFeatures:
-    """Encode the sensors present this frame. ``ego_twist`` = (vx, vy, yaw_rate) of base_link in
-    base_link (m/s, rad/s), from the frame assembler: deskews LiDAR points with per-point time
-    (None = no deskew). Radar velocities arrive over ground (frame_assembler.radar_over_ground).
-    Bad points are dropped and counted, never NaN."""
+    """Encode the sensors present this frame, on ``device`` (None = CPU: the features are built
+    where the model runs, so a CUDA pipeline uploads only the raw clouds and a small image).
+    ``ego_twist`` = (vx, vy, yaw_rate) of base_link in base_link (m/s, rad/s), from the frame
+    assembler: deskews LiDAR points with per-point time (None = no deskew). Radar velocities arrive
+    over ground (frame_assembler.radar_over_ground). Bad points are dropped and counted, never NaN.
+    The sensor mask and every counter in ``stats`` come back from the device in one copy at the end."""
     if ego_twist is not None:
         ego_twist = tuple(float(v) for v in ego_twist)
         if len(ego_twist) != 3 or not all(np.isfinite(ego_twist)):
@@ -76,32 +80,27 @@ def encode_frame(
     parts = []
     t0 = time.perf_counter()
     f, s = encode_lidar(grid, None if lidar is None else lidar.points,
-                        None if lidar is None else lidar.T_base_sensor, ego_twist, ground)
+                        None if lidar is None else lidar.T_base_sensor, ego_twist, ground, device=device)
     parts.append(f)
     stats.update(s)
     t1 = time.perf_counter()
     f, s = encode_radar(grid, None if radar is None else radar.points,
-                        None if radar is None else radar.T_base_sensor)
+                        None if radar is None else radar.T_base_sensor, device=device)
     parts.append(f)
     stats.update(s)
     t2 = time.perf_counter()
     if camera is None:
-        f, s = encode_camera(grid, None, None, None)
+        f, s = encode_camera(grid, None, None, None, device=device)
     else:
-        f, s = encode_camera(grid, camera.image, camera.K, camera.T_base_sensor)
+        f, s = encode_camera(grid, camera.image, camera.K, camera.T_base_sensor, device=device)
     parts.append(f)
     stats.update(s)
     t3 = time.perf_counter()
     stats["timings_ms"] = {"lidar": 1e3 * (t1 - t0), "radar": 1e3 * (t2 - t1), "camera": 1e3 * (t3 - t2)}
     feats = torch.cat(parts, 0)
     # Defence in depth: the encoders already drop non-finite input; this guarantees the contract.
-    bad = int((~torch.isfinite(feats)).sum())
-    if bad:
-        feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
-    stats["nonfinite_features"] = bad
-    mask = {
-        "lidar": bool(feats[channel_index("lidar_valid"), 0, 0] > 0),
-        "radar": bool(feats[channel_index("radar_valid"), 0, 0] > 0),
-        "camera": bool(feats[channel_index("camera_valid"), 0, 0] > 0),
-    }
+    stats["nonfinite_features"] = (~torch.isfinite(feats)).sum()
+    feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
+    mask = {name: feats[channel_index(f"{name}_valid"), 0, 0] > 0 for name in ("lidar", "radar", "camera")}
+    resolve_stats({"mask": mask, "stats": stats})  # one device-to-host copy for all of them
     return BevFeatures(feats.contiguous(), mask, stats)

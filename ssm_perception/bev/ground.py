@@ -55,38 +55,78 @@ def fit_ground_plane(
     Candidates are points with |z| < max_height (the ground is near base_link z = 0); hypotheses
     whose normal is tilted more than ``max_tilt_deg`` from vertical are discarded. Deterministic
     (fixed seed). Returns FLAT_GROUND with ``fallback=True`` if fewer than ``min_inliers`` support it.
-    """
+    The work is ``fit_ground_plane_tensor`` (on xyz's device); this reads its result back."""
+    normal, d, frac, fallback = fit_ground_plane_tensor(xyz, None, distance_threshold, iterations, max_tilt_deg,
+                                                        max_height, sample, min_inliers, seed)
+    vals = torch.cat([normal, d.view(1), frac.view(1).double(), fallback.view(1).double()]).cpu().tolist()
+    if vals[5] > 0.5:
+        return _flat(vals[4])
+    return GroundPlane((vals[0], vals[1], vals[2]), vals[3], vals[4], False)
+
+
+def fit_ground_plane_tensor(
+    xyz: Tensor,
+    mask: Tensor | None = None,
+    distance_threshold: float = 0.15,
+    iterations: int = 64,
+    max_tilt_deg: float = 15.0,
+    max_height: float = 1.0,
+    sample: int = 4096,
+    min_inliers: int = 50,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``fit_ground_plane`` without reading anything back except the candidate count: returns
+    (unit normal [3] float64, d float64, inlier fraction float64, fallback bool), 0-d tensors on
+    xyz's device, FLAT_GROUND where the fit fails. ``mask`` [N] bool: points to consider.
+
+    The hypotheses are drawn with a CPU generator on the candidate count (the one host round trip,
+    so every device draws the same points), the scoring, the choice of the best hypothesis, the
+    inlier selection and the refit (weighted normal equations, ``solve_ex``: no error raised for a
+    singular system, it falls back instead) stay on the device."""
     xyz = xyz.float()
-    cand = xyz[xyz[:, 2].abs() < max_height]
-    if cand.shape[0] < max(3, min_inliers):
-        return _flat()
-    gen = torch.Generator().manual_seed(seed)
-    if cand.shape[0] > sample:
-        cand = cand[torch.randperm(cand.shape[0], generator=gen)[:sample]]
+    dev = xyz.device
+    sel = xyz[:, 2].abs() < max_height
+    if mask is not None:
+        sel &= mask
+    cand = xyz[sel]  # the one synchronising step: its size picks the random draw
     m = cand.shape[0]
-    tri = cand[torch.randint(0, m, (iterations, 3), generator=gen)]  # [K, 3, 3]
+    flat_n = torch.tensor(FLAT_GROUND[:3], dtype=torch.float64, device=dev)
+    flat_d = torch.zeros((), dtype=torch.float64, device=dev)
+    if m < max(3, min_inliers):
+        return flat_n, flat_d, torch.zeros((), dtype=torch.float64, device=dev), torch.ones((), dtype=torch.bool,
+                                                                                         device=dev)
+    gen = torch.Generator().manual_seed(seed)
+    if m > sample:
+        pick = torch.randperm(m, generator=gen)[:sample]
+        cand = cand[pick if dev.type == "cpu" else pick.pin_memory().to(dev, non_blocking=True)]
+        m = sample
+    tri_idx = torch.randint(0, m, (iterations, 3), generator=gen)
+    tri = cand[tri_idx if dev.type == "cpu" else tri_idx.pin_memory().to(dev, non_blocking=True)]  # [K, 3, 3]
     n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # [K, 3]
     norm = n.norm(dim=1, keepdim=True)
     n = torch.where(n[:, 2:3] < 0, -n, n) / norm.clamp_min(1e-9)
-    ok = (norm[:, 0] > 1e-6) & (n[:, 2] > math.cos(math.radians(max_tilt_deg)))
-    if not bool(ok.any()):
-        return _flat()
+    cos_tilt = math.cos(math.radians(max_tilt_deg))
+    ok = (norm[:, 0] > 1e-6) & (n[:, 2] > cos_tilt)
     d = -(n * tri[:, 0]).sum(1)  # [K]
     dist = (cand @ n.T + d).abs()  # [M, K]: all hypotheses scored in one matmul
     score = (dist < distance_threshold).sum(0).masked_fill(~ok, -1)
-    best = int(score.argmax())
-    inl = cand[dist[:, best] < distance_threshold]
-    if inl.shape[0] < min_inliers:
-        return _flat(inl.shape[0] / m)
-    # Least squares z = a x + b y + c on the inliers (well-conditioned for near-horizontal planes).
-    a_mat = torch.cat([inl[:, :2], torch.ones(inl.shape[0], 1)], 1).double()
-    sol = torch.linalg.lstsq(a_mat, inl[:, 2:3].double()).solution[:, 0]
-    normal = torch.tensor([-sol[0], -sol[1], 1.0], dtype=torch.float64)
-    scale = float(normal.norm())
+    best = score.argmax().view(1)
+    inl = (dist.index_select(1, best)[:, 0] < distance_threshold)  # [M]
+    count = inl.sum()
+    frac = count.double() / m
+    # Least squares z = a x + b y + c on the inliers (well-conditioned for near-horizontal planes),
+    # as weighted normal equations so that the inlier set keeps its static shape.
+    a_mat = torch.cat([cand[:, :2], torch.ones(m, 1, device=dev)], 1).double()
+    w = inl.double().unsqueeze(1)
+    sol, info = torch.linalg.solve_ex((a_mat * w).T @ a_mat, (a_mat * w).T @ cand[:, 2:3].double())
+    sol = sol[:, 0]
+    normal = torch.stack([-sol[0], -sol[1], torch.ones((), dtype=torch.float64, device=dev)])
+    scale = normal.norm()
     normal = normal / scale
-    if not bool(torch.isfinite(normal).all()) or normal[2] < math.cos(math.radians(max_tilt_deg)):
-        return _flat(inl.shape[0] / m)
-    return GroundPlane(tuple(float(v) for v in normal), float(-sol[2] / scale), inl.shape[0] / m, False)
+    good = ok.any() & (count >= min_inliers) & (info == 0) & torch.isfinite(normal).all() & (normal[2] >= cos_tilt)
+    fallback = ~good
+    frac = torch.where(ok.any(), frac, torch.zeros_like(frac))
+    return (torch.where(good, normal, flat_n), torch.where(good, -sol[2] / scale, flat_d), frac, fallback)
 
 
 def fit_ground_plane_open3d(

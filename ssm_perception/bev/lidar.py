@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssm_perception.bev.device import as_device, upload
 from ssm_perception.bev.grid import BevGrid
-from ssm_perception.bev.ground import GroundPlane, fit_ground_plane
+from ssm_perception.bev.ground import fit_ground_plane_tensor
 
 HEIGHT_BIN_EDGES = (0.25, 0.75, 1.5, 2.5)  # height above ground [m] between the 5 bins
 GROUND_THRESHOLD = 0.25  # above this height a return is an obstacle [m]
@@ -41,23 +42,25 @@ LIDAR_CHANNELS = [
 ]
 
 
-def cloud_to_tensors(points, fields: tuple[str, ...]) -> dict[str, Tensor]:
+def cloud_to_tensors(points, fields: tuple[str, ...], device=None) -> dict[str, Tensor]:
     """Structured array (named fields) or float array [N, K] (columns in ``fields`` order) ->
-    {field: float32 [N]}. Missing optional fields are absent from the dict."""
+    {field: float32 [N]} on ``device`` (one pinned, asynchronous upload of all columns on CUDA).
+    Missing optional fields are absent from the dict."""
     arr = np.asarray(points)
-    out: dict[str, Tensor] = {}
     if arr.dtype.names is not None:
-        for f in fields:
-            if f in arr.dtype.names:
-                out[f] = torch.from_numpy(np.ascontiguousarray(arr[f], dtype=np.float32).reshape(-1))
+        present = [f for f in fields if f in arr.dtype.names]
+        cols = np.empty((len(present), arr.shape[0]), dtype=np.float32)  # one [K, N] block: one upload
+        for k, f in enumerate(present):
+            cols[k] = np.asarray(arr[f], dtype=np.float32).reshape(-1)
+        t = upload(cols, device)
+        out = {f: t[k] for k, f in enumerate(present)}
     else:
         if arr.size == 0:
             arr = arr.reshape(0, len(fields))
         if arr.ndim != 2 or arr.shape[1] < 3:
             raise ValueError(f"point array must be structured or [N, >=3], got shape {arr.shape}")
-        a = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        for k, f in enumerate(fields[: arr.shape[1]]):
-            out[f] = a[:, k]
+        a = upload(np.ascontiguousarray(arr, dtype=np.float32), device)
+        out = {f: a[:, k] for k, f in enumerate(fields[: arr.shape[1]])}
     for f in ("x", "y", "z"):
         if f not in out:
             raise ValueError(f"point cloud has no field {f!r}")
@@ -89,30 +92,44 @@ def deskew(xyz: Tensor, t: Tensor, ego_twist) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _cell_polar(grid: BevGrid, ox: float, oy: float, n_beams: int) -> tuple[Tensor, Tensor]:
-    """(range [HW], beam [HW]) of every cell centre seen from the sensor origin; cached because
-    grid and mounting are fixed while driving."""
+def _cell_polar(grid: BevGrid, ox: float, oy: float, n_beams: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(range [HW], beam [HW]) of every cell centre seen from the sensor origin; cached (per
+    device) because grid and mounting are fixed while driving."""
     c = grid.cell_centers().permute(1, 2, 0).reshape(-1, 2)
     dx, dy = c[:, 0] - ox, c[:, 1] - oy
     beam = ((torch.atan2(dy, dx) + math.pi) * (n_beams / (2 * math.pi))).long().clamp(0, n_beams - 1)
-    return torch.hypot(dx, dy), beam
+    return torch.hypot(dx, dy).to(device), beam.to(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _bin_edges(device: torch.device) -> Tensor:
+    return torch.tensor(HEIGHT_BIN_EDGES, device=device)
 
 
 def polar_free_space(
-    grid: BevGrid, origin_xy: Tensor, ret_xy: Tensor, obstacle: Tensor, n_beams: int
+    grid: BevGrid, origin_xy, ret_xy: Tensor, obstacle: Tensor, n_beams: int, use: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """(free [H, W], occluded [H, W]) float32 from returns ret_xy [N, 2] (obstacle [N] bool).
+    """(free [H, W], occluded [H, W]) float32 from returns ret_xy [N, 2] (obstacle [N] bool; only
+    the returns where ``use`` [N] is True count, all when None). ``origin_xy``: the sensor's (x, y)
+    in base_link (host numbers: the per-cell polar table is cached on them).
 
     Per beam: r_obs = nearest obstacle, r_seen = farthest return (ground returns prove the ray
     got there). Cells with range < min(r_obs - res, r_seen) are free; cells beyond r_obs + res
-    on a beam with an obstacle are occluded. Cells on beams without returns stay unknown (0, 0)."""
+    on a beam with an obstacle are occluded. Cells on beams without returns stay unknown (0, 0).
+    Static shapes throughout (masked values, no compaction): nothing waits for the device."""
+    dev = ret_xy.device
+    ox, oy = (float(v) for v in origin_xy)
     scale = n_beams / (2 * math.pi)
-    rel = ret_xy - origin_xy
+    rel = ret_xy - torch.tensor([ox, oy], dtype=ret_xy.dtype, device=dev)
     r = torch.hypot(rel[:, 0], rel[:, 1])
     beam = ((torch.atan2(rel[:, 1], rel[:, 0]) + math.pi) * scale).long().clamp(0, n_beams - 1)
-    r_obs = torch.full((n_beams,), math.inf).scatter_reduce(0, beam[obstacle], r[obstacle], "amin")
-    r_seen = torch.zeros(n_beams).scatter_reduce(0, beam, r, "amax")
-    cr, cbeam = _cell_polar(grid, float(origin_xy[0]), float(origin_xy[1]), n_beams)
+    if use is not None:
+        obstacle = obstacle & use
+    r_obs = torch.full((n_beams,), math.inf, device=dev).scatter_reduce(
+        0, beam, torch.where(obstacle, r, math.inf), "amin")
+    r_seen = torch.zeros(n_beams, device=dev).scatter_reduce(
+        0, beam, r if use is None else torch.where(use, r, 0.0), "amax")
+    cr, cbeam = _cell_polar(grid, ox, oy, n_beams, dev)
     obs_c = r_obs[cbeam]
     free = cr < torch.minimum(obs_c - grid.resolution, r_seen[cbeam])
     occluded = torch.isfinite(obs_c) & (cr > obs_c + grid.resolution)
@@ -127,52 +144,61 @@ def encode_lidar(
     ground: str = "ransac",
     n_beams: int = 720,
     max_range: float = 250.0,
+    device=None,
 ) -> tuple[Tensor, dict]:
-    """-> (features [len(LIDAR_CHANNELS), H, W] float32, stats).
+    """-> (features [len(LIDAR_CHANNELS), H, W] float32 on ``device`` (None = CPU), stats).
 
     ``ground``: 'ransac' (torch plane fit, see bev/ground.py) or 'flat' (base_link z = 0).
     Non-finite points and returns beyond ``max_range`` from the sensor (no real LiDAR sees that
     far: a corrupt point must not clear a whole beam) are dropped; points outside [z_min, z_max]
-    or outside the grid do not enter the cell statistics (all counted in stats); never NaN."""
+    or outside the grid do not enter the cell statistics (all counted in stats); never NaN.
+
+    The same code runs on any device: points are filtered by masks, not compacted (every scatter
+    sends a dropped point to a spare slot past the grid), so on a GPU the only wait for the device
+    is the ground fit's candidate count. Counters in ``stats`` are 0-d tensors on the device;
+    ``bev.device.resolve_stats`` (or ``encode_frame``) turns them into numbers."""
+    dev = as_device(device)
     h, w = grid.shape
-    feats = torch.zeros(len(LIDAR_CHANNELS), h * w)
+    hw = h * w
+    feats = torch.zeros(len(LIDAR_CHANNELS), hw, device=dev)
     stats = {"lidar_points": 0, "lidar_used": 0, "lidar_nonfinite": 0, "lidar_out_of_height": 0,
              "lidar_out_of_grid": 0, "lidar_out_of_range": 0, "lidar_ground_fallback": True,
              "lidar_stage_ms": {}}
     tick = [time.perf_counter()]
 
-    def lap(name: str) -> None:  # per-stage wall time, for scripts/bench_core_cpu.py
+    def lap(name: str) -> None:  # per-stage wall time (host side), for scripts/bench_core_cpu.py
         now = time.perf_counter()
         stats["lidar_stage_ms"][name] = 1e3 * (now - tick[0])
         tick[0] = now
 
     if points is None:
         return feats.view(-1, h, w), stats
-    cloud = cloud_to_tensors(points, ("x", "y", "z", "intensity", "t"))
+    t_np = np.asarray(T_base_lidar, dtype=np.float32)
+    if t_np.shape != (4, 4) or not np.isfinite(t_np).all():
+        raise ValueError("T_base_lidar must be a finite 4x4 transform")
+    cloud = cloud_to_tensors(points, ("x", "y", "z", "intensity", "t"), dev)
     xyz = torch.stack([cloud["x"], cloud["y"], cloud["z"]], 1)  # [N, 3] lidar frame
     n = xyz.shape[0]
     stats["lidar_points"] = n
+    if n == 0:
+        return feats.view(-1, h, w), stats  # empty: no information, lidar_valid stays 0
     finite = torch.isfinite(xyz).all(1)
     t = cloud.get("t")
     if t is not None:
         finite &= torch.isfinite(t)
-    n_finite = int(finite.sum())
+    n_finite = finite.sum()
     stats["lidar_nonfinite"] = n - n_finite
-    if n_finite == 0:
-        return feats.view(-1, h, w), stats  # empty: no information, lidar_valid stays 0
-    all_finite = n_finite == n
-    if not all_finite:  # zero the bad rows so the math below stays finite; dropped by `keep`
-        xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
-        t = None if t is None else torch.where(finite, t, 0.0)
-    inten = cloud.get("intensity", torch.zeros(n))
+    # zero the bad rows so the math below stays finite; they are dropped by `keep`
+    xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
+    t = None if t is None else torch.where(finite, t, 0.0)
+    inten = cloud.get("intensity")
+    inten = torch.zeros(n, device=dev) if inten is None else inten
     inten = torch.log1p(torch.nan_to_num(inten, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0))
 
     far = (xyz * xyz).sum(1) > max_range * max_range  # range in the sensor frame
-    stats["lidar_out_of_range"] = int((far & finite).sum())
+    stats["lidar_out_of_range"] = (far & finite).sum()
     finite &= ~far
-    t_bl = torch.as_tensor(np.asarray(T_base_lidar, dtype=np.float32))
-    if t_bl.shape != (4, 4) or not torch.isfinite(t_bl).all():
-        raise ValueError("T_base_lidar must be a finite 4x4 transform")
+    t_bl = torch.from_numpy(t_np).to(dev)
     xyz = torch.addmm(t_bl[:3, 3], xyz, t_bl[:3, :3].T)  # [N, 3] base_link
     if ego_twist is not None and not all(math.isfinite(float(v)) for v in ego_twist):
         ego_twist = None  # a corrupt twist must not poison the cloud: leave it skewed
@@ -180,40 +206,44 @@ def encode_lidar(
     if ego_twist is not None and t is not None:
         xyz = deskew(xyz, t, ego_twist)
     in_h = (xyz[:, 2] >= grid.z_min) & (xyz[:, 2] <= grid.z_max)
-    stats["lidar_out_of_height"] = int((~in_h & finite).sum())
-    keep = in_h & finite
-    # One compaction for every filter (boolean indexing is the costly op here).
-    idx_keep = keep.nonzero().squeeze(1)
-    xyz, inten = xyz.index_select(0, idx_keep), inten.index_select(0, idx_keep)
+    stats["lidar_out_of_height"] = (~in_h & finite).sum()
+    keep = in_h & finite  # the points that count (a mask: no compaction, no wait for the device)
 
     lap("prepare")
-    plane = fit_ground_plane(xyz) if ground == "ransac" else GroundPlane((0.0, 0.0, 1.0), 0.0, 0.0, True)
-    stats["lidar_ground_fallback"] = plane.fallback
-    height = plane.height(xyz)  # [N] above ground
+    if ground == "ransac":
+        normal, offset, _, fallback = fit_ground_plane_tensor(xyz, keep)
+        height = xyz @ normal.float() + offset.float()  # [N] above ground
+        stats["lidar_ground_fallback"] = fallback
+    else:
+        height = xyz[:, 2].clone()
+        stats["lidar_ground_fallback"] = True
     above = height > GROUND_THRESHOLD
     obstacle = above & (height < OVERHANG_HEIGHT)  # blocks rays (free space / occlusion)
     lap("ground")
-    feats[0] = 1.0
+    feats[0] = (n_finite > 0).float()  # the LiDAR delivered (finite) points this frame
     flat, valid = grid.points_to_cells(xyz[:, :2])
-    stats["lidar_out_of_grid"] = int((~valid).sum())
-    stats["lidar_used"] = int(valid.sum())
-    idx, hv, iv, ov = flat[valid], height[valid], inten[valid], above[valid]
-
-    count = torch.zeros(h * w).index_add_(0, idx, torch.ones_like(hv))
+    stats["lidar_out_of_grid"] = (~valid & keep).sum()
+    valid &= keep
+    stats["lidar_used"] = valid.sum()
+    idx = torch.where(valid, flat, hw)  # dropped points land in the spare slot hw
+    vf = valid.float()
+    count = torch.zeros(hw + 1, device=dev).index_add_(0, idx, vf)[:hw]
     has = count > 0
     feats[1] = torch.log1p(count)
-    feats[2] = torch.where(has, torch.full((h * w,), math.inf).scatter_reduce(0, idx, hv, "amin"), 0.0)
-    feats[3] = torch.where(has, torch.full((h * w,), -math.inf).scatter_reduce(0, idx, hv, "amax"), 0.0)
-    feats[4] = torch.zeros(h * w).index_add_(0, idx, iv) / count.clamp_min(1.0)
+    inf = torch.full((hw + 1,), math.inf, device=dev)
+    feats[2] = torch.where(has, inf.scatter_reduce(0, idx, height, "amin")[:hw], 0.0)
+    feats[3] = torch.where(has, (-inf).scatter_reduce(0, idx, height, "amax")[:hw], 0.0)
+    feats[4] = torch.zeros(hw + 1, device=dev).index_add_(0, idx, inten * vf)[:hw] / count.clamp_min(1.0)
     nb = len(HEIGHT_BIN_EDGES) + 1
-    hbin = torch.bucketize(hv, torch.tensor(HEIGHT_BIN_EDGES))  # [M] in 0..nb-1
-    bins = torch.zeros(h * w * nb).index_add_(0, idx * nb + hbin, torch.ones_like(hv)).view(h * w, nb)
+    hbin = torch.bucketize(height, _bin_edges(dev))  # [N] in 0..nb-1
+    bins = torch.zeros(hw * nb + 1, device=dev).index_add_(
+        0, torch.where(valid, idx * nb + hbin, hw * nb), vf)[: hw * nb].view(hw, nb)
     feats[5 : 5 + nb] = torch.log1p(bins.T)
-    nonground = torch.zeros(h * w).index_add_(0, idx, ov.float())
+    nonground = torch.zeros(hw + 1, device=dev).index_add_(0, idx, (above & valid).float())[:hw]
     feats[5 + nb] = torch.log1p(nonground)
     lap("scatter")
 
-    free, occluded = polar_free_space(grid, t_bl[:2, 3], xyz[:, :2], obstacle, n_beams)
+    free, occluded = polar_free_space(grid, t_np[:2, 3], xyz[:, :2], obstacle, n_beams, use=keep)
     hit = (nonground > 0).view(h, w)
     feats[6 + nb] = (free.view(-1) > 0).float() * (~hit.view(-1)).float()
     feats[7 + nb] = occluded.view(-1) * (count == 0).float()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssm_perception.bev.device import as_device
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.lidar import cloud_to_tensors
 
@@ -27,41 +28,50 @@ RADAR_CHANNELS = [
 ]
 
 
-def encode_radar(grid: BevGrid, points, T_base_radar) -> tuple[Tensor, dict]:
-    """-> (features [len(RADAR_CHANNELS), H, W] float32, stats). ``radial_velocity`` is over
-    ground (see the module doc). Non-finite detections are dropped; detections outside the grid
-    are counted."""
+def encode_radar(grid: BevGrid, points, T_base_radar, device=None) -> tuple[Tensor, dict]:
+    """-> (features [len(RADAR_CHANNELS), H, W] float32 on ``device``, stats). ``radial_velocity``
+    is over ground (see the module doc). Non-finite detections are dropped; detections outside the
+    grid are counted. Masks instead of compaction, counters as 0-d tensors (see encode_lidar):
+    nothing waits for the device."""
+    dev = as_device(device)
     h, w = grid.shape
-    feats = torch.zeros(len(RADAR_CHANNELS), h * w)
+    hw = h * w
+    feats = torch.zeros(len(RADAR_CHANNELS), hw, device=dev)
     stats = {"radar_points": 0, "radar_used": 0, "radar_nonfinite": 0, "radar_out_of_grid": 0}
     if points is None:
         return feats.view(-1, h, w), stats
-    c = cloud_to_tensors(points, ("x", "y", "z", "radial_velocity", "rcs"))
+    t_np = np.asarray(T_base_radar, dtype=np.float32)
+    c = cloud_to_tensors(points, ("x", "y", "z", "radial_velocity", "rcs"), dev)
     n = c["x"].shape[0]
-    zeros = torch.zeros(n)
+    stats["radar_points"] = n
+    if n == 0:
+        return feats.view(-1, h, w), stats
+    if t_np.shape != (4, 4) or not np.isfinite(t_np).all():
+        raise ValueError("T_base_radar must be a finite 4x4 transform")
+    zeros = torch.zeros(n, device=dev)
     xyz = torch.stack([c["x"], c["y"], c["z"]], 1)
     vr, rcs = c.get("radial_velocity", zeros), c.get("rcs", zeros)
     finite = torch.isfinite(xyz).all(1) & torch.isfinite(vr) & torch.isfinite(rcs)
-    stats["radar_points"], stats["radar_nonfinite"] = n, int(n - finite.sum())
-    xyz, vr, rcs = xyz[finite], vr[finite], rcs[finite]
-    if xyz.shape[0] == 0:
-        return feats.view(-1, h, w), stats
-    t = torch.as_tensor(np.asarray(T_base_radar, dtype=np.float32))
-    if t.shape != (4, 4) or not torch.isfinite(t).all():
-        raise ValueError("T_base_radar must be a finite 4x4 transform")
+    stats["radar_nonfinite"] = n - finite.sum()
+    xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
+    vr, rcs = torch.where(finite, vr, 0.0), torch.where(finite, rcs, 0.0)
+    t = torch.from_numpy(t_np).to(dev)
     xyz = xyz @ t[:3, :3].T + t[:3, 3]
     ray = xyz[:, :2] - t[:2, 3]  # unit line of sight from the sensor, base_link axes
     u = ray / torch.hypot(ray[:, 0], ray[:, 1]).clamp_min(1e-3).unsqueeze(1)
-    feats[0] = 1.0
+    feats[0] = finite.any().float()
     flat, valid = grid.points_to_cells(xyz[:, :2])
-    stats["radar_out_of_grid"], stats["radar_used"] = int((~valid).sum()), int(valid.sum())
-    idx = flat[valid]
-    vr, u, rcs = vr[valid] / VELOCITY_SCALE, u[valid], rcs[valid]
-    count = torch.zeros(h * w).index_add_(0, idx, torch.ones_like(vr))
+    stats["radar_out_of_grid"] = (~valid & finite).sum()
+    valid &= finite
+    stats["radar_used"] = valid.sum()
+    idx = torch.where(valid, flat, hw)  # dropped detections land in the spare slot hw
+    vr = vr / VELOCITY_SCALE
+    vf = valid.float()
+    count = torch.zeros(hw + 1, device=dev).index_add_(0, idx, vf)[:hw]
     denom = count.clamp_min(1.0)
     feats[1] = torch.log1p(count)
-    # One index_add_ for the four means: values [M, 4] -> sums [HW, 4].
+    # One index_add_ for the four means: values [N, 4] -> sums [HW, 4].
     vals = torch.stack([vr, vr * u[:, 0], vr * u[:, 1], (rcs / RCS_SCALE).clamp(-3.0, 3.0)], 1)
-    sums = torch.zeros(h * w, 4).index_add_(0, idx, vals)
+    sums = torch.zeros(hw + 1, 4, device=dev).index_add_(0, idx, vals * vf.unsqueeze(1))[:hw]
     feats[2:6] = (sums / denom.unsqueeze(1)).T
     return feats.view(-1, h, w), stats

@@ -378,6 +378,25 @@ class MambaCore(TemporalCore):
                                           self.nheads, self.headdim, self.d_state, self.ngroups, warp, reset_mask)
         return self._post(u, y), {"ssm": h}
 
+    def static_warp_step(self, x: Tensor, prev: Tensor, affine: Tensor, bilinear: bool, dt: Tensor,
+                         reset_mask: Tensor, out: Tensor) -> Tensor:
+        """The 'fused' warp + step with every input already on the device and the new state
+        written into ``out`` (must not alias ``prev``): no host value is read and nothing depends
+        on the motion's value on the host, so a CUDA graph can capture it (pipeline_graph.py).
+        affine [B, 6] float32 from ``fused_step.warp_params`` (identity = no motion), dt [B],
+        reset_mask [B, H, W] bool (all False = none). Returns the block output [B, d_model, H, W]."""
+        check_input(self, x)
+        self._check_inference("fused")
+        from ssm_perception.temporal import fused_step
+
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        y_buf = torch.empty(x.shape[0], self.d_inner, *x.shape[-2:], device=x.device, dtype=torch.float32)
+        y, _ = fused_step.fused_warp_step(prev, z, xs, b, c, step, self.A(), self.D.float(), self.nheads,
+                                          self.headdim, self.d_state, self.ngroups, (affine, bilinear), reset_mask,
+                                          out=(y_buf, out))
+        return self._post(u, y)
+
     def _warp_step_cells(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None,
                          grid, mode: str, out: State | None = None) -> tuple[Tensor, State]:
         """CPU inference: warp_state + step with the warp gathered block by block inside the

@@ -64,8 +64,12 @@ class Detection:
         return math.isfinite(self.vx) and math.isfinite(self.vy)
 
 
-def _unbatch(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept [1, C, H, W] or [C, H, W] per key; return [C, H, W] float32 on CPU."""
+# Columns of the fixed-size detection table that ``decode_topk`` builds on the device.
+DET_COLUMNS = ("x", "y", "yaw", "length", "width", "height", "vx", "vy", "cls", "score", "evidence", "valid")
+
+
+def _heads_3d(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept [1, C, H, W] or [C, H, W] per key; return [C, H, W] float32 on the heads' own device."""
     out = {}
     for key in _REQUIRED_HEADS + _OPTIONAL_HEADS:
         if key not in heads:
@@ -79,11 +83,73 @@ def _unbatch(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             t = t[0]
         if t.dim() != 3:
             raise ValueError(f"heads[{key!r}] must be [C, H, W] or [1, C, H, W], got {tuple(heads[key].shape)}")
-        out[key] = t.float().cpu()
+        out[key] = t.float()
     return out
 
 
+def _max3x3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 max filter of [C, H, W] (-inf outside): equal to max_pool2d(kernel 3, stride 1, padding 1),
+    separably as four elementwise maxima, which on the CPU is ~15x faster than max_pool2d."""
+    p = F.pad(x, (1, 1, 1, 1), value=-math.inf)
+    r = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+    return torch.maximum(torch.maximum(r[:, :-2], r[:, 1:-1]), r[:, 2:])
+
+
 @torch.no_grad()
+def decode_topk(
+    heads: dict[str, torch.Tensor],
+    grid: GridConfig,
+    score_threshold: float = 0.3,
+    max_detections: int = MAX_DETECTIONS,
+) -> torch.Tensor:
+    """Heatmap peaks -> a fixed-size table [K, len(DET_COLUMNS)] float32 on the heads' device,
+    best score first, K = min(max_detections, cells * classes); rows with ``valid`` 0 are padding.
+
+    Static shapes only (top-k instead of nonzero + sort), so it runs inside a CUDA graph and the
+    host reads the detections with the frame's one small copy; ``detections_from_table`` turns the
+    table into Detection objects. A peak is what ``decode_detections`` says."""
+    h = _heads_3d(heads)
+    center = h["center_logit"]  # [4, H, W]
+    _, nx, ny = center.shape
+    if (nx, ny) != (grid.nx, grid.ny):
+        raise ValueError(f"heads are {nx}x{ny} cells but the grid is {grid.nx}x{grid.ny}")
+    heat = torch.sigmoid(torch.nan_to_num(center, nan=-math.inf))  # NaN logits -> score 0
+    peaks = (heat == _max3x3(heat)) & (heat >= score_threshold)  # [4, H, W]
+    masked = torch.where(peaks, heat, -1.0).reshape(-1)  # scores are >= 0: -1 marks "no peak"
+    k_max = max(0, min(int(max_detections), masked.numel()))
+    scores, flat = torch.topk(masked, k_max, sorted=True)
+    k = flat // (nx * ny)
+    cell = flat % (nx * ny)
+    i, j = cell // ny, cell % ny
+    res = grid.resolution
+    off = h["box_offset"][:, i, j]  # [2, K]
+    size = torch.exp(h["box_size"][:, i, j].clamp(max=5.0))  # [3, K]; exp(5) = 148 m bounds garbage
+    sin_cos = h["box_yaw"][:, i, j]  # [2, K]
+    vel = h["velocity"][:, i, j]  # [2, K]
+    xs = grid.x_min + (i.float() + 0.5) * res + off[0]
+    ys = grid.y_min + (j.float() + 0.5) * res + off[1]
+    yaws = torch.atan2(sin_cos[0], sin_cos[1])
+    if "occupancy_logit" in h:
+        evidence = torch.sigmoid(h["occupancy_logit"][0, i, j])
+    else:
+        evidence = torch.full_like(scores, math.nan)
+    return torch.stack([xs, ys, yaws, size[0], size[1], size[2], vel[0], vel[1], (k + 1).float(), scores,
+                        evidence, (scores >= 0).float()], 1)
+
+
+def detections_from_table(table) -> list[Detection]:
+    """Rows of ``decode_topk`` (a host array or tensor) -> Detection list in row order (best
+    first); padding rows and non-finite detections are left out."""
+    a = np.asarray(table.cpu() if isinstance(table, torch.Tensor) else table, dtype=np.float32)
+    dets = []
+    for r in a[a[:, 11] > 0.5].tolist():
+        d = Detection(x=r[0], y=r[1], yaw=r[2], length=r[3], width=r[4], height=r[5], vx=r[6], vy=r[7],
+                      cls=int(r[8]), score=r[9], evidence=r[10])
+        if d.is_finite():
+            dets.append(d)
+    return dets
+
+
 def decode_detections(
     heads: dict[str, torch.Tensor],
     grid: GridConfig,
@@ -97,46 +163,8 @@ def decode_detections(
     per-class thresholds, circle NMS and evidence gating come after (``select_detections``, applied
     by the tracker). Each detection carries the occupancy head's P(occupied) at its peak cell as
     ``evidence`` when the heads have ``occupancy_logit``. Non-finite outputs never become detections.
-    """
-    h = _unbatch(heads)
-    center = h["center_logit"]  # [4, H, W]
-    _, nx, ny = center.shape
-    if (nx, ny) != (grid.nx, grid.ny):
-        raise ValueError(f"heads are {nx}x{ny} cells but the grid is {grid.nx}x{grid.ny}")
-    heat = torch.sigmoid(torch.nan_to_num(center, nan=-math.inf))  # NaN logits -> score 0
-    pooled = F.max_pool2d(heat[None], kernel_size=3, stride=1, padding=1)[0]
-    peaks = (heat == pooled) & (heat >= score_threshold)  # [4, H, W]
-    k, i, j = torch.nonzero(peaks, as_tuple=True)
-    if k.numel() == 0:
-        return []
-    scores = heat[k, i, j]
-    order = torch.argsort(scores, descending=True)[: max(0, int(max_detections))]
-    k, i, j, scores = k[order], i[order], j[order], scores[order]
-
-    res = grid.resolution
-    off = h["box_offset"][:, i, j]  # [2, N]
-    size = torch.exp(h["box_size"][:, i, j].clamp(max=5.0))  # [3, N]; exp(5) = 148 m bounds garbage
-    sin_cos = h["box_yaw"][:, i, j]  # [2, N]
-    vel = h["velocity"][:, i, j]  # [2, N]
-    xs = grid.x_min + (i.float() + 0.5) * res + off[0]
-    ys = grid.y_min + (j.float() + 0.5) * res + off[1]
-    yaws = torch.atan2(sin_cos[0], sin_cos[1])
-    if "occupancy_logit" in h:
-        evidence = torch.sigmoid(h["occupancy_logit"][0, i, j])  # [N]
-    else:
-        evidence = torch.full((k.numel(),), math.nan)
-
-    dets = []
-    for n in range(k.numel()):
-        d = Detection(
-            x=float(xs[n]), y=float(ys[n]), yaw=float(yaws[n]),
-            length=float(size[0, n]), width=float(size[1, n]), height=float(size[2, n]),
-            vx=float(vel[0, n]), vy=float(vel[1, n]), cls=int(k[n]) + 1, score=float(scores[n]),
-            evidence=float(evidence[n]),
-        )
-        if d.is_finite():
-            dets.append(d)
-    return dets
+    Decoded on the heads' device (``decode_topk``), read back in one copy."""
+    return detections_from_table(decode_topk(heads, grid, score_threshold, max_detections))
 
 
 def select_detections(dets: list[Detection], cfg: TrackingConfig) -> list[Detection]:
