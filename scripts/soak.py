@@ -256,6 +256,7 @@ def run_dds(args) -> dict:
     from ssm_perception.bench import environment, grid_config, model_config
     from ssm_perception.model import BevPerceptionModel, save_checkpoint
     from ssm_perception.nodes.launcher import (
+        PROFILE_VARS,
         Graph,
         dds_env,
         node_command,
@@ -284,8 +285,9 @@ def run_dds(args) -> dict:
         if args.memory_profile:
             env["SSM_PERCEPTION_MEMPROFILE"] = str(Path(args.memory_profile).resolve())
             env["SSM_PERCEPTION_MEMPROFILE_S"] = str(args.memory_profile_s)
-        for key in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS"):  # this process listens on the same graph
-            os.environ[key] = env[key]
+        for key in ("ROS_DOMAIN_ID", *PROFILE_VARS):  # this process listens on the same graph
+            if env.get(key):
+                os.environ[key] = env[key]
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
 

@@ -96,6 +96,17 @@ class SensorsConfig(_Section):
     camera_tolerance_s: float = Field(0.1, ge=0, description="max |stamp difference| camera vs LiDAR")
     tf_extrapolation_limit_s: float = Field(0.1, ge=0, description="TF lookups may extrapolate this far")
     tf_cache_s: float = Field(10.0, gt=0, description="seconds of /tf history kept for lookups")
+    # Input gates and the TF wait (perception_node module docstring; README "Runtime robustness").
+    tf_wait_s: float = Field(1.5, gt=0, description="a LiDAR frame waits this long (steady clock) for its transforms")
+    frame_queue_size: int = Field(20, ge=1, description="LiDAR frames waiting for TF or the worker; oldest dropped")
+    lidar_frame_id: str = Field("", description="accept only clouds in this frame; empty = any frame TF connects")
+    max_stamp_future_s: float = Field(0.5, ge=0, description="stamps further ahead of the node clock are rejected")
+    max_stamp_age_s: float = Field(2.0, gt=0, description="stamps older than this on arrival are rejected")
+    publisher_handover_s: float = Field(
+        1.0, gt=0, description="a second publisher on a sensor topic or TF edge is refused until the first one "
+        "has been silent this long")
+    tf_jump_confirm: int = Field(
+        3, ge=1, description="consecutive messages an implausible TF jump must persist for before it is used")
 
 
 class LidarInputConfig(_Section):
@@ -311,6 +322,8 @@ class DiagnosticsConfig(_Section):
     period_s: float = Field(1.0, gt=0, description="seconds between /diagnostics messages")
     latency_warn_ms: float = Field(100.0, gt=0, description="pipeline latency p50 above this is WARN")
     latency_error_ms: float = Field(200.0, gt=0, description="pipeline latency p50 above this is ERROR")
+    no_output_error_s: float = Field(
+        2.0, gt=0, description="LiDAR arriving but no frame produced for this long is an ERROR naming the cause")
     hardware_id: str = Field("ssm_perception", description="hardware_id of the diagnostic statuses")
 
 

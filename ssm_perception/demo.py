@@ -51,6 +51,7 @@ def run_graph(out: Path, bag: Path, config: Path, rate: float, lockstep: bool = 
     from ssm_perception.nodes.launcher import (
         Graph,
         dds_env,
+        dds_summary,
         node_command,
         replay_command,
     )
@@ -64,8 +65,7 @@ def run_graph(out: Path, bag: Path, config: Path, rate: float, lockstep: bool = 
     env["PYTHONUNBUFFERED"] = "1"
     graph = Graph(env=env)
     recorded = out / "outputs_bag"
-    say(f"starting the node graph on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, FASTDDS_BUILTIN_TRANSPORTS="
-        f"{env['FASTDDS_BUILTIN_TRANSPORTS']} (logs in {logs}/)")
+    say(f"starting the node graph on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, {dds_summary(env)} (logs in {logs}/)")
     t0 = time.monotonic()
     files = {n: (logs / f"{n}.log").open("w") for n in ("node", "recorder", "replay")}
     try:

@@ -96,6 +96,9 @@ class FrameInputs:
     # driver gives it (relative to the sensor), and process() compensates it with the twist.
     radar_over_ground: bool = False
     lidar_frame: str = "lidar"  # the cloud's frame_id (named in the mounting diagnostics)
+    # LiDAR frames that arrived since the previous processed one but were skipped (node busy): the
+    # reset policy does not mistake the skipped span for a time gap or a dropout.
+    skipped_lidar_ns: tuple[int, ...] = ()
 
     @classmethod
     def from_sim(cls, scenario_config, frame, assembler=None) -> FrameInputs:
@@ -331,7 +334,8 @@ class PerceptionPipeline:
         reset_on_shift = shift.message if shift.detected and self.config.distribution_shift.reset else None
         decision = self.policy.decide(stamp_ns, inp.T_odom_base, lidar_present=lidar is not None,
                                       state_finite=self._state_finite, zone=inp.zone,
-                                      distribution_shift=reset_on_shift)
+                                      distribution_shift=reset_on_shift,
+                                      skipped_ns=inp.skipped_lidar_ns)
         # The assembler's twist; hand-built inputs without one get it from the same odom motion.
         twist = inp.ego_twist if inp.ego_twist is not None else \
             (None if decision.full else ego_twist(decision.T_prev_cur, decision.dt_s))

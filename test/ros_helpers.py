@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from ssm_perception.config import NODE_NAME, PerceptionConfig
+from ssm_perception.nodes.launcher import PROFILE_VARS, dds_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = 1_000_000_000
@@ -33,13 +34,12 @@ TEST_OVERRIDES = {
 }
 
 
-# Same transports as `ssm-perception launch` (see launcher.dds_env), for this process's listener too.
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+# Same transports as `ssm-perception launch` (the packaged Fast DDS profile, launcher.dds_env), for this
+# process's listener too.
+os.environ.update({k: v for k, v in dds_env().items() if k in PROFILE_VARS})
 
 
 def ros_env(**extra: str) -> dict[str, str]:
-    from ssm_perception.nodes.launcher import dds_env
-
     env = dds_env()
     env.setdefault("ROS_DOMAIN_ID", "42")
     env["PYTHONUNBUFFERED"] = "1"

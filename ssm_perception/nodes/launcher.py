@@ -39,20 +39,40 @@ def replay_command(bag: str | Path, rate: float = 1.0, loop: bool = False, wait_
 
 LOCALHOST_WARNING = ("ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST is set: with it Fast DDS ignores "
                      "FASTDDS_BUILTIN_TRANSPORTS and loses large point clouds and images between processes")
+PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
+
+
+def dds_profile_path() -> Path | None:
+    """config/fastdds_profile.xml: the source tree first, then the installed share directory."""
+    from ssm_perception.nodes.perception_node import default_config_path
+
+    cfg = default_config_path()
+    if cfg is None:
+        return None
+    profile = cfg.parent / "fastdds_profile.xml"
+    return profile if profile.is_file() else None
 
 
 def dds_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for the graph's processes.
+    """The environment for the graph's processes: the packaged Fast DDS profile
+    (config/fastdds_profile.xml) unless the environment already chooses the transports.
 
-    Fast DDS's default transports lose many 1-2 MB point clouds between processes on one host
-    (measured on the demo bag: 52-60 of 108 LiDAR scans reached a subscriber); its LARGE_DATA mode
-    (shared memory + TCP for user data) delivered all 108. ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-    undoes that (41-59 of 108), so use a separate ROS_DOMAIN_ID to isolate runs instead.
-    An explicit FASTDDS_BUILTIN_TRANSPORTS in the environment wins.
+    Measured (scripts/dds_transport_candidates.py, results/dds_transport_candidates.json): Fast DDS's
+    default transports lose most 1-2 MB clouds between processes on one host; LARGE_DATA delivers
+    them but a participant on default settings never discovers it (RViz, a planner: no node, no
+    topic, no service); the profile keeps the default transports (so every peer discovers and reads
+    the node) with a 16 MiB shared-memory segment and 4 MiB socket buffers, and delivered every cloud.
     """
     env = dict(os.environ if env is None else env)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    if not any(env.get(v) for v in PROFILE_VARS) and (profile := dds_profile_path()) is not None:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     return env
+
+
+def dds_summary(env: dict[str, str]) -> str:
+    """What decides the transports, for the start-up line."""
+    chosen = [f"{v}={env[v]}" for v in PROFILE_VARS if env.get(v)]
+    return ", ".join(chosen) or "Fast DDS defaults (large clouds will be lost: see README)"
 
 
 @dataclass
@@ -113,7 +133,7 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
     graph = Graph()
     print(f"[launch] ROS_DOMAIN_ID={graph.env.get('ROS_DOMAIN_ID', '0')}, "
           f"RMW={graph.env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')}, "
-          f"FASTDDS_BUILTIN_TRANSPORTS={graph.env['FASTDDS_BUILTIN_TRANSPORTS']}")
+          f"{dds_summary(graph.env)}")
     print(f"[launch] perception_node with {config_path}{' (use_sim_time)' if bag else ''}")
     print(f"[launch]   inputs : {t.lidar}, {t.radar}, {t.camera_image}, {t.camera_info}, /tf, /tf_static")
     print(f"[launch]   outputs: {t.occupancy_grid} (OccupancyGrid), {t.tracks} (TrackArray), {t.markers} "
@@ -122,7 +142,8 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
     if bag:
         print(f"[launch] replay {bag} at x{rate:g}{' in a loop' if loop else ''}, with /clock")
         graph.start("replay", replay_command(bag, rate, loop))
-    if graph.env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST":
+    if graph.env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST" and \
+            graph.env.get("FASTDDS_BUILTIN_TRANSPORTS"):
         print(f"[launch] warning: {LOCALHOST_WARNING}", file=sys.stderr)
     print("[launch] Ctrl-C stops everything")
 

@@ -1,21 +1,37 @@
 """The perception node: a thin rclpy adapter around `PerceptionPipeline`.
 
-Callbacks only decode and store; a worker thread runs the pipeline on the newest LiDAR frame, so
-slow model steps never starve the TF and clock subscriptions (the rclpy tf2 pitfall in the field
-notes) and a backlog of stale frames is dropped (and counted) instead of adding latency.
+Callbacks only check, decode and store; a worker thread runs the pipeline, so slow model steps never
+starve the TF and clock subscriptions (the rclpy tf2 pitfall in the field notes).
 
-Bursts (a driver or the network flushing a queue of scans at once) are deliberately collapsed to
-their newest frame: one slot holds the next frame, a newer arrival replaces it, so the backlog is at
-most one frame, latency stays one frame time, and published stamps only increase. Each replaced frame
-counts in ``frames_dropped_busy`` and raises the ``lidar_backlog`` flag (WARN on /diagnostics while
-recent). The skipped span is a gap like any other: longer than ``reset.max_time_gap_s`` it resets.
+Input gates (callbacks): a LiDAR cloud enters the frame queue only if its stamp is neither zero, nor
+more than ``sensors.max_stamp_future_s`` ahead of, nor ``sensors.max_stamp_age_s`` behind the node
+clock, its frame is ``sensors.lidar_frame_id`` (when set), it has x/y/z fields that match its size, and
+it comes from the topic's publisher (`input_gate.SourceLock`: a second publisher is refused while the
+first is alive). Transforms pass the same stamp gate and `input_gate.TfEdgeGate` (second publisher,
+implausible jumps held back until confirmed). Rejected messages are counted per flag and never used
+for ages or rates.
+
+TF waiting (as tf2's MessageFilter): a frame waits in a bounded queue (``sensors.frame_queue_size``)
+until its transforms can be interpolated, at most ``sensors.tf_wait_s`` (steady clock); then it is
+tried once more with the extrapolation limit and otherwise dropped with its cause (TF missing, TF
+late, frame unknown). /diagnostics ("output") turns ERROR, naming the cause, when LiDAR arrives but no
+frame was produced for ``diagnostics.no_output_error_s``.
+
+Overload: ready frames are processed in stamp order while the worker keeps up. When it does not (the
+recent processing time exceeds the recent interval between LiDAR arrivals, e.g. a burst, or a node
+slower than its sensor) the newest ready frame wins and the older ones are skipped: counted in
+``frames_dropped_busy`` (flag ``lidar_backlog``), reported as "overloaded" on /diagnostics, and handed
+to the reset policy as skipped, so a skipped span is never a time gap or a sensor dropout; the model's
+dt stays the real interval between processed frames.
 
 Bad input never stops the node: each problem is counted under a flag name, logged at most once
-per `LOG_THROTTLE_S` per flag, and shown in /diagnostics (WARN while recent).
+per `LOG_THROTTLE_S` per flag, and shown in /diagnostics (WARN while recent). SIGINT and SIGTERM stop
+it cleanly: the worker finishes its frame, then the node and the context go down, in that order.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import json
 import math
@@ -34,7 +50,7 @@ from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -43,6 +59,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from ssm_perception_msgs.msg import TrackArray
 from std_msgs.msg import String
@@ -58,7 +75,6 @@ from ssm_perception.nodes import parameters
 ZONE_TOPIC = "/vehicle/zone"
 LOG_THROTTLE_S = 5.0  # per flag: a flood of bad packets gives one line per 5 s, not one per packet
 FLAG_RECENT_S = 5.0  # a flag raised within this window keeps its diagnostics status at WARN
-STAMP_FUTURE_TOLERANCE_S = 0.5  # a sensor stamp this far ahead of the node clock is rejected
 RATE_WINDOW = 20  # arrivals kept per sensor for the rate estimate
 LATENCY_WINDOW = 200  # frames kept for latency percentiles
 
@@ -71,6 +87,10 @@ TF_STATIC_QOS = QoSProfile(
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 SENSOR_QOS = qos_profile_sensor_data  # best effort, keep last 5, volatile
+# The reset service keeps every request of a burst (the default depth of 10 lost 87-90 of 100
+# concurrent calls: their callers waited forever); requests and responses share this QoS.
+SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+OVERLOAD_WINDOW = 5  # frames whose processing time is compared with the LiDAR arrival interval
 OK, WARN, ERROR = (int.from_bytes(v, "little") for v in (DiagnosticStatus.OK, DiagnosticStatus.WARN,
                                                           DiagnosticStatus.ERROR))
 
@@ -97,6 +117,37 @@ def _ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def _publisher(info) -> bytes | None:
+    """The DDS identity (GID) of a message's publisher from rclpy's MessageInfo, None if unknown."""
+    gid = info.get("publisher_gid") if isinstance(info, dict) else None
+    if isinstance(gid, dict):
+        gid = gid.get("data")
+    try:
+        return bytes(gid) if gid is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class _Frame:
+    """A LiDAR frame that passed the input gates, waiting for its transforms or for the worker."""
+
+    msg: PointCloud2
+    points: np.ndarray
+    stamp: int
+    arrived: float  # time.monotonic() at arrival
+    snapshot: tuple = ()  # FrameAssembler.snapshot() at arrival: the radar/camera to pair with it
+    transforms: tuple | None = None  # (T_base_lidar, T_odom_base) once resolvable
+
+
+class TfWaitError(Exception):
+    """A frame's transforms are not (yet) available; ``cause`` is what /diagnostics names."""
+
+    def __init__(self, cause: str, flag: str, text: str):
+        super().__init__(text)
+        self.cause, self.flag = cause, flag
+
+
 @dataclass
 class _SensorStats:
     """Arrival bookkeeping of one input topic (rate from the node clock, age of the last stamp)."""
@@ -109,8 +160,10 @@ class _SensorStats:
     def seen(self, now_ns: int, stamp_ns: int) -> None:
         if self.arrivals and now_ns < self.arrivals[-1]:  # the clock went back (bag loop): restart
             self.arrivals.clear()
+            self.last_stamp_ns = None
         self.arrivals.append(now_ns)
-        self.last_stamp_ns = stamp_ns
+        # The newest stamp: one late message must not make the sensor look silent.
+        self.last_stamp_ns = stamp_ns if self.last_stamp_ns is None else max(self.last_stamp_ns, stamp_ns)
         self.received += 1
 
     def rate_hz(self) -> float:
@@ -140,6 +193,7 @@ class PerceptionNode(Node):
         cfg = self.config
 
         from ssm_perception.frame_assembler import FrameAssembler
+        from ssm_perception.input_gate import SourceLock, TfEdgeGate
         from ssm_perception.pipeline import PerceptionPipeline
         from ssm_perception.tf_buffer import TfBuffer
 
@@ -148,17 +202,33 @@ class PerceptionNode(Node):
         # Pairing, TF lookups, ego twist and motion compensation: the same assembler evaluate,
         # the simulator, the trainer and the bench use. Its message slots are guarded by _lock.
         self.assembler = FrameAssembler(cfg, self.tf)
+        self._tf_limit_ns = int(cfg.sensors.tf_extrapolation_limit_s * 1e9)
+        s = cfg.sensors
+        self.tf_gate = TfEdgeGate(cfg.reset.max_speed_mps, cfg.reset.pose_jump_m, cfg.reset.pose_jump_yaw_rad,
+                                  s.tf_jump_confirm, s.publisher_handover_s)
+        self.sources = {n: SourceLock(s.publisher_handover_s) for n in ("lidar", "radar", "camera_image", "camera_info")}
 
-        self._lock = threading.Lock()  # guards the latest-input slots below and the TF buffer
+        self._lock = threading.Lock()  # guards the inputs below (queue, slots, TF buffer and gate)
         self._stats_lock = threading.Lock()  # latency windows: written by the worker, read by diagnostics
         self._wake = threading.Condition(self._lock)
-        self._pending_lidar: tuple[PointCloud2, int] | None = None
+        self._queue: list[_Frame] = []  # frames waiting for TF or for the worker, in stamp order
+        self._skipped: list[int] = []  # stamps skipped while busy since the last processed frame (worker)
+        self._reset_requests = 0  # ~/reset calls not yet applied (under _lock)
+        self._proc_s: deque = deque(maxlen=OVERLOAD_WINDOW)  # wall seconds per processed frame
+        self._arrival_wall: deque = deque(maxlen=OVERLOAD_WINDOW + 1)  # monotonic arrival of accepted frames
+        self._busy_at: deque = deque(maxlen=1000)  # monotonic times frames were skipped while busy
+        self._lidar_msg_wall: float | None = None  # monotonic time of the last LiDAR message (any)
+        self._no_output_since: float | None = None  # first LiDAR message after the last produced frame
+        self._last_output_wall: float | None = None
+        self._last_drop: tuple[str, str] | None = None  # (cause, text) of the last frame lost before the worker
         self._last_lidar_ns: int | None = None
         self._clock_jumped_back = False
+        self._new_epoch = False  # time went back: the assembler forgets the previous pose (worker)
         self._stop = False
 
         self.stats = {name: _SensorStats() for name in ("lidar", "radar", "camera_image", "camera_info", "tf")}
         self.flags: Counter[str] = Counter()  # flag name -> times raised
+        self._last_flag_text = ""
         self._flag_last: dict[str, float] = {}  # flag name -> steady time last raised
         self._flag_logged: dict[str, float] = {}
         self._flag_text: dict[str, str] = {}
@@ -166,6 +236,7 @@ class PerceptionNode(Node):
         self.last_reset: tuple[str, int] | None = None
         self.frames_processed = 0
         self.frames_dropped_busy = 0
+        self.frames_dropped_tf = 0
         self.stage_ms: dict[str, deque] = {}
         self.pipeline_latency_ms: deque = deque(maxlen=LATENCY_WINDOW)
         self.last_health = None  # temporal.health.HealthReport of the last frame
@@ -183,18 +254,17 @@ class PerceptionNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, t.markers, OUTPUT_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, t.diagnostics, OUTPUT_QOS)
 
-        s = cfg.sensors
         subs = [(s.use_lidar, PointCloud2, t.lidar, self._on_lidar, SENSOR_QOS),
                 (s.use_radar, PointCloud2, t.radar, self._on_radar, SENSOR_QOS),
                 (s.use_camera, Image, t.camera_image, self._on_image, SENSOR_QOS),
                 (s.use_camera, CameraInfo, t.camera_info, self._on_camera_info, SENSOR_QOS),
-                (True, TFMessage, "/tf", lambda m: self._on_tf(m, static=False), TF_QOS),
-                (True, TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True), TF_STATIC_QOS),
+                (True, TFMessage, "/tf", lambda m, i: self._on_tf(m, i, static=False), TF_QOS),
+                (True, TFMessage, "/tf_static", lambda m, i: self._on_tf(m, i, static=True), TF_STATIC_QOS),
                 (True, String, ZONE_TOPIC, self._on_zone, OUTPUT_QOS)]
         for used, msg_type, topic, callback, qos in subs:
             if used:
                 self.create_subscription(msg_type, topic, self._guarded(topic, callback), qos)
-        self.create_service(Trigger, "~/reset", self._on_reset_service)
+        self.create_service(Trigger, "~/reset", self._on_reset_service, qos_profile=SERVICE_QOS)
 
         # A backward jump of the node clock (bag loop, simulator restart) invalidates every cached
         # transform; the pipeline sees the backward stamps and resets its state itself.
@@ -216,10 +286,15 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------ bookkeeping
     def _guarded(self, topic: str, callback):
-        """An exception escaping a callback would stop rclpy.spin: turn it into a flag instead."""
-        def run(msg) -> None:
+        """An exception escaping a callback would stop rclpy.spin: turn it into a flag instead. The
+        wrapper takes rclpy's MessageInfo (publisher identity) and passes it on where wanted."""
+        import inspect
+
+        with_info = len(inspect.signature(callback).parameters) >= 2
+
+        def run(msg, info) -> None:
             try:
-                callback(msg)
+                callback(msg, info) if with_info else callback(msg)
             except Exception as exc:  # noqa: BLE001 - whatever a message does, the node keeps running
                 self.flag("callback_error", f"message on {topic} dropped: {type(exc).__name__}: {exc}")
         return run
@@ -227,9 +302,10 @@ class PerceptionNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def flag(self, name: str, text: str) -> None:
-        """Count a problem, log it (throttled per flag name) and keep it for /diagnostics."""
+    def flag(self, name: str, text: str) -> str:
+        """Count a problem, log it (throttled per flag name) and keep it for /diagnostics; returns ``text``."""
         now = time.monotonic()
+        self._last_flag_text = text
         self.flags[name] += 1
         self._flag_last[name] = now
         self._flag_text[name] = text
@@ -237,19 +313,35 @@ class PerceptionNode(Node):
             self._flag_logged[name] = now
             n = self.flags[name]
             self.get_logger().warning(f"[{name}] {text} (seen {n}x; throttled to one line per {LOG_THROTTLE_S:g} s)")
+        return text
 
     def _check_stamp(self, sensor: str, stamp_ns: int) -> bool:
-        """Reject zero stamps and stamps from the future of the node clock."""
+        """Reject zero stamps and stamps too far in the future or the past of the node clock."""
         if stamp_ns <= 0:
             self.flag(f"{sensor}_stamp_zero", f"{sensor}: message with a zero stamp dropped")
             return False
         now = self._now_ns()
+        if now <= 0:  # sim time without /clock yet: nothing to compare with
+            return True
         ahead = (stamp_ns - now) * 1e-9
-        if now > 0 and ahead > STAMP_FUTURE_TOLERANCE_S:  # now == 0: sim time without /clock yet
-            self.flag(f"{sensor}_stamp_future",
-                      f"{sensor}: stamp {ahead:.2f} s ahead of the node clock (use_sim_time mismatch?); dropped")
+        s = self.config.sensors
+        if ahead > s.max_stamp_future_s:
+            self.flag(f"{sensor}_stamp_future", f"{sensor}: stamp {ahead:.2f} s ahead of the node clock (limit "
+                      f"{s.max_stamp_future_s:g} s; use_sim_time mismatch?); dropped")
+            return False
+        if -ahead > s.max_stamp_age_s:
+            self.flag(f"{sensor}_stamp_old", f"{sensor}: stamp {-ahead:.2f} s behind the node clock (limit "
+                      f"{s.max_stamp_age_s:g} s); dropped")
             return False
         return True
+
+    def _check_source(self, sensor: str, info) -> bool:
+        """Refuse a second publisher on a sensor topic while the first one is alive (input_gate.SourceLock)."""
+        if self.sources[sensor].check(_publisher(info), time.monotonic()):
+            return True
+        self.flag(f"{sensor}_second_publisher", f"{sensor}: message from a second publisher while the first one "
+                  f"is alive (handover after {self.config.sensors.publisher_handover_s:g} s of silence); dropped")
+        return False
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         # Parameters that need a restart are read-only (rclpy refuses them); the others go through
@@ -262,27 +354,93 @@ class PerceptionNode(Node):
         return result
 
     # ------------------------------------------------------------------ callbacks (cheap)
-    def _on_lidar(self, msg: PointCloud2) -> None:
-        stamp = _ns(msg.header.stamp)
-        if not self._check_stamp("lidar", stamp):
-            self.stats["lidar"].rejected += 1
-            return
-        self.stats["lidar"].seen(self._now_ns(), stamp)
-        with self._wake:
-            stale, self._pending_lidar = self._pending_lidar, (msg, stamp)
-            self._wake.notify()
-        if stale is not None:
-            # Newest frame wins: the backlog is at most one frame, so a burst (a driver or network
-            # flushing a queue) costs one frame time, not one per message, and stamps stay in order.
-            self.frames_dropped_busy += 1
-            self.flag("lidar_backlog", f"LiDAR frame at {stale[1] * 1e-9:.3f} s dropped unprocessed: a newer one "
-                      "arrived while the worker was busy (input faster than processing; newest frame kept)")
+    def _on_lidar(self, msg: PointCloud2, info=None) -> None:
+        from ssm_perception.io.ros_convert import pointcloud_to_array
 
-    def _on_radar(self, msg: PointCloud2) -> None:
+        self._lidar_msg_wall = now_wall = time.monotonic()
+        if self._no_output_since is None:
+            self._no_output_since = now_wall
+        stamp = _ns(msg.header.stamp)
+        st = self.stats["lidar"]
+        want = self.config.sensors.lidar_frame_id
+        if not self._check_source("lidar", info) or not self._check_stamp("lidar", stamp):
+            st.rejected += 1
+            self._lost("LiDAR rejected by the input gates", self._last_flag_text)
+            return
+        if want and msg.header.frame_id.lstrip("/") != want.lstrip("/"):
+            st.rejected += 1
+            self._lost("LiDAR rejected by the input gates", self.flag("lidar_wrong_frame", f"LiDAR cloud in frame {msg.header.frame_id!r}, "
+                                             f"expected {want!r} (sensors.lidar_frame_id); dropped"))
+            return
+        try:
+            points = pointcloud_to_array(msg)
+            missing = {"x", "y", "z"} - set(points.dtype.names or ())
+            if missing:
+                raise ValueError(f"no field(s) {', '.join(sorted(missing))}")
+        except ValueError as exc:
+            st.rejected += 1
+            self._lost("LiDAR rejected by the input gates", self.flag("lidar_malformed", f"LiDAR cloud on {self.config.topics.lidar} "
+                                             f"dropped: {exc}"))
+            return
+        with self._wake:
+            if not self._admit(stamp):
+                st.rejected += 1
+                return
+            st.seen(self._now_ns(), stamp)
+            self._arrival_wall.append(now_wall)
+            frame = _Frame(msg, points, stamp, now_wall, self.assembler.snapshot())
+            self._queue.insert(bisect.bisect([f.stamp for f in self._queue], stamp), frame)
+            if len(self._queue) > self.config.sensors.frame_queue_size:
+                old = self._queue.pop(0)
+                self._drop_busy_or_tf(old, f"the frame queue ({self.config.sensors.frame_queue_size}) is full")
+            self._wake.notify()
+
+    def _admit(self, stamp: int) -> bool:
+        """Duplicate / out-of-order checks against the frames processed and queued (under the lock).
+        A late frame is dropped; time itself going back (the node clock jumped back, or by more than
+        any plausible delay: a bag loop, a simulator restart) starts a new epoch: the queue is flushed
+        and the pipeline resets with 'time_backwards'."""
+        last = self._last_lidar_ns
+        if stamp == last or any(f.stamp == stamp for f in self._queue):
+            self.flag("lidar_duplicate", f"LiDAR frame at {stamp * 1e-9:.3f} s received twice; second dropped")
+            return False
+        if last is not None and stamp < last:
+            jumped, self._clock_jumped_back = self._clock_jumped_back, False
+            if not jumped and (last - stamp) * 1e-9 <= self.config.reset.max_time_gap_s:
+                self.flag("lidar_out_of_order", f"LiDAR frame at {stamp * 1e-9:.3f} s is older than the last "
+                          f"processed one ({(last - stamp) * 1e-6:.0f} ms earlier); dropped")
+                return False
+            self._queue.clear()
+            self._skipped.clear()
+            self._new_epoch = True
+        return True
+
+    def _lost(self, cause: str, text: str | None) -> None:
+        self._last_drop = (cause, text or "")
+
+    def _drop_busy_or_tf(self, frame: _Frame, why: str) -> None:
+        """A frame leaves the queue unprocessed: skipped while busy if its transforms were there
+        (the sensor did deliver it), else lost to TF (under the lock)."""
+        try:
+            self._transforms(frame, self._tf_limit_ns)
+        except TfWaitError as exc:
+            self.frames_dropped_tf += 1
+            self._lost(exc.cause, self.flag(exc.flag, f"LiDAR frame at {frame.stamp * 1e-9:.3f} s dropped ({why}): "
+                                                      f"{exc}"))
+            return
+        self._skip_busy(frame, why)
+
+    def _skip_busy(self, frame: _Frame, why: str) -> None:
+        self.frames_dropped_busy += 1
+        self._skipped.append(frame.stamp)
+        self._busy_at.append(time.monotonic())
+        self.flag("lidar_backlog", f"LiDAR frame at {frame.stamp * 1e-9:.3f} s skipped unprocessed: {why}")
+
+    def _on_radar(self, msg: PointCloud2, info=None) -> None:
         from ssm_perception.io.ros_convert import pointcloud_to_array
 
         stamp = _ns(msg.header.stamp)
-        if not self._check_stamp("radar", stamp):
+        if not self._check_source("radar", info) or not self._check_stamp("radar", stamp):
             self.stats["radar"].rejected += 1
             return
         try:
@@ -295,11 +453,11 @@ class PerceptionNode(Node):
         with self._lock:
             self.assembler.radar = Stamped(pts, msg.header.frame_id, stamp)
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, info=None) -> None:
         from ssm_perception.io.ros_convert import image_to_array
 
         stamp = _ns(msg.header.stamp)
-        if not self._check_stamp("camera", stamp):
+        if not self._check_source("camera_image", info) or not self._check_stamp("camera", stamp):
             self.stats["camera_image"].rejected += 1
             return
         try:
@@ -312,32 +470,61 @@ class PerceptionNode(Node):
         with self._lock:
             self.assembler.image = Stamped(img, msg.header.frame_id, stamp)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, msg: CameraInfo, info=None) -> None:
         from ssm_perception.io.ros_convert import camera_info_to_model
 
         stamp = _ns(msg.header.stamp)
+        if not self._check_source("camera_info", info):
+            self.stats["camera_info"].rejected += 1
+            return
         try:
-            info = camera_info_to_model(msg)
+            model = camera_info_to_model(msg)
         except ValueError as exc:
             self.stats["camera_info"].rejected += 1
             self.flag("camera_info_malformed", f"camera_info on {self.config.topics.camera_info} dropped: {exc}")
             return
         self.stats["camera_info"].seen(self._now_ns(), stamp)
         with self._lock:
-            self.assembler.camera_info = info
+            self.assembler.camera_info = model
 
-    def _on_tf(self, msg: TFMessage, static: bool) -> None:
+    def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
+        publisher, now_wall = _publisher(info), time.monotonic()
+        topic = "/tf_static" if static else "/tf"
+        stored = False
         for t in msg.transforms:
+            stamp = _ns(t.header.stamp)
+            if not static and not self._check_stamp("tf", stamp):
+                self.stats["tf"].rejected += 1
+                continue
+            tr, rot = t.transform.translation, t.transform.rotation
             try:
                 with self._lock:
-                    if not self.tf.set_from_message(t, static=static):
-                        # Older than the whole cache: time was reset (bag loop) before the clock said so.
-                        self.tf.clear()
-                        self.tf.set_from_message(t, static=static)
+                    child = t.child_frame_id.lstrip("/")
+                    current = None
+                    if static and self.tf.parent_of(child) is not None:
+                        e = self.tf._edges[child]
+                        current = (e.trans[0], e.quats[0]) if e.static else None
+                    verdict = self.tf_gate.check(t.header.frame_id, child, stamp, (tr.x, tr.y, tr.z),
+                                                 (rot.x, rot.y, rot.z, rot.w), publisher, now_wall, static, current)
+                    for s_ns, tv, qv in verdict.accept:
+                        if not self.tf.set_translation_quat(tv, qv, t.header.frame_id, t.child_frame_id, s_ns, static):
+                            # Older than the whole cache: time was reset (bag loop) before the clock said so.
+                            self.tf.clear()
+                            self.tf.set_translation_quat(tv, qv, t.header.frame_id, t.child_frame_id, s_ns, static)
+                        stored = True
             except ValueError as exc:  # TfDataError: NaN, zero quaternion, second parent, empty frame
-                self.flag("tf_malformed", f"{'/tf_static' if static else '/tf'} transform dropped: {exc}")
+                self.stats["tf"].rejected += 1
+                self.flag("tf_malformed", f"{topic} transform dropped: {exc}")
                 continue
-            self.stats["tf"].seen(self._now_ns(), _ns(t.header.stamp))
+            if verdict.flag is not None:
+                self.flag(verdict.flag, verdict.text)
+            if not verdict.accept:
+                self.stats["tf"].rejected += 1
+                continue
+            self.stats["tf"].seen(self._now_ns(), stamp)
+        if stored:
+            with self._wake:  # frames waiting for these transforms
+                self._wake.notify()
 
     def _on_zone(self, msg: String) -> None:
         # The reset policy sees the zone with every frame and resets when it changes.
@@ -347,7 +534,9 @@ class PerceptionNode(Node):
             self.assembler.zone = msg.data
 
     def _on_reset_service(self, request, response):
-        self.pipeline.request_reset("~/reset service call")
+        # Applied by the worker at the next frame; requests arriving together become one reset.
+        with self._lock:
+            self._reset_requests += 1
         response.success = True
         response.message = "reset requested: applied at the next LiDAR frame"
         self.get_logger().info("reset requested through ~/reset")
@@ -355,61 +544,120 @@ class PerceptionNode(Node):
 
     def _on_time_jump(self, jump) -> None:
         if jump.clock_change == ClockChange.ROS_TIME_NO_CHANGE and jump.delta.nanoseconds < 0:
-            self._clock_jumped_back = True
-            with self._lock:
+            with self._wake:
+                self._clock_jumped_back = True
                 self.tf.clear()
+                self.tf_gate.clear()
+                self._queue.clear()  # frames of the old time line
             self.get_logger().warning(
-                f"node clock jumped by {jump.delta.nanoseconds * 1e-9:.3f} s: TF buffer cleared"
+                f"node clock jumped by {jump.delta.nanoseconds * 1e-9:.3f} s: TF buffer and frame queue cleared"
             )
 
     # ------------------------------------------------------------------ the frame step (worker thread)
+    def _transforms(self, frame: _Frame, limit_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(T_base_lidar, T_odom_base) at the frame's stamp, or TfWaitError naming the cause (under the lock)."""
+        from ssm_perception.tf_buffer import TfExtrapolationError, TfLookupError
+
+        frames = self.config.frames
+        src = frame.msg.header.frame_id
+        try:
+            T_odom_base = self.tf.lookup(frames.odom, frames.base_link, frame.stamp, limit_ns)
+        except TfExtrapolationError as exc:
+            raise TfWaitError("TF late", "tf_extrapolation", f"{frames.odom} -> {frames.base_link}: {exc}") from None
+        except (TfLookupError, ValueError) as exc:
+            raise TfWaitError("TF missing", "tf_missing", f"{frames.odom} -> {frames.base_link}: {exc}") from None
+        try:
+            T_base_lidar = self.tf.lookup(frames.base_link, src, frame.stamp, limit_ns)
+        except TfExtrapolationError as exc:
+            raise TfWaitError("TF late", "tf_extrapolation", f"{frames.base_link} -> {src}: {exc}") from None
+        except (TfLookupError, ValueError) as exc:
+            known = src.lstrip("/") in self.tf.frames()
+            raise TfWaitError("TF missing" if known else "frame unknown", "tf_missing" if known else "tf_frame_unknown",
+                              f"{frames.base_link} -> {src!r}: {exc}") from None
+        return T_base_lidar, T_odom_base
+
+    def overloaded(self) -> bool:
+        """True while the recent processing time per frame exceeds the recent LiDAR arrival interval."""
+        if len(self._proc_s) < 2 or len(self._arrival_wall) < 3:
+            return False
+        return float(np.median(self._proc_s)) > float(np.median(np.diff(self._arrival_wall)))
+
+    def _select(self) -> _Frame | None:
+        """The next frame to process, or None (under the lock). Drops expired and superseded frames."""
+        now = time.monotonic()
+        wait_s = self.config.sensors.tf_wait_s
+        ready: list[_Frame] = []
+        for f in list(self._queue):
+            try:
+                f.transforms = self._transforms(f, 0)  # interpolated, as tf2's MessageFilter waits for
+            except TfWaitError:
+                if now - f.arrived < wait_s:
+                    continue  # keep waiting
+                try:  # waited long enough: what the extrapolation limit allows, else drop
+                    f.transforms = self._transforms(f, self._tf_limit_ns)
+                except TfWaitError as exc2:
+                    self._queue.remove(f)
+                    self.frames_dropped_tf += 1
+                    self._lost(exc2.cause, self.flag(exc2.flag, f"LiDAR frame at {f.stamp * 1e-9:.3f} s dropped after "
+                                                    f"waiting {now - f.arrived:.2f} s for TF: {exc2}"))
+                    continue
+            ready.append(f)
+        if not ready:
+            return None
+        pick = ready[-1] if len(ready) > 1 and self.overloaded() else ready[0]
+        for f in [f for f in self._queue if f.stamp < pick.stamp]:  # older than the pick: never processed
+            self._queue.remove(f)
+            if f in ready:
+                self._skip_busy(f, "newer frames were ready while the worker was busy (overloaded: newest kept)")
+            else:
+                self._drop_busy_or_tf(f, "a newer frame was ready first")
+        self._queue.remove(pick)
+        return pick
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the oldest waiting frame's TF wait runs out (None: queue empty)."""
+        if not self._queue:
+            return None
+        first = min(f.arrived for f in self._queue)
+        return max(0.01, first + self.config.sensors.tf_wait_s - time.monotonic() + 0.001)
+
     def _work(self) -> None:
         while True:
             with self._wake:
-                while self._pending_lidar is None and not self._stop:
-                    self._wake.wait()
+                frame = None
+                while not self._stop:
+                    frame = self._select()
+                    if frame is not None:
+                        break
+                    self._wake.wait(self._next_deadline())
                 if self._stop:
                     return
-                msg, stamp = self._pending_lidar
-                self._pending_lidar = None
+                skipped, self._skipped = tuple(self._skipped), []
+                requests, self._reset_requests = self._reset_requests, 0
+            t0 = time.monotonic()
             try:
-                self.process_lidar(msg, stamp)
+                if requests:
+                    self.pipeline.request_reset(f"~/reset service call{'s' if requests > 1 else ''} ({requests})")
+                self.process_lidar(frame, skipped)
             except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame can throw
-                self.flag("frame_error", f"frame at {stamp * 1e-9:.3f} s failed: {type(exc).__name__}: {exc}")
+                self.flag("frame_error", f"frame at {frame.stamp * 1e-9:.3f} s failed: {type(exc).__name__}: {exc}")
+            finally:
+                self._proc_s.append(time.monotonic() - t0)
 
-    def process_lidar(self, msg: PointCloud2, stamp: int) -> None:
-        from ssm_perception.io import ros_convert as rc
-
-        cfg = self.config
-        try:
-            points = rc.pointcloud_to_array(msg)
-        except ValueError as exc:
-            self.flag("lidar_malformed", f"LiDAR cloud on {cfg.topics.lidar} dropped: {exc}")
-            return
-        last = self._last_lidar_ns
-        jumped_back = False
-        if last is not None and stamp == last:
-            self.flag("lidar_duplicate", f"LiDAR frame at {stamp * 1e-9:.3f} s received twice; second dropped")
-            return
-        if last is not None and stamp < last:
-            # A late packet is dropped; time itself going back (bag loop, simulator restart: the node
-            # clock jumped back, or the step is larger than any plausible delay) resets the state.
-            jumped, self._clock_jumped_back = self._clock_jumped_back, False
-            if not jumped and (last - stamp) * 1e-9 <= cfg.reset.max_time_gap_s:
-                self.flag("lidar_out_of_order", f"LiDAR frame at {stamp * 1e-9:.3f} s is older than the last "
-                          f"processed one ({(last - stamp) * 1e-6:.0f} ms earlier); dropped")
-                return
-            jumped_back = True
-
+    def process_lidar(self, frame: _Frame, skipped: tuple[int, ...] = ()) -> None:
         with self._lock:  # TF and the latest radar/camera are written by the callbacks
-            if jumped_back:
+            if self._new_epoch:
+                self._new_epoch = False
                 self.assembler.reset()  # no twist across a backward jump of time
-            assembled = self.assembler.assemble(stamp, points, msg.header.frame_id)
+            assembled = self.assembler.assemble(frame.stamp, frame.points, frame.msg.header.frame_id, frame.snapshot)
         for flag, text in assembled.problems:
             self.flag(flag, text)
-        if assembled.inputs is None:
+        if assembled.inputs is None:  # its TF vanished since it was found ready (clock jump)
+            self.frames_dropped_tf += 1
             return
+        stamp = frame.stamp
         self._last_lidar_ns = stamp
+        assembled.inputs.skipped_lidar_ns = skipped
         out = self.pipeline.process(assembled.inputs)
         self._publish(out, stamp)
 
@@ -421,6 +669,7 @@ class PerceptionNode(Node):
         self.pub_grid.publish(grid)
         self.pub_tracks.publish(tracks)
         self.pub_markers.publish(markers)
+        self._last_output_wall, self._no_output_since = time.monotonic(), None
         # Pipeline latency as production stacks define it: publication time minus sensor stamp, on the
         # node clock (sim time in replays), so it includes transport and queueing, not only compute.
         with self._stats_lock:
@@ -509,6 +758,42 @@ class PerceptionNode(Node):
         status("input distribution", WARN if recent_shift else OK,
                self._shift_detected_msg if recent_shift else (sh.message if sh else "no frame processed yet"), values)
 
+        # output: frames produced, skipped while busy (overloaded), lost to TF; ERROR naming the cause
+        # when LiDAR arrives but nothing comes out
+        t_wall = time.monotonic()
+        s = cfg.sensors
+        with self._lock:
+            waiting = len(self._queue)
+            blocker = None
+            if self._queue:
+                try:
+                    self._transforms(self._queue[0], 0)
+                except TfWaitError as exc:
+                    blocker = (f"waiting for TF ({exc.cause})", str(exc))
+            busy_recent = sum(1 for x in self._busy_at if t_wall - x < FLAG_RECENT_S)
+            proc_ms = float(np.median(self._proc_s)) * 1e3 if self._proc_s else 0.0
+            period_ms = float(np.median(np.diff(self._arrival_wall))) * 1e3 if len(self._arrival_wall) > 2 else 0.0
+        overloaded = self.overloaded() or busy_recent > 0
+        values = {"frames_processed": self.frames_processed, "frames_dropped_busy": self.frames_dropped_busy,
+                  "frames_dropped_tf": self.frames_dropped_tf, "frames_waiting": waiting,
+                  "skipped_recent": busy_recent, "processing_ms.median": proc_ms, "lidar_interval_ms.median": period_ms,
+                  "overloaded": overloaded,
+                  "since_last_frame_s": (t_wall - self._last_output_wall) if self._last_output_wall else ""}
+        level, msg = OK, "no LiDAR yet" if self._lidar_msg_wall is None else "producing frames"
+        lidar_live = self._lidar_msg_wall is not None and t_wall - self._lidar_msg_wall < cfg.diagnostics.no_output_error_s
+        since = self._no_output_since
+        if lidar_live and since is not None and t_wall - since > cfg.diagnostics.no_output_error_s:
+            cause, text = blocker or self._last_drop or ("unknown", "no frame reached the worker")
+            level = ERROR
+            msg = f"LiDAR arrives but no frame produced for {t_wall - since:.1f} s: {cause}: {text}"
+            values["cause"] = cause
+        elif overloaded:
+            level = WARN
+            msg = (f"overloaded: {busy_recent} frame(s) skipped in the last {FLAG_RECENT_S:g} s (processing "
+                   f"{proc_ms:.0f} ms per frame, LiDAR every {period_ms:.0f} ms); newest frame kept")
+        values["tf_wait_s"] = s.tf_wait_s
+        status("output", level, msg, values)
+
         # inputs: rate (node clock) and age of the newest stamp
         used = {"lidar": cfg.sensors.use_lidar, "radar": cfg.sensors.use_radar,
                 "camera_image": cfg.sensors.use_camera, "camera_info": cfg.sensors.use_camera, "tf": True}
@@ -572,7 +857,7 @@ class PerceptionNode(Node):
             with self._wake:
                 self._stop = True
                 self._wake.notify()
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=30.0)  # the frame in progress is finished and published first
         super().destroy_node()
 
 
@@ -734,15 +1019,24 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     malloc_note = fix_malloc_mmap_threshold()  # before rclpy starts the DDS threads
     profile = MemoryProfile.from_env()  # debug option (SSM_PERCEPTION_MEMPROFILE), off by default
-    rclpy.init(args=argv)
-    node = None
+    from ssm_perception.nodes.shutdown import stop_on_signals
+
+    # SIGINT/SIGTERM only set `stop` (nodes/shutdown.py): the context stays valid until the worker has
+    # finished its frame and the node is destroyed, so nothing publishes into a dead context.
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    stop_on_signals(stop, NODE_NAME)
+    node = executor = None
     try:
         node = PerceptionNode()
         node.get_logger().info(malloc_note)
         if profile is not None:
             profile.start()
             node.get_logger().info(f"{MEMPROFILE_ENV}: memory profile every {profile.period_s:g} s -> {profile.path}")
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)  # returns at least every 0.1 s to look at `stop`
     except ConfigError as exc:
         print(f"{NODE_NAME}: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -750,9 +1044,12 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         if node is not None:
-            # Printed, not logged: after Ctrl-C the context (and with it /rosout) is already shut down.
             print(f"[{NODE_NAME}] shutting down: {node.summary()}", file=sys.stderr, flush=True)
+            if executor is not None:
+                executor.remove_node(node)
             node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if profile is not None:
             profile.stop()
         rclpy.try_shutdown()

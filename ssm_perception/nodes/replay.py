@@ -108,6 +108,8 @@ class BagPlayer:
             raise ReplayError(f"lockstep trigger {trigger} is not a topic of the bag")
         deadline = time.monotonic() + discovery_s
         while (msgtype := dict(self.node.get_topic_names_and_types()).get(output)) is None:
+            if self._stop.is_set():
+                return
             if time.monotonic() > deadline:
                 raise ReplayError(f"lockstep output {output} has no publisher after {discovery_s:g} s")
             time.sleep(0.1)
@@ -139,6 +141,8 @@ class BagPlayer:
     def stop(self) -> None:
         self._stop.set()
         self._running.set()
+        with self._outputs:  # a lockstep wait ends now, not at its timeout
+            self._outputs.notify_all()
 
     def wait_for_subscribers(self, topics, timeout_s: float, settle_s: float = 0.5) -> bool:
         """Block until one of ``topics`` has a subscriber and so do /tf and /tf_static (a frame without
@@ -219,14 +223,24 @@ def run_replay(bag: str, rate: float = 1.0, loop: bool = False, start_paused: bo
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init()
+    from ssm_perception.nodes.shutdown import stop_on_signals
+
+    # SIGINT/SIGTERM stop the player (nodes/shutdown.py); the context goes down after the node.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    stopped = threading.Event()
+    holder: list[BagPlayer] = []
+    stop_on_signals(stopped, "replay", also=lambda: holder and holder[0].stop())
     node = Node("ssm_perception_replay")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     try:
         player = BagPlayer(node, bag, rate=rate, loop=loop, start_paused=start_paused, exclude=exclude)
+        holder.append(player)
+        if stopped.is_set():
+            player.stop()
         spin.start()
         topics = ", ".join(sorted(player.pubs))
         print(f"[replay] {player.bag}: {len(player.pubs)} topics ({topics}) + /clock, "
@@ -248,9 +262,10 @@ def run_replay(bag: str, rate: float = 1.0, loop: bool = False, start_paused: bo
                 threading.Thread(target=lambda: (sys.stdin.readline(), player.resume()), daemon=True).start()
         n = player.play(progress=progress)
         timeouts = f", {player.lockstep_timeouts} lockstep timeouts" if lockstep else ""
-        print(f"[replay] done: {n} messages in {player.loops} pass(es){timeouts}", file=sys.stderr, flush=True)
+        how = "stopped by a signal" if stopped.is_set() else "done"
+        print(f"[replay] {how}: {n} messages in {player.loops} pass(es){timeouts}", file=sys.stderr, flush=True)
         # Give best-effort subscribers a moment to drain the last messages before the publishers go.
-        time.sleep(0.5)
+        stopped.wait(0.5)
         return 0
     except ReplayError as exc:
         print(f"[replay] error: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -95,13 +96,18 @@ class ResetPolicy:
     # ------------------------------------------------------------------ the decision
     def decide(self, stamp_ns: int, T_odom_base, lidar_present: bool = True, state_finite: bool = True,
                zone: str | None = None, requested: str | None = None,
-               cell_age_s: Tensor | None = None, distribution_shift: str | None = None) -> ResetDecision:
+               cell_age_s: Tensor | None = None, distribution_shift: str | None = None,
+               skipped_ns=()) -> ResetDecision:
         """Decide for the frame at ``stamp_ns`` and advance the policy's memory to it.
 
         ``T_odom_base``: 4x4 pose at the stamp. ``cell_age_s`` [H, W]: seconds since each cell
         was observed, already in the current frame; if None, the internal age grid is used
         (after ``observe`` has been called at least once). ``distribution_shift``: what changed, when
         the input statistics shifted this frame and the configuration resets on it.
+        ``skipped_ns``: stamps of LiDAR frames that arrived since the previous frame but were skipped
+        (the node was busy): the sensor did not stop, so the time-gap and dropout checks measure the
+        largest hole in the stream they fill, while ``dt_s`` stays the real interval between the two
+        processed frames.
         """
         stamp_ns = int(stamp_ns)
         reasons: list[str] = []
@@ -129,8 +135,8 @@ class ResetPolicy:
                 add(TIME_BACKWARDS, f"time went backwards by {-dt_s:.3f} s (bag loop or clock reset)")
             elif dt_ns == 0:
                 add(TIME_NOT_ADVANCING, "stamp equals the previous frame's (duplicate frame)")
-            elif dt_s > c.max_time_gap_s:
-                add(TIME_GAP, f"gap of {dt_s:.3f} s since the previous frame (limit {c.max_time_gap_s} s)")
+            elif (hole := _largest_hole(self._prev_stamp, stamp_ns, skipped_ns) / NS) > c.max_time_gap_s:
+                add(TIME_GAP, f"gap of {hole:.3f} s since the previous frame (limit {c.max_time_gap_s} s)")
         if not pose_ok:
             add(INVALID_POSE, "odom -> base_link pose is missing or not finite")
         elif self._prev_stamp is not None and self._prev_pose is None:
@@ -148,9 +154,9 @@ class ResetPolicy:
         if self._last_lidar is not None and stamp_ns < self._last_lidar:
             self._last_lidar = None  # time went backwards: the old LiDAR stamp means nothing now
         if lidar_present:
-            if self._last_lidar is not None and (stamp_ns - self._last_lidar) / NS > c.sensor_dropout_s:
-                add(SENSOR_DROPOUT, f"no LiDAR for {(stamp_ns - self._last_lidar) / NS:.3f} s "
-                                    f"(limit {c.sensor_dropout_s} s)")
+            silent = None if self._last_lidar is None else _largest_hole(self._last_lidar, stamp_ns, skipped_ns) / NS
+            if silent is not None and silent > c.sensor_dropout_s:
+                add(SENSOR_DROPOUT, f"no LiDAR for {silent:.3f} s (limit {c.sensor_dropout_s} s)")
             self._last_lidar = stamp_ns
         elif self._last_lidar is not None and (stamp_ns - self._last_lidar) / NS > c.sensor_dropout_s:
             add(SENSOR_DROPOUT, f"no LiDAR for {(stamp_ns - self._last_lidar) / NS:.3f} s "
@@ -245,6 +251,13 @@ class ResetPolicy:
         elif d.cell_mask is not None:
             # Every frame has some never-seen cells at the grid's edges: keep this at DEBUG.
             log.debug("partial state reset at %.3f s: %s", stamp_ns / NS, "; ".join(d.details))
+
+
+def _largest_hole(since_ns: int, stamp_ns: int, skipped_ns) -> int:
+    """Largest interval [ns] between consecutive LiDAR stamps from ``since_ns`` to ``stamp_ns``,
+    counting the skipped frames in between."""
+    chain = [since_ns, *sorted(int(s) for s in skipped_ns if since_ns < int(s) < stamp_ns), stamp_ns]
+    return max(b - a for a, b in pairwise(chain))
 
 
 def _as_bev_grid(grid):
