@@ -54,7 +54,7 @@ def test_evaluate_sim_bag_writes_metrics_report_plots(bags):
     res = _cli(bags["sim"], "--model", bags["ckpt"], "--baselines", "logodds,convgru", "-c", bags["cfg"], "-o", out)
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
-    assert m["schema_version"] == 1
+    assert m["schema_version"] == 2
     assert set(m["models"]) == {"model", "logodds"}
     assert "convgru" in m["skipped_models"] and "convgru=PATH" in m["skipped_models"]["convgru"]
     bag = m["bags"][0]
@@ -67,6 +67,15 @@ def test_evaluate_sim_bag_writes_metrics_report_plots(bags):
             s = occ["splits"][split]
             assert s["tp"] + s["fp"] + s["fn"] + s["tn"] > 0
         assert 0.0 <= occ["ece"] <= 1.0
+        # primary: the published grid; secondary: the network's raw probability (with the moving output)
+        raw = mm["occupancy_raw"]
+        assert raw["frames"] == occ["frames"] and occ["moving"] is None
+        assert set(raw["splits"]["all"]) == set(occ["splits"]["all"])
+        lf = mm["label_free"]
+        assert lf["frames"] == bag["frames"] and lf["evidence_cells"] > 0
+        assert lf["evidence_coverage"] == 1.0  # the rule check: no evidence cell is published free
+        assert 0.0 <= lf["evidence_coverage_network"] <= 1.0 and 0.0 <= lf["free_space_contradiction_rate"] <= 1.0
+        assert lf["labels"] is None and lf["tracks"]["ids"] >= 0
         assert mm["latency_ms"]["total"]["p50"] > 0 and mm["latency_ms"]["total"]["n"] == bag["frames"]
         assert mm["resets"]["by_reason"].get("route_start") == 1
         assert mm["recovery"], "adversity events must give recovery rows"
@@ -75,9 +84,10 @@ def test_evaluate_sim_bag_writes_metrics_report_plots(bags):
     report = (out / "report.md").read_text()
     for heading in ("## Occupancy", "## Latency per stage", "## Resets and health", "## Tracking", "## Recovery"):
         assert heading in report
+    assert "## Label-free checks" in report
     pngs = {p.name for p in out.glob("*.png")}
-    assert {"reliability.png", "latency.png", "iou_sim.png"} <= pngs
-    assert any(p.startswith("bev_sim_") for p in pngs)
+    assert {"reliability.png", "latency.png", "iou_sim.png", "tracks_model_sim.png"} <= pngs
+    assert any(p.startswith("bev_sim_") for p in pngs) and any(p.startswith("scan_model_sim_") for p in pngs)
     for p in pngs:
         assert f"({p})" in report
 
@@ -102,6 +112,8 @@ def test_no_ground_truth_and_topic_mapping(bags):
     assert any(t.startswith("radar") for t in m["bags"][0]["missing_topics"])
     lo = m["models"]["logodds"]
     assert lo["occupancy"] is None and lo["tracking"] is None
+    # Without ground truth: the label-free metrics (the rule keeps the published coverage at 1).
+    assert lo["label_free"]["evidence_cells"] > 0 and lo["label_free"]["evidence_coverage"] == 1.0
     assert lo["latency_ms"]["total"]["n"] == m["bags"][0]["frames"] > 0
     assert lo["resets"]["count"] >= 1 and sum(lo["health"].values()) == m["bags"][0]["frames"]
     assert "No ground truth in foreign" in (out / "report.md").read_text()
@@ -115,4 +127,40 @@ def test_cli_reports_unknown_topic_and_bad_map(bags):
     res = _cli(bags["foreign"], "-c", bags["cfg"], "-o", bags["dir"] / "y", "--topic-map", "lidar")
     assert res.exit_code == 2 and "role=/topic" in res.output
     res = _cli(bags["dir"] / "nope", "-o", bags["dir"] / "y")
+    assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_label_file_gives_mota_idf1_and_recall_by_range(bags):
+    """A bag without simulator ground truth, with a label file of its objects (io/labels.py): tracking
+    metrics with the simulator evaluation's matching rules, recall by range, tracks far from labels."""
+    from ssm_perception.io.bag import read_messages
+    from ssm_perception.io.labels import LabelBox, write_labels
+    from ssm_perception.io.ros_convert import stamp_to_ns
+
+    boxes = []
+    for _, _, _, msg in read_messages(bags["sim"], ["/ground_truth/objects"]):
+        for o in msg.tracks:
+            cls = {1: "car", 2: "truck", 3: "cyclist", 4: "pedestrian"}.get(int(o.classification), "other")
+            boxes.append(LabelBox(stamp_to_ns(msg.header.stamp), str(o.id), cls, o.pose.position.x,
+                                  o.pose.position.y, o.pose.position.z, o.size.x, o.size.y, o.size.z, 0.0))
+    assert boxes
+    labels = bags["dir"] / "labels.jsonl"
+    write_labels(labels, boxes)
+    out = bags["dir"] / "labelled"
+    res = _cli(bags["foreign"], "--model", bags["ckpt"], "-c", bags["cfg"], "-o", out, "--topic-map",
+               "lidar=/velodyne_points", "--labels", labels, "--no-plots")
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["bags"][0]["labels"] == str(labels) and m["bags"][0]["labelled_frames"] > 0
+    lab = m["models"]["model"]["label_free"]["labels"]
+    assert lab["frames"] == m["bags"][0]["frames"]
+    car = lab["tracking"]["car"]
+    assert car["num_gt"] > 0 and car["mota"] <= 1.0 and 0.0 <= car["idf1"] <= 1.0
+    rows = lab["recall_by_range"]["car"]
+    assert sum(r["num_gt"] for r in rows) == car["num_gt"]
+    assert lab["tracks_far_from_labels_share"] is None or 0.0 <= lab["tracks_far_from_labels_share"] <= 1.0
+    assert "## Tracking against the label file" in (out / "report.md").read_text()
+    # One label file per bag, and it must exist: a one-line error, exit 2.
+    res = _cli(bags["foreign"], "-c", bags["cfg"], "-o", out, "--topic-map", "lidar=/velodyne_points",
+               "--labels", bags["dir"] / "missing.jsonl")
     assert res.exit_code == 2 and "no such file" in res.output

@@ -23,6 +23,9 @@ def evaluate(
                                       "tf, tf_static, zone, gt_occupancy, gt_dynamic, gt_visibility, gt_objects, "
                                       "gt_events)"),
     no_plots: bool = typer.Option(False, "--no-plots", help="metrics.json and report.md without PNGs"),
+    labels: list[Path] = typer.Option(  # noqa: B008
+        [], "--labels", "-l", help="label file (JSON lines, io/labels.py), one per bag in order; default: "
+                                   "the bag's labels.jsonl when present"),
 ) -> None:
     """Replay bags offline through the node's PerceptionPipeline and write metrics.json + report.md."""
     from ssm_perception.config import ConfigError, PerceptionConfig
@@ -33,17 +36,20 @@ def evaluate(
         cfg = PerceptionConfig.load(config)
         result = run([str(b) for b in bags], cfg, out, main_checkpoint=model,
                      baselines=[b for b in (x.strip() for x in baselines.split(",")) if b],
-                     topic_map=parse_topic_map(topic_map), plots=not no_plots)
+                     topic_map=parse_topic_map(topic_map), plots=not no_plots, labels=[str(x) for x in labels])
     except (ConfigError, EvaluationError) as exc:
         typer.secho(f"evaluate: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     for name, m in result["models"].items():
-        occ = m["occupancy"]
+        occ, raw, lf = m["occupancy"], m.get("occupancy_raw"), m["label_free"]
         lat = m["latency_ms"].get("total", {})
         head = "no ground truth" if occ is None else (
-            f"IoU {occ['splits']['all']['iou'] or 0:.3f} (dynamic {occ['splits']['dynamic']['iou'] or 0:.3f}, "
-            f"occluded {occ['splits']['occluded']['iou'] or 0:.3f}), ECE {occ['ece'] or 0:.3f}")
-        typer.echo(f"{name:>10}: {head}; latency p50 {lat.get('p50', 0):.1f} ms; resets {m['resets']['count']}")
+            f"published grid IoU {occ['splits']['all']['iou'] or 0:.3f} (dynamic "
+            f"{occ['splits']['dynamic']['iou'] or 0:.3f}, occluded {occ['splits']['occluded']['iou'] or 0:.3f}), "
+            f"ECE {occ['ece'] or 0:.3f}; raw IoU {raw['splits']['all']['iou'] or 0:.3f}")
+        cov = lf["evidence_coverage"]
+        typer.echo(f"{name:>10}: {head}; evidence coverage {'n/a' if cov is None else f'{cov:.3f}'}; "
+                   f"latency p50 {lat.get('p50', 0):.1f} ms; resets {m['resets']['count']}")
     for name, why in result.get("skipped_models", {}).items():
         typer.secho(f"{name:>10}: skipped ({why})", fg="yellow")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")

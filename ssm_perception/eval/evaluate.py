@@ -11,21 +11,38 @@ base_link at the LiDAR stamp, 100 = yes), /ground_truth/objects (TrackArray in o
 /ground_truth/events (JSON per adversity). A bag without them is still evaluated for latency,
 health and resets ("no ground truth" path).
 
-metrics.json (``SCHEMA_VERSION``; keys are only ever added, never renamed):
+What is scored is what the node publishes: evidence.published_grids builds the int8 grid (the
+node's encoder calls the same function) and the metrics decode it as a planner would (value / 100,
+-1 as 0.5: not occupied). The network's raw probability is scored too, as a secondary column.
+Every bag, labelled or not, also gets the label-free metrics of eval/labelfree.py; a label file
+(io/labels.py; the bag's labels.jsonl or --labels) adds MOTA, IDF1 and recall by range.
+
+metrics.json (``SCHEMA_VERSION``; keys are only ever added, never renamed; version 2: ``occupancy``
+scores the published grid, version 1 scored the raw probability, now ``occupancy_raw``):
     schema_version, created_utc, tool, threshold, grid {nx, ny, resolution}
     bags: [{path, name, frames, duration_s, ground_truth (bool), topics {role: topic}, missing_topics [..],
-            dropped_frames {reason: n}, events [..]}]
+            dropped_frames {reason: n}, events [..], labels (file or null), labelled_frames}]
     models: {name: {
         kind, source, sha256,
         occupancy: null | {frames, threshold, splits {all, static, dynamic, visible, occluded,
                    static_visible, static_occluded, dynamic_visible, dynamic_occluded, range_<a>_<b>:
-                   {iou, f1, precision, recall, tp, fp, fn, tn}}, moving {..}, ece, reliability [bins]}
+                   {iou, f1, precision, recall, tp, fp, fn, tn}}, moving null, ece, reliability [bins]}
+        occupancy_raw: the same for the network's probability (moving {..}: P(occupied and dynamic))
+        known_share: mean share of published cells that are not -1
         tracking: null | {class: {mota, motp, idf1, id_switches, fragmentations, hota, deta, assa, ...}}
+        label_free: {frames, evidence_cells, evidence_coverage, evidence_coverage_network, nonground_cells,
+                     nonground_coverage, see_through_cells, free_space_contradiction_rate, disagreement_mean,
+                     tracks {instances_in_grid, unsupported_instances, unsupported_share, ids,
+                     static_on_evidence_ids, static_on_evidence_share},
+                     labels: null | {frames, tracking {class: {...}}, recall_by_range {class: [rows]},
+                     tracks_far_from_labels_share}}
+        track_paths: {bag: {track id: [[x, y] odom, ...]}}
         latency_ms: {stage: {p50, p99, mean, max, n}}
         resets: {count, by_reason {reason: n}, events [{bag, t_s, reasons}]}
         recovery: [{bag, type, start_s, end_s, iou_before, iou_during, iou_after, recovery_s}]
-        health: {OK: n, WARN: n, ERROR: n}
-        per_bag: {bag name: {frames, iou_all, iou_static, iou_dynamic, iou_occluded, ece}}}}
+        health: {OK: n, WARN: n, ERROR: n}; evidence_health: the rule check's levels, same form
+        distribution_shifts: [{bag, t_s, message}]
+        per_bag: {bag name: {frames, iou_all, iou_static, iou_dynamic, iou_occluded, ece, raw_iou_all, raw_ece}}}}
 See eval/occupancy.py for the metric definitions (splits, threshold: occupied when P > 0.5, ECE).
 """
 
@@ -36,13 +53,17 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ssm_perception.config import PerceptionConfig, TopicsConfig
 from ssm_perception.eval.occupancy import OccupancyMetrics, range_map
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from ssm_perception.eval.labelfree import LabelFreeMetrics
+
+SCHEMA_VERSION = 2
 NS = 1_000_000_000
 TF_WAIT_NS = 200_000_000  # bag time a LiDAR frame waits for its TF (the node waits on arrival instead)
 RECOVERY_WINDOW_S = 3.0  # IoU after an adversity/reset is averaged over this many seconds
@@ -122,6 +143,12 @@ class DecodedBag:
     missing: list[str]
     dropped: Counter
     start_ns: int
+    labels: dict[int, list] | None = None  # io.labels: {stamp_ns: [LabelBox]} when the bag has a label file
+    label_file: str | None = None
+
+    @property
+    def label_stamps(self) -> np.ndarray | None:
+        return None if not self.labels else np.array(sorted(self.labels), dtype=np.int64)
 
     @property
     def name(self) -> str:
@@ -284,18 +311,35 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
                       start_ns or frames[0].stamp_ns)
 
 
+def attach_labels(bag: DecodedBag, label_file: str | Path | None) -> None:
+    """Read the bag's label file (``label_file``, else labels.jsonl inside the bag directory, if any)."""
+    from ssm_perception.io.labels import LABEL_FILE, LabelFileError, read_labels
+
+    path = Path(label_file) if label_file else bag.path / LABEL_FILE
+    if not label_file and not path.is_file():
+        return
+    try:
+        bag.labels = read_labels(path)
+    except LabelFileError as exc:
+        raise EvaluationError(str(exc)) from None
+    bag.label_file = str(path)
+
+
 # ---------------------------------------------------------------------------------- replay + scoring
 @dataclass
 class BagRun:
     """One model on one bag."""
 
     bag: str
-    occupancy: OccupancyMetrics | None
+    occupancy: OccupancyMetrics | None  # the published grid, decoded as a planner reads it
     per_frame: list[dict]  # t_s, iou_all/static/dynamic/occluded (None without truth), reset reasons, health
-    snapshots: dict[int, tuple[np.ndarray, np.ndarray]]  # frame index -> (P occ, P dyn)
+    snapshots: dict[int, dict]  # frame index -> published P, raw P, P dyn, observation, evidence, points, tracks
     latency: dict[str, list[float]]
     resets: list[dict]
     health: Counter
+    occupancy_raw: OccupancyMetrics | None = None  # the network's raw probability (secondary)
+    evidence_levels: Counter = field(default_factory=Counter)  # rule-check level per frame
+    shifts: list[dict] = field(default_factory=list)  # distribution shifts detected: t_s, message
 
 
 def _in_grid(objs, T_odom_base: np.ndarray, cfg: PerceptionConfig):
@@ -315,17 +359,26 @@ def _in_grid(objs, T_odom_base: np.ndarray, cfg: PerceptionConfig):
 
 
 def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_frames: set[int], label: str,
-            progress: bool = True) -> BagRun:
-    """Replay the decoded frames through ``pipeline`` (fresh state) and accumulate the metrics."""
+            progress: bool = True, labelfree: LabelFreeMetrics | None = None) -> BagRun:
+    """Replay the decoded frames through ``pipeline`` (fresh state) and accumulate the metrics.
+
+    The occupancy metrics score the published grid (evidence.published_grids, the values the node
+    publishes, decoded as a planner reads them: value / 100, -1 as 0.5); ``occupancy_raw`` scores
+    the network's probability before the rule and the int8 encoding."""
+    from ssm_perception.evidence import decode_occupancy, published_grids
     from ssm_perception.tracking.evaluation import split_ground_truth
 
     g = cfg.grid
-    occ_metrics = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min)) if bag.gt.available \
-        else None
-    run = BagRun(bag.name, occ_metrics, [], {}, {}, [], Counter())
+    ranges = range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min)
+    occ_metrics = OccupancyMetrics(ranges) if bag.gt.available else None
+    run = BagRun(bag.name, occ_metrics, [], {}, {}, [], Counter(),
+                 occupancy_raw=OccupancyMetrics(ranges) if bag.gt.available else None)
     frames = bag.frames
     if mot is not None:
         mot.start_sequence()  # a fresh pipeline restarts track ids: never match them across bags
+    if labelfree is not None:
+        labelfree.start_sequence()
+    label_stamps = bag.label_stamps
     if progress:
         from tqdm import tqdm
 
@@ -339,10 +392,23 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
                "partial_reset": bool(out.reset.cell_mask is not None)}
         if out.reset.full:
             run.resets.append({"bag": bag.name, "t_s": rec["t_s"], "reasons": list(out.reset.reasons)})
+        if out.shift is not None and out.shift.detected:
+            run.shifts.append({"bag": bag.name, "t_s": rec["t_s"], "message": out.shift.message})
+        if out.evidence_report is not None:
+            run.evidence_levels[("OK", "WARN", "ERROR")[int(out.evidence_report.level)]] += 1
+        pub = published_grids(out, cfg.evidence)  # exactly what the node publishes
+        p_pub = decode_occupancy(pub.occupancy)
+        rec["known_share"] = float((pub.occupancy >= 0).mean())
+        if labelfree is not None:
+            from ssm_perception.eval.labelfree import labels_for_stamp
+
+            rec.update(labelfree.add(rec["t_s"], out, pub, labels_for_stamp(bag.labels, label_stamps, inp.stamp_ns)))
         truth = bag.gt.grids.get(inp.stamp_ns)
         if occ_metrics is not None and truth is not None:
             occ, dyn, vis = truth
-            rec.update(occ_metrics.add(out.occupancy, occ, dyn, vis, dyn_joint=out.dynamic))
+            rec.update(occ_metrics.add(p_pub, occ, dyn, vis))
+            raw = run.occupancy_raw.add(out.occupancy, occ, dyn, vis, dyn_joint=out.dynamic)
+            rec["raw_all"] = raw["all"]
             if mot is not None and inp.stamp_ns in bag.gt.objects:
                 # The tracking evaluation's rule (tracking/evaluation.py): an object counts when the
                 # LiDAR saw it (Track.status in the bag), else when a cell of its footprint is visible.
@@ -353,8 +419,37 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
                 mot.update(seen, hyp, ignored_gt=hidden)
         run.per_frame.append(rec)
         if k in snapshot_frames:
-            run.snapshots[k] = (out.occupancy.copy(), out.dynamic.copy())
+            run.snapshots[k] = _snapshot(inp, out, pub, p_pub, cfg)
     return run
+
+
+def _snapshot(inp, out, pub, p_pub, cfg: PerceptionConfig) -> dict:
+    """What the pictures of one frame need: grids, the scan's points in base_link, tracks in base_link."""
+    from ssm_perception.eval.labelfree import _to_base
+    from ssm_perception.geometry import invert_transform, transform_points
+
+    snap = {"p": p_pub, "raw": out.occupancy.copy(), "dyn": out.dynamic.copy(), "observation": pub.observation,
+            "evidence": None, "net_free_on_evidence": None, "see_through_occupied": None, "points": None,
+            "tracks": []}
+    ev = out.evidence
+    if ev is not None:
+        evidence = ev.evidence(cfg.evidence)
+        snap["evidence"] = evidence
+        snap["net_free_on_evidence"] = evidence & ~(out.occupancy > 0.5)
+        snap["see_through_occupied"] = ev.free_now & (pub.occupancy > 50)
+    if inp.lidar is not None and inp.T_base_lidar is not None:
+        xyz = np.stack([inp.lidar["x"], inp.lidar["y"], inp.lidar["z"]], 1).astype(np.float64)
+        xyz = xyz[np.isfinite(xyz).all(1)]
+        if len(xyz) > 20000:
+            xyz = xyz[:: len(xyz) // 20000 + 1]
+        snap["points"] = transform_points(np.asarray(inp.T_base_lidar, np.float64), xyz).astype(np.float32)
+    if out.T_odom_base is not None and np.all(np.isfinite(out.T_odom_base)):
+        T = invert_transform(np.asarray(out.T_odom_base, np.float64))
+        for tr in out.tracks:
+            if tr.status != "tentative":
+                bx, by, byaw = _to_base(T, tr.x, tr.y, tr.yaw)
+                snap["tracks"].append((int(tr.id), bx, by, byaw, float(tr.length), float(tr.width)))
+    return snap
 
 
 def choose_snapshots(bag: DecodedBag, max_frames: int = 3) -> list[int]:
@@ -467,17 +562,29 @@ def build_pipeline(spec: ModelSpec, cfg: PerceptionConfig):
 # ---------------------------------------------------------------------------------- main entry
 def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path, main_checkpoint: str = "",
              baselines: list[str] | None = None, topic_map: dict[str, str] | None = None,
-             progress: bool = True, plots: bool = True) -> dict:
-    """Evaluate every model on every bag; write metrics.json, report.md and PNGs into ``out_dir``."""
+             progress: bool = True, plots: bool = True, labels: list[str | Path] | None = None) -> dict:
+    """Evaluate every model on every bag; write metrics.json, report.md and PNGs into ``out_dir``.
+
+    ``labels``: label files (io/labels.py), one per bag in order; without, a bag's own labels.jsonl
+    (written by `ssm-perception import`) is used when present."""
     from datetime import UTC, datetime
 
+    from ssm_perception.eval.labelfree import LabelFreeMetrics
     from ssm_perception.eval.mot import MotEvaluator
 
     if not bags:
         raise EvaluationError("no bag given")
+    labels = list(labels or [])
+    if labels and len(labels) != len(bags):
+        raise EvaluationError(f"--labels: {len(labels)} label files for {len(bags)} bags (one per bag, in order)")
+    for f in labels:
+        if not Path(f).exists():
+            raise EvaluationError(f"--labels: no such file: {f}")
     out = Path(out_dir)
     roles = topic_roles(cfg.topics, topic_map)
     decoded = [decode_bag(b, cfg, roles, progress) for b in bags]
+    for k, b in enumerate(decoded):
+        attach_labels(b, labels[k] if labels else None)
     specs = model_specs(main_checkpoint, list(baselines or []), cfg)
     metrics: dict = {
         "schema_version": SCHEMA_VERSION,
@@ -489,6 +596,7 @@ def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path,
             "path": str(b.path), "name": b.name, "frames": len(b.frames),
             "duration_s": b.t_s(b.frames[-1].stamp_ns), "ground_truth": b.gt.available, "topics": b.roles,
             "missing_topics": b.missing, "dropped_frames": dict(b.dropped), "events": b.gt.events,
+            "labels": b.label_file, "labelled_frames": len(b.labels or {}),
         } for b in decoded],
         "models": {},
         "skipped_models": {},
@@ -501,12 +609,17 @@ def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path,
             metrics["skipped_models"][spec.name] = pipe_info[1]
             continue
         mot = MotEvaluator() if any(b.gt.objects for b in decoded) else None
+        labelfree = LabelFreeMetrics(cfg, with_labels=any(b.labels for b in decoded))
         bag_runs = []
         for b in decoded:
             pipe, info = build_pipeline(spec, cfg)  # a fresh pipeline (state, tracker) per bag
-            bag_runs.append(run_bag(b, pipe, cfg, mot, set(snaps[b.name]), spec.name, progress))
+            bag_runs.append(run_bag(b, pipe, cfg, mot, set(snaps[b.name]), spec.name, progress, labelfree))
         runs[spec.name] = bag_runs
-        metrics["models"][spec.name] = _finite(_model_summary(spec, info, decoded, bag_runs, mot, cfg))
+        summary = _model_summary(spec, info, decoded, bag_runs, mot, cfg)
+        summary["label_free"] = labelfree.summary()
+        summary["track_paths"] = {b.name: {str(k): v for k, v in paths.items()}
+                                  for b, paths in zip(decoded, labelfree.track_paths(), strict=True)}
+        metrics["models"][spec.name] = _finite(summary)
     if not metrics["models"]:
         raise EvaluationError(f"no model could be run: {metrics['skipped_models']}")
     out.mkdir(parents=True, exist_ok=True)
@@ -520,12 +633,14 @@ def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path,
 def _model_summary(spec: ModelSpec, info: dict, decoded: list[DecodedBag], bag_runs: list[BagRun], mot,
                    cfg: PerceptionConfig) -> dict:
     g = cfg.grid
-    total = None
+    total = total_raw = None
     if any(r.occupancy is not None for r in bag_runs):
         total = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min))
+        total_raw = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min))
         for r in bag_runs:
             if r.occupancy is not None:
                 total.merge(r.occupancy)
+                total_raw.merge(r.occupancy_raw)
     latency: dict[str, list[float]] = {}
     for r in bag_runs:
         for k, v in r.latency.items():
@@ -543,19 +658,25 @@ def _model_summary(spec: ModelSpec, info: dict, decoded: list[DecodedBag], bag_r
         s = r.occupancy.summary()["splits"]
         per_bag[r.bag] = {"frames": len(r.per_frame), "ground_truth": True, "iou_all": s["all"]["iou"],
                           "iou_static": s["static"]["iou"], "iou_dynamic": s["dynamic"]["iou"],
-                          "iou_occluded": s["occluded"]["iou"], "ece": r.occupancy.calibration.ece()}
+                          "iou_occluded": s["occluded"]["iou"], "ece": r.occupancy.calibration.ece(),
+                          "raw_iou_all": r.occupancy_raw.summary()["splits"]["all"]["iou"],
+                          "raw_ece": r.occupancy_raw.calibration.ece()}
     meta = info.get("metadata") or {}
     return {
         "kind": spec.kind,
         "source": info.get("source"),
         "sha256": _sha256_of(info.get("source")),
         "trained": {k: meta.get(k) for k in ("steps", "train_hours", "train_time_s", "presets") if k in meta},
-        "occupancy": total.summary() if total is not None else None,
+        "occupancy": total.summary() if total is not None else None,  # the published grid
+        "occupancy_raw": total_raw.summary() if total_raw is not None else None,  # the network's P
         "tracking": mot.compute() if mot is not None and mot.num_frames else None,
         "latency_ms": {k: _percentiles(v) for k, v in latency.items()},
         "resets": {"count": len(resets), "by_reason": dict(by_reason), "events": resets},
         "recovery": [x for b, r in zip(decoded, bag_runs, strict=True) for x in recovery(b, r)],
         "health": dict(health),
+        "evidence_health": dict(sum((r.evidence_levels for r in bag_runs), Counter())),
+        "distribution_shifts": [x for r in bag_runs for x in r.shifts],
+        "known_share": float(np.mean([f["known_share"] for r in bag_runs for f in r.per_frame])),
         "per_bag": per_bag,
     }
 

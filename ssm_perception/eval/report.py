@@ -4,7 +4,10 @@ Plots (matplotlib, Agg backend, no display needed):
     reliability.png             reliability diagram per model (predicted P vs observed frequency)
     iou_<bag>.png               per-frame occupancy IoU per model, adversity windows shaded, resets marked
     latency.png                 per-frame total latency histogram per model
-    bev_<bag>_<frame>.png       truth and each model at a chosen frame (TP green, FP red, FN blue)
+    bev_<bag>_<frame>.png       truth and each model's published grid at a chosen frame (TP green, FP red, FN blue)
+    scan_<model>_<bag>_<frame>.png  label-free: the scan's points over the published grid, evidence the network
+                                called free, see-through cells published occupied, tracks; and the observation grid
+    tracks_<model>_<bag>.png    published tracks in odom over the bag (labelled boxes in grey where there are labels)
 """
 
 from __future__ import annotations
@@ -39,10 +42,46 @@ def occupancy_table(models: dict) -> str:
         if occ is None:
             continue
         s = occ["splits"]
-        moving = occ.get("moving") or {}
-        rows.append([name, *[_f(s[k]["iou"]) for k, _ in OCC_COLUMNS], _f(s["all"]["f1"]), _f(moving.get("iou")),
-                     _f(occ["ece"])])
-    return _table(["model", *[h for _, h in OCC_COLUMNS], "F1 all", "moving IoU", "ECE"], rows) if rows else ""
+        raw = m.get("occupancy_raw") or {}
+        moving = raw.get("moving") or {}
+        rows.append([name, *[_f(s[k]["iou"]) for k, _ in OCC_COLUMNS], _f(s["all"]["f1"]), _f(occ["ece"]),
+                     _f(m.get("known_share")), _f((raw.get("splits") or {}).get("all", {}).get("iou")),
+                     _f(raw.get("ece")), _f(moving.get("iou"))])
+    header = ["model", *[h for _, h in OCC_COLUMNS], "F1 all", "ECE", "known share", "raw IoU", "raw ECE",
+              "moving IoU (raw)"]
+    return _table(header, rows) if rows else ""
+
+
+def label_free_table(models: dict) -> str:
+    rows = []
+    for name, m in models.items():
+        lf = m.get("label_free")
+        if not lf:
+            continue
+        t = lf["tracks"]
+        rows.append([name, _f(lf["evidence_coverage"]), _f(lf["evidence_coverage_network"]),
+                     _f(lf["nonground_coverage"]), _f(lf["free_space_contradiction_rate"]),
+                     _f(lf["disagreement_mean"]), f"{t['unsupported_instances']} / {t['instances_in_grid']}",
+                     f"{t['static_on_evidence_ids']} / {t['ids']}"])
+    return _table(["model", "evidence coverage (published)", "network alone", "any non-ground return",
+                   "see-through published occupied", "disagreement (mean)", "track instances without returns",
+                   "static tracks on evidence"], rows) if rows else ""
+
+
+def labels_table(models: dict) -> str:
+    rows = []
+    for name, m in models.items():
+        lab = (m.get("label_free") or {}).get("labels")
+        if not lab:
+            continue
+        for cls, t in lab["tracking"].items():
+            rec = "; ".join(f"{r['range_m']} m: {_f(r['recall'], 2)}" for r in lab["recall_by_range"].get(cls, [])
+                            if r["num_gt"])
+            rows.append([name, cls, _f(t.get("mota")), _f(t.get("idf1")), _f(t.get("hota")),
+                         str(int(t.get("num_gt", 0))), rec or "–"])
+        far = _f(lab["tracks_far_from_labels_share"])
+        rows.append([name, "all", "", "", "", "", f"tracks > 2 m from every label: {far}"])
+    return _table(["model", "class", "MOTA", "IDF1", "HOTA", "labelled", "recall by range"], rows) if rows else ""
 
 
 def range_table(models: dict) -> str:
@@ -213,7 +252,7 @@ def plot_bev(bag, frame: int, runs: dict, path: Path) -> bool:
     axes[0].imshow(_bev_image(rgb), interpolation="nearest")
     axes[0].set_title("truth (grey: occluded, red: moving)", fontsize=8)
     for ax, (name, run) in zip(axes[1:], runs.items(), strict=True):
-        p, _ = run.snapshots[frame]
+        p = run.snapshots[frame]["p"]
         pred = p > 0.5
         img = np.stack([1 - 0.6 * p] * 3, -1)
         img[pred & occ] = (0.1, 0.7, 0.1)
@@ -225,8 +264,88 @@ def plot_bev(bag, frame: int, runs: dict, path: Path) -> bool:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{bag.name} frame {frame} (t = {bag.t_s(bag.frames[frame].stamp_ns):.1f} s); ego at centre, "
-                 "x up; green TP, red FP, blue FN", fontsize=8)
+    fig.suptitle(f"{bag.name} frame {frame} (t = {bag.t_s(bag.frames[frame].stamp_ns):.1f} s), published grids; "
+                 "ego at centre, x up; green TP, red FP, blue FN", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_scan_over_grid(bag, frame: int, name: str, snap: dict, grid, path: Path) -> bool:
+    """Label-free picture of one frame: the scan's points over the published grid, the evidence the
+    network called free (before the rule) in red, see-through cells published occupied in orange,
+    tracks as boxes; on the right the observation grid (observed now / age / inferred)."""
+    if snap.get("points") is None:
+        return False
+    plt = _plt()
+    from matplotlib.patches import Polygon
+
+    g = grid
+    extent = (g.y_min + g.length_y, g.y_min, g.x_min, g.x_min + g.length_x)  # left = +y, up = +x
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
+    p = snap["p"]
+    img = np.stack([1 - 0.75 * p] * 3, -1)
+    img[snap["observation"] < 0] = (0.8, 0.85, 1.0)
+    if snap["net_free_on_evidence"] is not None:
+        img[snap["net_free_on_evidence"]] = (0.95, 0.1, 0.1)
+        img[snap["see_through_occupied"]] = (1.0, 0.6, 0.0)
+    axes[0].imshow(img[::-1, ::-1], extent=extent, interpolation="nearest")
+    pts = snap["points"]
+    inside = (pts[:, 0] > g.x_min) & (pts[:, 0] < g.x_min + g.length_x) & (pts[:, 1] > g.y_min) & \
+        (pts[:, 1] < g.y_min + g.length_y)
+    pts = pts[inside]
+    axes[0].scatter(pts[:, 1], pts[:, 0], s=0.3, c=pts[:, 2], cmap="viridis", alpha=0.6, linewidths=0)
+    for tid, x, y, yaw, length, width in snap["tracks"]:
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        corners = [(x + c * u - s_ * v, y + s_ * u + c * v) for u, v in
+                   ((length / 2, width / 2), (length / 2, -width / 2), (-length / 2, -width / 2), (-length / 2, width / 2))]
+        axes[0].add_patch(Polygon([(cy, cx) for cx, cy in corners], fill=False, ec="tab:blue", lw=1.2))
+        axes[0].text(y, x, str(tid), fontsize=6, color="tab:blue")
+    axes[0].set_xlim(extent[0], extent[1])
+    axes[0].set_ylim(extent[2], extent[3])
+    axes[0].set_title("published occupancy (dark = occupied), scan points (colour = height); red: evidence the "
+                      "network called free; orange: seen-through cells published occupied; blue: tracks", fontsize=7)
+    obs = snap["observation"].astype(np.float32)
+    axes[1].imshow(np.where(obs < 0, np.nan, obs)[::-1, ::-1], extent=extent, cmap="magma", vmin=0, vmax=100,
+                   interpolation="nearest")
+    axes[1].set_title("observation grid: 100 observed now, 1..99 age (brighter = more recent), 0 inferred only",
+                      fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("y [m] (left)")
+        ax.set_ylabel("x [m] (forward)")
+    fig.suptitle(f"{name} on {bag.name}, frame {frame} (t = {bag.t_s(bag.frames[frame].stamp_ns):.1f} s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_tracks_odom(bag, name: str, paths: dict, path: Path) -> bool:
+    """Published tracks over the bag in odom, the ego path, and labelled boxes' centres if any."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 7))
+    ego = np.array([[f.T_odom_base[0, 3], f.T_odom_base[1, 3]] for f in bag.frames
+                    if f.T_odom_base is not None and np.all(np.isfinite(f.T_odom_base))])
+    if len(ego):
+        ax.plot(ego[:, 0], ego[:, 1], "k-", lw=2, label="ego (odom)")
+    if bag.labels:
+        by_id: dict[str, list] = {}
+        for boxes in bag.labels.values():
+            for b in boxes:
+                by_id.setdefault(b.id, []).append((b.x, b.y))
+        for k, xy in enumerate(by_id.values()):
+            xy = np.array(xy)
+            ax.plot(xy[:, 0], xy[:, 1], ".", color="0.75", ms=2, label="labelled boxes" if k == 0 else None)
+    for tid, xy in paths.items():
+        xy = np.array(xy)
+        ax.plot(xy[:, 0], xy[:, 1], ".-", ms=2, lw=1)
+        ax.annotate(str(tid), xy[-1], fontsize=6)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x [m] (odom)")
+    ax.set_ylabel("y [m] (odom)")
+    ax.set_title(f"{name} on {bag.name}: published tracks ({len(paths)} ids)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -234,6 +353,14 @@ def plot_bev(bag, frame: int, runs: dict, path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------- report
+def _grid_of(metrics: dict):
+    from types import SimpleNamespace
+
+    g = metrics["grid"]
+    length_x, length_y = g["nx"] * g["resolution"], g["ny"] * g["resolution"]
+    return SimpleNamespace(x_min=-length_x / 2, y_min=-length_y / 2, length_x=length_x, length_y=length_y)
+
+
 def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Path, plots: bool = True) -> Path:
     models = metrics["models"]
     lines = ["# Offline evaluation report", "",
@@ -266,6 +393,27 @@ def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Pat
                   "", occ, "", "By range from the vehicle:", "", range_table(models), ""]
         if len(metrics["bags"]) > 1:
             lines += ["Per bag:", "", per_bag_table(models), ""]
+    lf = label_free_table(models)
+    if lf:
+        lines += ["## Label-free checks (any recording)", "",
+                  ("From the published grid and the scan's own returns, no ground truth needed. *Evidence coverage*: "
+                   "share of cells with direct evidence (at least `evidence.min_returns` returns in the height band "
+                   "above ground) published occupied; *network alone*: the same before the rule check; *any "
+                   "non-ground return*: cells with at least one return above the ground threshold, any height; "
+                   "*see-through published occupied*: share of the cells the scan sees through that are published "
+                   "occupied; *disagreement*: the rule check's per-frame share of evidence cells the network calls "
+                   "free. Tracks: published (confirmed, coasting) instances without a non-ground return in their "
+                   "footprint, and ids that never moved 1 m over at least 3 s while sitting on returns (parked cars, "
+                   "or false tracks on structure)."), "", lf, ""]
+        shifts = [(n, x) for n, m in models.items() for x in m.get("distribution_shifts") or []]
+        if shifts:
+            lines += ["Distribution shifts detected: " + "; ".join(
+                f"{n} {x['bag']} t={x['t_s']:.1f} s ({x['message']})" for n, x in shifts), ""]
+    lab = labels_table(models)
+    if lab:
+        lines += ["## Tracking against the label file", "",
+                  ("Same rules as the simulator evaluation: per class, 2 m centre distance, inside the grid; "
+                   "labelled boxes without a LiDAR return are ignored."), "", lab, ""]
     trk = tracking_table(models)
     if trk:
         lines += ["## Tracking", "", ("nuScenes-style: per class, 2 m centre-distance matching, confirmed and "
@@ -293,6 +441,16 @@ def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Pat
                 f = f"bev_{_slug(bag.name)}_{k:05d}.png"
                 if plot_bev(bag, k, bag_runs, out / f):
                     lines += [f"![BEV frame {k}]({f})", ""]
+            grid = _grid_of(metrics)
+            for name, run in bag_runs.items():
+                for k, snap in sorted(run.snapshots.items())[:2]:
+                    f = f"scan_{_slug(name)}_{_slug(bag.name)}_{k:05d}.png"
+                    if plot_scan_over_grid(bag, k, name, snap, grid, out / f):
+                        lines += [f"![scan over the published grid, {name}, frame {k}]({f})", ""]
+                paths = (models.get(name, {}).get("track_paths") or {}).get(bag.name) or {}
+                f = f"tracks_{_slug(name)}_{_slug(bag.name)}.png"
+                if plot_tracks_odom(bag, name, paths, out / f):
+                    lines += [f"![tracks of {name} on {bag.name}]({f})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
