@@ -17,7 +17,7 @@ from ssm_perception.sim.scenario import Scenario
 
 
 @functools.cache
-def _frames(n: int = 5):
+def _frames(n: int = 3):
     sc = Scenario.from_preset("urban", seed=3, duration_s=2.0)
     out = []
     for fr in sc.frames(with_others=False):
