@@ -20,7 +20,8 @@ runner = CliRunner()
 N = 3
 RNG = np.random.default_rng(0)
 POINTS = RNG.uniform(-20, 20, (N, 500, 3)).astype(np.float32)  # per scan, in the LiDAR frame
-POINTS[..., 2] = RNG.uniform(-1.8, 1.0, (N, 500))
+POINTS[..., 2] = RNG.uniform(-1.3, 1.0, (N, 500))
+POINTS[:, 300:, 2] = -1.84  # ground 1.84 m under the LiDAR (nuScenes / AV2 tests: at ego z = 0)
 
 
 def _import(*args):
@@ -147,7 +148,10 @@ def test_nuscenes(tmp_path):
     assert box.cls == "pedestrian" and np.allclose([box.x, box.y, box.yaw, box.l, box.w], [8.0, 0, 0, 0.7, 0.6])
 
 
-def test_argoverse2(tmp_path):
+@pytest.mark.parametrize("ego_above_ground", [0.0, 0.35])
+def test_argoverse2(tmp_path, ego_above_ground):
+    """AV2 sweeps are in the ego frame, whose origin (rear axle) is ~0.35 m above the ground; the
+    import puts base_link on the ground (lidar 1.84 m above it either way)."""
     import pyarrow as pa
     from pyarrow import feather
 
@@ -155,7 +159,7 @@ def test_argoverse2(tmp_path):
     (src / "sensors" / "lidar").mkdir(parents=True)
     (src / "calibration").mkdir()
     stamps = [315_969_000_000_000_000 + 100_000_000 * k for k in range(N)]
-    lidar_z = 1.9
+    lidar_z = 1.84 - ego_above_ground
     for k, s in enumerate(stamps):  # sweeps are in the ego frame: the LiDAR-frame points + its height
         feather.write_feather(pa.table({
             "x": POINTS[k, :, 0], "y": POINTS[k, :, 1], "z": POINTS[k, :, 2] + lidar_z,
@@ -175,13 +179,18 @@ def test_argoverse2(tmp_path):
     out = tmp_path / "av2_bag"
     r = _import("argoverse2", src, "-o", out)
     assert r.exit_code == 0, r.output
-    clouds, _ = _bag(out)
+    assert ("lowered 0.35 m" in r.output) == (ego_above_ground > 0)
+    clouds, tf = _bag(out)
     assert [c[0] for c in clouds] == stamps and clouds[0][1] == "up_lidar"
     arr = clouds[1][2]
     assert np.allclose(arr["x"], POINTS[1, :, 0] - 1.35, atol=1e-4) and np.allclose(arr["z"], POINTS[1, :, 2], atol=1e-4)
     assert np.isclose(arr["t"][2], 2e-6) and arr["ring"][33] == 1
+    assert abs(tf.lookup("base_link", "up_lidar", stamps[0], 0)[2, 3] - 1.84) < 0.02
+    T = tf.lookup("odom", "base_link", stamps[2], 0)
+    assert abs(T[0, 3] - 2.4) < 1e-6 and abs(T[2, 3]) < 1e-6
     (box,) = read_labels(out)[stamps[1]]
-    assert box.cls == "truck" and np.allclose([box.x, box.y, box.z], [21.2, -3.0, 1.6])
+    # 1.6 m above the ego origin = 1.6 + ego_above_ground above the ground
+    assert box.cls == "truck" and np.allclose([box.x, box.y, box.z], [21.2, -3.0, 1.6 + ego_above_ground], atol=0.02)
 
 
 def test_pcd_sequence_with_tum_poses(tmp_path):

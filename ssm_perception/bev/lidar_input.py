@@ -297,8 +297,9 @@ class LidarInput:
 
 
 def fit_ground(xyz: np.ndarray, origin: np.ndarray, seed: int = 0, iterations: int = 256,
-               threshold: float = 0.08) -> tuple[np.ndarray, float] | None:
-    """Largest plane below the sensor within 30 m, any tilt up to 60 deg from +z of base_link.
+               threshold: float = 0.1) -> tuple[np.ndarray, float] | None:
+    """Largest plane below the sensor within 30 m with few returns below it, any tilt up to 60 deg
+    from +z of base_link.
 
     Written here instead of bev.ground.fit_ground_plane because that one rejects tilts beyond 15
     deg and looks only near base_link z = 0: exactly the mountings this check must catch.
@@ -311,7 +312,10 @@ def fit_ground(xyz: np.ndarray, origin: np.ndarray, seed: int = 0, iterations: i
     rng = np.random.default_rng(seed)
     if len(cand) > 3000:
         cand = cand[rng.choice(len(cand), 3000, replace=False)]
-    tri = cand[rng.integers(0, len(cand), (iterations, 3))]  # [K, 3, 3]
+    # Hypotheses from the lowest quarter (mostly ground even in dense city scans, where the ground
+    # is only ~10 % of all returns), scored on all candidates.
+    low = cand[cand[:, 2] <= np.percentile(cand[:, 2], 25)]
+    tri = low[rng.integers(0, len(low), (iterations, 3))]  # [K, 3, 3]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     norm = np.linalg.norm(n, axis=1, keepdims=True)
     n = n / np.maximum(norm, 1e-12)
@@ -322,11 +326,15 @@ def fit_ground(xyz: np.ndarray, origin: np.ndarray, seed: int = 0, iterations: i
     if not ok.any():
         return None
     d = -(n * tri[:, 0]).sum(1)
-    score = (np.abs(cand @ n.T + d) < threshold).sum(0)
+    dist = cand @ n.T + d  # [M, K] signed, positive on the sensor's side
+    score = (np.abs(dist) < threshold).sum(0)
+    # The ground is the lowest large surface: a plane with many returns below it is a roof or a
+    # bonnet (parked cars give such planes at ~1.4 m in city scans), not the ground.
+    ok &= (dist < -0.3).mean(0) < 0.05
     score[~ok] = -1
     best = int(score.argmax())
     inl = cand[np.abs(cand @ n[best] + d[best]) < threshold]
-    if len(inl) < max(150, 0.15 * len(cand)):
+    if len(inl) < max(100, 0.05 * len(cand)):  # real urban scans: the ground is ~10 % of returns within 30 m
         return None
     c = inl.mean(0)
     nn = np.linalg.svd(inl - c, full_matrices=False)[2][-1]

@@ -113,6 +113,41 @@ def yaw_of_matrix(T: np.ndarray) -> float:
     return float(np.arctan2(T[1, 0], T[0, 0]))
 
 
+def put_base_on_ground(rec: Recording, what: str, scans: int = 3, tolerance_m: float = 0.1) -> None:
+    """Move base_link onto the ground when the dataset's ego frame is above it (Argoverse 2's origin is
+    the rear axle, ~0.35 m up): the ground height in the ego frame is fitted on the first scans
+    (bev.lidar_input.fit_ground, median); beyond ``tolerance_m`` base_link becomes the ego frame
+    lowered by it; odom (at the first base_link) moves down with it, and poses, mount and boxes follow."""
+    from ssm_perception.bev.lidar_input import fit_ground
+
+    T = rec.T_base_lidar
+    zs = []
+    for s in rec.scans[:scans]:
+        try:
+            p = s.load()
+        except (OSError, ValueError):
+            continue
+        xyz = np.stack([p["x"], p["y"], p["z"]], 1).astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+        fit = fit_ground(xyz, T[:3, 3])
+        if fit is not None:
+            zs.append(fit[1])
+    if not zs:
+        rec.notes.append(f"ground not found in the first scans: base_link kept as the {what} frame")
+        return
+    z0 = float(np.median(zs))
+    if abs(z0) <= tolerance_m:
+        return
+    T_ego_base = translation(z0)  # base_link: on the ground under the ego origin
+    T_base_ego = np.linalg.inv(T_ego_base)
+    rec.T_base_lidar = T_base_ego @ T
+    for s in rec.scans:
+        s.T_odom_base = T_base_ego @ s.T_odom_base @ T_ego_base  # odom moves down with base_link
+    for b in rec.boxes:
+        b.z -= z0
+    rec.notes.append(f"base_link = the {what} frame lowered {-z0:.2f} m onto the ground (fitted on the first "
+                     f"scans); LiDAR at {rec.T_base_lidar[2, 3]:.2f} m")
+
+
 def check_stamps(stamps: list[int]) -> None:
     if any(b <= a for a, b in itertools.pairwise(stamps)):
         raise ImportFailure("scan stamps are not strictly increasing")

@@ -20,6 +20,7 @@ from ssm_perception.io.importers import (
     Scan,
     need_file,
     planar_odom,
+    put_base_on_ground,
     quat_wxyz_matrix,
     structured,
     yaw_of_matrix,
@@ -110,4 +111,5 @@ def load(src: Path, opts: ImportOptions) -> Recording:
                                       float(T[0, 3]), float(T[1, 3]), float(T[2, 3]), float(a["length_m"][i]),
                                       float(a["width_m"][i]), float(a["height_m"][i]), yaw_of_matrix(T),
                                       num_points=int(a["num_interior_pts"][i]) if "num_interior_pts" in a else None))
+    put_base_on_ground(rec, "Argoverse 2 ego-vehicle")
     return rec

@@ -20,6 +20,7 @@ from ssm_perception.io.importers import (
     Recording,
     Scan,
     planar_odom,
+    put_base_on_ground,
     quat_wxyz_matrix,
     structured,
     yaw_of_matrix,
@@ -124,4 +125,5 @@ def load(src: Path, opts: ImportOptions) -> Recording:
             rec.boxes.append(LabelBox(stamp, a["instance_token"], category_class(name), float(T[0, 3]),
                                       float(T[1, 3]), float(T[2, 3]), l_, w, h, yaw_of_matrix(T),
                                       num_points=a.get("num_lidar_pts")))
+    put_base_on_ground(rec, "nuScenes ego")
     return rec
