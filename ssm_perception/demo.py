@@ -146,6 +146,7 @@ def _diag_values(arr, suffix: str) -> tuple[int, str, dict[str, str]] | None:
 def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
     from ssm_perception.eval.mot import GroundTruthObject, MotEvaluator
     from ssm_perception.eval.occupancy import OccupancyMetrics, range_map
+    from ssm_perception.evidence import decode_occupancy
 
     g = grid_cfg
     occ_metrics = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min))
@@ -153,7 +154,7 @@ def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
     matched = sorted(s for s in d["grid"] if s in d["gt_occ"])
     for s in matched:
         v = d["grid"][s]
-        prob = np.where(v < 0, 0.0, v / 100.0)  # unknown cells count as not occupied
+        prob = decode_occupancy(v)  # as evaluate decodes it: value / 100, unknown (-1) as 0.5 (not occupied)
         f = occ_metrics.add(prob, d["gt_occ"][s], d["gt_dyn"].get(s, np.zeros_like(v, bool)),
                             d["gt_vis"].get(s, np.ones_like(v, bool)))
         known = float((v >= 0).mean())
@@ -348,7 +349,8 @@ def report(out: Path, m: dict, pics: list[str], info: dict) -> Path:
         (f"- grids received: {fr['grids_received']}; matched to ground truth by stamp: {fr['grids_matched']}; "
          f"track messages: {fr['track_messages']}"),
         "",
-        "## Occupancy (threshold P >= 0.5; unknown cells count as free)", "",
+        ("## Occupancy of the published grid (occupied: value > 50; -1 read as 0.5, not occupied; "
+         "the same decoding as `ssm-perception evaluate`)"), "",
         "| split | IoU |", "|---|---|",
         *[f"| {k.removeprefix('iou_')} | {_f(oc[k])} |" for k in
           ("iou_all", "iou_visible", "iou_occluded", "iou_static", "iou_dynamic")],
