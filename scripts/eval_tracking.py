@@ -174,6 +174,7 @@ def main(
         ckpt = checkpoint if source_name == "model" else baseline_checkpoint
         if ckpt is not None:
             src_cfg.model.checkpoint = str(ckpt)
+            src_cfg.model.allow_untrusted_weights = True  # named on the command line (a warning is logged)
         sequences, names, model_info, saturated = [], [], None, None
         if preset and source_name != "synthetic":
             sequences = [c.sequence(source_name) for c in caches]

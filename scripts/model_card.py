@@ -7,7 +7,8 @@
 
 Importing copies, per kind, the weights as ``<kind>.safetensors`` + sidecar ``<kind>.safetensors.json``
 (the pipeline loads ``<kind>.safetensors`` by default) and the held-out validation metrics as
-``<kind>_metrics.json``; the sha256 in each sidecar is re-checked against the file. The card is
+``<kind>_metrics.json``; the sha256 in each sidecar is re-checked against the file, and both digests
+are pinned in ``MANIFEST.json`` (the loader runs unpinned weights only when explicitly allowed). The card is
 generated only from those files: data (presets, seeds, hours of driving), training time and the
 validation metrics on held-out seeds of every kind, against the log-odds filter, with the issue's
 targets marked as met or missed.
@@ -23,7 +24,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ssm_perception.model import file_sha256
+from ssm_perception.weights import file_sha256, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT_DIR = ROOT / "ssm_perception" / "checkpoints"
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.sources:
         import_results(args.sources, args.checkpoints)
+    # Pin the shipped weights and sidecars: the loader trusts only what MANIFEST.json lists (weights.py).
+    print(f"wrote {write_manifest(args.checkpoints)}")
     print(f"wrote {write_card(args.checkpoints)}")
     return 0
 

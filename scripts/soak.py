@@ -272,6 +272,7 @@ def run_dds(args) -> dict:
             ckpt = tmp / f"{args.kind}.safetensors"
             save_checkpoint(BevPerceptionModel(cfg), ckpt, {"purpose": "soak, random weights"})
             cfg.model.checkpoint = str(ckpt)
+            cfg.model.allow_untrusted_weights = True  # random weights made here, not pinned in the package
         params = tmp / "params.yaml"
         params.write_text(cfg.to_yaml())
         sc = Scenario.from_preset(args.scenario, seed=args.seed, duration_s=args.bag_seconds, grid=grid_config(args.grid))

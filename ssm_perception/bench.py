@@ -814,6 +814,30 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
 
+MAX_HISTORY = 1024  # frames kept by the attention baseline in the sweep
+
+
+def _check_sizes(s: BenchSettings) -> None:
+    """Refuse grids and histories that cannot fit in memory, before anything is allocated."""
+    from ssm_perception.config import (
+        PerceptionConfig,
+        host_memory_bytes,
+        memory_estimate,
+    )
+
+    if max(s.histories) > MAX_HISTORY:
+        raise ValueError(f"--history: at most {MAX_HISTORY} frames, got {max(s.histories)}")
+    have = host_memory_bytes()
+    for kind in s.models:
+        if kind not in MODELS:
+            continue  # run_bench names unknown models
+        cfg = PerceptionConfig(model={"kind": kind, "attention_history": max(s.histories)})
+        need = memory_estimate(max(s.grids), max(s.grids), cfg.model)
+        if have and need > have:
+            raise ValueError(f"--grid {max(s.grids)}: the {kind} model would need about {need / 2**30:.3g} GiB, "
+                             f"this machine has {have / 2**30:.3g} GiB")
+
+
 def bench_main(device: str, grid: str, history: str, output: str, models: str, backends: str, frames: int,
                warmup: int, source_frames: int, threads: int, profile: bool, memory: bool, quiet: bool,
                heap_mib: int = 0, node_allocator: bool = False) -> int:
@@ -825,6 +849,7 @@ def bench_main(device: str, grid: str, history: str, output: str, models: str, b
                       node_allocator=node_allocator)
     if heap_mib < 0:
         raise ValueError(f"--malloc-heap-mib must be >= 0, got {heap_mib}")
+    _check_sizes(s)
     if 16 not in s.histories:
         s.main_history = max(s.histories)
     result = run_bench(s, progress=not quiet)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from ssm_perception.cli_errors import CliGroup
+
 app = typer.Typer(
+    cls=CliGroup,  # user errors -> one line on stderr, exit code 2 (ssm_perception/cli_errors.py)
     name="ssm-perception",
     help="Temporal BEV perception with a Mamba state-space model: simulate, replay, evaluate, train, bench.",
     no_args_is_help=True,
@@ -21,14 +24,15 @@ app = typer.Typer(
 def show_config(
     path: str = typer.Argument("", help="YAML file to validate; empty prints the defaults"),
 ) -> None:
-    """Validate a configuration file (or print the defaults) in ROS 2 parameter-file form."""
-    from ssm_perception.config import ConfigError, PerceptionConfig
+    """Validate a configuration file (or print the defaults) in ROS 2 parameter-file form.
 
-    try:
-        cfg = PerceptionConfig.load(path)
-    except ConfigError as exc:
-        typer.secho(f"invalid configuration: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    Checks what the node would refuse at startup: the schema, the device, and the weights it would
+    load (present, intact, trusted, trained with the configured model fields)."""
+    from ssm_perception.config import PerceptionConfig
+    from ssm_perception.weights import check_model_weights
+
+    cfg = PerceptionConfig.load(path)
+    check_model_weights(cfg)
     typer.echo(cfg.to_yaml())
 
 

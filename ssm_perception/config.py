@@ -8,18 +8,49 @@ Each module owns the meaning of its section; this file only declares the fields 
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 NODE_NAME = "ssm_perception"
+# Durations (fields named *_s / *_ms) are converted to integer nanoseconds and timer periods: a day
+# is far beyond any sensible value and keeps every conversion finite.
+MAX_DURATION_S = 86_400.0
+# nav_msgs/OccupancyGrid carries width x height int8 cells in one sequence: 2^31 - 1 at most.
+MAX_GRID_CELLS = 2**31 - 1
+
+
+class UserError(Exception):
+    """Marker base of errors caused by the user's input (configuration, files, arguments): the CLI
+    prints them as one line and exits with code 2 (ssm_perception/cli_errors.py)."""
 
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are refused in every float field (they crash timers and tensor sizes).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded_durations(cls, value, info: ValidationInfo):
+        name = info.field_name or ""
+        if isinstance(value, float) and name.endswith(("_s", "_ms")):
+            limit = MAX_DURATION_S * (1000.0 if name.endswith("_ms") else 1.0)
+            if abs(value) > limit:
+                raise ValueError(f"must be at most {limit:g} (a duration; {value:g} given)")
+        return value
 
 
 class GridConfig(_Section):
@@ -66,6 +97,21 @@ class FramesConfig(_Section):
     odom: str = Field("odom", description="odometry frame: tracks and markers are published in it")
     base_link: str = Field("base_link", description="vehicle frame: the BEV grid is centred on it")
 
+    @field_validator("*")
+    @classmethod
+    def _frame_id(cls, v: str) -> str:
+        problem = frame_id_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FramesConfig:
+        if len({self.map, self.odom, self.base_link}) < 3:
+            raise ValueError(f"frames map, odom and base_link must be three different frames, got "
+                             f"{self.map!r}, {self.odom!r}, {self.base_link!r}")
+        return self
+
 
 class TopicsConfig(_Section):
     lidar: str = Field("/sensing/lidar/points", description="input: LiDAR sensor_msgs/PointCloud2 (drives the frame rate)")
@@ -86,6 +132,14 @@ class TopicsConfig(_Section):
         "(100), age of the last direct observation (1..99) or inferred only (0); README, Published grids"
     )
     diagnostics: str = Field("/diagnostics", description="output: diagnostic_msgs/DiagnosticArray")
+
+    @field_validator("*")
+    @classmethod
+    def _topic_name(cls, v: str) -> str:
+        problem = topic_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class SensorsConfig(_Section):
@@ -168,9 +222,27 @@ class ModelConfig(_Section):
         "(Mamba with backend 'fused'; anything else runs eagerly and the node logs why); ignored on the CPU"
     )
     cpu_threads: int = Field(
-        1, ge=0, description="torch CPU threads (0 = torch's default). 1 is fastest when other processes "
+        1, ge=0, le=1024, description="torch CPU threads (0 = torch's default). 1 is fastest when other processes "
         "share the cores: OpenMP workers stall waiting for each other (measured 4x slower with 2 on 2 busy cores)"
     )
+    allow_untrusted_weights: bool = Field(
+        False, description="load model.checkpoint although its sha256 is not pinned in the package's "
+        "checkpoints/MANIFEST.json (your own training runs); a warning is logged"
+    )
+
+    @model_validator(mode="after")
+    def _architecture(self) -> ModelConfig:
+        if self.kind == "mamba" and (self.expand * self.d_model) % self.headdim:
+            raise ValueError(f"model.expand * model.d_model ({self.expand * self.d_model}) must be a multiple of "
+                             f"model.headdim ({self.headdim})")
+        if self.kind == "mamba" and self.backend == "fused" and self.d_state & (self.d_state - 1):
+            raise ValueError(f"model.backend 'fused' needs model.d_state to be a power of two, got {self.d_state}")
+        return self
+
+    def state_channels(self) -> int:
+        """fp32 channels of the temporal state per cell (see each core's init_state)."""
+        return {"mamba": self.expand * self.d_model * self.d_state, "convgru": self.d_model,
+                "attention": self.attention_history * (self.d_model + 2), "single": 0, "logodds": 2}[self.kind]
 
 
 class ResetConfig(_Section):
@@ -326,6 +398,13 @@ class DiagnosticsConfig(_Section):
         2.0, gt=0, description="LiDAR arriving but no frame produced for this long is an ERROR naming the cause")
     hardware_id: str = Field("ssm_perception", description="hardware_id of the diagnostic statuses")
 
+    @model_validator(mode="after")
+    def _order(self) -> DiagnosticsConfig:
+        if self.latency_warn_ms > self.latency_error_ms:
+            raise ValueError(f"diagnostics.latency_warn_ms ({self.latency_warn_ms:g}) must not exceed "
+                             f"diagnostics.latency_error_ms ({self.latency_error_ms:g})")
+        return self
+
 
 class PerceptionConfig(_Section):
     grid: GridConfig = GridConfig()
@@ -341,9 +420,32 @@ class PerceptionConfig(_Section):
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     distribution_shift: DistributionShiftConfig = DistributionShiftConfig()
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> PerceptionConfig:
+        g, m = self.grid, self.model
+        cells = g.nx * g.ny
+        need = memory_estimate(g.nx, g.ny, m)
+        have = host_memory_bytes()
+        if cells > MAX_GRID_CELLS or (have and need > have):
+            state = cells * m.state_channels() * 4
+            raise ValueError(
+                f"grid: {g.nx} x {g.ny} cells is too large: the {m.kind} state would need {state / 2**30:.3g} GiB "
+                f"({need / 2**30:.3g} GiB with the working buffers)"
+                + (f", this machine has {have / 2**30:.3g} GiB" if have else "")
+                + (f", and an OccupancyGrid holds at most {MAX_GRID_CELLS} cells" if cells > MAX_GRID_CELLS else "")
+                + "; use a smaller grid.length_x/length_y or a coarser grid.resolution")
+        return self
+
+    def check_environment(self) -> None:
+        """What the schema cannot know: is the configured device there (with enough memory), and can
+        the configured backend run on it. Raises ConfigError naming the field."""
+        check_device(self)
+
     # ---------------------------------------------------------------- (de)serialization
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> PerceptionConfig:
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"the top level must be a mapping of sections, not a {type(data).__name__}")
         data = dict(data or {})
         if len(data) == 1:  # ROS parameter file: {node_name: {ros__parameters: {...}}}
             (only,) = data.values()
@@ -361,10 +463,14 @@ class PerceptionConfig(_Section):
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "") -> PerceptionConfig:
         """What the command-line tools take: the YAML at ``path`` (empty/None = the defaults), with
-        ``model.device`` overridden when ``device`` is given."""
+        ``model.device`` overridden when ``device`` is given; the device is checked to be present."""
         cfg = cls.from_yaml(path) if path else cls()
         if device:
-            cfg.model.device = device
+            try:
+                cfg.model.device = device
+            except ValidationError as exc:
+                raise ConfigError(describe_validation_error(exc)) from None
+        cfg.check_environment()
         return cfg
 
     def to_ros_parameters(self) -> dict[str, Any]:
@@ -379,11 +485,15 @@ class PerceptionConfig(_Section):
             raise ConfigError(describe_validation_error(exc)) from exc
 
     def to_yaml(self, node_name: str = NODE_NAME) -> str:
-        return yaml.safe_dump({node_name: {"ros__parameters": self.model_dump()}}, sort_keys=False)
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 10x faster, same output
+        return yaml.dump({node_name: {"ros__parameters": self.model_dump()}}, Dumper=dumper, sort_keys=False)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the offending field."""
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a parameter file is a few KiB; refuse to parse anything huge
 
 
 def validate_yaml(path: str | Path, validate):
@@ -392,22 +502,153 @@ def validate_yaml(path: str | Path, validate):
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(raw)} bytes, too large for a configuration file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (NUL byte at offset {text.index(chr(0))})")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}")
     try:
         return validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem, naming the dotted field: 'grid.resolution: Input should be > 0'."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "finite_number":
+            msg = "must be a finite number (not NaN or infinity)"
+        parts.append(f"{loc}: {msg}" if err["loc"] else msg)
+    return one_line("; ".join(parts))
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Collapse whitespace (YAML and pydantic messages span lines) and cap the length."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------- names and resources
+_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# rmw: a fully qualified topic name is at most 255 - 8 characters (the DDS prefix takes the rest).
+MAX_TOPIC_NAME = 247
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid ROS 2 topic name (None if it is): the rules of rcl's
+    validate_topic_name (written here because the core must not import rclpy; test_config checks
+    that everything rclpy refuses is refused here too). Substitutions ({node}) are not expanded by
+    this package, so they are refused."""
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_TOPIC_NAME:
+        return f"is {len(name)} characters long, at most {MAX_TOPIC_NAME} are allowed"
+    if "{" in name or "}" in name:
+        return f"{name!r}: substitutions ({{...}}) are not supported"
+    body = name
+    if name.startswith("~"):
+        if name == "~":
+            return None
+        if not name.startswith("~/"):
+            return f"{name!r}: '~' must be followed by '/'"
+        body = name[2:]
+    elif name.startswith("/"):
+        body = name[1:]
+    if not body:
+        return f"{name!r} names no topic"
+    if body.endswith("/"):
+        return f"{name!r} must not end with '/'"
+    for token in body.split("/"):
+        if not token:
+            return f"{name!r} must not contain repeated '/'"
+        if not all(c.isascii() and (c.isalnum() or c == "_") for c in token):
+            return f"{name!r}: only letters, digits, '_' and '/' are allowed ('~' only first)"
+        if not _NAME_TOKEN.fullmatch(token):
+            return f"{name!r}: a name token must not start with a digit"
+    return None
+
+
+_FRAME_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
+
+
+def frame_id_problem(frame: str) -> str | None:
+    """Why ``frame`` is not a usable TF frame id (None if it is): non-empty, no leading '/' (tf2
+    refuses those), letters, digits and _ . / - only."""
+    if not frame:
+        return "must not be empty"
+    if frame.startswith("/"):
+        return f"{frame!r}: tf2 frame ids must not start with '/'"
+    if len(frame) > 255 or not _FRAME_ID.fullmatch(frame):
+        return f"{frame!r}: only letters, digits and _ . / - are allowed (at most 255 characters)"
+    return None
+
+
+def memory_estimate(nx: int, ny: int, model: ModelConfig) -> int:
+    """Bytes the pipeline needs for an nx x ny grid, roughly: the state twice (current + the buffer
+    the next one is written into) and a few d_model-wide working tensors per cell, fp32."""
+    copies = 5 if model.kind == "mamba" else 2  # the Mamba update makes state-sized intermediates
+    per_cell = copies * model.state_channels() + 16 * model.d_model + 64
+    return nx * ny * per_cell * 4
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_device(cfg: PerceptionConfig) -> None:
+    """model.device present (and big enough for the grid), model.backend runnable on it."""
+    import importlib.util
+
+    m = cfg.model
+    if m.kind == "mamba" and m.backend == "mamba_ssm" and importlib.util.find_spec("mamba_ssm") is None:
+        raise ConfigError("model.backend: 'mamba_ssm' needs the mamba-ssm package (make setup-gpu), "
+                          "which is not installed; use 'reference'")
+    if m.kind == "mamba" and m.backend == "fused" and importlib.util.find_spec("triton") is None:
+        raise ConfigError("model.backend: 'fused' needs the triton package, which is not installed; use 'reference'")
+    if not m.device.startswith("cuda"):
+        if m.kind == "mamba" and m.backend != "reference" and not (
+                m.backend == "fused" and os.environ.get("TRITON_INTERPRET") == "1"):
+            raise ConfigError(f"model.backend: {m.backend!r} runs on a CUDA device, model.device is {m.device!r}")
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"model.device: {m.device!r} requested but {why}; use model.device 'cpu'")
+    index = int(m.device.split(":")[1]) if ":" in m.device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"model.device: {m.device!r} requested but only {count} CUDA device(s) are visible")
+    have = torch.cuda.get_device_properties(index).total_memory
+    need = memory_estimate(cfg.grid.nx, cfg.grid.ny, m)
+    if need > have:
+        raise ConfigError(f"grid: {cfg.grid.nx} x {cfg.grid.ny} cells would need about {need / 2**30:.3g} GiB on "
+                          f"{m.device}, which has {have / 2**30:.3g} GiB")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

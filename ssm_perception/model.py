@@ -16,7 +16,6 @@ feature layout and the sha256 of the weights file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from ssm_perception.bev.features import FEATURE_CHANNELS
 from ssm_perception.bev.grid import BevGrid
-from ssm_perception.config import GridConfig, PerceptionConfig
+from ssm_perception.config import GridConfig, ModelConfig, PerceptionConfig
 from ssm_perception.heads import BevHeads
 from ssm_perception.neck import BevNeck
 from ssm_perception.temporal.base import State, TemporalCore
@@ -36,12 +35,13 @@ from ssm_perception.temporal.baselines import (
     SingleFrameCore,
 )
 from ssm_perception.temporal.warp import warp_state
-
-CHECKPOINT_FORMAT = "ssm_perception.checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says why."""
+from ssm_perception.weights import (  # re-exported: the names callers import from here
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    file_sha256,
+    sidecar_path,
+    verify_checkpoint,
+)
 
 
 def build_core(config: PerceptionConfig) -> TemporalCore:
@@ -158,20 +158,7 @@ class BevPerceptionModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks (checkpoints, model card)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
+# Sidecar, digests and trust (the package's pinned manifest) are checked without torch in weights.py.
 def save_checkpoint(model: BevPerceptionModel, path: str | Path, metadata: dict | None = None) -> str:
     """Write ``path`` (safetensors weights) and ``path.json``; returns the sha256 of the weights."""
     from safetensors.torch import save_file
@@ -206,9 +193,14 @@ def load_checkpoint(
     expected_kind: str | None = None,
     grid: GridConfig | None = None,
     backend: str | None = None,
+    allow_untrusted: bool = False,
+    expected_model: ModelConfig | None = None,
 ) -> tuple[BevPerceptionModel, dict]:
-    """Rebuild the model from ``path`` + ``path.json``; verifies the sha256 (against the sidecar
-    and ``expected_sha256`` if given), the kind, the feature layout and every tensor's shape.
+    """Rebuild the model from ``path`` + ``path.json``. First the checks of weights.verify_checkpoint:
+    the sha256 against the sidecar, ``expected_sha256`` if given, and the package's pinned manifest
+    (weights not pinned there load only with ``allow_untrusted``, with a warning); the kind; the
+    architecture fields of ``expected_model`` (the configured model section). Then the feature layout
+    and every tensor's shape.
     ``grid``: run the weights on another grid extent. The model is convolutional and per cell, so
     any size works, but the resolution must be the trained one (features are per cell area).
     ``backend``: the Mamba backend to run the weights with (a runtime choice, same parameters;
@@ -218,25 +210,9 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     path = Path(path)
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not side.is_file():
-        raise CheckpointError(f"checkpoint sidecar not found: {side}")
-    try:
-        info = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{side}: not valid JSON: {exc}") from exc
-    if info.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{side}: unknown format {info.get('format')!r} (expected {CHECKPOINT_FORMAT})")
-    digest = file_sha256(path)
-    if digest != info.get("sha256"):
-        raise CheckpointError(f"{path}: sha256 {digest} does not match its sidecar ({info.get('sha256')})")
-    if expected_sha256 is not None and digest != expected_sha256.lower():
-        raise CheckpointError(f"{path}: sha256 {digest} != expected {expected_sha256}")
+    info, config, _ = verify_checkpoint(path, allow_untrusted=allow_untrusted, expected_sha256=expected_sha256,
+                                        expected_kind=expected_kind, expected_model=expected_model, grid=grid)
     kind = info.get("kind")
-    if expected_kind is not None and kind != expected_kind:
-        raise CheckpointError(f"{path}: checkpoint is kind {kind!r}, expected {expected_kind!r}")
     if info.get("feature_channels") != FEATURE_CHANNELS:
         raise CheckpointError(f"{path}: trained on BEV features {info.get('feature_channels')}, "
                               f"this build encodes {FEATURE_CHANNELS}")
@@ -248,17 +224,14 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     if file_kind != kind:
         raise CheckpointError(f"{path}: weights are kind {file_kind!r} but the sidecar says {kind!r}")
-    config = PerceptionConfig.model_validate(info["config"])
-    if config.model.kind != kind:
-        raise CheckpointError(f"{side}: config says kind {config.model.kind!r} but the checkpoint is {kind!r}")
     if grid is not None:
-        if abs(grid.resolution - config.grid.resolution) > 1e-9:
-            raise CheckpointError(f"{path}: trained at grid.resolution {config.grid.resolution} m, the configuration "
-                                  f"asks for {grid.resolution} m (set model.kind=logodds or retrain)")
         config.grid = grid.model_copy()
     if backend is not None:
         config.model.backend = backend
-    model = BevPerceptionModel(config)
+    try:
+        model = BevPerceptionModel(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: cannot build the model its sidecar describes: {exc}") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))

@@ -65,10 +65,11 @@ from ssm_perception.tracking.detections import (
     refine_with_radar,
 )
 from ssm_perception.tracking.tracker import MultiObjectTracker, TrackState
+from ssm_perception.weights import SHIPPED_CHECKPOINTS
+from ssm_perception.weights import shipped_checkpoint as _shipped_in
 
 log = logging.getLogger(__name__)
 NS = 1_000_000_000
-SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 # dt handed to the model on a frame that starts from the initial state: the state is all zeros, so
 # it only scales the first update; a typical LiDAR period keeps it in the trained range.
 _FIRST_FRAME_DT_S = 0.1
@@ -192,16 +193,19 @@ def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
     training-free 'logodds' filter as an explicit, logged fallback (``info['fallback']``).
     """
     m = config.model
+    # Weights not pinned in the package's manifest load only with model.allow_untrusted_weights
+    # (weights.py); model fields that shape the weights must equal the checkpoint's.
     if m.checkpoint:
         model, meta = load_checkpoint(m.checkpoint, map_location=m.device, expected_kind=m.kind, grid=config.grid,
-                                      backend=m.backend)
+                                      backend=m.backend, allow_untrusted=m.allow_untrusted_weights, expected_model=m)
         return model, {"kind": model.kind, "source": str(m.checkpoint), "metadata": meta}
     if m.kind == "logodds":
         return BevPerceptionModel(config).to(m.device).eval(), {"kind": "logodds", "source": "training-free"}
     shipped = shipped_checkpoint(m.kind)
     if shipped is not None:
+        # (inside the package's checkpoints/ only weights matching the manifest load, allowed or not)
         model, meta = load_checkpoint(shipped, map_location=m.device, expected_kind=m.kind, grid=config.grid,
-                                      backend=m.backend)
+                                      backend=m.backend, allow_untrusted=m.allow_untrusted_weights, expected_model=m)
         return model, {"kind": model.kind, "source": str(shipped), "metadata": meta}
     fallback = config.model_copy(deep=True)
     fallback.model.kind = "logodds"
@@ -213,22 +217,8 @@ def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
 
 
 def shipped_checkpoint(kind: str) -> Path | None:
-    """The checkpoint of ``kind`` shipped in ssm_perception/checkpoints/ (``<kind>.safetensors``
-    first, else any whose sidecar says that kind), or None."""
-    import json
-
-    if not SHIPPED_CHECKPOINTS.is_dir():
-        return None
-    preferred = SHIPPED_CHECKPOINTS / f"{kind}.safetensors"
-    candidates = [preferred] if preferred.is_file() else sorted(SHIPPED_CHECKPOINTS.glob("*.safetensors"))
-    for path in candidates:
-        side = path.with_name(path.name + ".json")
-        try:
-            if json.loads(side.read_text()).get("kind") == kind:
-                return path
-        except (OSError, ValueError):
-            continue
-    return None
+    """The checkpoint of ``kind`` shipped in SHIPPED_CHECKPOINTS (weights.shipped_checkpoint), or None."""
+    return _shipped_in(kind, SHIPPED_CHECKPOINTS)
 
 
 class PerceptionPipeline:
@@ -236,6 +226,7 @@ class PerceptionPipeline:
 
     def __init__(self, config: PerceptionConfig | None = None, model: BevPerceptionModel | None = None):
         self.config = config or PerceptionConfig()
+        self.config.check_environment()  # device present, backend runnable (ConfigError naming the field)
         if self.config.model.cpu_threads > 0:
             torch.set_num_threads(self.config.model.cpu_threads)
         if model is None:

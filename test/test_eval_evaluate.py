@@ -34,7 +34,7 @@ def bags(tmp_path_factory):
             w.write(keep[topic], t, msg)
     cfg = PerceptionConfig.model_validate({
         "grid": GRID.model_dump(), "sensors": {"use_camera": False},
-        "model": {"kind": "mamba", "d_model": 8, "d_state": 4, "headdim": 4},
+        "model": {"kind": "mamba", "d_model": 8, "d_state": 4, "headdim": 4, "allow_untrusted_weights": True},
     })
     cfg_path = d / "cfg.yaml"
     cfg_path.write_text(cfg.to_yaml())

@@ -87,7 +87,7 @@ def test_checkpoint_roundtrip(tmp_path, kind):
     assert path.read_bytes()[8:9] == b"{"  # safetensors header, not a pickle
     side = json.loads(sidecar_path(path).read_text())
     assert side["sha256"] == digest and side["kind"] == kind and side["config"]["model"]["kind"] == kind
-    loaded, meta = load_checkpoint(path, expected_sha256=digest, expected_kind=kind)
+    loaded, meta = load_checkpoint(path, expected_sha256=digest, expected_kind=kind, allow_untrusted=True)
     assert meta == {"epoch": 3, "note": "unit test"}
     xs, dts = frames(t=1)
     with torch.no_grad():
@@ -101,29 +101,29 @@ def test_checkpoint_errors(tmp_path):
     path = tmp_path / "m.safetensors"
     digest = save_checkpoint(m, path, {})
     with pytest.raises(CheckpointError, match="expected"):
-        load_checkpoint(path, expected_sha256="0" * 64)
+        load_checkpoint(path, expected_sha256="0" * 64, allow_untrusted=True)
     with pytest.raises(CheckpointError, match="kind"):
-        load_checkpoint(path, expected_kind="mamba")
+        load_checkpoint(path, expected_kind="mamba", allow_untrusted=True)
     # wrong shapes: a sidecar whose config disagrees with the weights
     side = sidecar_path(path)
     info = json.loads(side.read_text())
     info["config"]["model"]["d_model"] = 4
     side.write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="shapes"):
-        load_checkpoint(path)
+        load_checkpoint(path, allow_untrusted=True)
     # the weights of another kind under this sidecar
     info["config"]["model"]["d_model"] = 8
     info["config"]["model"]["kind"] = "attention"
     side.write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="kind|parameters"):
-        load_checkpoint(path)
+        load_checkpoint(path, allow_untrusted=True)
     # tampered weights
     save_checkpoint(m, path, {})
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(path)
+        load_checkpoint(path, allow_untrusted=True)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
     with pytest.raises(TypeError):

@@ -28,6 +28,7 @@ IMPORT_TO_DEPEND = {
     "motmetrics": "requirements-vehicle.txt",
     "safetensors": "requirements-vehicle.txt",
     "pyarrow": "requirements-vehicle.txt",
+    "mcap": "requirements-vehicle.txt",
     "psutil": "python3-psutil",
     "pandas": "python3-pandas",
     "cv2": "python3-opencv",

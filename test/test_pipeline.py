@@ -250,7 +250,7 @@ def test_checkpoint_resolution_explicit_then_shipped(tmp_path, monkeypatch):
     import ssm_perception.pipeline as pl
     from ssm_perception.model import save_checkpoint
 
-    cfg = PerceptionConfig(grid=GRID, model={"kind": "convgru", "d_model": 8})
+    cfg = PerceptionConfig(grid=GRID, model={"kind": "convgru", "d_model": 8, "allow_untrusted_weights": True})
     path = tmp_path / "convgru.safetensors"
     save_checkpoint(BevPerceptionModel(cfg), path, {"note": "test"})
     explicit = PerceptionPipeline(cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": str(path)})}))
@@ -302,7 +302,7 @@ def test_configured_backend_is_used_with_a_checkpoint(tmp_path):
     cfg = PerceptionConfig(grid=GRID, model={"kind": "mamba"})
     save_checkpoint(BevPerceptionModel(cfg), tmp_path / "m.safetensors")
     for backend in ("reference", "fused", "mamba_ssm"):
-        run = PerceptionConfig(grid=GRID, model={"kind": "mamba", "backend": backend,
+        run = PerceptionConfig(grid=GRID, model={"kind": "mamba", "backend": backend, "allow_untrusted_weights": True,
                                                  "checkpoint": str(tmp_path / "m.safetensors")})
         model, _ = resolve_model(run)
         assert model.core.backend == backend and model.config.model.backend == backend

@@ -167,6 +167,7 @@ def test_pipeline_source_hook_on_simulator(untrained_single, monkeypatch, tmp_pa
         pipeline_source(cfg, "single-frame")  # nothing trained: refuses to label the fallback as a model
     monkeypatch.undo()
     cfg.model.checkpoint = str(untrained_single)
+    cfg.model.allow_untrusted_weights = True  # a test's own weights, not pinned in the package
     source = pipeline_source(cfg, "single-frame")
     assert source.model_info["kind"] == "single"
     frames = list(sim_sequence("urban", 5, 0.15, cfg))
@@ -185,6 +186,7 @@ def test_pipeline_source_hook_on_a_simulated_bag(tmp_path, untrained_single):
     path = write_bag(Scenario.from_preset("urban", seed=7, duration_s=0.25), tmp_path / "sim", progress=False)
     cfg = PerceptionConfig()
     cfg.model.checkpoint = str(untrained_single)
+    cfg.model.allow_untrusted_weights = True  # a test's own weights, not pinned in the package
     frames = bag_sequence(path, cfg)
     assert frames and all(f.sensors is not None and f.objects for f in frames)
     # objects without a LiDAR return (Track.status COASTING in the bag) are marked so the metrics ignore them

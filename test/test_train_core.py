@@ -201,25 +201,26 @@ def test_warm_start_copies_weights_and_keeps_the_training_totals(monkeypatch, tm
     for (k, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)  # starts from the source, not at random
     second.train()
-    _, meta = load_checkpoint(tmp_path / "b" / "model.safetensors")
+    _, meta = load_checkpoint(tmp_path / "b" / "model.safetensors", allow_untrusted=True)
     assert meta["init_from"]["steps"] == 3 and meta["steps"] == 2 and meta["total_steps"] == 5
     assert meta["total_train_time_s"] >= meta["train_time_s"]
     # a chain keeps counting: warm start from the warm-started checkpoint
     third = Trainer(small_train_config(tmp_path, max_steps=1, init_weights=str(tmp_path / "b" / "model.safetensors")),
                     tmp_path / "c", progress=False)
     third.train()
-    assert load_checkpoint(tmp_path / "c" / "model.safetensors")[1]["total_steps"] == 6
+    assert load_checkpoint(tmp_path / "c" / "model.safetensors", allow_untrusted=True)[1]["total_steps"] == 6
 
 
 def test_warm_start_refuses_another_model_section(monkeypatch, tmp_path):
     fk.patch(monkeypatch)
     from ssm_perception.train.trainer import Trainer
+    from ssm_perception.weights import CheckpointError
 
     Trainer(small_train_config(tmp_path, max_steps=1), tmp_path / "a", progress=False).train()
     cfg = small_train_config(tmp_path, init_weights=str(tmp_path / "a" / "model.safetensors"))
     cfg.perception.model.d_state = 8
-    with pytest.raises(RuntimeError, match="d_state"):
+    with pytest.raises(CheckpointError, match="d_state"):  # a user error: one line from the CLI
         Trainer(cfg, tmp_path / "b", progress=False)
     cfg = small_train_config(tmp_path, init_weights=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(RuntimeError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         Trainer(cfg, tmp_path / "b", progress=False)

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import typer
 
+from ssm_perception.cli_errors import existing_path
+
 
 def evaluate(
     bags: list[Path] = typer.Argument(..., help="rosbag2 directories (mcap or sqlite3)"),  # noqa: B008
     out: Path = typer.Option(Path("out/eval"), "--out", "-o", help="output directory"),  # noqa: B008
-    model: str = typer.Option("", "--model", "-m", help="checkpoint (.safetensors); default: the shipped one"),
+    model: str = typer.Option("", "--model", "-m", help="checkpoint (.safetensors); default: the shipped one",
+                              callback=existing_path),
     baselines: str = typer.Option("", "--baselines", "-b",
                                   help="comma-separated kinds, each optionally kind=checkpoint "
                                        "(logodds,single,convgru,attention)"),
-    config: str = typer.Option("", "--config", "-c", help="PerceptionConfig YAML (grid, topics, thresholds)"),
+    config: str = typer.Option("", "--config", "-c", help="PerceptionConfig YAML (grid, topics, thresholds)",
+                               callback=existing_path),
     topic_map: list[str] = typer.Option(  # noqa: B008
         [], "--topic-map", "-t", help="role=/topic, repeatable (roles: lidar, radar, camera_image, camera_info, "
                                       "tf, tf_static, zone, gt_occupancy, gt_dynamic, gt_visibility, gt_objects, "
@@ -26,20 +30,27 @@ def evaluate(
     labels: list[Path] = typer.Option(  # noqa: B008
         [], "--labels", "-l", help="label file (JSON lines, io/labels.py), one per bag in order; default: "
                                    "the bag's labels.jsonl when present"),
+    allow_untrusted_weights: bool = typer.Option(
+        False, "--allow-untrusted-weights",
+        help="run weights not pinned in the package's checkpoints/MANIFEST.json (your own training runs)"),
 ) -> None:
     """Replay bags offline through the node's PerceptionPipeline and write metrics.json + report.md."""
-    from ssm_perception.config import ConfigError, PerceptionConfig
-    from ssm_perception.eval.evaluate import EvaluationError, parse_topic_map
+    from ssm_perception.config import PerceptionConfig
+    from ssm_perception.eval.evaluate import check_explicit_weights, parse_topic_map
     from ssm_perception.eval.evaluate import evaluate as run
+    from ssm_perception.io.bag import check_bag
 
-    try:
-        cfg = PerceptionConfig.load(config)
-        result = run([str(b) for b in bags], cfg, out, main_checkpoint=model,
-                     baselines=[b for b in (x.strip() for x in baselines.split(",")) if b],
-                     topic_map=parse_topic_map(topic_map), plots=not no_plots, labels=[str(x) for x in labels])
-    except (ConfigError, EvaluationError) as exc:
-        typer.secho(f"evaluate: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    # Errors (configuration, bags, checkpoints) become one line and exit code 2 in cli_errors.CliGroup.
+    cfg = PerceptionConfig.load(config)
+    if allow_untrusted_weights:
+        cfg.model.allow_untrusted_weights = True
+    roles = parse_topic_map(topic_map)
+    kinds = [b for b in (x.strip() for x in baselines.split(",")) if b]
+    check_explicit_weights(model, kinds, cfg)  # the cheap checks first: weights, then bag structure
+    for bag in bags:
+        check_bag(bag)
+    result = run([str(b) for b in bags], cfg, out, main_checkpoint=model, baselines=kinds, topic_map=roles,
+                 plots=not no_plots, labels=[str(x) for x in labels])
     for name, m in result["models"].items():
         occ, raw, lf = m["occupancy"], m.get("occupancy_raw"), m["label_free"]
         lat = m["latency_ms"].get("total", {})

@@ -57,7 +57,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ssm_perception.config import PerceptionConfig, TopicsConfig
+from ssm_perception.config import (
+    PerceptionConfig,
+    TopicsConfig,
+    UserError,
+    topic_name_problem,
+)
 from ssm_perception.eval.occupancy import OccupancyMetrics, range_map
 
 if TYPE_CHECKING:
@@ -80,7 +85,7 @@ GT_TOPICS = {
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError, RuntimeError):
     """A bag or option that cannot be evaluated; the message says what to change."""
 
 
@@ -110,6 +115,8 @@ def parse_topic_map(items: list[str]) -> dict[str, str]:
         if "=" not in item:
             raise EvaluationError(f"--topic-map expects role=/topic, got {item!r}")
         k, v = item.split("=", 1)
+        if problem := topic_name_problem(v.strip()):
+            raise EvaluationError(f"--topic-map {item!r}: not a ROS 2 topic name: {problem}")
         out[k.strip()] = v.strip()
     return out
 
@@ -519,9 +526,9 @@ class ModelSpec:
 
 
 def model_specs(main_checkpoint: str, baselines: list[str], cfg: PerceptionConfig) -> list[ModelSpec]:
-    """Our model first (``--model`` or the configured/shipped one), then each baseline
+    """Our model first (``--model``, else the configuration's model.checkpoint, else the shipped one), then each baseline
     (``kind`` or ``kind=checkpoint``)."""
-    specs = [ModelSpec("model", cfg.model.kind, main_checkpoint)]
+    specs = [ModelSpec("model", cfg.model.kind, main_checkpoint or cfg.model.checkpoint)]
     for b in baselines:
         kind, _, ckpt = b.partition("=")
         kind = kind.strip()
@@ -535,13 +542,30 @@ def model_specs(main_checkpoint: str, baselines: list[str], cfg: PerceptionConfi
     return specs
 
 
+def spec_config(spec: ModelSpec, cfg: PerceptionConfig) -> PerceptionConfig:
+    """The configuration a spec runs with: ``cfg`` with its kind and checkpoint."""
+    c = cfg.model_copy(deep=True)
+    c.model.kind = spec.kind
+    c.model.checkpoint = spec.checkpoint
+    return c
+
+
+def check_explicit_weights(main_checkpoint: str, baselines: list[str], cfg: PerceptionConfig) -> None:
+    """Before any bag is decoded: weights named explicitly must load (present, intact, trusted or
+    allowed, trained with the configured model fields); raises CheckpointError. Shipped weights
+    that do not fit are skipped with a reason by ``evaluate`` instead."""
+    from ssm_perception.weights import check_model_weights
+
+    for spec in model_specs(main_checkpoint, baselines, cfg):
+        if spec.checkpoint:
+            check_model_weights(spec_config(spec, cfg))
+
+
 def build_pipeline(spec: ModelSpec, cfg: PerceptionConfig):
     """(PerceptionPipeline, info) for a spec, or (None, reason) when it has no weights to run."""
     from ssm_perception.pipeline import PerceptionPipeline
 
-    c = cfg.model_copy(deep=True)
-    c.model.kind = spec.kind
-    c.model.checkpoint = spec.checkpoint
+    c = spec_config(spec, cfg)
     if spec.kind != "logodds" and not spec.checkpoint:
         from ssm_perception.model import CheckpointError
         from ssm_perception.pipeline import shipped_checkpoint

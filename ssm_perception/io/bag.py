@@ -17,6 +17,7 @@ from typing import Self
 
 import numpy as np
 
+from ssm_perception.config import UserError
 from ssm_perception.geometry import matrix_to_quat_xyzw
 from ssm_perception.io.pointcloud2 import array_to_cloud_fields
 
@@ -26,7 +27,7 @@ MSG_PACKAGE = "ssm_perception_msgs"
 _TFMESSAGE_MSG = "geometry_msgs/TransformStamped[] transforms\n"
 
 
-class BagError(RuntimeError):
+class BagError(UserError, RuntimeError):
     """A path that is not a readable rosbag2, or a bag that cannot be written."""
 
 
@@ -63,22 +64,276 @@ def msg_class(msgtype: str):
     return typestore().types[msgtype]
 
 
-# ---------------------------------------------------------------------------------- reading
-def _open_reader(path: str | Path):
-    from rosbags.rosbag2 import Reader
+# ---------------------------------------------------------------------------------- structural checks
+# MCAP framing (https://mcap.dev/spec): magic, then records of opcode (1 byte) + length (u64 LE) + body.
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_HEADER, _OP_FOOTER, _OP_MESSAGE, _OP_CHUNK, _OP_MESSAGE_INDEX, _OP_DATA_END = 0x01, 0x02, 0x05, 0x06, 0x07, 0x0F
+_OP_LAST_KNOWN = 0x0F  # 0x10-0x7F are reserved by the spec: never written by rosbag2, so corruption
 
+
+def _mcap_records(f, path: Path, size: int):
+    """Yield (offset, opcode, body) of every top-level record, checking the framing. Written by
+    hand (the mcap package's readers do not report where a file is damaged); the record contents
+    are parsed by the mcap package (check_mcap)."""
+    magic = f.read(8)
+    if magic != MCAP_MAGIC:
+        raise BagError(f"{path}: offset 0: not an MCAP file (bad magic {magic[:8]!r})")
+    offset = 8
+    while True:
+        head = f.read(9)
+        if len(head) < 9:
+            raise BagError(f"{path}: truncated at offset {offset}: the file ends ({size} bytes) before the footer")
+        opcode, length = head[0], int.from_bytes(head[1:], "little")
+        if opcode == 0 or _OP_LAST_KNOWN < opcode < 0x80:
+            raise BagError(f"{path}: corrupt at offset {offset}: invalid record opcode 0x{opcode:02x}")
+        if offset + 9 + length > size:
+            raise BagError(f"{path}: truncated or corrupt at offset {offset}: a record of {length} bytes runs past "
+                           f"the end of the file ({size} bytes)")
+        body = f.read(length)
+        yield offset, opcode, head, body
+        offset += 9 + length
+        if opcode == _OP_FOOTER:
+            tail = f.read(9)
+            if tail[:8] != MCAP_MAGIC or len(tail) != 8:
+                raise BagError(f"{path}: corrupt at offset {offset}: no MCAP magic right after the footer")
+            return
+
+
+def check_mcap(path: str | Path) -> None:
+    """Structure of one MCAP file: framing of every record, CRC and inner records of every chunk,
+    message indexes against their chunk, data-section and summary CRCs (where the writer set them),
+    the footer. Raises BagError naming the first bad offset (a chunk is the unit its CRC covers)."""
+    import io
+    import zlib
+
+    from mcap.data_stream import ReadDataStream
+    from mcap.exceptions import McapError
+    from mcap.records import Chunk
+    from mcap.stream_reader import CRCValidationError, breakup_chunk
+
+    path = Path(path)
+    size = path.stat().st_size
+    crc = zlib.crc32(MCAP_MAGIC)
+    first = True
+    index: dict[int, list[tuple[int, int]]] = {}  # channel -> [(log_time, offset in chunk)] of the last chunk
+    with path.open("rb") as f:
+        for offset, opcode, head, body in _mcap_records(f, path, size):
+            if first and opcode != _OP_HEADER:
+                raise BagError(f"{path}: corrupt at offset {offset}: the first record is not the MCAP header")
+            first = False
+            if opcode == _OP_CHUNK:
+                try:
+                    chunk = Chunk.read(ReadDataStream(io.BytesIO(body)))
+                    breakup_chunk(chunk, validate_crc=True)
+                    index = _chunk_message_index(chunk)
+                except CRCValidationError:
+                    raise BagError(f"{path}: corrupt chunk at offset {offset} ({9 + len(body)} bytes): "
+                                   f"CRC mismatch") from None
+                except (McapError, ValueError, KeyError, IndexError, EOFError, UnicodeDecodeError) as exc:
+                    raise BagError(f"{path}: corrupt chunk at offset {offset}: {type(exc).__name__}: {exc}") from None
+            elif opcode == _OP_MESSAGE_INDEX:  # must list exactly the messages of its channel in the chunk
+                channel = int.from_bytes(body[:2], "little")
+                n = int.from_bytes(body[2:6], "little") if len(body) >= 6 else -1
+                entries = [(int.from_bytes(body[i:i + 8], "little"), int.from_bytes(body[i + 8:i + 16], "little"))
+                           for i in range(6, len(body) - 15, 16)]
+                if n != len(body) - 6 or sorted(entries) != sorted(index.get(channel, [])):
+                    raise BagError(f"{path}: corrupt message index at offset {offset}: it does not match its chunk")
+            elif opcode == _OP_DATA_END:
+                expected = int.from_bytes(body[:4], "little") if len(body) >= 4 else 0
+                if expected and expected != crc:
+                    raise BagError(f"{path}: corrupt data section between offsets 8 and {offset} (in a record "
+                                   f"without its own CRC: schema, channel or metadata): CRC mismatch")
+            elif opcode == _OP_FOOTER and len(body) >= 20:
+                summary_start = int.from_bytes(body[:8], "little")
+                expected = int.from_bytes(body[16:20], "little")
+                if expected and summary_start:
+                    f.seek(summary_start)
+                    covered = f.read(offset - summary_start) + head + body[:16]
+                    if zlib.crc32(covered) != expected:
+                        raise BagError(f"{path}: corrupt summary section at offset {summary_start}: CRC mismatch")
+                    f.seek(offset + 9 + len(body))
+            if opcode != _OP_DATA_END:
+                crc = zlib.crc32(body, zlib.crc32(head, crc))
+
+
+def _chunk_message_index(chunk) -> dict[int, list[tuple[int, int]]]:
+    """{channel: [(log_time, offset of the message record in the uncompressed chunk)]}."""
+    from mcap.stream_reader import get_chunk_data_stream
+
+    stream, length = get_chunk_data_stream(chunk)
+    data = stream.read(length)
+    out: dict[int, list[tuple[int, int]]] = {}
+    pos = 0
+    while pos + 9 <= len(data):
+        op, n = data[pos], int.from_bytes(data[pos + 1:pos + 9], "little")
+        if op == _OP_MESSAGE and n >= 22:
+            channel = int.from_bytes(data[pos + 9:pos + 11], "little")
+            log_time = int.from_bytes(data[pos + 15:pos + 23], "little")
+            out.setdefault(channel, []).append((log_time, pos))
+        pos += 9 + n
+    return out
+
+
+def add_mcap_crcs(path: str | Path) -> None:
+    """Fill in the chunk, data-section and summary CRCs that rosbags' writer leaves at 0, so that
+    corruption of a bag written here is found by check_mcap (the CRCs are the spec's own fields;
+    readers that ignore them are unaffected)."""
+    import zlib
+
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        records = [(off, op, len(body)) for off, op, _, body in _mcap_records(f, path, size)]
+        for off, op, _ in records:  # chunk CRC: of the uncompressed records (rosbags writes no compression)
+            if op != _OP_CHUNK:
+                continue
+            name_len = int.from_bytes(_read_at(f, off + 9 + 28, 4), "little")
+            if name_len:
+                continue  # a compressed chunk would need its codec: leave its CRC as written
+            records_len = int.from_bytes(_read_at(f, off + 9 + 32, 8), "little")
+            crc = zlib.crc32(_read_at(f, off + 9 + 40, records_len))
+            f.seek(off + 9 + 24)
+            f.write(crc.to_bytes(4, "little"))
+        data_end = next((off for off, op, _ in records if op == _OP_DATA_END), None)
+        if data_end is not None:
+            crc = zlib.crc32(_read_at(f, 0, data_end))
+            f.seek(data_end + 9)
+            f.write(crc.to_bytes(4, "little"))
+        footer = next((off for off, op, _ in records if op == _OP_FOOTER), None)
+        if footer is not None:
+            summary_start = int.from_bytes(_read_at(f, footer + 9, 8), "little")
+            if summary_start:
+                crc = zlib.crc32(_read_at(f, summary_start, footer + 9 + 16 - summary_start))
+                f.seek(footer + 9 + 16)
+                f.write(crc.to_bytes(4, "little"))
+
+
+def _read_at(f, offset: int, length: int) -> bytes:
+    f.seek(offset)
+    return f.read(length)
+
+
+def check_sqlite(path: str | Path) -> None:
+    """SQLite's own integrity check of one .db3 file (read-only). Raises BagError."""
+    import sqlite3
+
+    path = Path(path)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            page_size = con.execute("PRAGMA page_size").fetchone()[0]
+            rows = [r[0] for r in con.execute("PRAGMA integrity_check(5)").fetchall()]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise BagError(f"{path}: corrupt SQLite database: {exc}") from None
+    if rows != ["ok"]:
+        import re
+
+        page = re.search(r"[Pp]age (\d+)", rows[0])
+        where = f" at offset {(int(page.group(1)) - 1) * page_size} (page {page.group(1)})" if page else ""
+        raise BagError(f"{path}: corrupt SQLite database{where}: {rows[0]}")
+
+
+def _storage_files(path: Path) -> tuple[str, list[Path]]:
+    """(storage identifier, files) from metadata.yaml, read without rosbags (which opens the files)."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((path / "metadata.yaml").read_text())
+        info = meta["rosbag2_bagfile_information"]
+        storage = str(info.get("storage_identifier", ""))
+        files = [path / str(f) for f in info.get("relative_file_paths") or []]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise BagError(f"{path}: unreadable metadata.yaml: {' '.join(str(exc).split())}") from None
+    if info.get("compression_mode"):
+        raise BagError(f"{path}: compressed bags ({info.get('compression_format')}) are not supported; "
+                       f"decompress it first (ros2 bag convert)")
+    for f in files:
+        if not f.is_file():
+            raise BagError(f"{path}: metadata.yaml lists {f.name}, which is missing")
+    return storage, files
+
+
+def _check_definitions(path: Path, reader) -> None:
+    """Every connection's type must be the ROS 2 type this package decodes: a 'pkg/msg/Name' name,
+    and (for types known here) the same type hash, or, for bags without hashes, a first message
+    that decodes. A rosbag2 holding ROS 1 definitions (seq in Header, ...) fails here."""
+    store = typestore()
+    for conn in reader.connections:
+        parts = conn.msgtype.split("/")
+        if len(parts) != 3 or parts[1] not in ("msg", "srv", "action"):
+            raise BagError(f"{path}: topic {conn.topic} has type {conn.msgtype!r}, not a ROS 2 type name "
+                           f"(a ROS 1 bag? convert it with rosbags-convert)")
+        if conn.msgtype not in store.types:
+            continue  # not decoded by this package (replay publishes it as it is)
+        digest = getattr(conn, "digest", "") or ""
+        if digest.startswith("RIHS01_"):
+            if digest != store.hash_rihs01(conn.msgtype):
+                raise BagError(f"{path}: topic {conn.topic}: the bag's definition of {conn.msgtype} differs from "
+                               f"ROS 2's (type hash {digest[:20]}...; ROS 1 definitions?)")
+            continue
+        for _, _, raw in reader.messages(connections=[conn]):
+            try:
+                store.deserialize_cdr(raw, conn.msgtype)
+            except Exception as exc:  # rosbags raises assorted errors for undecodable CDR
+                raise BagError(f"{path}: topic {conn.topic}: a {conn.msgtype} message does not decode with the "
+                               f"ROS 2 definition ({type(exc).__name__}; ROS 1 definitions?)") from exc
+            break
+
+
+_CHECKED: dict[tuple, None] = {}
+
+
+def check_bag(path: str | Path) -> None:
+    """Everything that can be checked before reading a bag: a rosbag2 directory, readable metadata,
+    the storage files' structure (MCAP framing and CRCs, SQLite integrity), the message definitions.
+    Raises BagError (one line, with the first bad offset for a damaged file). Results are kept per
+    (path, size, mtime) for the process."""
     path = Path(path)
     if not path.exists():
         raise BagError(f"{path}: no such file or directory")
     if not (path / "metadata.yaml").is_file():
         what = sorted(p.name for p in path.iterdir())[:20] if path.is_dir() else [path.name]
         raise BagError(f"{path}: not a rosbag2 directory (no metadata.yaml); it contains: {what}")
+    storage, files = _storage_files(path)
+    key = (str(path.resolve()), *((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key in _CHECKED:
+        return
+    for f in files:
+        try:
+            if storage == "mcap" or f.suffix == ".mcap":
+                check_mcap(f)
+            elif storage == "sqlite3" or f.suffix == ".db3":
+                check_sqlite(f)
+            else:
+                raise BagError(f"{path}: unknown storage {storage!r} (mcap or sqlite3)")
+        except OSError as exc:
+            raise BagError(f"{f}: cannot read: {exc.strerror or exc}") from None
+    reader = _open_unchecked(path)
+    try:
+        _check_definitions(path, reader)
+    finally:
+        reader.close()
+    _CHECKED[key] = None
+
+
+# ---------------------------------------------------------------------------------- reading
+def _open_unchecked(path: Path):
+    from rosbags.rosbag2 import Reader
+
     try:
         reader = Reader(path)
         reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for corrupt bags
-        raise BagError(f"{path}: cannot open as rosbag2: {exc}") from exc
+        raise BagError(f"{path}: cannot open as rosbag2: {' '.join(str(exc).split())}") from exc
     return reader
+
+
+def _open_reader(path: str | Path):
+    """A rosbags Reader on a bag that passed check_bag."""
+    check_bag(path)
+    return _open_unchecked(Path(path))
 
 
 def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
@@ -203,6 +458,9 @@ class BagWriter:
         if exc_type is None:
             try:
                 writer.close()
+                if self.storage == "mcap":
+                    for f in self.path.glob("*.mcap"):
+                        add_mcap_crcs(f)
                 return False
             except BaseException:
                 shutil.rmtree(self.path, ignore_errors=True)

@@ -125,7 +125,7 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
         print("[launch] no configuration given and config/ssm_perception.yaml not found", file=sys.stderr)
         return 2
     try:
-        cfg = PerceptionConfig.from_yaml(config_path)
+        cfg = PerceptionConfig.load(config_path)  # schema and device: what the node would refuse
     except ConfigError as exc:
         print(f"[launch] invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -179,13 +179,19 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
 def register(app) -> None:
     import typer
 
+    from ssm_perception.cli_errors import finite
+
     @app.command("launch")
     def launch(
         config: str = typer.Argument("", help="ROS 2 parameter YAML; empty = config/ssm_perception.yaml"),
         bag: str = typer.Option("", "--bag", help="also replay this rosbag2 (the node then runs on sim time)"),
-        rate: float = typer.Option(1.0, "--rate", "-r", help="replay speed factor"),
+        rate: float = typer.Option(1.0, "--rate", "-r", callback=finite(gt=0, le=1e6), help="replay speed factor"),
         loop: bool = typer.Option(False, "--loop", "-l", help="replay in a loop"),
         exit_after_replay: bool = typer.Option(False, "--exit-after-replay", help="stop when the replay ends"),
     ) -> None:
         """Start the perception node (and a replay) where `ros2 launch` is not installed."""
+        if bag:
+            from ssm_perception.io.bag import check_bag
+
+            check_bag(bag)  # a bad bag is one line and exit code 2 before anything starts
         raise typer.Exit(run_launch(config, bag or None, rate, loop, exit_after_replay))

@@ -71,6 +71,7 @@ from ssm_perception.config import NODE_NAME, ConfigError, PerceptionConfig
 from ssm_perception.frame_assembler import Stamped
 from ssm_perception.memory import MMAP_THRESHOLD_BYTES, fix_malloc_mmap_threshold  # noqa: F401  (re-exported)
 from ssm_perception.nodes import parameters
+from ssm_perception.weights import CheckpointError
 
 ZONE_TOPIC = "/vehicle/zone"
 LOG_THROTTLE_S = 5.0  # per flag: a flood of bad packets gives one line per 5 s, not one per packet
@@ -1039,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
             executor.spin_once(timeout_sec=0.1)  # returns at least every 0.1 s to look at `stop`
     except ConfigError as exc:
         print(f"{NODE_NAME}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:  # weights missing, corrupt, unpinned or not matching the configuration
+        print(f"{NODE_NAME}: cannot load the model: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

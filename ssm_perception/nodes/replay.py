@@ -16,11 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+from ssm_perception.config import UserError
+
 SENSOR_TYPES = {"sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo",
                 "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Imu", "sensor_msgs/msg/LaserScan"}
 
 
-class ReplayError(RuntimeError):
+class ReplayError(UserError, RuntimeError):
     """A bag that cannot be replayed (missing, unreadable, or with a type this machine lacks)."""
 
 
@@ -283,22 +285,33 @@ def run_replay(bag: str, rate: float = 1.0, loop: bool = False, start_paused: bo
 def register(app) -> None:
     import typer
 
+    from ssm_perception.cli_errors import finite, topic_name
+
     @app.command("replay")
     def replay(
         bag: str = typer.Argument(..., help="rosbag2 directory (mcap or sqlite3)"),
-        rate: float = typer.Option(1.0, "--rate", "-r", help="playback speed factor"),
+        rate: float = typer.Option(1.0, "--rate", "-r", callback=finite(gt=0, le=1e6), help="playback speed factor"),
         loop: bool = typer.Option(False, "--loop", "-l", help="start again at the end (time jumps back)"),
         start_paused: bool = typer.Option(False, "--start-paused", "-p", help="wait for ~/resume or Enter"),
         wait_subscribers: float = typer.Option(
-            0.0, "--wait-subscribers", help="wait up to this many seconds for a subscriber on a sensor topic"),
-        exclude: list[str] | None = typer.Option(None, "--exclude", help="topic not to publish (repeatable)"),  # noqa: B008 - typer idiom
+            0.0, "--wait-subscribers", callback=finite(ge=0, le=86400),
+            help="wait up to this many seconds for a subscriber on a sensor topic"),
+        exclude: list[str] | None = typer.Option(None, "--exclude", callback=topic_name,  # noqa: B008 - typer idiom
+                                                 help="topic not to publish (repeatable)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
         lockstep: str = typer.Option(
-            "", "--lockstep", help="output topic to wait for after each trigger message (deterministic replay)"),
-        lockstep_trigger: str = typer.Option("/sensing/lidar/points", "--lockstep-trigger"),
+            "", "--lockstep", callback=topic_name,
+            help="output topic to wait for after each trigger message (deterministic replay)"),
+        lockstep_trigger: str = typer.Option("/sensing/lidar/points", "--lockstep-trigger", callback=topic_name),
         lockstep_timeout: float = typer.Option(
-            3.0, "--lockstep-timeout", help="seconds to wait for the output of one frame (a dropped frame has none)"),
+            3.0, "--lockstep-timeout", callback=finite(gt=0, le=86400),
+            help="seconds to wait for the output of one frame (a dropped frame has none)"),
     ) -> None:
         """Publish a rosbag2 onto live ROS 2 topics with /clock (use_sim_time for the nodes)."""
+        from ssm_perception.io.bag import check_bag
+
+        # Before ROS starts: a missing, truncated or corrupted bag, or one with ROS 1 message
+        # definitions, is one line and exit code 2 (BagError through cli_errors.CliGroup).
+        check_bag(bag)
         raise typer.Exit(run_replay(bag, rate, loop, start_paused, wait_subscribers, tuple(exclude or ()), not quiet,
                                     lockstep, lockstep_trigger, lockstep_timeout))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from ssm_perception.cli_errors import finite
+from ssm_perception.config import MAX_DURATION_S
+
 
 def simulate(
     scenario: str = typer.Option("urban", "--scenario", "-s",
                                  help="preset: urban, highway, parking, adversity_mix, demo; randomised, "
                                       "randomised_urban|_highway|_parking (sensor and scene drawn from the seed)"),
-    seed: int = typer.Option(0, "--seed", help="random seed (same seed -> byte-identical bag)"),
-    duration: float = typer.Option(0.0, "--duration", "-d", help="seconds to simulate; 0 = the preset's length"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="random seed (same seed -> byte-identical bag)"),
+    duration: float = typer.Option(0.0, "--duration", "-d", callback=finite(ge=0, le=MAX_DURATION_S),
+                                   help="seconds to simulate; 0 = the preset's length"),
     output: str = typer.Option(..., "--output", "-o", help="bag directory to create (must not exist)"),
     storage: str = typer.Option("mcap", "--storage", help="mcap or sqlite3"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
@@ -19,30 +23,17 @@ def simulate(
     import time
     from pathlib import Path
 
-    from ssm_perception.io.bag import BagError, bag_topics
-    from ssm_perception.sim.scenario import Scenario, ScenarioError
+    from ssm_perception.cli_errors import UsageProblem
+    from ssm_perception.io.bag import bag_topics
+    from ssm_perception.sim.scenario import Scenario
     from ssm_perception.sim.writer import write_bag
 
+    # ScenarioError, BagError and OSError become one line and exit code 2 in cli_errors.CliGroup.
     if storage not in ("mcap", "sqlite3"):
-        typer.secho(f"error: --storage must be mcap or sqlite3, got {storage!r}", fg="red", err=True)
-        raise typer.Exit(2)
-    try:
-        sc = Scenario.from_preset(scenario, seed=seed, duration_s=duration if duration > 0 else None)
-    except ScenarioError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    if duration < 0:
-        typer.secho(f"error: --duration must be >= 0, got {duration}", fg="red", err=True)
-        raise typer.Exit(2)
+        raise UsageProblem(f"--storage must be mcap or sqlite3, got {storage!r}")
+    sc = Scenario.from_preset(scenario, seed=seed, duration_s=duration if duration > 0 else None)
     t0 = time.perf_counter()
-    try:
-        path = write_bag(sc, Path(output), storage=storage, progress=progress)
-    except BagError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        typer.secho(f"error: cannot write {output}: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    path = write_bag(sc, Path(output), storage=storage, progress=progress)
     elapsed = time.perf_counter() - t0
     topics = bag_topics(path)
     n = sum(c for _, c in topics.values())

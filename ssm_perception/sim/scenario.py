@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ssm_perception.config import GridConfig
+from ssm_perception.config import GridConfig, UserError
 from ssm_perception.geometry import invert_transform, se2_matrix
 from ssm_perception.sim import world as W
 from ssm_perception.sim.config import ScenarioConfig
@@ -37,7 +37,7 @@ OBJECT_RANGE = 80.0
 VISIBILITY_BAND = 1.0  # m: a cell is visible when a LiDAR ray passed through it below this height  # objects farther than this from ego are left out of the per-frame lists
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UserError, ValueError):
     """Unknown preset or unusable scenario settings."""
 
 

@@ -307,6 +307,7 @@ def cache_detections(
         cfg.tracking.detection_threshold = float(floor)  # only the decoder floor: the tracker is not used here
         if checkpoints and checkpoints.get(s):
             cfg.model.checkpoint = str(checkpoints[s])
+            cfg.model.allow_untrusted_weights = True  # named explicitly by the caller (scripts' --checkpoint)
         srcs[s] = pipeline_source(cfg, s)
     infos = {s: src.model_info for s, src in srcs.items()}
     key_data = {
@@ -314,7 +315,7 @@ def cache_detections(
         "checkpoints": {s: _file_digest(i["source"]) for s, i in infos.items()},
         # where the network runs (cpu/cuda, threads) does not change what it detects beyond fp32 noise
         "config": cfg.model_dump(mode="json", exclude={"tracking": True, "diagnostics": True, "topics": True,
-                                                       "model": {"device", "cpu_threads"}}),
+                                                       "model": {"device", "cpu_threads", "allow_untrusted_weights"}}),
     }
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = None

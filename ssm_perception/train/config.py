@@ -18,7 +18,7 @@ from ssm_perception.config import PerceptionConfig, validate_yaml
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SeedRange(_Section):

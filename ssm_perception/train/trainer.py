@@ -376,17 +376,20 @@ class Trainer:
         from ssm_perception.model import CheckpointError, file_sha256, load_checkpoint
 
         kind = self.cfg.perception.model.kind
+        # A warm start may come from any run (its weights are retrained, and the result is unpinned
+        # anyway): untrusted weights are allowed here, with the loader's warning.
         try:
-            src, meta = load_checkpoint(path, expected_kind=kind, grid=self.cfg.perception.grid)
+            src, meta = load_checkpoint(path, expected_kind=kind, grid=self.cfg.perception.grid, allow_untrusted=True)
         except CheckpointError as exc:
-            raise RuntimeError(f"--init-weights: {exc}") from None
-        runtime = {"backend", "device", "checkpoint", "cpu_threads", "max_cells_per_call"}  # not the architecture
+            raise CheckpointError(f"--init-weights: {exc}") from None
+        # not the architecture
+        runtime = {"backend", "device", "checkpoint", "cpu_threads", "max_cells_per_call", "allow_untrusted_weights"}
         theirs = src.config.model.model_dump(exclude=runtime)
         ours = self.cfg.perception.model.model_dump(exclude=runtime)
         if theirs != ours:
             diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
-            raise RuntimeError(f"--init-weights {path}: model section differs from the training config "
-                               f"(checkpoint, config): {diff}")
+            raise CheckpointError(f"--init-weights {path}: model section differs from the training config "
+                                  f"(checkpoint, config): {diff}")
         self.model.load_state_dict(src.state_dict())
         steps, seconds = int(meta.get("steps", 0)), float(meta.get("train_time_s", 0.0))
         return {
