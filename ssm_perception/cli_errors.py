@@ -20,7 +20,7 @@ import typer
 from typer._click import (
     exceptions as click_exc,  # typer vendors click: its exception classes
 )
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ssm_perception.config import UserError, one_line
 
@@ -35,8 +35,8 @@ def _say(where: str, message: str) -> None:
     typer.secho(f"{where}: error: {one_line(message, 600)}", fg="red", err=True)
 
 
-class CliGroup(TyperGroup):
-    """typer group whose ``invoke`` maps user errors to one line + exit code 2 (see the module doc)."""
+class _UserErrors:
+    """``invoke`` that maps user errors to one line + exit code 2 (see the module doc)."""
 
     def invoke(self, ctx):
         from pydantic import ValidationError
@@ -71,6 +71,15 @@ class CliGroup(TyperGroup):
             _say(_sub_path(ctx, where), f"internal error {type(exc).__name__}: {exc} "
                                         f"(a bug; {DEBUG_ENV}=1 shows the traceback)")
             raise typer.Exit(1) from None
+
+
+class CliGroup(_UserErrors, TyperGroup):
+    """The `ssm-perception` group: every sub-command runs inside the handler, option parsing included."""
+
+
+class CliCommand(_UserErrors, TyperCommand):
+    """A single-command app (``python -m ssm_perception.train.cli`` under torchrun): the same handler
+    for the command's body (its own option parsing happens before, with typer's usage message)."""
 
 
 def _sub_path(ctx, where: str) -> str:

@@ -162,6 +162,13 @@ class SensorsConfig(_Section):
     tf_jump_confirm: int = Field(
         3, ge=1, description="consecutive messages an implausible TF jump must persist for before it is used")
 
+    @field_validator("lidar_frame_id")
+    @classmethod
+    def _frame_id(cls, v: str) -> str:
+        if v and (problem := frame_id_problem(v)):
+            raise ValueError(problem)
+        return v
+
 
 class LidarInputConfig(_Section):
     """Per-sensor normalisation and checks applied to every LiDAR cloud before the BEV encoder
@@ -423,13 +430,14 @@ class PerceptionConfig(_Section):
     @model_validator(mode="after")
     def _fits_in_memory(self) -> PerceptionConfig:
         g, m = self.grid, self.model
-        cells = g.nx * g.ny
-        need = memory_estimate(g.nx, g.ny, m)
+        nx, ny = g.length_x / g.resolution, g.length_y / g.resolution  # floats: a 1e-300 m cell must not overflow
+        cells = nx * ny
+        need = memory_estimate(nx, ny, m)
         have = host_memory_bytes()
         if cells > MAX_GRID_CELLS or (have and need > have):
             state = cells * m.state_channels() * 4
             raise ValueError(
-                f"grid: {g.nx} x {g.ny} cells is too large: the {m.kind} state would need {state / 2**30:.3g} GiB "
+                f"grid: {nx:.6g} x {ny:.6g} cells is too large: the {m.kind} state would need {state / 2**30:.3g} GiB "
                 f"({need / 2**30:.3g} GiB with the working buffers)"
                 + (f", this machine has {have / 2**30:.3g} GiB" if have else "")
                 + (f", and an OccupancyGrid holds at most {MAX_GRID_CELLS} cells" if cells > MAX_GRID_CELLS else "")
@@ -499,14 +507,17 @@ MAX_CONFIG_BYTES = 1 << 20  # a parameter file is a few KiB; refuse to parse any
 def validate_yaml(path: str | Path, validate):
     """``validate(mapping)`` on a YAML file; every failure is a ConfigError naming the file (and field)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a configuration file")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:  # bounded read: also pipes and /dev/stdin
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {len(raw)} bytes, too large for a configuration file")
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes, too large for a configuration file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -604,12 +615,12 @@ def frame_id_problem(frame: str) -> str | None:
     return None
 
 
-def memory_estimate(nx: int, ny: int, model: ModelConfig) -> int:
+def memory_estimate(nx: float, ny: float, model: ModelConfig) -> float:
     """Bytes the pipeline needs for an nx x ny grid, roughly: the state twice (current + the buffer
     the next one is written into) and a few d_model-wide working tensors per cell, fp32."""
     copies = 5 if model.kind == "mamba" else 2  # the Mamba update makes state-sized intermediates
     per_cell = copies * model.state_channels() + 16 * model.d_model + 64
-    return nx * ny * per_cell * 4
+    return float(nx) * float(ny) * per_cell * 4
 
 
 def host_memory_bytes() -> int:

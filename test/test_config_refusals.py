@@ -52,6 +52,7 @@ def assert_refused(res, *words):
         ("frames:\n  base_link: ''\n", ["frames.base_link", "empty"]),
         ("frames:\n  odom: /odom\n", ["frames.odom"]),
         ("frames:\n  odom: base_link\n", ["frames"]),
+        ("sensors:\n  lidar_frame_id: /velodyne\n", ["sensors.lidar_frame_id"]),
         ("model:\n  d_model: 64\n", ["model.d_model", "64", "32"]),  # differs from the shipped checkpoint
         ("model:\n  neck: none\n", ["model.neck"]),
         ("model:\n  d_model: 33\n", ["model", "headdim"]),

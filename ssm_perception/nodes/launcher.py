@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Self
 
 from ssm_perception.config import ConfigError, PerceptionConfig
+from ssm_perception.weights import CheckpointError, check_model_weights
 
 
 def node_command(config: str | Path, use_sim_time: bool = False) -> list[str]:
@@ -126,7 +127,8 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
         return 2
     try:
         cfg = PerceptionConfig.load(config_path)  # schema and device: what the node would refuse
-    except ConfigError as exc:
+        check_model_weights(cfg)  # and its weights (present, intact, trusted, matching the model fields)
+    except (ConfigError, CheckpointError) as exc:
         print(f"[launch] invalid configuration: {exc}", file=sys.stderr)
         return 2
     t = cfg.topics

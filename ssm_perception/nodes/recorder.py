@@ -56,6 +56,10 @@ class Recorder:
             writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+            from ssm_perception.io.bag import add_mcap_crcs
+
+            for f in self.path.glob("*.mcap"):  # CRCs for check_bag (rosbags writes none)
+                add_mcap_crcs(f)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ssm_perception.cli_errors import CliGroup, existing_path, finite
+from ssm_perception.cli_errors import CliCommand, existing_path, finite
 
 
 def train(
@@ -85,8 +85,8 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    app = typer.Typer(cls=CliGroup, add_completion=False, pretty_exceptions_show_locals=False)
-    app.command()(train)
+    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+    app.command(cls=CliCommand)(train)
     app()
 
 
