@@ -235,8 +235,9 @@ def check_sqlite(path: str | Path) -> None:
         raise BagError(f"{path}: corrupt SQLite database{where}: {rows[0]}")
 
 
-def _storage_files(path: Path) -> tuple[str, list[Path]]:
-    """(storage identifier, files) from metadata.yaml, read without rosbags (which opens the files)."""
+def _storage_files(path: Path) -> tuple[str, list[Path], str]:
+    """(storage identifier, files, compression mode) from metadata.yaml, read without rosbags (which
+    opens the files)."""
     import yaml
 
     try:
@@ -246,16 +247,13 @@ def _storage_files(path: Path) -> tuple[str, list[Path]]:
         files = [path / str(f) for f in info.get("relative_file_paths") or []]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise BagError(f"{path}: unreadable metadata.yaml: {' '.join(str(exc).split())}") from None
-    if info.get("compression_mode"):
-        raise BagError(f"{path}: compressed bags ({info.get('compression_format')}) are not supported; "
-                       f"decompress it first (ros2 bag convert)")
     for f in files:
         if not f.is_file():
             raise BagError(f"{path}: metadata.yaml lists {f.name}, which is missing")
-    return storage, files
+    return storage, files, str(info.get("compression_mode") or "").lower()
 
 
-def _check_definitions(path: Path, reader) -> None:
+def _check_definitions(path: Path, reader, decode: bool = True) -> None:
     """Every connection's type must be the ROS 2 type this package decodes: a 'pkg/msg/Name' name,
     and (for types known here) the same type hash, or, for bags without hashes, a first message
     that decodes. A rosbag2 holding ROS 1 definitions (seq in Header, ...) fails here."""
@@ -273,6 +271,8 @@ def _check_definitions(path: Path, reader) -> None:
                 raise BagError(f"{path}: topic {conn.topic}: the bag's definition of {conn.msgtype} differs from "
                                f"ROS 2's (type hash {digest[:20]}...; ROS 1 definitions?)")
             continue
+        if not decode:
+            continue  # compressed payloads: only the type hash can be compared
         for _, _, raw in reader.messages(connections=[conn]):
             try:
                 store.deserialize_cdr(raw, conn.msgtype)
@@ -296,12 +296,14 @@ def check_bag(path: str | Path) -> None:
     if not (path / "metadata.yaml").is_file():
         what = sorted(p.name for p in path.iterdir())[:20] if path.is_dir() else [path.name]
         raise BagError(f"{path}: not a rosbag2 directory (no metadata.yaml); it contains: {what}")
-    storage, files = _storage_files(path)
+    storage, files, compression = _storage_files(path)
     key = (str(path.resolve()), *((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if key in _CHECKED:
         return
     for f in files:
         try:
+            if compression == "file":
+                continue  # whole files zstd-compressed: rosbags decompresses them (zstd frames carry checksums)
             if storage == "mcap" or f.suffix == ".mcap":
                 check_mcap(f)
             elif storage == "sqlite3" or f.suffix == ".db3":
@@ -312,7 +314,7 @@ def check_bag(path: str | Path) -> None:
             raise BagError(f"{f}: cannot read: {exc.strerror or exc}") from None
     reader = _open_unchecked(path)
     try:
-        _check_definitions(path, reader)
+        _check_definitions(path, reader, decode=compression in ("", "none"))
     finally:
         reader.close()
     _CHECKED[key] = None
