@@ -38,6 +38,16 @@ def _say(where: str, message: str) -> None:
 class _UserErrors:
     """``invoke`` that maps user errors to one line + exit code 2 (see the module doc)."""
 
+    def parse_args(self, ctx, args):
+        """The command's own options (``ssm-perception --bogus``): a usage error is one line too."""
+        try:
+            return super().parse_args(ctx, args)
+        except click_exc.NoArgsIsHelpError:
+            raise
+        except click_exc.ClickException as exc:
+            _say(ctx.command_path, f"{exc.format_message()} (see --help)")
+            raise typer.Exit(exc.exit_code) from None
+
     def invoke(self, ctx):
         from pydantic import ValidationError
 

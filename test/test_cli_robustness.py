@@ -82,6 +82,7 @@ def test_issue_command_lines(tmp_path):
     refused(["bench", "--grid", "100000", "-o", tmp_path / "b.json"], "GiB")
     refused(["no-such-command"], "no-such-command")
     refused(["simulate", "--bogus"], "--bogus")
+    refused(["--bogus"], "--bogus")
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path):
