@@ -136,6 +136,17 @@ def write_card(ckpt_dir: Path = CKPT_DIR) -> Path:
                    f"{me['train_time_s'] / 60:.1f}, warm start)" if init else f"{me['train_time_s'] / 60:.1f} min")
         lines.append(f"| {k} | {seeds} | {vseeds} | {me['train_hours']:.3f} | {steps} | "
                      f"{me['batch_size']} x {me['tbptt']} | {minutes} | {me['device']} |")
+    summaries = {k: m["meta"]["data_summary"] for k, m in metrics.items() if m["meta"].get("data_summary")}
+    if summaries:
+        lines += ["", "| kind | sequences (cached) | LiDAR models | layouts | weather | objects per class |",
+                  "|---|---|---|---|---|---|"]
+
+        def _c(d):
+            return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "–"
+
+        for k, ds in summaries.items():
+            lines.append(f"| {k} | {ds['sequences']} | {_c(ds['sensor_models'])} | {_c(ds['layouts'])} | "
+                         f"{_c(ds['weather'])} | {_c(ds['objects_per_class'])} |")
     lines += ["", ("Training and held-out seeds are disjoint (checked by the training config); held-out sequences "
               "are generated with the same presets but never seen in training."), ""]
     cols = [("all", "all"), ("static_visible", "static vis."), ("static_occluded", "static occl."),
@@ -158,6 +169,24 @@ def write_card(ckpt_dir: Path = CKPT_DIR) -> Path:
         moving = (v.get("moving") or {}).get("iou")
         lines.append(f"| {k} | " + " | ".join(_f(s[c]["iou"]) for c, _ in cols)
                      + f" | {_f(moving)} | {_f(v['ece'])} | {_f(v.get('velocity_epe_mps'), 2)} |")
+    recall = {k: m["val"]["recall_by_range"] for k, m in metrics.items() if m["val"].get("recall_by_range")}
+    if recall:
+        ref_r = next(iter(recall.values()))
+        bins = ref_r["bins_m"]
+        lines += ["", "## Per-class recall by range on held-out seeds", "",
+                  (f"Share of ground-truth objects with a detection of the same class within {ref_r['match_m']:g} m "
+                   "of the centre, among the detections that reach the tracker (decoder + the tracking config's "
+                   "per-class thresholds, evidence gate and NMS); by distance of the object from the vehicle; "
+                   "trucks include buses; n = object-frames. Computed by the trainer's validation."), "",
+                  "| kind | class | " + " | ".join(f"{b} m" for b in bins) + " | all |",
+                  "|---|---|" + "---|" * (len(bins) + 1)]
+
+        def _r(c):
+            return "–" if c["recall"] is None else f"{c['recall']:.2f} ({c['n']})"
+
+        for k, rb in recall.items():
+            for cname, row in rb["classes"].items():
+                lines.append(f"| {k} | {cname} | " + " | ".join(_r(row[b]) for b in bins) + f" | {_r(row['all'])} |")
     if "logodds" in metrics and "mamba" in metrics:
         lo, ma = metrics["logodds"]["val"]["splits"], metrics["mamba"]["val"]
         lines += ["", "## Targets (issue 8) for the shipped mamba model", "",

@@ -203,6 +203,7 @@ def test_randomised_preset_is_deterministic_and_varied():
     assert {c.layout for c in cfgs} == {"urban", "highway", "parking"}
     assert {c.lidar.intensity_model for c in cfgs} == {"incidence", "reflectivity", "signal", "none"}
     assert any(c.lidar.self_returns for c in cfgs) and any(c.lidar.dead_beams for c in cfgs)
+    assert {np.sign(c.scenery.slope) for c in cfgs} == {-1.0, 0.0, 1.0}
     weather = [a for c in cfgs for a in c.adversities if a.type == "weather"]
     assert len(weather) >= 5 and all(0 <= a.start_s < 5.0 for a in weather)
     assert all(preset(n, seed=1, duration_s=2.0).layout == (lay or preset(n, seed=1, duration_s=2.0).layout)
@@ -221,3 +222,43 @@ def test_randomised_preset_is_deterministic_and_varied():
     ground = np.isin(fa.lidar_material, [W.GROUND, W.SIDEWALK, W.MARKING])  # (wall returns may fall inside)
     ok = (i >= 0) & (i < g.nx) & (j >= 0) & (j < g.ny) & ground
     assert ok.sum() > 1000 and fa.visible[i[ok], j[ok]].mean() > 0.99
+
+
+@pytest.mark.parametrize("grade", [0.06, -0.08])
+def test_slope_ahead_on_the_highway(grade):
+    from ssm_perception.sim.raycast import cast
+    from ssm_perception.sim.sensors import sensor_rays_world
+
+    lid = lidar_config("hdl32e", missing_prob=0.0)
+    sc = Scenario(_cfg(lid, duration=0.2, layout="highway", scenery=SceneryConfig(slope=grade).model_dump()))
+    nx, ny, c, g = sc.world.ramp
+    assert g == grade and np.max(nx * sc.world.traj.x[0] + ny * sc.world.traj.y[0]) < c - 10
+    fr = list(sc.frames(with_others=False))[-1]
+    p = fr.lidar
+    xyz = np.stack([p[k] for k in "xyz"], 1).astype(np.float64)
+    pts = np.empty_like(xyz)
+    for t in np.unique(p["t"]):  # each point through the ego pose at its own time
+        m = p["t"] == t
+        pts[m] = transform_points(sc.T_world_base(fr.t_s + float(t)) @ fr.T_base_sensor["lidar_top"], xyz[m])
+    ground = np.isin(fr.lidar_material, [W.GROUND, W.SIDEWALK, W.MARKING])
+    beyond = (nx * pts[:, 0] + ny * pts[:, 1] > c + 1.0) & ground
+    err = np.abs(pts[beyond, 2] - sc.world.ground_z(pts[beyond, 0], pts[beyond, 1]))
+    if grade > 0:  # a hill ahead is seen; a dip hides most of its ground (the shadow behind the crest)
+        assert beyond.sum() > 200 and np.abs(pts[beyond, 2]).max() > 0.5
+    assert beyond.sum() == 0 or np.quantile(err, 0.99) < 0.1
+    # objects sit on the ground; barriers are cut to follow it
+    objs = sc.objects_at(fr.t_s)
+    np.testing.assert_allclose(objs["z"] - objs["h"] / 2, sc.world.ground_z(objs["x"], objs["y"]), atol=0.35)
+    st = sc.world.static
+    rails = (st.bmat == W.BARRIER) & (nx * st.bx + ny * st.by > c + 1)
+    assert rails.any() and np.maximum(st.bl[rails], st.bw[rails]).max() <= 2.0 + 1e-9
+    np.testing.assert_allclose(st.bz0[rails], sc.world.ground_z(st.bx[rails], st.by[rails]), atol=1e-9)
+    # the LiDAR's fast culling path still finds exactly the hits of the generic path
+    lidar = sc.lidar
+    origins, dirs = sensor_rays_world(sc.ego_pose_at(0.1 + lidar.col_t), lidar.T_base_sensor, lidar.dirs)
+    o, d = np.repeat(origins, lidar.cfg.beams, axis=0), dirs.reshape(-1, 3)
+    dt = np.repeat(lidar.col_t, lidar.cfg.beams)
+    a = cast(sc.scene_at(0.1), o, d, lidar.cfg.max_range, dt)
+    b = cast(sc.scene_at(0.1), o, d, lidar.cfg.max_range, dt, beams=lidar.cfg.beams)
+    np.testing.assert_array_equal(a.range, b.range)
+    assert (a.range[np.isfinite(a.range)] > 0).all()

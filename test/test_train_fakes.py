@@ -27,7 +27,8 @@ def num_features() -> int:
     return NUM_FEATURES
 
 
-def synthetic_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False) -> dict:
+def synthetic_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False,
+                       info: dict | None = None) -> dict:
     g: GridConfig = cfg.grid
     rng = np.random.default_rng(spec.seed)
     T = round(spec.duration_s * 10)

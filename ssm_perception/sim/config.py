@@ -227,6 +227,8 @@ class SceneryConfig(_Section):
     front_parking: float = Field(0.0, ge=0, le=1, description="share of buildings set back behind a forecourt "
                                                               "with cars parked along the front")
     kerb_height: float = Field(0.15, gt=0, le=0.3)
+    slope: float = Field(0.0, ge=-0.1, le=0.1, description="grade of a hill (> 0) or dip (< 0) that starts at a "
+                                                           "straight line beyond the ego's path; 0 = flat world")
 
 
 class ScenarioConfig(_Section):

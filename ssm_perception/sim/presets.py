@@ -192,6 +192,10 @@ def randomise(cfg: ScenarioConfig, seed: int) -> ScenarioConfig:
     if weather:
         out = ScenarioConfig.model_validate({**out.model_dump(), "adversities": data["adversities"] +
                                              [w.model_dump() for w in weather]})
+    if r.random() < 0.35:  # a hill or dip beyond the ego's path (2-7 % grade)
+        slope = round(float(r.uniform(0.02, 0.07)) * float(r.choice([-1.0, 1.0])), 4)
+        out = ScenarioConfig.model_validate({**out.model_dump(), "scenery": {**out.scenery.model_dump(),
+                                                                             "slope": slope}})
     return out
 
 

@@ -38,6 +38,7 @@ class Scene:
     cz0: np.ndarray
     cz1: np.ndarray
     cmat: np.ndarray
+    ramp: tuple[float, float, float, float] | None = None  # ground: world.ground_z; None = plane z = 0
 
     @property
     def n_boxes(self) -> int:
@@ -78,6 +79,9 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
     best = np.full(n, np.inf)
     down = dz < -1e-9
     best[down] = -oz[down] / dz[down]
+    z_floor = 0.0  # lowest ground height (culling)
+    if scene.ramp is not None:
+        best, z_floor = _ramp_ground(scene.ramp, ox, oy, oz, dx, dy, dz, best, max_range)
     best[best > max_range] = np.inf
     material = np.where(np.isfinite(best), GROUND, -1)
     obj = np.full(n, -1, dtype=np.int64)
@@ -135,7 +139,7 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
         # beams (ascending slope) that can be inside [z0, z1] somewhere in the disc, and that do
         # not reach the ground before the disc
         s_max = np.maximum((z1k - h) / near, (z1k - h) / far)
-        s_min = np.maximum(np.minimum((z0k - h) / near, (z0k - h) / far), -h / near)
+        s_min = np.maximum(np.minimum((z0k - h) / near, (z0k - h) / far), (z_floor - h) / near)
         b_lo = np.searchsorted(slope_b, s_min, side="left")
         b_hi = np.searchsorted(slope_b, s_max, side="right")
         sel = np.nonzero((b_hi > b_lo) & (hi > lo))[0]
@@ -245,6 +249,23 @@ def cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray, max_range: float, 
             hy = oy[g] + best[g] * dy[g]
             material[g] = ground_material(hx, hy)
     return Hits(best, material, obj, prim, normal)
+
+
+def _ramp_ground(ramp, ox, oy, oz, dx, dy, dz, best_flat, max_range):
+    """Ground hits with a grade change: the plane z = 0 up to the line n . p = c, then the plane
+    z = grade * (n . p - c). Rays start on the flat side; a ray that reaches z = 0 before the line
+    hits the flat part, otherwise it crosses the line above the ground and may hit the slope.
+    Returns (distance [N], lowest ground height within max_range of the origins)."""
+    nx, ny, c, g = ramp
+    no = nx * ox + ny * oy  # [N]
+    nd = nx * dx + ny * dy
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flat_ok = np.isfinite(best_flat) & (no + best_flat * nd <= c)
+        t = (g * (no - c) - oz) / (dz - g * nd)
+        slope_ok = (t > 1e-6) & (no + t * nd >= c) & np.isfinite(t)
+    best = np.where(flat_ok, best_flat, np.where(slope_ok, t, np.inf))
+    z_floor = min(0.0, g * max(float(np.max(no)) + max_range - c, 0.0)) if len(no) else 0.0
+    return best, z_floor
 
 
 def is_ground_material(material: np.ndarray) -> np.ndarray:

@@ -197,13 +197,14 @@ class Scenario:
         a = slice(1, None)  # agent 0 is the ego: not rendered
         mat = np.array([W.CLASS_MATERIAL[c] for c in tr.cls[a]], dtype=np.int64)
         cat = np.concatenate
+        gz = self.world.ground_z(ax[a], ay[a])  # agents on a slope (0 on flat ground)
         return Scene(
             bx=cat([st.bx, ax[a]]), by=cat([st.by, ay[a]]), byaw=cat([st.byaw, ayaw[a]]),
-            bl=cat([st.bl, tr.size[a, 0]]), bw=cat([st.bw, tr.size[a, 1]]), bz0=cat([st.bz0, np.zeros(len(mat))]),
-            bz1=cat([st.bz1, tr.size[a, 2]]), bvx=cat([np.zeros(len(st.bx)), avx[a]]),
+            bl=cat([st.bl, tr.size[a, 0]]), bw=cat([st.bw, tr.size[a, 1]]), bz0=cat([st.bz0, gz]),
+            bz1=cat([st.bz1, tr.size[a, 2] + gz]), bvx=cat([np.zeros(len(st.bx)), avx[a]]),
             bvy=cat([np.zeros(len(st.bx)), avy[a]]), bwz=cat([np.zeros(len(st.bx)), arate[a]]),
             bmat=cat([st.bmat, mat]), bobj=cat([st.bid, self.world.object_ids[a]]),
-            cx=st.cx, cy=st.cy, cr=st.cr, cz0=st.cz0, cz1=st.cz1, cmat=st.cmat,
+            cx=st.cx, cy=st.cy, cr=st.cr, cz0=st.cz0, cz1=st.cz1, cmat=st.cmat, ramp=self.world.ramp,
         )
 
     # ------------------------------------------------------------------ schedule and adversities
@@ -329,6 +330,9 @@ class Scenario:
         out["w"] = np.concatenate([tr.size[1:, 1], st.bw[parked]])
         out["h"] = np.concatenate([tr.size[1:, 2], st.bz1[parked]])
         out["z"] = out["h"] / 2.0
+        if self.world.ramp is not None:  # box bottoms on the ground (parked cars: their lifted bottom)
+            out["h"] = np.concatenate([tr.size[1:, 2], st.bz1[parked] - st.bz0[parked]])
+            out["z"] = out["h"] / 2.0 + np.concatenate([self.world.ground_z(ax[1:], ay[1:]), st.bz0[parked]])
         out["vx"] = np.concatenate([avx[1:], np.zeros(n_p)])
         out["vy"] = np.concatenate([avy[1:], np.zeros(n_p)])
         out["yaw_rate"] = np.concatenate([arate[1:], np.zeros(n_p)])
@@ -374,7 +378,8 @@ class Scenario:
         byaw = np.concatenate([st.byaw, ayaw[1:]])
         bl = np.concatenate([st.bl, tr.size[1:, 0]])
         bw = np.concatenate([st.bw, tr.size[1:, 1]])
-        band = np.concatenate([(st.bz1 > W.OCC_Z_LOW) & (st.bz0 < W.OCC_Z_HIGH), np.ones(len(ax) - 1, bool)])
+        g0 = self.world.ground_z(st.bx, st.by) if self.world.ramp is not None else 0.0  # band above the ground
+        band = np.concatenate([(st.bz1 - g0 > W.OCC_Z_LOW) & (st.bz0 - g0 < W.OCC_Z_HIGH), np.ones(len(ax) - 1, bool)])
         moving = np.concatenate([np.zeros(len(st.bx), bool), speed[1:] > DYNAMIC_SPEED])
         c, s = T_bw[0, 0], T_bw[1, 0]
         px = c * bx - s * by + T_bw[0, 3]
@@ -393,7 +398,8 @@ class Scenario:
             occupied[i0:i1, j0:j1] |= inside
             if moving[k]:
                 dynamic[i0:i1, j0:j1] |= inside
-        cband = (st.cz1 > W.OCC_Z_LOW) & (st.cz0 < W.OCC_Z_HIGH)
+        gc = self.world.ground_z(st.cx, st.cy) if self.world.ramp is not None else 0.0
+        cband = (st.cz1 - gc > W.OCC_Z_LOW) & (st.cz0 - gc < W.OCC_Z_HIGH)
         qx = c * st.cx - s * st.cy + T_bw[0, 3]
         qy = s * st.cx + c * st.cy + T_bw[1, 3]
         for k in np.nonzero(cband & (np.abs(qx) < -g.x_min + 3) & (np.abs(qy) < -g.y_min + 3))[0]:

@@ -262,6 +262,12 @@ class World:
     intersection: bool
     lane_markings: list[float]  # lateral offsets of dashed lines on the x road (and y road if intersection)
     parking_lot: bool = False
+    ramp: tuple[float, float, float, float] | None = None  # ground: see ground_z
+
+    def ground_z(self, x, y):
+        """Ground height: 0, except beyond the line n . (x, y) = c of ``ramp`` (nx, ny, c, grade),
+        where it rises (grade > 0) or falls linearly. The ego's whole path stays on the flat side."""
+        return ground_z(self.ramp, x, y)
 
     def ground_material(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Road / sidewalk / marking for ground points (camera shading, LiDAR intensity)."""
@@ -278,6 +284,71 @@ class World:
             dash = np.floor(along[idx] / 3.0) % 2 == 0
             mat[idx[dash]] = MARKING
         return mat
+
+
+def ground_z(ramp, x, y):
+    """Height of the ground at (x, y) for a ramp (nx, ny, c, grade) or None (flat)."""
+    if ramp is None:
+        return np.zeros(np.shape(x)) if np.ndim(x) else 0.0
+    nx, ny, c, grade = ramp
+    return grade * np.maximum(nx * np.asarray(x, np.float64) + ny * np.asarray(y, np.float64) - c, 0.0)
+
+
+def _choose_ramp(cfg, srng, traj: Trajectories, directions) -> tuple | None:
+    """A grade change on a straight line 12-35 m beyond the farthest point of the ego's path in one
+    of ``directions`` (unit (nx, ny)): the ego stays on flat ground, the sensors see the slope."""
+    grade = cfg.scenery.slope
+    if grade == 0:
+        return None
+    nx, ny = directions[int(srng.integers(len(directions)))]
+    reach = float(np.max(nx * traj.x[0] + ny * traj.y[0]))
+    return (float(nx), float(ny), reach + float(srng.uniform(12.0, 35.0)), float(grade))
+
+
+def _lift(static: Primitives, ramp) -> Primitives:
+    """Static primitives set onto the ramped ground: cut low boxes that cross the sloped part into
+    pieces of at most 2 m (kerbs, barriers, hedges, fences follow the ground), lift each box by the
+    ground height at its centre (tall buildings: bottom at the lowest ground under them, so they
+    never float), and lift cylinders."""
+    if ramp is None:
+        return static
+    rows = []
+    for k in range(len(static.bx)):
+        row = [static.bx[k], static.by[k], static.byaw[k], static.bl[k], static.bw[k], static.bz0[k], static.bz1[k],
+               static.bmat[k], static.bid[k], static.bcls[k]]
+        c, s = math.cos(row[2]), math.sin(row[2])
+        long_ax = 0 if row[3] >= row[4] else 1
+        length = max(row[3], row[4])
+        corners = [(row[0] + a * c * row[3] / 2 - b * s * row[4] / 2, row[1] + a * s * row[3] / 2 + b * c * row[4] / 2)
+                   for a in (-1, 1) for b in (-1, 1)]
+        gz = [float(ground_z(ramp, x, y)) for x, y in corners]
+        if max(abs(z) for z in gz) == 0.0:  # entirely on the flat part
+            rows.append(row)
+            continue
+        if row[6] - row[5] < 3.0 and row[8] < 0 and length > 2.0:
+            n = math.ceil(length / 2.0)
+            ux, uy = (c, s) if long_ax == 0 else (-s, c)
+            for i in range(n):
+                a = (i + 0.5) / n - 0.5
+                px, py = row[0] + a * length * ux, row[1] + a * length * uy
+                piece = list(row)
+                piece[0], piece[1] = px, py
+                piece[3 + long_ax] = length / n
+                g = float(ground_z(ramp, px, py))
+                piece[5], piece[6] = row[5] + g, row[6] + g
+                rows.append(piece)
+            continue
+        g = float(ground_z(ramp, row[0], row[1]))
+        tall = row[6] - row[5] >= 3.0
+        row[5], row[6] = row[5] + (min(gz) if tall else g), row[6] + g
+        rows.append(row)
+    b = np.array(rows, dtype=np.float64).reshape(-1, 10)
+    gc = ground_z(ramp, static.cx, static.cy)
+    return Primitives(
+        bx=b[:, 0], by=b[:, 1], byaw=b[:, 2], bl=b[:, 3], bw=b[:, 4], bz0=b[:, 5], bz1=b[:, 6],
+        bmat=b[:, 7].astype(np.int64), bid=b[:, 8].astype(np.int64), bcls=b[:, 9].astype(np.int64),
+        cx=static.cx, cy=static.cy, cr=static.cr, cz0=static.cz0 + gc, cz1=static.cz1 + gc, cmat=static.cmat,
+    )
 
 
 def _lane_path(direction: float, offset: float, length: float, turn: str | None = None) -> Path:
@@ -424,7 +495,8 @@ def build_urban(cfg, rng) -> World:
     specs += _pedestrian_groups(specs, cfg, srng, skip_first=1)
     _scenery_urban(b, cfg, srng, half, extent, buildings)
     traj = simulate_agents(specs, cfg.duration_s, lights=True)
-    return _finish(b, traj, rng, half, True, [-3.5, 3.5, 0.0])
+    ramp = _choose_ramp(cfg, srng, traj, [(1.0, 0.0), (0.0, -1.0), (0.0, 1.0)])
+    return _finish(b, traj, rng, half, True, [-3.5, 3.5, 0.0], ramp=ramp)
 
 
 def build_highway(cfg, rng) -> World:
@@ -473,9 +545,11 @@ def build_highway(cfg, rng) -> World:
             specs.append(AgentSpec(CLS_TRUCK, path, s0, v, BUS_SIZE))
         else:
             specs.append(AgentSpec(cls, path, s0, v, CLASS_SIZE[cls]))
-    _scenery_highway(b, cfg, np.random.default_rng([cfg.seed, 12]), half, extent)
+    srng = np.random.default_rng([cfg.seed, 12])
+    _scenery_highway(b, cfg, srng, half, extent)
     traj = simulate_agents(specs, cfg.duration_s)
-    return _finish(b, traj, rng, half, False, [0.0 - 3.75, -7.45, 3.75, 7.45])
+    ramp = _choose_ramp(cfg, srng, traj, [(1.0, 0.0)])  # a hill or dip ahead
+    return _finish(b, traj, rng, half, False, [0.0 - 3.75, -7.45, 3.75, 7.45], ramp=ramp)
 
 
 def build_parking(cfg, rng) -> World:
@@ -522,7 +596,8 @@ def build_parking(cfg, rng) -> World:
     specs += _pedestrian_groups(specs, cfg, srng)
     _scenery_parking(b, cfg, srng)
     traj = simulate_agents(specs, cfg.duration_s)
-    return _finish(b, traj, rng, 4.5, False, [], parking_lot=True)
+    ramp = _choose_ramp(cfg, srng, traj, [(1.0, 0.0), (-1.0, 0.0)])
+    return _finish(b, traj, rng, 4.5, False, [], parking_lot=True, ramp=ramp)
 
 
 # ------------------------------------------------------------------------------- extra scenery
@@ -655,15 +730,15 @@ def _scenery_parking(b: PrimitiveBuilder, cfg, srng):
 
 
 def _finish(b: PrimitiveBuilder, traj: Trajectories, rng, half: float, intersection: bool, markings,
-            parking_lot: bool = False) -> World:
-    static = b.build()
+            parking_lot: bool = False, ramp=None) -> World:
+    static = _lift(b.build(), ramp)
     # parked cars become objects with stable ids, after the agents
     n_parked = int((static.bid == 0).sum())
     ids = _ids(len(traj.cls) + n_parked, rng)
     agent_ids, parked = ids[: len(traj.cls)], ids[len(traj.cls):]
     agent_ids[0] = 0
     static.bid[static.bid == 0] = parked
-    return World(static, traj, agent_ids, half, intersection, markings, parking_lot)
+    return World(static, traj, agent_ids, half, intersection, markings, parking_lot, ramp)
 
 
 LAYOUTS = {"urban": build_urban, "highway": build_highway, "parking": build_parking}

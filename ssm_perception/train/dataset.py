@@ -141,10 +141,23 @@ class SimFrameEncoder:
         return encode_frame(self.grid, lidar=lidar, radar=radar, camera=camera, ego_twist=inp.ego_twist).features.numpy()
 
 
-def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False) -> dict[str, np.ndarray]:
-    """Run the simulator for one sequence and encode every LiDAR frame (see the module doc)."""
+CLASS_NAMES = ("unknown", "car", "truck", "cyclist", "pedestrian")
+
+
+def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool = False,
+                      info: dict | None = None) -> dict[str, np.ndarray]:
+    """Run the simulator for one sequence and encode every LiDAR frame (see the module doc).
+
+    ``info`` (optional) is filled with what the data summary needs: layout, sensor model, weather,
+    objects per class on the grid, CPU seconds (simulation + encoding, encoding alone)."""
+    import time
+
     from ssm_perception.sim.scenario import Scenario
 
+    cpu0 = time.process_time()
+    enc_cpu = 0.0
+    ids_per_class: dict[int, set] = {}
+    centres = np.zeros(len(CLASS_NAMES), np.int64)
     scenario = Scenario.from_preset(spec.preset, seed=spec.seed, duration_s=spec.duration_s, grid=cfg.grid)
     encoder = SimFrameEncoder(cfg, scenario.config)
     cols: dict[str, list] = {k: [] for k in
@@ -155,8 +168,18 @@ def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool 
         from tqdm import tqdm
 
         frames = tqdm(frames, desc=f"sim {spec.preset}/{spec.seed}", unit="frame", leave=False)
+    g = cfg.grid
     for frame in frames:
+        t_enc = time.process_time()
         feats = encoder(frame)
+        enc_cpu += time.process_time() - t_enc
+        if info is not None:
+            o = frame.objects_base
+            on = ((o["x"] >= g.x_min) & (o["x"] < g.x_min + g.length_x) & (o["y"] >= g.y_min)
+                  & (o["y"] < g.y_min + g.length_y))
+            for c, i in zip(o["cls"][on].tolist(), o["id"][on].tolist(), strict=True):
+                ids_per_class.setdefault(int(c), set()).add(int(i))
+            centres += np.bincount(o["cls"][on].astype(np.int64), minlength=len(CLASS_NAMES))[: len(CLASS_NAMES)]
         vel, ctr, box, cmask = rasterize_objects(_objects_base_link(frame), cfg.grid)
         cols["features"].append(feats.astype(np.float16))
         cols["occupied"].append(np.asarray(frame.occupied, bool))
@@ -170,6 +193,17 @@ def generate_sequence(spec: SequenceSpec, cfg: PerceptionConfig, progress: bool 
         cols["stamp_ns"].append(int(frame.stamp_ns))
     if not cols["stamp_ns"]:
         raise RuntimeError(f"simulator produced no frames for {spec}")
+    if info is not None:
+        sc = scenario.config
+        info.update(
+            preset=spec.preset, seed=spec.seed, duration_s=spec.duration_s, layout=sc.layout,
+            frames=len(cols["stamp_ns"]), lidar_model=sc.lidar.model, lidar_beams=sc.lidar.beams,
+            intensity_model=sc.lidar.intensity_model, self_returns=sc.lidar.self_returns,
+            weather=[a.weather for a in sc.adversities if a.type == "weather"],
+            objects={CLASS_NAMES[c]: len(v) for c, v in sorted(ids_per_class.items())},
+            object_frames={CLASS_NAMES[c]: int(n) for c, n in enumerate(centres) if n},
+            cpu_s=round(time.process_time() - cpu0, 3), encode_cpu_s=round(enc_cpu, 3),
+        )
     return {k: np.stack(v) if k != "stamp_ns" else np.asarray(v, np.int64) for k, v in cols.items()}
 
 
@@ -188,11 +222,14 @@ def build_sequence(spec: SequenceSpec, cfg: PerceptionConfig, cache_dir: str | P
     path = cache_path(cache_dir, spec, cfg)
     if (path / "spec.json").is_file():
         return path
-    data = generate_sequence(spec, cfg)
+    info: dict = {}
+    data = generate_sequence(spec, cfg, info=info)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     for k, v in data.items():
         np.save(tmp / f"{k}.npy", v)
+    if info:  # what scripts/gen_train_data.py and the model card summarise
+        (tmp / "info.json").write_text(json.dumps(info))
     (tmp / "spec.json").write_text(json.dumps(asdict(spec)))  # written last: marks a complete entry
     try:
         os.replace(tmp, path)  # atomic: a killed worker never leaves a half-written entry under the key
