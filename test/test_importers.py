@@ -148,6 +148,22 @@ def test_nuscenes(tmp_path):
     assert box.cls == "pedestrian" and np.allclose([box.x, box.y, box.yaw, box.l, box.w], [8.0, 0, 0, 0.7, 0.6])
 
 
+def test_imported_bag_is_what_evaluate_replays(tmp_path):
+    """evaluate's reader (the node's frame assembler over the bag's TF) gets every scan, in its
+    frame, with the imported mount and poses."""
+    from ssm_perception.config import PerceptionConfig
+    from ssm_perception.eval.evaluate import decode_bag, topic_roles
+
+    out = tmp_path / "nus_bag"
+    assert _import("nuscenes", _nuscenes(tmp_path / "nus"), "-o", out, "--lidar-frame", "roof").exit_code == 0
+    cfg = PerceptionConfig()
+    bag = decode_bag(out, cfg, topic_roles(cfg.topics), progress=False)
+    assert len(bag.frames) == N and all(f.lidar_frame == "roof" for f in bag.frames)
+    assert [round(f.T_odom_base[0, 3], 6) for f in bag.frames] == [0.0, 1.5, 3.0]
+    assert np.allclose(bag.frames[1].T_base_lidar[:3, 3], [0.9, 0.0, 1.84])
+    assert np.allclose(bag.frames[2].lidar["y"], POINTS[2, :, 1])
+
+
 @pytest.mark.parametrize("ego_above_ground", [0.0, 0.35])
 def test_argoverse2(tmp_path, ego_above_ground):
     """AV2 sweeps are in the ego frame, whose origin (rear axle) is ~0.35 m above the ground; the
@@ -214,30 +230,32 @@ def test_pcd_sequence_with_tum_poses(tmp_path):
     _assert_bag(out, "lidar", [100 * 10**9 + 10**8 * k for k in range(N)], [0.0, 2.0, 4.0], 1.6, intensity=False)
 
 
-def test_rosbag1(tmp_path):
+def _ros1_bag(path, with_mount=True):
     from rosbags.rosbag1 import Writer
 
     from ssm_perception.io.importers.rosbag1 import ros1_store
 
     store = ros1_store()
     T = store.types
-    path = tmp_path / "drive.bag"
 
     def header(k, frame):
         return T["std_msgs/msg/Header"](seq=k, stamp=T["builtin_interfaces/msg/Time"](sec=10 + k, nanosec=0),
                                          frame_id=frame)
 
+    def tf_msg(k, parent, child, x, z):
+        tr = T["geometry_msgs/msg/Transform"](translation=T["geometry_msgs/msg/Vector3"](x=x, y=0.0, z=z),
+                                              rotation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+        ts = T["geometry_msgs/msg/TransformStamped"](header=header(k, parent), child_frame_id=child, transform=tr)
+        return store.serialize_ros1(T["tf2_msgs/msg/TFMessage"](transforms=[ts]), "tf2_msgs/msg/TFMessage")
+
     with Writer(path) as w:
         tf_conn = w.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=store)
+        static = w.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=store)
         pc_conn = w.add_connection("/velodyne_points", "sensor_msgs/msg/PointCloud2", typestore=store)
+        if with_mount:
+            w.write(static, 10 * 10**9, tf_msg(0, "base_link", "velodyne", 0.0, 1.7))
         for k in range(N):
-            tr = T["geometry_msgs/msg/Transform"](
-                translation=T["geometry_msgs/msg/Vector3"](x=float(k), y=0.0, z=0.0),
-                rotation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
-            ts = T["geometry_msgs/msg/TransformStamped"](header=header(k, "odom"), child_frame_id="base_link",
-                                                         transform=tr)
-            w.write(tf_conn, (10 + k) * 10**9, store.serialize_ros1(T["tf2_msgs/msg/TFMessage"](transforms=[ts]),
-                                                                   "tf2_msgs/msg/TFMessage"))
+            w.write(tf_conn, (10 + k) * 10**9, tf_msg(k, "odom", "base_link", float(k), 0.0))
             fields = [T["sensor_msgs/msg/PointField"](name=n, offset=4 * i, datatype=7, count=1)
                       for i, n in enumerate("xyz")]
             data = np.ascontiguousarray(POINTS[k]).view(np.uint8).reshape(-1)
@@ -245,6 +263,11 @@ def test_rosbag1(tmp_path):
                                                    is_bigendian=False, point_step=12, row_step=6000, data=data,
                                                    is_dense=True)
             w.write(pc_conn, (10 + k) * 10**9, store.serialize_ros1(msg, "sensor_msgs/msg/PointCloud2"))
+    return path
+
+
+def test_rosbag1(tmp_path):
+    path = _ros1_bag(tmp_path / "drive.bag")
     out = tmp_path / "ros2_bag"
     r = _import("rosbag1", path, "-o", out)
     assert r.exit_code == 0, r.output
@@ -252,6 +275,7 @@ def test_rosbag1(tmp_path):
     clouds, tf = _bag(out, "/velodyne_points")
     assert [c[0] for c in clouds] == [(10 + k) * 10**9 for k in range(N)]
     assert np.allclose(clouds[2][2]["y"], POINTS[2, :, 1]) and tf.lookup("odom", "base_link", 12 * 10**9, 0)[0, 3] == 2
+    assert tf.lookup("base_link", "velodyne", 12 * 10**9, 0)[2, 3] == 1.7
 
 
 def _leftovers(tmp_path):
@@ -259,7 +283,7 @@ def _leftovers(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown_format", "missing_poses", "count_mismatch", "unreadable_scan",
-                                  "nuscenes_missing_file", "rosbag1_no_odom"])
+                                  "nuscenes_missing_file", "rosbag1_no_odom", "rosbag1_no_mount"])
 def test_failures_are_one_line_exit_2_and_leave_nothing(tmp_path, case):
     src = tmp_path / "seq"
     (src / "velodyne").mkdir(parents=True)
@@ -287,6 +311,8 @@ def test_failures_are_one_line_exit_2_and_leave_nothing(tmp_path, case):
         with Writer(src) as w:
             w.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=store)
             w.add_connection("/points", "sensor_msgs/msg/PointCloud2", typestore=store)
+    elif case == "rosbag1_no_mount":  # odom -> base_link but nothing links base_link to the cloud's frame
+        fmt, src = "rosbag1", _ros1_bag(tmp_path / "y.bag", with_mount=False)
     out = tmp_path / "out_bag"
     r = _import(fmt, src, "-o", out)
     assert r.exit_code == 2, r.output

@@ -20,6 +20,7 @@ def import_recording(
     poses_frame: str = typer.Option("auto", help="kitti: camera|lidar (auto = camera); pcd: lidar|base"),
     scene: str = typer.Option("", help="nuscenes: scene name (default: the first)"),
     lidar_topic: str = typer.Option("/sensing/lidar/points", help="PointCloud2 topic in the bag"),
+    lidar_frame: str = typer.Option("", help="frame_id of the clouds (default: velodyne, lidar_top, up_lidar, lidar)"),
     max_scans: int = typer.Option(0, help="import only the first N scans (0 = all)"),
     progress: bool = typer.Option(True, help="progress bar"),
 ) -> None:
@@ -30,6 +31,7 @@ def import_recording(
 
     opts = ImportOptions(poses=poses, calib=calib, labels=labels, times=times, rate_hz=rate_hz,
                          lidar_height=lidar_height, poses_frame=poses_frame, scene=scene, lidar_topic=lidar_topic,
+                         lidar_frame=lidar_frame,
                          max_scans=max_scans)
     try:
         summary = run_import(fmt, src, out, opts, progress=progress)

@@ -1,9 +1,9 @@
 """ROS 1 bag -> rosbag2 (mcap), converted by rosbags (message definitions mapped to ROS 2).
 
 The recording keeps its own topics and frames. The import checks what the node needs: a
-sensor_msgs/PointCloud2 topic, and /tf with odom -> base_link (frame names as --odom-frame /
---base-frame are not offered: rename frames at the source). It names the PointCloud2 topics so the
-configuration (topics.lidar) can point at the right one.
+sensor_msgs/PointCloud2 topic, /tf with odom -> base_link, and a chain of /tf or /tf_static
+transforms from base_link to the clouds' frame (frames are not renamed: do that at the source). It
+names the PointCloud2 topics so the configuration (topics.lidar) can point at the right one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,21 @@ def ros1_store():
     return store
 
 
+def _connected(pairs: set[tuple[str, str]], a: str, b: str) -> bool:
+    """Whether frames a and b are linked by a chain of transforms (either direction)."""
+    seen, todo = {a}, [a]
+    while todo:
+        f = todo.pop()
+        if f == b:
+            return True
+        for p, c in pairs:
+            for x, y in ((p, c), (c, p)):
+                if x == f and y not in seen:
+                    seen.add(y)
+                    todo.append(y)
+    return False
+
+
 def convert(src: Path, out: Path, opts: ImportOptions) -> dict:
     from rosbags.convert import convert as rb_convert
     from rosbags.rosbag1 import Reader as Reader1
@@ -34,13 +49,19 @@ def convert(src: Path, out: Path, opts: ImportOptions) -> dict:
         with Reader1(src) as r:
             topics = {c.topic: c.msgtype for c in r.connections}
             clouds = sorted(t for t, m in topics.items() if m == "sensor_msgs/msg/PointCloud2")
-            has_tf = [c for c in r.connections if c.topic == "/tf"]
-            pairs = set()
+            has_tf = any(c.topic == "/tf" for c in r.connections)
+            pairs: set[tuple[str, str]] = set()
+            frames: dict[str, str] = {}  # cloud topic -> frame_id of its first message
             store = ros1_store()
-            for conn, _, raw in r.messages(connections=has_tf):
-                for tr in store.deserialize_ros1(raw, conn.msgtype).transforms:
-                    pairs.add((tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/")))
-                if ("odom", "base_link") in pairs:
+            wanted = [c for c in r.connections if c.topic in ("/tf", "/tf_static") or c.topic in clouds]
+            for conn, _, raw in r.messages(connections=wanted):
+                if conn.topic in ("/tf", "/tf_static"):
+                    for tr in store.deserialize_ros1(raw, conn.msgtype).transforms:
+                        pairs.add((tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/")))
+                elif conn.topic not in frames:
+                    frames[conn.topic] = store.deserialize_ros1(raw, conn.msgtype).header.frame_id.lstrip("/")
+                if len(frames) == len(clouds) and ("odom", "base_link") in pairs and \
+                        all(_connected(pairs, "base_link", f) for f in frames.values()):
                     break
     except ImportFailure:
         raise
@@ -50,9 +71,13 @@ def convert(src: Path, out: Path, opts: ImportOptions) -> dict:
         raise ImportFailure(f"{src}: no sensor_msgs/PointCloud2 topic (topics: {sorted(topics)})")
     if not has_tf:
         raise ImportFailure(f"missing poses: {src} has no /tf topic")
+    found = ", ".join(f"{a} -> {b}" for a, b in sorted(pairs)) or "none"
     if ("odom", "base_link") not in pairs:
-        raise ImportFailure(f"missing poses: /tf has no odom -> base_link (found: "
-                            f"{', '.join(f'{a} -> {b}' for a, b in sorted(pairs)) or 'none'})")
+        raise ImportFailure(f"missing poses: /tf has no odom -> base_link (found: {found})")
+    unlinked = {t: f for t, f in frames.items() if not _connected(pairs, "base_link", f)}
+    if frames and len(unlinked) == len(frames):
+        raise ImportFailure(f"no transform from base_link to the PointCloud2 frame(s) "
+                            f"{sorted(set(unlinked.values()))} in /tf or /tf_static (found: {found})")
     tmp, bag_path = atomic_output(out)
     try:
         rb_convert([src], bag_path, "mcap", 9, None, "file", None, None, [], [], [], [])
@@ -61,7 +86,8 @@ def convert(src: Path, out: Path, opts: ImportOptions) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ImportFailure(f"{src}: conversion failed: {exc}") from None
     shutil.rmtree(tmp, ignore_errors=True)
-    notes = []
+    notes = [f"{t}: frame {f} has no transform to base_link; the node would drop its scans"
+             for t, f in sorted(unlinked.items())]
     if opts.lidar_topic not in clouds:
         notes.append(f"LiDAR topic(s) {clouds}: set topics.lidar to one of them in the configuration")
     return {"bag": str(out), "pointcloud_topics": clouds, "notes": notes}
