@@ -177,3 +177,28 @@ def test_policy_invariants_on_random_streams(steps):
         if dt_ns <= 0:  # time not moving forward is always a full reset (never a dt <= 0 step)
             assert d.full
     assert p.counts[rp.ROUTE_START] == 1  # only the very first frame is a route start
+
+
+def test_frames_skipped_while_busy_are_no_gap_or_dropout():
+    """Issue 19: a node slower than its LiDAR skips frames; the skipped span is not a hole in the
+    stream, so it resets nothing, and dt is the real interval between the processed frames."""
+    cfg = ResetConfig(max_time_gap_s=0.3, sensor_dropout_s=0.3)
+    p = rp.ResetPolicy(cfg)
+    _drive(p, 2)
+    last = S + DT
+    processed = last + 8 * DT  # 0.8 s later; the 7 frames between arrived but were skipped
+    pose = se2_matrix(10.0 * (processed - S) / S, 0, 0)
+    skipped = tuple(last + k * DT for k in range(1, 8))
+    d = p.decide(processed, pose, skipped_ns=skipped)
+    assert not d.full and d.reasons == [] and d.dt_s == pytest.approx(0.8)
+    assert d.T_prev_cur[0, 3] == pytest.approx(8.0)
+    # The same interval without the skipped frames is a real hole: gap and dropout.
+    q = rp.ResetPolicy(cfg)
+    _drive(q, 2)
+    d = q.decide(processed, pose)
+    assert d.full and {rp.TIME_GAP, rp.SENSOR_DROPOUT} <= set(d.reasons)
+    # A hole among the skipped frames still counts: 0.5 s with no frame at all.
+    r = rp.ResetPolicy(cfg)
+    _drive(r, 2)
+    d = r.decide(processed, pose, skipped_ns=(last + DT, last + 2 * DT, last + 7 * DT))
+    assert d.full and rp.TIME_GAP in d.reasons and "0.500 s" in d.details[0]

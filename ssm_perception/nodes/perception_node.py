@@ -578,8 +578,9 @@ class PerceptionNode(Node):
         return T_base_lidar, T_odom_base
 
     def overloaded(self) -> bool:
-        """True while the recent processing time per frame exceeds the recent LiDAR arrival interval."""
-        if len(self._proc_s) < 2 or len(self._arrival_wall) < 3:
+        """True while the recent processing time per frame exceeds the recent LiDAR arrival interval
+        (medians: the first frame's lazy initialisation alone does not count as overload)."""
+        if len(self._proc_s) < 3 or len(self._arrival_wall) < 3:
             return False
         return float(np.median(self._proc_s)) > float(np.median(np.diff(self._arrival_wall)))
 
@@ -643,7 +644,8 @@ class PerceptionNode(Node):
             except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame can throw
                 self.flag("frame_error", f"frame at {frame.stamp * 1e-9:.3f} s failed: {type(exc).__name__}: {exc}")
             finally:
-                self._proc_s.append(time.monotonic() - t0)
+                if self.frames_processed > 1:  # the first frame includes lazy initialisation
+                    self._proc_s.append(time.monotonic() - t0)
 
     def process_lidar(self, frame: _Frame, skipped: tuple[int, ...] = ()) -> None:
         with self._lock:  # TF and the latest radar/camera are written by the callbacks
