@@ -58,6 +58,7 @@ from ssm_perception.temporal.health import (
 from ssm_perception.temporal.reset_policy import ResetDecision, ResetPolicy
 from ssm_perception.temporal.shift import ShiftDetector, ShiftReport
 from ssm_perception.temporal.warp import is_cell_rows
+from ssm_perception.threads import configure_threads
 from ssm_perception.tracking.detections import (
     Detection,
     detections_from_table,
@@ -227,8 +228,7 @@ class PerceptionPipeline:
     def __init__(self, config: PerceptionConfig | None = None, model: BevPerceptionModel | None = None):
         self.config = config or PerceptionConfig()
         self.config.check_environment()  # device present, backend runnable (ConfigError naming the field)
-        if self.config.model.cpu_threads > 0:
-            torch.set_num_threads(self.config.model.cpu_threads)
+        self.threads = configure_threads(self.config.model.cpu_threads)  # the one place (threads.py)
         if model is None:
             model, self.model_info = resolve_model(self.config)
         else:

@@ -244,3 +244,25 @@ def test_graph_step_buffers_resets_and_motion_match_the_eager_pipeline(monkeypat
                [(d.cls, round(d.x, 3), round(d.y, 3)) for d in b.detections_base]
     assert graphed._graph is not None and graphed._graph.replays == len(inputs)
     assert saw["full"] >= 2 and saw["partial"] >= 1 and saw["dets"] > 0, saw  # what the buffers must survive
+
+
+# ------------------------------------------------------------------------- the GPU script, on the CPU
+def test_gpu_realtime_check_runs_on_the_cpu(tmp_path):
+    """scripts/gpu_realtime_check.py end to end with --device cpu (tiny): the JSON the lead reads on
+    the GPU machine has its per-stage figures, the machine, and the parity block."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_realtime_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_realtime_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "rt.json"
+    assert mod.main(["--device", "cpu", "--cells", "16", "--frames", "2", "--warmup", "0", "--parity-frames", "1",
+                     "-o", str(out)]) == 0
+    r = json.loads(out.read_text())
+    cfg = r["configs"]["mamba[reference] eager"]
+    assert cfg["full_step"]["n"] == 2 and cfg["stages"]["temporal"]["n"] == 2 and cfg["stages"]["msg_encode"]["n"] == 2
+    assert "not CUDA" in r["parity"]["device_graph_status"] and r["parity"]["encoder_ok"]
+    assert r["env"]["machine"] and r["target_met"] is False  # no GPU figure is ever claimed from a CPU run
