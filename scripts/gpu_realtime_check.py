@@ -98,7 +98,12 @@ def parity(args, device, t_end: float) -> dict:
     import numpy as np
     import torch
 
-    from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
+    from ssm_perception.bev.features import (
+        CameraFrame,
+        LidarScan,
+        RadarScan,
+        encode_frame,
+    )
     from ssm_perception.bev.grid import BevGrid
     from ssm_perception.config import GridConfig, PerceptionConfig
     from ssm_perception.pipeline import FrameInputs, PerceptionPipeline
