@@ -15,7 +15,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["checkpoints/*.safetensors", "checkpoints/*.json", "checkpoints/*.md"]},
+    package_data={PACKAGE: ["checkpoints/*.safetensors", "checkpoints/*.json", "checkpoints/*.md",
+                            "temporal/fused_launch.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

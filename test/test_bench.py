@@ -209,7 +209,7 @@ def test_gpu_sweep_config_list():
 def test_gpu_sweep_arguments_and_output_path(monkeypatch, capsys):
     sw = _sweep_module()
     a = sw.parse_args([])
-    assert (a.size, a.device, a.iters, a.budget_s, a.max_configs) == (200, "cuda", 100, 140.0, 0)
+    assert (a.size, a.device, a.iters, a.budget_s, a.max_configs) == (200, "cuda", 100, 100.0, 0)
     for bad in (["--size", "1"], ["--iters", "0"], ["--budget-s", "0"], ["--device", "tpu"], ["--tol", "-1"]):
         with pytest.raises(SystemExit):
             sw.parse_args(bad)

@@ -266,3 +266,39 @@ def test_gpu_realtime_check_runs_on_the_cpu(tmp_path):
     assert cfg["full_step"]["n"] == 2 and cfg["stages"]["temporal"]["n"] == 2 and cfg["stages"]["msg_encode"]["n"] == 2
     assert "not CUDA" in r["parity"]["device_graph_status"] and r["parity"]["encoder_ok"]
     assert r["env"]["machine"] and r["target_met"] is False  # no GPU figure is ever claimed from a CPU run
+
+
+# ------------------------------------------------------------------------- per-GPU launch of the fused kernel
+def test_fused_launch_table_lookup_and_sweep_merge(monkeypatch, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from ssm_perception.temporal import fused_step
+
+    table = fused_step.launch_table()
+    assert "NVIDIA H100" in table
+    for entry in table.values():
+        assert set(entry["config"]) <= set(fused_step.LAUNCH_KEYS) and {"BLOCK", "P_PER"} <= set(entry["config"])
+    monkeypatch.setattr(fused_step, "_device_launch", {})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "NVIDIA H100 80GB HBM3")
+    name, cfg = fused_step.device_launch(torch.device("cuda", 0))
+    assert name.startswith("NVIDIA H100") and cfg == table["NVIDIA H100"]["config"]
+    monkeypatch.setattr(fused_step, "_device_launch", {})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "NVIDIA H200")
+    assert fused_step.device_launch(torch.device("cuda", 0)) == ("NVIDIA H200", None)  # not measured: autotune
+    monkeypatch.setattr(fused_step, "_device_launch", {})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda idx=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("SSM_PERCEPTION_FUSED_AUTOTUNE", "1")
+    assert fused_step.device_launch(torch.device("cuda", 0))[1] is None
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_fused_sweep", Path(__file__).resolve().parents[1] / "scripts" / "gpu_fused_sweep.py")
+    sw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sw)
+    best = {"config": {"BLOCK": 1024, "P_PER": 2, "num_warps": 8}, "p50_ms": 0.07, "ratio_to_bound": 1.9}
+    merged = sw.write_table({"best": best, "env": {"device": "NVIDIA H200"}, "configs": [best] * 3,
+                             "meta": {"size": 200}}, tmp_path / "fused_launch.json")
+    on_disk = json.loads((tmp_path / "fused_launch.json").read_text())
+    assert on_disk == merged and on_disk["devices"]["NVIDIA H200"]["config"] == best["config"]
+    assert on_disk["devices"]["NVIDIA H100"] == table["NVIDIA H100"]  # the other GPUs' entries are kept
