@@ -178,37 +178,68 @@ def select_detections(dets: list[Detection], cfg: TrackingConfig) -> list[Detect
     compatible classes (car/truck). Works in any planar frame (distances are frame-invariant) and
     keeps the input order of the survivors. Written here: a dozen lines over a short list of boxes.
     """
-    kept: list[Detection] = []
-    for d in sorted(dets, key=lambda d: -d.score if math.isfinite(d.score) else math.inf):
-        if not d.is_finite() or min(d.length, d.width, d.height) <= 0.0:
-            continue
-        if d.score < cfg.score_threshold.of(d.cls, cfg.detection_threshold):
-            continue
-        if math.isfinite(d.evidence) and d.evidence < cfg.min_evidence:
-            continue
-        r = cfg.nms_radius_m.of(d.cls, 0.0)
-        if any(classes_compatible(d.cls, k.cls)
-               and math.hypot(d.x - k.x, d.y - k.y) < max(r, cfg.nms_radius_m.of(k.cls, 0.0)) for k in kept):
-            continue
-        kept.append(d)
-    keep = {id(d) for d in kept}
-    return [d for d in dets if id(d) in keep]
+    keep = _select_mask(_selection_arrays(dets), _thresholds(cfg.score_threshold, cfg.detection_threshold), cfg)
+    return [d for d, k in zip(dets, keep, strict=True) if k]
+
+
+def _thresholds(per_class, default: float) -> np.ndarray:
+    """Per class id 0..NUM_OBJECT_CLASSES: the PerClass value, ``default`` for class 0."""
+    return np.array([per_class.of(c, default) for c in range(NUM_OBJECT_CLASSES + 1)])
+
+
+def _selection_arrays(dets: list[Detection]) -> dict[str, np.ndarray]:
+    a = np.array([(d.x, d.y, d.yaw, d.length, d.width, d.height, d.score, d.evidence) for d in dets],
+                 dtype=np.float64).reshape(len(dets), 8)
+    return {"a": a, "cls": np.array([d.cls for d in dets], np.int64).reshape(len(dets))}
+
+
+def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfig) -> np.ndarray:
+    """The selection of ``select_detections`` as a boolean mask over the detections, in numpy: the
+    candidates by masks, then the greedy circle NMS over a precomputed conflict matrix (one pass in
+    score order; a kept detection blocks its conflicts)."""
+    a, cls = arr["a"], arr["cls"]
+    n = a.shape[0]
+    keep = np.zeros(n, bool)
+    if n == 0:
+        return keep
+    known = (cls >= 0) & (cls <= NUM_OBJECT_CLASSES)
+    c = np.where(known, cls, 0)
+    score, evidence = a[:, 6], a[:, 7]
+    with np.errstate(invalid="ignore"):
+        cand = np.isfinite(a[:, :7]).all(1) & (a[:, 3:6].min(1) > 0.0)
+        cand &= score >= np.where(known, thr[c], cfg.detection_threshold)
+        cand &= ~(np.isfinite(evidence) & (evidence < cfg.min_evidence))
+    idx = np.flatnonzero(cand)
+    if idx.size == 0:
+        return keep
+    radius = _thresholds(cfg.nms_radius_m, 0.0)
+    r = np.where(known[idx], radius[c[idx]], 0.0)
+    ci = cls[idx]
+    veh = np.isin(ci, VEHICLES)
+    compatible = (ci[:, None] == ci[None, :]) | (veh[:, None] & veh[None, :])
+    dist = np.hypot(a[idx, 0][:, None] - a[idx, 0][None, :], a[idx, 1][:, None] - a[idx, 1][None, :])
+    conflict = compatible & (dist < np.maximum(r[:, None], r[None, :]))
+    blocked = np.zeros(idx.size, bool)
+    for i in np.argsort(-score[idx], kind="stable").tolist():  # best first, ties in input order
+        if not blocked[i]:
+            keep[idx[i]] = True
+            blocked |= conflict[i]
+    return keep
 
 
 def select_two_stage(dets: list[Detection], cfg: TrackingConfig) -> tuple[list[Detection], list[Detection]]:
     """(strong, weak): ``select_detections`` as configured, and for the tracker's second association
     stage the detections that the same selection keeps at ``low_score_threshold`` but that are not
     strong (weak is empty when the stage is off). A strong detection suppresses weak ones near it."""
-    strong = select_detections(dets, cfg)
+    arr = _selection_arrays(dets)
+    thr = _thresholds(cfg.score_threshold, cfg.detection_threshold)
+    strong = _select_mask(arr, thr, cfg)
     low = cfg.low_score_threshold
     if low <= 0.0:
-        return strong, []
-    th = cfg.score_threshold
-    floor = {c: min(low, getattr(th, c)) for c in type(th).model_fields}
-    weak_cfg = cfg.model_copy(update={"score_threshold": th.model_copy(update=floor),
-                                      "detection_threshold": min(low, cfg.detection_threshold)})
-    strong_ids = {id(d) for d in strong}
-    return strong, [d for d in select_detections(dets, weak_cfg) if id(d) not in strong_ids]
+        return [d for d, k in zip(dets, strong, strict=True) if k], []
+    weak_cfg = cfg.model_copy(update={"detection_threshold": min(low, cfg.detection_threshold)})
+    weak = _select_mask(arr, np.minimum(thr, low), weak_cfg) & ~strong
+    return ([d for d, k in zip(dets, strong, strict=True) if k], [d for d, k in zip(dets, weak, strict=True) if k])
 
 
 def refine_with_radar(

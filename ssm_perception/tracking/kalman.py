@@ -308,3 +308,157 @@ def make_filter(kind: Literal["cv", "ctrv"], z: np.ndarray, R: np.ndarray, noise
     if kind == "ctrv":
         return CTRVEKF.from_measurement(z, R, noise)
     raise ValueError(f"unknown motion model {kind!r} (expected 'cv' or 'ctrv')")
+
+
+# ---------------------------------------------------------------------------------------- batched
+# The same filters over many tracks at once (the tracker keeps its tracks as arrays: tracker.py).
+# Each function is the per-track method above, written over a leading track axis, so a bank of
+# tracks follows exactly the equations of BoxEKF (checked against it in the tests); ``ctrv`` [T]
+# bool says which rows are CTRV (the others are CV).
+_CV_H = np.zeros((MEAS_DIM, 5))
+_CV_H[0, 0] = _CV_H[1, 1] = _CV_H[2, 4] = _CV_H[3, 2] = _CV_H[4, 3] = 1.0
+_CV_MEAS_ORDER = [0, 1, 4, 2, 3]  # h(x) of CV: [x, y, yaw, vx, vy]
+
+
+def _wrap_array(a: np.ndarray) -> np.ndarray:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+def yaw_index(ctrv: np.ndarray) -> np.ndarray:
+    return np.where(ctrv, CTRVEKF._yaw_idx, ConstantVelocityEKF._yaw_idx)
+
+
+def batch_h(x: np.ndarray, ctrv: np.ndarray) -> np.ndarray:
+    """[T, 5] states -> [T, 5] predicted measurements [x, y, yaw, vx, vy]."""
+    out = x[:, _CV_MEAS_ORDER].copy()
+    if ctrv.any():
+        yaw, v = x[ctrv, 2], x[ctrv, 3]
+        out[ctrv] = np.stack([x[ctrv, 0], x[ctrv, 1], yaw, v * np.cos(yaw), v * np.sin(yaw)], 1)
+    return out
+
+
+def batch_H(x: np.ndarray, ctrv: np.ndarray) -> np.ndarray:
+    """[T, 5] states -> [T, 5, 5] measurement Jacobians."""
+    H = np.broadcast_to(_CV_H, (x.shape[0], MEAS_DIM, 5)).copy()
+    if ctrv.any():
+        yaw, v = x[ctrv, 2], x[ctrv, 3]
+        Hc = np.zeros((int(ctrv.sum()), MEAS_DIM, 5))
+        Hc[:, 0, 0] = Hc[:, 1, 1] = Hc[:, 2, 2] = 1.0
+        Hc[:, 3, 2], Hc[:, 3, 3] = -v * np.sin(yaw), np.cos(yaw)
+        Hc[:, 4, 2], Hc[:, 4, 3] = v * np.cos(yaw), np.sin(yaw)
+        H[ctrv] = Hc
+    return H
+
+
+def _ctrv_predict(x: np.ndarray, dt: np.ndarray, accel: np.ndarray, yaw_accel: np.ndarray):
+    """CTRV rows: (new x [N, 5], F [N, 5, 5], Q [N, 5, 5]) as CTRVEKF._f/_F/_Q (Q at the new state)."""
+    px, py, yaw, v, w = x.T
+    n = x.shape[0]
+    turning = np.abs(w) > CTRVEKF._EPS_W
+    ws = np.where(turning, w, 1.0)
+    s0, c0 = np.sin(yaw), np.cos(yaw)
+    s1, c1 = np.sin(yaw + w * dt), np.cos(yaw + w * dt)
+    nx = np.empty_like(x)
+    nx[:, 0] = np.where(turning, px + v / ws * (s1 - s0), px + v * dt * c0 - 0.5 * v * w * dt**2 * s0)
+    nx[:, 1] = np.where(turning, py + v / ws * (c0 - c1), py + v * dt * s0 + 0.5 * v * w * dt**2 * c0)
+    nx[:, 2] = yaw + w * dt
+    nx[:, 3] = v
+    nx[:, 4] = w
+    F = np.broadcast_to(np.eye(5), (n, 5, 5)).copy()
+    F[:, 2, 4] = dt
+    F[:, 0, 2] = np.where(turning, v / ws * (c1 - c0), -v * dt * s0 - 0.5 * v * w * dt**2 * c0)
+    F[:, 0, 3] = np.where(turning, (s1 - s0) / ws, dt * c0 - 0.5 * w * dt**2 * s0)
+    F[:, 0, 4] = np.where(turning, v / ws**2 * (s0 - s1) + v * dt * c1 / ws, -0.5 * v * dt**2 * s0)
+    F[:, 1, 2] = np.where(turning, v / ws * (s1 - s0), v * dt * c0 - 0.5 * v * w * dt**2 * s0)
+    F[:, 1, 3] = np.where(turning, (c0 - c1) / ws, dt * s0 + 0.5 * w * dt**2 * c0)
+    F[:, 1, 4] = np.where(turning, v / ws**2 * (c1 - c0) + v * dt * s1 / ws, 0.5 * v * dt**2 * c0)
+    nx[:, 2] = _wrap_array(nx[:, 2])
+    yq = nx[:, 2]  # Q is evaluated at the predicted state, as in BoxEKF.predict
+    G = np.zeros((n, 5, 2))
+    G[:, 0, 0] = 0.5 * dt**2 * np.cos(yq)
+    G[:, 1, 0] = 0.5 * dt**2 * np.sin(yq)
+    G[:, 2, 1] = 0.5 * dt**2
+    G[:, 3, 0] = dt
+    G[:, 4, 1] = dt
+    q = np.zeros((n, 2, 2))
+    q[:, 0, 0], q[:, 1, 1] = accel**2, yaw_accel**2
+    Q = G @ q @ G.transpose(0, 2, 1)
+    lat = 0.5 * dt**2 * accel * 0.3
+    Q[:, 0, 0] += (lat * np.sin(yq)) ** 2
+    Q[:, 1, 1] += (lat * np.cos(yq)) ** 2
+    return nx, F, Q
+
+
+def _cv_predict(x: np.ndarray, dt: np.ndarray, accel: np.ndarray, yaw_accel: np.ndarray):
+    n = x.shape[0]
+    nx = x.copy()
+    nx[:, 0] = x[:, 0] + x[:, 2] * dt
+    nx[:, 1] = x[:, 1] + x[:, 3] * dt
+    nx[:, 4] = _wrap_array(x[:, 4])
+    F = np.broadcast_to(np.eye(5), (n, 5, 5)).copy()
+    F[:, 0, 2] = F[:, 1, 3] = dt
+    q = accel**2
+    Q = np.zeros((n, 5, 5))
+    for p, v in ((0, 2), (1, 3)):
+        Q[:, p, p] = dt**4 / 4 * q
+        Q[:, p, v] = Q[:, v, p] = dt**3 / 2 * q
+        Q[:, v, v] = dt**2 * q
+    Q[:, 4, 4] = yaw_accel**2 * dt
+    return nx, F, Q
+
+
+def batch_predict(x: np.ndarray, P: np.ndarray, ctrv: np.ndarray, dt: float, accel: np.ndarray,
+                  yaw_accel: np.ndarray, max_dt: np.ndarray, max_pos_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BoxEKF.predict for every row (same dt; nothing changes for dt <= 0 or non-finite)."""
+    if x.shape[0] == 0 or not math.isfinite(dt) or dt <= 0.0:
+        return x, P
+    d = np.minimum(dt, max_dt)
+    nx, F, Q = np.empty_like(x), np.empty_like(P), np.empty_like(P)
+    for rows, fn in ((ctrv, _ctrv_predict), (~ctrv, _cv_predict)):
+        if rows.any():
+            nx[rows], F[rows], Q[rows] = fn(x[rows], d[rows], accel[rows], yaw_accel[rows])
+    P = F @ P @ F.transpose(0, 2, 1) + Q
+    return nx, cap_covariance(P, max_pos_std)
+
+
+def cap_covariance(P: np.ndarray, max_pos_std: np.ndarray) -> np.ndarray:
+    """BoxEKF._cap_covariance for every row (the position block of both models is rows 0 and 1)."""
+    P = 0.5 * (P + P.transpose(0, 2, 1))
+    var = P[:, [0, 1], [0, 1]]  # [T, 2]
+    limit = (max_pos_std**2)[:, None]
+    over = var > limit
+    if over.any():
+        scale = np.ones((P.shape[0], 5))
+        scale[:, :2] = np.where(over, np.sqrt(limit / np.where(over, var, 1.0)), 1.0)
+        P = P * (scale[:, :, None] * scale[:, None, :])
+    return P
+
+
+def batch_update(x: np.ndarray, P: np.ndarray, ctrv: np.ndarray, z: np.ndarray, R: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """BoxEKF.update for every row with its own measurement z [T, 5] (NaN components skipped) and
+    R [T, 5, 5]: rows are grouped by which components they have, each group solved at once."""
+    x, P = x.copy(), P.copy()
+    use_all = np.isfinite(z)
+    keys = np.packbits(use_all, axis=1)[:, 0]
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        idx = np.flatnonzero(use_all[rows[0]])
+        if idx.size == 0:
+            continue
+        xr, Pr, cr = x[rows], P[rows], ctrv[rows]
+        H = batch_H(xr, cr)[:, idx]  # [G, m, 5]
+        y = z[rows][:, idx] - batch_h(xr, cr)[:, idx]
+        yaw_pos = np.flatnonzero(idx == IDX_YAW_MEAS)
+        y[:, yaw_pos] = fold_yaw(y[:, yaw_pos])
+        Rs = R[rows][:, idx][:, :, idx]
+        HP = H @ Pr
+        S = HP @ H.transpose(0, 2, 1) + Rs
+        K = np.linalg.solve(S, HP).transpose(0, 2, 1)  # P H^T S^-1 (S symmetric)
+        xr = xr + (K @ y[:, :, None])[:, :, 0]
+        yi = yaw_index(cr)
+        xr[np.arange(len(rows)), yi] = _wrap_array(xr[np.arange(len(rows)), yi])
+        IKH = np.eye(5) - K @ H
+        Pr = IKH @ Pr @ IKH.transpose(0, 2, 1) + K @ Rs @ K.transpose(0, 2, 1)
+        x[rows], P[rows] = xr, 0.5 * (Pr + Pr.transpose(0, 2, 1))
+    return x, P
