@@ -28,7 +28,8 @@ CONFIGS = {"defaults": TrackingConfig(), "two_stage_3hits": TrackingConfig(low_s
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_same_tracks_as_the_per_track_tracker(name):
-    ref = json.loads(gzip.open(REFERENCE, "rt").read())[name]
+    with gzip.open(REFERENCE, "rt") as f:
+        ref = json.load(f)[name]
     trk = MultiObjectTracker(CONFIGS[name])
     frames = sequence()
     assert len(frames) == len(ref)
@@ -58,7 +59,7 @@ def test_batched_predict_and_update_equal_boxekf():
     x, P = _random_states(n, 1)
     ctrv = np.arange(n) % 2 == 0
     noise = MotionNoise(accel_std=3.0, yaw_accel_std=1.0)
-    cols = lambda v: np.full(n, v)  # noqa: E731
+    cols = lambda v: np.full(n, v)
     xb, Pb = batch_predict(x, P, ctrv, 0.13, cols(noise.accel_std), cols(noise.yaw_accel_std), cols(noise.max_dt),
                            cols(noise.max_pos_std))
     rng = np.random.default_rng(2)
