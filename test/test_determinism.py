@@ -1,7 +1,7 @@
 """Issue 16 item 6: the same bag gives bit-identical grids and tracks, every time.
 
 Offline: the pipeline over `decode_bag` twice, the second time in a fresh process with another
-hash seed (string-keyed set/dict order) and another torch thread count request. Over DDS: two fresh
+hash seed (string-keyed set/dict order) and another OpenMP thread count. Over DDS: two fresh
 node processes, each fed the bag by `ssm-perception replay` in lockstep; every published grid and
 track array is bit-identical between them, and equal to what the offline path encodes for the same
 frames (io.ros_convert.frame_messages), so what is evaluated offline is what the node publishes.
@@ -29,10 +29,10 @@ from ros_helpers import (
 from ssm_perception.config import PerceptionConfig
 
 pytestmark = pytest.mark.ros
-DURATION_S = 2.0
+DURATION_S = 1.2
 
 
-def test_config() -> PerceptionConfig:
+def node_config() -> PerceptionConfig:
     flat = PerceptionConfig().to_ros_parameters()
     flat.update(TEST_OVERRIDES)
     return PerceptionConfig.from_ros_parameters(flat)
@@ -44,15 +44,19 @@ def offline_outputs(bag: str) -> list[dict]:
     from ssm_perception.io.ros_convert import frame_messages
     from ssm_perception.pipeline import PerceptionPipeline
 
-    cfg = test_config()
+    cfg = node_config()
     decoded = decode_bag(bag, cfg, topic_roles(cfg.topics), progress=False)
     pipe = PerceptionPipeline(cfg)
     out = []
     for inp in decoded.frames:
-        grid, tracks, _ = frame_messages(pipe.process(inp), cfg)
-        out.append({"stamp": inp.stamp_ns, "grid": bytes(np.asarray(grid.data, np.int8).tobytes()).hex(),
+        grid, observation, tracks, _ = frame_messages(pipe.process(inp), cfg)
+        out.append({"stamp": inp.stamp_ns, "grid": _hex(grid), "observation": _hex(observation),
                     "tracks": track_numbers(tracks)})
     return out
+
+
+def _hex(grid_msg) -> str:
+    return np.asarray(grid_msg.data, np.int8).tobytes().hex()
 
 
 def track_numbers(msg) -> list:
@@ -78,9 +82,7 @@ def bag(tmp_path_factory):
 
 def test_offline_replay_is_bit_identical_across_processes(bag, tmp_path):
     first = offline_outputs(str(bag))
-    assert len(first) >= 15 and any(f["tracks"] for f in first)  # a non-trivial run
-    again = offline_outputs(str(bag))
-    assert again == first
+    assert len(first) >= 12 and any(f["tracks"] for f in first)  # a non-trivial run
     code = ("import json, sys; sys.path.insert(0, 'test'); import test_determinism as t; "
             f"print(json.dumps(t.offline_outputs({str(bag)!r})))")
     env = dict(os.environ, PYTHONHASHSEED="12345", OMP_NUM_THREADS="1")
@@ -101,14 +103,17 @@ def _node_run(bag, tmp_path, name: str) -> list[dict]:
     listener = Listener(f"determinism_{name}")
     listener.subscribe("/perception/occupancy_grid", OccupancyGrid, qos)
     listener.subscribe("/perception/tracks", TrackArray, qos)
+    listener.subscribe("/perception/observation", OccupancyGrid, qos)
     node = start_node(run_dir)
     try:
         replay = start_replay(bag, run_dir / "replay.log", lockstep_timeout_s=10.0)
         assert replay.wait(120) == 0, replay.output()
         n = int(DURATION_S * 10) + 1
         wait_for(lambda: len(listener.get("/perception/tracks")) >= n, 20, "every frame's tracks", node)
+        wait_for(lambda: len(listener.get("/perception/observation")) >= n, 20, "every frame's observation", node)
         grids = listener.get("/perception/occupancy_grid")
         tracks = listener.get("/perception/tracks")
+        observations = listener.get("/perception/observation")
     finally:
         rc = node.stop()
         listener.close()
@@ -118,7 +123,8 @@ def _node_run(bag, tmp_path, name: str) -> list[dict]:
         return stamp.sec * 1_000_000_000 + stamp.nanosec
 
     by_stamp = {ns(t.header.stamp): track_numbers(t) for t in tracks}
-    return [{"stamp": ns(g.header.stamp), "grid": bytes(np.asarray(g.data, np.int8).tobytes()).hex(),
+    obs = {ns(o.header.stamp): _hex(o) for o in observations}
+    return [{"stamp": ns(g.header.stamp), "grid": _hex(g), "observation": obs.get(ns(g.header.stamp)),
              "tracks": by_stamp.get(ns(g.header.stamp))} for g in grids]
 
 
