@@ -3,8 +3,9 @@
 The node, `evaluate`'s bag decoding, the simulator's frames (`FrameInputs.from_sim`), the trainer
 and the bench all build their frames here, so what is measured offline is what runs:
 
-* pairing: the latest radar scan and camera image within ``sensors.radar_tolerance_s`` /
-  ``camera_tolerance_s`` of the LiDAR stamp (either side), camera only with a CameraInfo;
+* pairing: of the recent radar scans and camera images, the one whose stamp is nearest the LiDAR
+  stamp within ``sensors.radar_tolerance_s`` / ``camera_tolerance_s`` (either side), camera only with
+  a CameraInfo. By stamp, not by arrival: replays pair the same messages every time;
 * TF: base_link <- sensor mounts and odom -> base_link through the project's `TfBuffer`
   (``sensors.tf_extrapolation_limit_s``); map -> odom when known;
 * ego twist (vx, vy, yaw_rate of base_link in base_link), once per frame, from the odom motion since
@@ -26,6 +27,7 @@ out of the frame.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +107,29 @@ def radar_over_ground(points: np.ndarray, T_base_radar: np.ndarray, twist) -> np
 
 
 # -------------------------------------------------------------------------------------- assembler
+HISTORY = 8  # messages kept per sensor for pairing (radar/camera at <= 20 Hz: 0.4 s and more)
+HISTORY_RESET_NS = 5 * NS  # a message this much older than the newest one means time went back
+
+
+def nearest(messages, stamp_ns: int, tolerance_s: float) -> Stamped | None:
+    """The message whose stamp is nearest the LiDAR stamp, within the tolerance (either side; a tie
+    goes to the older one), or None. By stamp only: the order in which messages arrived (callbacks of
+    different topics, DDS delivery) does not change the pairing."""
+    if isinstance(messages, Stamped):
+        messages = (messages,)
+    best = None
+    for m in messages or ():
+        d = abs(int(m.stamp_ns) - int(stamp_ns))
+        if d <= tolerance_s * NS and (best is None or d < best[0] or (d == best[0] and m.stamp_ns < best[1].stamp_ns)):
+            best = (d, m)
+    return None if best is None else best[1]
+
+
+def _union(a, b) -> tuple:
+    seen = {id(m) for m in b}
+    return tuple(m for m in a if id(m) not in seen) + tuple(b)
+
+
 class FrameAssembler:
     """Pairs, looks up TF, compensates: see the module doc. One instance per stream of LiDAR frames
     (it keeps the previous pose for the twist); ``assemble`` in stamp order."""
@@ -114,20 +139,54 @@ class FrameAssembler:
         self.config = config
         self.tf = tf if tf is not None else TfBuffer(s.tf_cache_s)
         self.limit_ns = int(s.tf_extrapolation_limit_s * NS)
-        self.radar: Stamped | None = None  # latest decoded messages (callers store them here)
-        self.image: Stamped | None = None
+        # Recent decoded messages per sensor (callers assign ``radar`` / ``image``; each assignment
+        # appends). Pairing picks by stamp among them, so it does not depend on which callback ran first.
+        self._history: dict[str, deque] = {"radar": deque(maxlen=HISTORY), "image": deque(maxlen=HISTORY)}
         self.camera_info = None  # io.ros_convert.CameraModel (needs .K)
         self.zone: str | None = None
         self._prev: tuple[int, np.ndarray] | None = None  # (stamp, T_odom_base) of the last frame
+
+    @property
+    def radar(self) -> Stamped | None:
+        """The newest radar scan received (assigning one adds it to the history)."""
+        return self._history["radar"][-1] if self._history["radar"] else None
+
+    @radar.setter
+    def radar(self, msg: Stamped | None) -> None:
+        self._store("radar", msg)
+
+    @property
+    def image(self) -> Stamped | None:
+        """The newest camera image received (assigning one adds it to the history)."""
+        return self._history["image"][-1] if self._history["image"] else None
+
+    @image.setter
+    def image(self, msg: Stamped | None) -> None:
+        self._store("image", msg)
+
+    def _store(self, sensor: str, msg: Stamped | None) -> None:
+        hist = self._history[sensor]
+        if msg is None:
+            hist.clear()
+        elif hist and msg.stamp_ns < hist[-1].stamp_ns - HISTORY_RESET_NS:
+            hist.clear()  # time went back (bag loop): the old messages belong to another time line
+            hist.append(msg)
+        else:
+            hist.append(msg)
 
     def reset(self) -> None:
         """Forget the previous pose (time went back: the next frame has no twist)."""
         self._prev = None
 
-    def snapshot(self) -> tuple:
-        """(radar, image, camera_info, zone) as they are now, for `assemble` later (bag decoding
-        waits for TF before assembling)."""
-        return self.radar, self.image, self.camera_info, self.zone
+    def snapshot(self, keep: tuple | None = None) -> tuple:
+        """(radar messages, images, camera_info, zone) as they are now, for `assemble` later (bag
+        decoding pairs a LiDAR frame with what had been recorded before it, then waits for TF).
+        ``keep``: an earlier snapshot whose messages stay candidates (a frame that waited for TF
+        longer than the history reaches back)."""
+        radars, images = tuple(self._history["radar"]), tuple(self._history["image"])
+        if keep is not None:
+            radars, images = _union(keep[0], radars), _union(keep[1], images)
+        return radars, images, self.camera_info, self.zone
 
     def _lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
         return self.tf.lookup(target, source, stamp_ns, self.limit_ns)
@@ -138,7 +197,9 @@ class FrameAssembler:
         from ssm_perception.pipeline import FrameInputs
 
         fr, s = self.config.frames, self.config.sensors
-        radar, image, info, zone = snapshot if snapshot is not None else self.snapshot()
+        radars, images, info, zone = snapshot if snapshot is not None else self.snapshot()
+        radar = nearest(radars, stamp_ns, s.radar_tolerance_s)
+        image = nearest(images, stamp_ns, s.camera_tolerance_s)
         problems: list[tuple[str, str]] = []
         try:
             T_base_lidar = self._lookup(fr.base_link, lidar_frame, stamp_ns)
@@ -159,7 +220,7 @@ class FrameAssembler:
 
         inp = FrameInputs(stamp_ns=int(stamp_ns), T_odom_base=T_odom_base, lidar=lidar, T_base_lidar=T_base_lidar,
                           T_map_odom=T_map_odom, zone=zone, ego_twist=twist, lidar_frame=lidar_frame)
-        if s.use_radar and radar is not None and abs(radar.stamp_ns - stamp_ns) <= s.radar_tolerance_s * NS:
+        if s.use_radar and radar is not None:
             mount = self._mount_at_stamp("radar", radar, stamp_ns, T_odom_base, twist, problems)
             if mount is not None:
                 T_base_radar, T_base_radar_own = mount
@@ -168,8 +229,7 @@ class FrameAssembler:
                         and "radial_velocity" in pts.dtype.names:
                     pts = radar_over_ground(pts, T_base_radar_own, twist)
                 inp.radar, inp.T_base_radar, inp.radar_over_ground = pts, T_base_radar, twist is not None
-        if s.use_camera and image is not None and info is not None \
-                and abs(image.stamp_ns - stamp_ns) <= s.camera_tolerance_s * NS:
+        if s.use_camera and image is not None and info is not None:
             mount = self._mount_at_stamp("camera", image, stamp_ns, T_odom_base, twist, problems)
             if mount is not None:
                 inp.image, inp.K, inp.T_base_camera = image.data, info.K, mount[0]

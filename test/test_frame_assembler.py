@@ -164,3 +164,27 @@ def test_twist_motion_round_trip_and_radar_lever_arm():
     assert float(out["radial_velocity"][0]) == pytest.approx(0.0, abs=1e-5)
     assert float(pts["radial_velocity"][0]) == pytest.approx(-1.4)  # the input is not modified
     assert math.isfinite(float(out["x"][0]))
+
+
+def test_pairing_is_by_stamp_not_by_arrival_order():
+    """Radar scans stored in either order (callbacks of different topics race) pair the same way."""
+    t_lidar = T0 + 1 * NS
+    stamps = [t_lidar - 180_000_000, t_lidar - 80_000_000, t_lidar + 30_000_000, t_lidar + 95_000_000]
+    picked = []
+    for order in (stamps, stamps[::-1], [stamps[2], stamps[0], stamps[3], stamps[1]]):
+        asm = FrameAssembler(PerceptionConfig(), drive())
+        for s in order:
+            asm.radar = Stamped(wall_radar(s), "radar_front", s)
+        assert asm.radar.stamp_ns == order[-1]  # `radar` is the newest stored
+        snap = asm.snapshot()
+        inp = asm.assemble(t_lidar, lidar_cloud(), "base_link", snap).inputs
+        picked.append(float(inp.radar["x"][0]))
+    assert picked[0] == picked[1] == picked[2] == pytest.approx(float(wall_radar(stamps[2])["x"][0]))
+    # nothing within the tolerance: no radar; an earlier snapshot's messages stay candidates
+    asm = FrameAssembler(PerceptionConfig(), drive())
+    asm.radar = Stamped(wall_radar(stamps[1]), "radar_front", stamps[1])
+    kept = asm.snapshot()
+    for k in range(10):  # the history moves on past the scan that matched
+        asm.radar = Stamped(wall_radar(t_lidar), "radar_front", t_lidar + (k + 3) * 100_000_000)
+    assert asm.assemble(t_lidar, lidar_cloud(), "base_link").inputs.radar is None
+    assert asm.assemble(t_lidar + 1, lidar_cloud(), "base_link", asm.snapshot(keep=kept)).inputs.radar is not None

@@ -652,7 +652,11 @@ class PerceptionNode(Node):
             if self._new_epoch:
                 self._new_epoch = False
                 self.assembler.reset()  # no twist across a backward jump of time
-            assembled = self.assembler.assemble(frame.stamp, frame.points, frame.msg.header.frame_id, frame.snapshot)
+            # Radar/camera as stored now (after the TF wait: every message published before this scan
+            # has been handled, whichever callback ran first) plus those kept at its arrival; the
+            # assembler pairs by stamp, so lockstep replays pair exactly as `evaluate` does.
+            snapshot = self.assembler.snapshot(keep=frame.snapshot)
+            assembled = self.assembler.assemble(frame.stamp, frame.points, frame.msg.header.frame_id, snapshot)
         for flag, text in assembled.problems:
             self.flag(flag, text)
         if assembled.inputs is None:  # its TF vanished since it was found ready (clock jump)
