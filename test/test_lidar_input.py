@@ -144,3 +144,23 @@ def test_intensity_modes(mode, expected):
     a["x"], a["intensity"] = 20.0, 0.3
     out = LidarInput(LidarInputConfig(intensity_mode=mode, intensity_scale=255.0))(a, np.eye(4))
     assert np.allclose(out["intensity"], expected) and "t" in out.dtype.names
+
+
+def test_training_features_use_the_same_normalisation():
+    """The trainer's encoder (train.dataset.SimFrameEncoder) applies the pipeline's LiDAR input step:
+    a simulated sensor with 0..1 intensity trains on the same intensity channel as a 0..255 one."""
+    from ssm_perception.bev.features import channel_index
+    from ssm_perception.train.dataset import SimFrameEncoder
+
+    cfg = PerceptionConfig(grid=GridConfig(length_x=40.0, length_y=40.0, resolution=0.5))
+    feats = {}
+    for full_scale in (255.0, 1.0):
+        sc = Scenario.from_preset("urban", seed=3, duration_s=0.5)
+        sc.config.lidar.intensity_max = full_scale
+        sc = Scenario(sc.config, grid=cfg.grid)
+        enc = SimFrameEncoder(cfg, sc.config)
+        fr = next(iter(sc.frames(with_others=False)))
+        feats[full_scale] = enc(fr)[channel_index("lidar_intensity")]
+    a, b = feats[255.0], feats[1.0]
+    assert a.max() > 2.0  # log(1 + intensity) of a 0..255 scale
+    assert np.abs(a - b).mean() < 0.05 * a[a > 0].mean()

@@ -121,7 +121,8 @@ def _objects_base_link(frame) -> np.ndarray:
 class SimFrameEncoder:
     """SimFrame -> BEV features [C, H, W] as the pipeline computes them: the frame assembler (pairing,
     motion compensation to the LiDAR stamp, ego twist from consecutive odom poses; FrameInputs.from_sim)
-    then the encoder the pipeline runs (bev.features.encode_frame). One instance per sequence."""
+    then the pipeline's LiDAR input step (bev.lidar_input) and encoder (bev.features.encode_frame).
+    One instance per sequence."""
 
     def __init__(self, cfg: PerceptionConfig, scenario_config):
         from ssm_perception.bev.grid import BevGrid
@@ -131,12 +132,20 @@ class SimFrameEncoder:
         self.scenario_config = scenario_config
         self.grid = BevGrid.from_config(cfg.grid)
         self.assembler = FrameAssembler(cfg)
+        # The pipeline's per-sensor LiDAR normalisation (intensity scale, fields, ego crop), so that
+        # randomised sensors train on what inference feeds the encoder; its mounting checks only
+        # report, so they are off here.
+        from ssm_perception.bev.lidar_input import LidarInput
+
+        self.lidar_input = LidarInput(cfg.lidar_input.model_copy(update={"mount_check": False}))
 
     def __call__(self, frame) -> np.ndarray:
         from ssm_perception.bev.features import encode_frame
         from ssm_perception.pipeline import FrameInputs
 
         inp = FrameInputs.from_sim(self.scenario_config, frame, self.assembler)
+        if inp.lidar is not None and inp.T_base_lidar is not None:
+            inp.lidar = self.lidar_input(inp.lidar, inp.T_base_lidar, inp.T_odom_base, inp.stamp_ns, inp.lidar_frame)
         lidar, radar, camera = inp.scans(self.cfg.sensors)
         return encode_frame(self.grid, lidar=lidar, radar=radar, camera=camera, ego_twist=inp.ego_twist).features.numpy()
 
