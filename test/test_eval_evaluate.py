@@ -117,6 +117,9 @@ def test_no_ground_truth_and_topic_mapping(bags):
     assert lo["latency_ms"]["total"]["n"] == m["bags"][0]["frames"] > 0
     assert lo["resets"]["count"] >= 1 and sum(lo["health"].values()) == m["bags"][0]["frames"]
     assert "No ground truth in foreign" in (out / "report.md").read_text()
+    # the LiDAR input checks (bev/lidar_input.py) reach metrics.json and the report
+    assert lo["lidar_input"]["foreign"]["intensity"]["level"] in ("OK", "WARN")
+    assert "## LiDAR input checks" in (out / "report.md").read_text()
     assert "model" in m["skipped_models"]  # no --model and nothing shipped for this tiny grid
 
 

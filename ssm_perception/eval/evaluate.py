@@ -42,6 +42,7 @@ scores the published grid, version 1 scored the raw probability, now ``occupancy
         recovery: [{bag, type, start_s, end_s, iou_before, iou_during, iou_after, recovery_s}]
         health: {OK: n, WARN: n, ERROR: n}; evidence_health: the rule check's levels, same form
         distribution_shifts: [{bag, t_s, message}]
+        lidar_input: {bag: {check: {level, message}}}  (intensity, time, ego_footprint, mounting, heading)
         per_bag: {bag name: {frames, iou_all, iou_static, iou_dynamic, iou_occluded, ece, raw_iou_all, raw_ece}}}}
 See eval/occupancy.py for the metric definitions (splits, threshold: occupied when P > 0.5, ECE).
 """
@@ -347,6 +348,7 @@ class BagRun:
     occupancy_raw: OccupancyMetrics | None = None  # the network's raw probability (secondary)
     evidence_levels: Counter = field(default_factory=Counter)  # rule-check level per frame
     shifts: list[dict] = field(default_factory=list)  # distribution shifts detected: t_s, message
+    lidar_input: dict = field(default_factory=dict)  # bev.lidar_input checks after the last frame: {name: (level, msg)}
 
 
 def _in_grid(objs, T_odom_base: np.ndarray, cfg: PerceptionConfig):
@@ -401,6 +403,7 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
             run.resets.append({"bag": bag.name, "t_s": rec["t_s"], "reasons": list(out.reset.reasons)})
         if out.shift is not None and out.shift.detected:
             run.shifts.append({"bag": bag.name, "t_s": rec["t_s"], "message": out.shift.message})
+        run.lidar_input = out.sensor_checks
         if out.evidence_report is not None:
             run.evidence_levels[("OK", "WARN", "ERROR")[int(out.evidence_report.level)]] += 1
         pub = published_grids(out, cfg.evidence)  # exactly what the node publishes
@@ -700,6 +703,8 @@ def _model_summary(spec: ModelSpec, info: dict, decoded: list[DecodedBag], bag_r
         "health": dict(health),
         "evidence_health": dict(sum((r.evidence_levels for r in bag_runs), Counter())),
         "distribution_shifts": [x for r in bag_runs for x in r.shifts],
+        "lidar_input": {r.bag: {k: {"level": ("OK", "WARN", "ERROR")[min(2, int(lv))], "message": msg}
+                                for k, (lv, msg) in sorted(r.lidar_input.items())} for r in bag_runs},
         "known_share": float(np.mean([f["known_share"] for r in bag_runs for f in r.per_frame])),
         "per_bag": per_bag,
     }

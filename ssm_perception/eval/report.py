@@ -409,6 +409,13 @@ def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Pat
         if shifts:
             lines += ["Distribution shifts detected: " + "; ".join(
                 f"{n} {x['bag']} t={x['t_s']:.1f} s ({x['message']})" for n, x in shifts), ""]
+    li = [(n, bag, k, c) for n, m in models.items() for bag, checks in (m.get("lidar_input") or {}).items()
+          for k, c in checks.items()]
+    if li:
+        lines += ["## LiDAR input checks", "", ("Per bag after its last frame (bev/lidar_input.py: intensity scale, "
+                  "fields, ego footprint, mounting against TF); the node reports the same in /diagnostics."), "",
+                  "| model | bag | check | level | message |", "|---|---|---|---|---|",
+                  *[f"| {n} | {bag} | {k} | {c['level']} | {c['message']} |" for n, bag, k, c in li], ""]
     lab = labels_table(models)
     if lab:
         lines += ["## Tracking against the label file", "",
