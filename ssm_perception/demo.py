@@ -1,7 +1,7 @@
 """`make demo`: the product end to end on this machine, over real DDS.
 
 1. simulate the embedded `demo` scenario (urban, a localization jump and a LiDAR dropout) to a bag;
-2. start the perception node (config/ssm_perception.yaml, sim time), a recorder and the replay as
+2. start the perception node (the CPU or GPU default parameter file, sim time), a recorder and the replay as
    separate processes on a random ROS_DOMAIN_ID;
 3. compare what the node published with the bag's ground truth and write out/demo/: report.md,
    metrics.json, PNG pictures (occupancy strip vs ground truth, tracks in odom, IoU over time with
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                          "slow the machine (latency then no longer reflects real time); --no-lockstep replays "
                          "in real time and counts the frames the node had to skip")
     ap.add_argument("--duration", type=float, default=None, help="scenario seconds (default: the preset's)")
-    ap.add_argument("--config", default="", help="node parameter file (default: config/ssm_perception.yaml)")
+    ap.add_argument("--config", default="", help="node parameter file (default: the CPU or GPU default file, ssm_perception/defaults.py)")
     args = ap.parse_args(argv)
 
     from ssm_perception.config import PerceptionConfig

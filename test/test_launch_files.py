@@ -41,8 +41,11 @@ def test_launch_file_starts_the_declared_executable_with_the_installed_config():
     # The default config is the installed share/ssm_perception/config/ssm_perception.yaml ...
     join = next(c for c in _calls(tree, "join") if any(isinstance(a, ast.Constant) and a.value == "config"
                                                         for a in c.args))
-    parts = [ast.literal_eval(a) for a in join.args[1:]]
-    assert parts == ["config", CONFIG.name]
+    assert ast.literal_eval(join.args[1]) == "config"
+    assert isinstance(join.args[2], ast.Call) and join.args[2].func.id == "default_config_name"  # CPU or GPU file
+    from ssm_perception.defaults import default_config_name
+
+    assert all((ROOT / "config" / default_config_name(g)).is_file() for g in (False, True))
     (share,) = _calls(tree, "get_package_share_directory")
     assert ast.literal_eval(share.args[0]) == "ssm_perception"
     # ... which setup.py installs there.

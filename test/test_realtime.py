@@ -3,15 +3,11 @@ the frame's single read-back, and the CUDA-graph step's buffer logic (run eagerl
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # the fused kernel on CPU (before triton is imported)
 
 from ssm_perception.bev.device import resolve_stats
 from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
@@ -215,6 +211,8 @@ def test_graph_step_buffers_resets_and_motion_match_the_eager_pipeline(monkeypat
     from ssm_perception.temporal import fused_step
 
     monkeypatch.setattr(fused_step, "fused_warp_step", _torch_fused_warp_step)
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # config check: backend 'fused' on the CPU (kernel stubbed above)
     grid_cfg, clip = _sim_inputs(seconds=0.5, size=20.0, scenario="urban", seed=5)
     # 18 frames from the 5-frame clip at 10 Hz: the LiDAR drops out for frames 4-7 (cells go stale:
     # a partial reset), and the pose jumps 9 m at frame 12 (a localization jump: a full reset)
@@ -302,3 +300,24 @@ def test_fused_launch_table_lookup_and_sweep_merge(monkeypatch, tmp_path):
     on_disk = json.loads((tmp_path / "fused_launch.json").read_text())
     assert on_disk == merged and on_disk["devices"]["NVIDIA H200"]["config"] == best["config"]
     assert on_disk["devices"]["NVIDIA H100"] == table["NVIDIA H100"]  # the other GPUs' entries are kept
+
+
+# ------------------------------------------------------------------------- CPU and GPU default files
+def test_cpu_and_gpu_default_files_differ_from_the_schema_only_where_intended():
+    from pathlib import Path
+
+    from ssm_perception.defaults import CPU_CONFIG, GPU_CONFIG, default_config_name
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    schema = PerceptionConfig().to_ros_parameters()
+    diffs = {}
+    for name in (CPU_CONFIG, GPU_CONFIG):
+        params = PerceptionConfig.from_yaml(root / name).to_ros_parameters()
+        diffs[name] = {k: params[k] for k in schema if params[k] != schema[k]}
+    assert diffs[CPU_CONFIG] == {"grid.length_x": 50.0, "grid.length_y": 50.0}
+    assert diffs[GPU_CONFIG] == {"model.backend": "fused", "model.device": "cuda"}
+    assert default_config_name(gpu=False) == CPU_CONFIG and default_config_name(gpu=True) == GPU_CONFIG
+    if not torch.cuda.is_available():
+        from ssm_perception.nodes.perception_node import default_config_path
+
+        assert default_config_path().name == CPU_CONFIG  # this machine has no GPU: the node starts on the CPU file

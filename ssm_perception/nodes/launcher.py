@@ -123,7 +123,7 @@ def run_launch(config: str, bag: str | None, rate: float, loop: bool, exit_after
 
     config_path = Path(config) if config else default_config_path()
     if config_path is None:
-        print("[launch] no configuration given and config/ssm_perception.yaml not found", file=sys.stderr)
+        print("[launch] no configuration given and no default parameter file (config/ssm_perception_cpu.yaml / _gpu.yaml) found", file=sys.stderr)
         return 2
     try:
         cfg = PerceptionConfig.load(config_path)  # schema and device: what the node would refuse
@@ -185,7 +185,7 @@ def register(app) -> None:
 
     @app.command("launch")
     def launch(
-        config: str = typer.Argument("", help="ROS 2 parameter YAML; empty = config/ssm_perception.yaml"),
+        config: str = typer.Argument("", help="ROS 2 parameter YAML; empty = the CPU or GPU default (config/ssm_perception_cpu.yaml / _gpu.yaml)"),
         bag: str = typer.Option("", "--bag", help="also replay this rosbag2 (the node then runs on sim time)"),
         rate: float = typer.Option(1.0, "--rate", "-r", callback=finite(gt=0, le=1e6), help="replay speed factor"),
         loop: bool = typer.Option(False, "--loop", "-l", help="replay in a loop"),

@@ -96,11 +96,14 @@ OK, WARN, ERROR = (int.from_bytes(v, "little") for v in (DiagnosticStatus.OK, Di
                                                           DiagnosticStatus.ERROR))
 
 
-def default_config_path() -> Path | None:
-    """config/ssm_perception.yaml: the source tree first, then the installed share directory."""
-    source = Path(__file__).resolve().parents[2] / "config" / "ssm_perception.yaml"
-    if source.is_file():
-        return source
+def default_config_path(gpu: bool | None = None) -> Path | None:
+    """The default parameter file for this machine (ssm_perception/defaults.py: the GPU default when
+    torch sees a CUDA GPU, else the CPU default): the source tree first, then the installed share
+    directory; config/ssm_perception.yaml (the schema defaults) if that file is missing."""
+    from ssm_perception.defaults import SCHEMA_CONFIG, default_config_name
+
+    names = (default_config_name(gpu), SCHEMA_CONFIG)
+    source = Path(__file__).resolve().parents[2] / "config"
     try:
         from ament_index_python.packages import (
             PackageNotFoundError,
@@ -110,8 +113,11 @@ def default_config_path() -> Path | None:
         share = Path(get_package_share_directory("ssm_perception"))
     except (ImportError, OSError, PackageNotFoundError):  # no ament index (pip install): the venv's share/
         share = Path(sys.prefix) / "share" / "ssm_perception"
-    installed = share / "config" / "ssm_perception.yaml"
-    return installed if installed.is_file() else None
+    for name in names:
+        for folder in (source, share / "config"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
 
 def _ns(stamp) -> int:
