@@ -9,6 +9,9 @@
 #                   Triton kernels that MambaCore uses still work (mamba_kernels.py registers a stand-in)
 #   --force         reinstall even if the same version is already importable
 #   --report FILE   write what happened as JSON (outcome, versions, arch, build seconds)
+#   --no-entry-point  do not install this package's console scripts (ssm-perception, perception_node)
+#                   into that Python (by default: `pip install -e .` without dependencies, offline; a
+#                   small wrapper script if pip cannot build the editable install)
 # Environment: PYTHON (default: .venv/bin/python if its torch has CUDA, else python3), MAX_JOBS.
 #
 # Why the patching: mamba-ssm's setup.py hard-codes -gencode for ~9 GPU architectures and ignores
@@ -23,6 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CARRY="$ROOT/.carry"
 CUDA_EXT=1
 FORCE=0
+ENTRY=1
 REPORT=""
 
 say() { printf '\033[1m[setup-gpu]\033[0m %s\n' "$*"; }
@@ -59,6 +63,7 @@ while [ $# -gt 0 ]; do
     --no-cuda-ext) CUDA_EXT=0; shift ;;
     --force) FORCE=1; shift ;;
     --report) REPORT="$2"; shift 2 ;;
+    --no-entry-point) ENTRY=0; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -81,6 +86,34 @@ if not torch.cuda.is_available():
 ma, mi = torch.cuda.get_device_capability(0)
 print(f"{ma}{mi}")') || die "no CUDA device visible to torch ($PY)"
 say "python $PY, torch $("$PY" -c 'import torch; print(torch.__version__)'), GPU sm_$ARCH"
+
+# ------------------------------------------------------------------ 1b. this package's entry points
+# `ssm-perception` (bench, evaluate, simulate, ...) and `perception_node` for the same Python, so the
+# GPU machine runs the same commands as the CPU one. Offline: no dependencies are resolved (torch
+# and the rest are there; rclpy is only needed by the node).
+install_entry_point() {
+  [ "$ENTRY" = 1 ] || return 0
+  if "$PY" -m pip install --no-index --no-build-isolation --no-deps --quiet -e "$ROOT" >/dev/null 2>&1; then
+    say "ssm-perception installed into $PY (editable: pip install -e $ROOT)"
+  else
+    local bin
+    bin=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    mkdir -p "$bin" 2>/dev/null || true
+    if [ -w "$bin" ]; then
+      for pair in "ssm-perception:ssm_perception.cli" "perception_node:ssm_perception.nodes.perception_node"; do
+        printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" -c "import sys; from %s import main; sys.exit(main())" "$@"\n' \
+          "$ROOT" "$PY" "${pair#*:}" >"$bin/${pair%%:*}"
+        chmod +x "$bin/${pair%%:*}"
+      done
+      say "ssm-perception: pip could not build the editable install; wrapper scripts written to $bin"
+    else
+      say "warning: could not install the ssm-perception entry point (pip failed, $bin not writable); use $PY -m ssm_perception.cli"
+    fi
+  fi
+  "$PY" -c 'import ssm_perception.cli' 2>/dev/null || PYTHONPATH="$ROOT" "$PY" -c 'import ssm_perception.cli' \
+    || die "ssm_perception does not import with $PY"
+}
+install_entry_point
 
 # ------------------------------------------------------------------ 2. already there?
 installed=$("$PY" -c 'import importlib.metadata as m; print(m.version("mamba-ssm"))' 2>/dev/null || true)
