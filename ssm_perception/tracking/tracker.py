@@ -247,7 +247,10 @@ class MultiObjectTracker:
             rescued = np.stack([kept[m2[:, 0]], m2[:, 1]], 1) if len(m2) else rescued
         self._hit(np.concatenate([matches[:, 0], rescued[:, 0]]),
                   {k: np.concatenate([v[matches[:, 1]], zw[k][rescued[:, 1]]]) for k, v in zd.items()}, stamp_s)
-        self._miss(np.setdiff1d(lone_tracks, rescued[:, 0]))
+        missed = np.zeros(len(b), bool)
+        missed[lone_tracks] = True
+        missed[rescued[:, 0]] = False
+        self._miss(np.flatnonzero(missed))
         self._birth({k: v[lone_dets] for k, v in zd.items()}, stamp_s)
         b.keep(~self._dead(stamp_s))
         return self.tracks()
@@ -334,7 +337,10 @@ class MultiObjectTracker:
         rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
         good = np.isfinite(cost[rows, cols])
         matches = np.stack([rows[good], cols[good]], 1).astype(np.int64)
-        return matches, np.setdiff1d(np.arange(n_t), matches[:, 0]), np.setdiff1d(np.arange(n_d), matches[:, 1])
+        lone_t, lone_d = np.ones(n_t, bool), np.ones(n_d, bool)
+        lone_t[matches[:, 0]] = False
+        lone_d[matches[:, 1]] = False
+        return matches, np.flatnonzero(lone_t), np.flatnonzero(lone_d)
 
     def _hit(self, rows: np.ndarray, z: dict, stamp: float) -> None:
         if rows.size == 0:
