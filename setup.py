@@ -1,4 +1,7 @@
-"""ament_python package: `colcon build` on a vehicle, `pip install -e .` (make setup) elsewhere."""
+"""`pip install -e .` (make setup): the Python package in development mode.
+
+On a vehicle, colcon builds the package with CMakeLists.txt (one ament_cmake package: the interfaces
+in msg/ and this Python package); the executables below are the same list there."""
 
 from glob import glob
 
@@ -25,8 +28,8 @@ setup(
         (f"share/{PACKAGE}/msg", files("msg/*.msg")),
     ],
     install_requires=["setuptools"],
-    # `colcon test` runs pytest (not unittest) because pytest is declared here; the plugins are what
-    # pytest.ini uses. Same list as the <test_depend> keys of package.xml.
+    # What the test suite needs (pytest.ini uses the timeout plugin); same list as package.xml's
+    # <test_depend> keys, which `colcon test` (ament_cmake_pytest) relies on.
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
     zip_safe=False,
     maintainer="ssm_perception maintainers",
@@ -37,6 +40,7 @@ setup(
         "console_scripts": [
             "ssm-perception = ssm_perception.cli:main",
             "perception_node = ssm_perception.nodes.perception_node:main",
+            "perception_lifecycle_node = ssm_perception.nodes.lifecycle_node:main",
         ],
     },
 )

@@ -52,11 +52,13 @@ if ! step_done wheels "$FP"; then
 fi
 
 # ------------------------------------------------------------------ 2. interface messages (rosidl)
-FP=$(fingerprint "$ROOT"/interfaces/*/package.xml "$ROOT"/interfaces/*/CMakeLists.txt \
-     "$ROOT"/interfaces/tf2_msgs/msg/*.msg "$ROOT"/msg/*.msg "$ROOT/requirements.lock")
+FP=$(fingerprint "$ROOT"/interfaces/tf2_msgs/package.xml "$ROOT"/interfaces/tf2_msgs/CMakeLists.txt \
+     "$ROOT"/interfaces/tf2_msgs/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" "$ROOT"/msg/*.msg \
+     "$ROOT/requirements.lock")
 if ! step_done msgs "$FP"; then
   PYINC=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
   NPINC=$("$PY" -c "import numpy; print(numpy.get_include())")
+  SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   [ -f "$PYINC/Python.h" ] || die "Python.h not found in $PYINC (Debian: apt-get install -y python3-dev)"
   # The *_msgs wheels' CMake exports hard-code the wheel build host's Python and numpy include
   # directories; point them at this interpreter (idempotent).
@@ -64,27 +66,44 @@ if ! step_done msgs "$FP"; then
     -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${NPINC}#g" \
     -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#${PYINC}#g"
   export CMAKE_PREFIX_PATH=$VENV AMENT_PREFIX_PATH=$VENV VIRTUAL_ENV=$VENV PATH=$VENV/bin:$PATH
-  for pkg in tf2_msgs ssm_perception_msgs; do
-    say "building interface package $pkg with rosidl"
+  # tf2_msgs (not on pip) and this package's own interfaces (msg/, from the top-level CMakeLists.txt
+  # with SSM_PERCEPTION_INTERFACES_ONLY: rosidl only; the Python code stays in the checkout).
+  for pkg in tf2_msgs ssm_perception; do
+    src=$ROOT/interfaces/$pkg; extra=()
+    [ "$pkg" = ssm_perception ] && { src=$ROOT; extra=(-DSSM_PERCEPTION_INTERFACES_ONLY=ON); }
+    say "building the interfaces of $pkg with rosidl"
     rm -rf "${BUILD:?}/$pkg"; mkdir -p "$BUILD"
     log=$BUILD/$pkg.log
-    { cmake -S "$ROOT/interfaces/$pkg" -B "$BUILD/$pkg" -DCMAKE_INSTALL_PREFIX="$VENV" \
-        -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF \
+    { cmake -S "$src" -B "$BUILD/$pkg" -DCMAKE_INSTALL_PREFIX="$VENV" \
+        -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF "${extra[@]}" \
       && cmake --build "$BUILD/$pkg" -j"$JOBS" && cmake --install "$BUILD/$pkg"; } > "$log" 2>&1 \
       || { tail -30 "$log" >&2; die "building $pkg failed (full log: $log)"; }
   done
-  (cd / && "$PY" -c "import tf2_msgs.msg, ssm_perception_msgs.msg") \
-    || die "the generated message packages do not import"
+  # rosidl installed site-packages/ssm_perception/{msg,...} with an empty __init__.py and an egg-info:
+  # drop both, so that `import ssm_perception` is the checkout (whose __init__ extends its path over
+  # this folder) and pip sees one distribution ssm_perception (the development install below).
+  rm -rf "$SITE/ssm_perception/__init__.py" "$SITE"/ssm_perception-*.egg-info
+  # interface package of earlier versions (msg/ was a separate package ssm_perception_msgs)
+  rm -rf "$SITE/ssm_perception_msgs" "$SITE"/ssm_perception_msgs-*.egg-info "$VENV/share/ssm_perception_msgs" \
+    "$VENV/share/ament_index/resource_index/"*/ssm_perception_msgs "$VENV"/lib/libssm_perception_msgs__*.so
+  (cd / && "$PY" -c "import tf2_msgs.msg") || die "the generated message package tf2_msgs does not import"
+  rm -f "$STAMPS/package"  # re-check the development install against the new interfaces
   mark_done msgs "$FP"
 fi
 
 # ------------------------------------------------------------------ 3. this package (development mode)
-FP=$(fingerprint "$ROOT/setup.py" "$ROOT/package.xml")
-if ! step_done package "$FP" || ! "$PY" -c "import ssm_perception" 2>/dev/null; then
+# editable_mode=compat puts the checkout on sys.path (a .pth file): `import ssm_perception` finds the
+# checkout's package, which then also covers site-packages/ssm_perception/msg (see its __init__.py).
+# setuptools' default editable finder would lose to that folder.
+FP=$(fingerprint "$ROOT/setup.py" "$ROOT/package.xml" "$ROOT/ssm_perception/__init__.py")
+if ! step_done package "$FP" || ! (cd / && "$PY" -c "import ssm_perception.config, ssm_perception.msg") 2>/dev/null; then
   say "installing ssm_perception in development mode"
   mkdir -p "$ROOT/build"; log=$ROOT/build/setup-package.log
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" > "$log" 2>&1 \
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+      --config-settings editable_mode=compat -e "$ROOT" > "$log" 2>&1 \
     || { tail -30 "$log" >&2; die "installing the package failed (full log: $log)"; }
+  (cd / && "$PY" -c "import ssm_perception.config, ssm_perception.msg") \
+    || die "ssm_perception or its generated messages (ssm_perception.msg) do not import"
   mark_done package "$FP"
 fi
 say "ready: $VENV (activate with: . .venv/bin/activate)"

@@ -388,7 +388,11 @@ class TrackingConfig(_Section):
         0.3, ge=0, description="a coasting track is reported this long after its last detection (kept for "
         "re-identification until max_coast_s)"
     )
-    min_existence: float = Field(0.1, ge=0, le=1, description="a track whose existence probability falls below this is deleted")
+    min_existence: float = Field(
+        0.1, ge=0, le=1, description="a coasting track whose internal existence score (birth prior P_D x score, "
+        "Bayes-updated per frame) falls below this is deleted; the published existence_probability is P(real), "
+        "the same updates from even birth odds (tracking/tracker.py, _bayes)"
+    )
     detection_probability: float = Field(
         0.3, gt=0, lt=1, description="P(detected | exists) per frame in the existence update; below the "
         "detector's recall because occlusion is not modelled, so a short occlusion does not kill a track"

@@ -26,7 +26,7 @@ import numpy as np
 NS = 1_000_000_000
 RECORDED = {
     "/perception/occupancy_grid": "nav_msgs/msg/OccupancyGrid",
-    "/perception/tracks": "ssm_perception_msgs/msg/TrackArray",
+    "/perception/tracks": "ssm_perception/msg/TrackArray",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
 RESET_LINE = re.compile(r"\]: state reset at (?P<t>[\d.]+) s: (?P<what>.*)$")  # the node's ROS log line
@@ -147,6 +147,7 @@ def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
     from ssm_perception.eval.mot import GroundTruthObject, MotEvaluator
     from ssm_perception.eval.occupancy import OccupancyMetrics, range_map
     from ssm_perception.evidence import decode_occupancy
+    from ssm_perception.io.track_fields import class_of
 
     g = grid_cfg
     occ_metrics = OccupancyMetrics(range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min))
@@ -171,10 +172,12 @@ def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
         if s not in d["gt_obj"] or len(odom_stamps) == 0:
             continue
         ex, ey = d["odom"][int(odom_stamps[np.argmin(np.abs(odom_stamps - s))])]
-        gt = [GroundTruthObject(id=int(o.id), cls=int(o.classification), x=o.pose.position.x, y=o.pose.position.y)
+        gt = [GroundTruthObject(id=int(o.track_number), cls=class_of(o.classification), x=o.pose.pose.position.x,
+                                y=o.pose.pose.position.y)
               for o in d["gt_obj"][s]
-              if max(abs(o.pose.position.x - ex), abs(o.pose.position.y - ey)) < half]
-        hyp = [GroundTruthObject(id=int(t.id), cls=int(t.classification), x=t.pose.position.x, y=t.pose.position.y)
+              if max(abs(o.pose.pose.position.x - ex), abs(o.pose.pose.position.y - ey)) < half]
+        hyp = [GroundTruthObject(id=int(t.track_number), cls=class_of(t.classification),
+                                 x=t.pose.pose.position.x, y=t.pose.pose.position.y)
                for t in d["tracks"][s] if t.status != 0]  # confirmed and coasting
         mot.update(gt, hyp)
         track_counts.append(len(hyp))
@@ -287,7 +290,7 @@ def pictures(out: Path, d: dict, m: dict, grid_cfg) -> list[str]:
     gt_xy: dict[int, list] = {}
     for s in sorted(d["gt_obj"]):
         for o in d["gt_obj"][s]:
-            gt_xy.setdefault(int(o.id), []).append((o.pose.position.x, o.pose.position.y))
+            gt_xy.setdefault(int(o.track_number), []).append((o.pose.pose.position.x, o.pose.pose.position.y))
     for xy in gt_xy.values():
         xy = np.array(xy)
         ax.plot(xy[:, 0], xy[:, 1], color="0.8", lw=1)
@@ -295,7 +298,7 @@ def pictures(out: Path, d: dict, m: dict, grid_cfg) -> list[str]:
     for s in sorted(d["tracks"]):
         for t in d["tracks"][s]:
             if t.status != 0:
-                tr_xy.setdefault(int(t.id), []).append((t.pose.position.x, t.pose.position.y))
+                tr_xy.setdefault(int(t.track_number), []).append((t.pose.pose.position.x, t.pose.pose.position.y))
     for tid, xy in tr_xy.items():
         xy = np.array(xy)
         ax.plot(xy[:, 0], xy[:, 1], ".-", ms=3, lw=1, label=None)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ssm_perception.geometry import se2_matrix
-from ssm_perception.io import bag
+from ssm_perception.io import bag, track_fields
 from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, cloud_to_array
 
 
@@ -19,7 +19,7 @@ def test_write_and_read_back(tmp_path, storage):
         w.add_topic("/pc", "sensor_msgs/msg/PointCloud2")
         w.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", latched=True)
         w.add_topic("/grid", "nav_msgs/msg/OccupancyGrid")
-        w.add_topic("/objs", "ssm_perception_msgs/msg/TrackArray")
+        w.add_topic("/objs", "ssm_perception/msg/TrackArray")
         w.add_topic("/img", "sensor_msgs/msg/Image")
         w.add_topic("/odom", "nav_msgs/msg/Odometry")
         w.write("/pc", 2_000, bag.pointcloud2_msg(cloud, 1_000, "lidar_top"))
@@ -31,7 +31,7 @@ def test_write_and_read_back(tmp_path, storage):
         w.write("/odom", 1_800, bag.odometry_msg(se2_matrix(3, 0, 0), (1, 0, 0), 0.1, 1_000))
     topics = bag.bag_topics(path)
     assert topics["/pc"] == ("sensor_msgs/msg/PointCloud2", 1)
-    assert topics["/objs"] == ("ssm_perception_msgs/msg/TrackArray", 1)
+    assert topics["/objs"] == ("ssm_perception/msg/TrackArray", 1)
     assert bag.bag_custom_data(path) == {"seed": "3"}
     msgs = list(bag.read_messages(path))
     assert [m[2] for m in msgs] == sorted(m[2] for m in msgs)
@@ -43,7 +43,10 @@ def test_write_and_read_back(tmp_path, storage):
     assert (tr.header.frame_id, tr.child_frame_id) == ("base_link", "lidar_top")
     assert tr.transform.translation.y == 2.0 and np.isclose(tr.transform.rotation.z, np.sin(0.15))
     t = by["/objs"].tracks[0]
-    assert (t.id, t.classification, t.size.x, t.twist.linear.x) == (7, 1, 4.0, 3.0)
+    assert (t.track_number, t.classification[0].label, t.shape.dimensions.x) == (7, 1, 4.0)
+    # velocity in the object frame (yaw 0.5): (3, 0) in odom -> (3 cos 0.5, -3 sin 0.5)
+    assert np.isclose(t.twist.twist.linear.x, 3 * np.cos(0.5)) and np.isclose(t.twist.twist.linear.y, -3 * np.sin(0.5))
+    assert len(t.object_id.uuid) == 16 and bytes(t.object_id.uuid) == track_fields.ground_truth_uuid(7)
     assert by["/img"].encoding == "rgb8" and by["/img"].data.size == 72
     assert [m[0] for m in bag.read_messages(path, topics=["/odom"])] == ["/odom"]
 
@@ -76,4 +79,22 @@ def test_typestore_hashes_match_rosidl():
     # Value seen on real ROS 2 /tf topics (shared/notes/ros2-from-pip-wheels.md).
     assert store.hash_rihs01("tf2_msgs/msg/TFMessage") == (
         "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087")
-    assert "ssm_perception_msgs/msg/Track" in store.types
+    assert "ssm_perception/msg/Track" in store.types
+
+
+def test_typestore_hashes_match_the_rosidl_build():
+    """rosbags (from the msg/ text) and rosidl (the built interfaces, their type description JSON)
+    agree on our type hashes, so bags written offline replay to real subscribers."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    share = next(Path(p) / "share" / "ssm_perception" / "msg" for p in prefixes
+                 if (Path(p) / "share" / "ssm_perception" / "msg" / "Track.json").is_file())
+    store = bag.typestore()
+    for name in bag.MSG_NAMES:
+        hashes = json.loads((share / f"{name}.json").read_text())["type_hashes"]
+        rosidl = next(h["hash_string"] for h in hashes if h["type_name"] == f"ssm_perception/msg/{name}")
+        assert store.hash_rihs01(f"ssm_perception/msg/{name}") == rosidl, name

@@ -14,7 +14,7 @@ from geometry_msgs.msg import TransformStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2, PointField
-from ssm_perception_msgs.msg import Track, TrackArray
+from ssm_perception.msg import ObjectClassification, Track, TrackArray
 from tf2_msgs.msg import TFMessage
 
 pytestmark = pytest.mark.ros
@@ -29,16 +29,19 @@ def _track_array() -> TrackArray:
     for i in range(3):
         t = Track()
         t.header = msg.header
-        t.id = 2**40 + i  # uint64 ids must survive
-        t.classification = Track.CLASS_PEDESTRIAN if i == 2 else Track.CLASS_CAR
+        t.object_id.uuid = np.arange(16, dtype=np.uint8) + i  # 16 bytes must survive
+        t.track_number = 2**40 + i  # uint64
+        label = ObjectClassification.PEDESTRIAN if i == 2 else ObjectClassification.CAR
+        t.classification = [ObjectClassification(label=label, probability=0.8),
+                            ObjectClassification(label=ObjectClassification.UNKNOWN, probability=0.2)]
         t.status = Track.STATUS_CONFIRMED
         t.existence_probability = 0.25 * (i + 1)
-        t.pose.position.x, t.pose.position.y = 10.0 + i, -3.5 * i
-        t.pose.orientation.z, t.pose.orientation.w = 0.38268343, 0.92387953
-        t.twist.linear.x = 4.0 - i
-        t.size.x, t.size.y, t.size.z = 4.5, 1.9, 1.6
-        t.pose_covariance = np.arange(36, dtype=np.float64) * (i + 1)
-        t.twist_covariance = np.eye(6).ravel() * 0.5
+        t.pose.pose.position.x, t.pose.pose.position.y = 10.0 + i, -3.5 * i
+        t.pose.pose.orientation.z, t.pose.pose.orientation.w = 0.38268343, 0.92387953
+        t.twist.twist.linear.x = 4.0 - i
+        t.shape.dimensions.x, t.shape.dimensions.y, t.shape.dimensions.z = 4.5, 1.9, 1.6
+        t.pose.covariance = np.arange(36, dtype=np.float64) * (i + 1)
+        t.twist.covariance = np.eye(6).ravel() * 0.5
         msg.tracks.append(t)
     return msg
 
@@ -114,10 +117,12 @@ def test_messages_cross_process_boundaries(peer):
 
         got = received["tracks"]
         assert got.header.frame_id == "odom" and got.header.stamp.nanosec == 123456789
-        assert [t.id for t in got.tracks] == [2**40, 2**40 + 1, 2**40 + 2]
-        assert got.tracks[2].classification == Track.CLASS_PEDESTRIAN
-        np.testing.assert_array_equal(got.tracks[1].pose_covariance, np.arange(36) * 2.0)
-        assert got.tracks[0].size.x == pytest.approx(4.5)
+        assert [t.track_number for t in got.tracks] == [2**40, 2**40 + 1, 2**40 + 2]
+        assert bytes(got.tracks[1].object_id.uuid) == bytes(range(1, 17))
+        assert got.tracks[2].classification[0].label == ObjectClassification.PEDESTRIAN
+        assert got.tracks[2].classification[1].probability == pytest.approx(0.2)
+        np.testing.assert_array_equal(got.tracks[1].pose.covariance, np.arange(36) * 2.0)
+        assert got.tracks[0].shape.dimensions.x == pytest.approx(4.5)
         assert got.tracks[2].existence_probability == pytest.approx(0.75)
 
         got = received["cloud"]

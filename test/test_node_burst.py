@@ -40,7 +40,7 @@ from ros_helpers import (
 )
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import PointCloud2, PointField
-from ssm_perception_msgs.msg import TrackArray
+from ssm_perception.msg import TrackArray
 from tf2_msgs.msg import TFMessage
 
 from ssm_perception.config import PerceptionConfig

@@ -27,7 +27,7 @@ from ros_helpers import (
     wait_for,
     write_synthetic_bag,
 )
-from ssm_perception_msgs.msg import TrackArray
+from ssm_perception.msg import TrackArray
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 

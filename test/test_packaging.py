@@ -44,7 +44,8 @@ IMPORT_TO_DEPEND = {
     "diagnostic_msgs": "diagnostic_msgs",
     "rosgraph_msgs": "rosgraph_msgs",
     "tf2_msgs": "tf2_msgs",
-    "ssm_perception_msgs": "ssm_perception_msgs",
+    "unique_identifier_msgs": "unique_identifier_msgs",
+    "lifecycle_msgs": "lifecycle_msgs",
     "launch": "launch",
     "launch_ros": "launch_ros",
     "ament_index_python": "ament_index_python",
@@ -114,15 +115,6 @@ def test_test_dependencies_make_colcon_run_pytest_with_its_plugins():
     assert "--timeout" in (ROOT / "pytest.ini").read_text()
 
 
-def test_setup_cfg_installs_executables_where_ros2_run_looks():
-    import configparser
-
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read(ROOT / "setup.cfg")
-    assert cfg["install"]["install_scripts"] == "$base/lib/ssm_perception"
-    assert cfg["develop"]["script_dir"] == "$base/lib/ssm_perception"
-
-
 def test_python_m_ssm_perception_runs_the_cli():
     import subprocess
 
@@ -132,11 +124,39 @@ def test_python_m_ssm_perception_runs_the_cli():
     assert "simulate" in out.stdout and "replay" in out.stdout
 
 
-def test_package_xml_is_format3_ament_python():
+def test_package_xml_is_format3_ament_cmake_with_interfaces():
     root = ET.parse(ROOT / "package.xml").getroot()
     assert root.get("format") == "3"
     assert root.findtext("name") == "ssm_perception"
-    assert root.find("export/build_type").text == "ament_python"
+    assert root.find("export/build_type").text == "ament_cmake"
+    assert root.findtext("member_of_group") == "rosidl_interface_packages"
+
+
+def test_no_package_hides_inside_this_one():
+    """colcon's crawl and rosdep stop at the top-level package.xml: any other package.xml below it is
+    invisible to them, so there must be none (except under a COLCON_IGNORE, i.e. on purpose)."""
+    hidden = [p.relative_to(ROOT) for p in ROOT.rglob("package.xml") if p.parent != ROOT
+              and not any((q / "COLCON_IGNORE").exists() for q in p.parents if ROOT in q.parents or q == ROOT)
+              and not any(part.startswith(".") or part in ("build", "install", "log") for part in p.relative_to(ROOT).parts)]
+    assert not hidden, f"packages colcon and rosdep would not find: {hidden}"
+
+
+def _cmake() -> str:
+    return (ROOT / "CMakeLists.txt").read_text()
+
+
+def test_cmake_generates_every_message_and_installs_executables_where_ros2_run_looks():
+    text = _cmake()
+    for msg in sorted((ROOT / "msg").glob("*.msg")):
+        assert f'"msg/{msg.name}"' in text, f"CMakeLists.txt does not generate {msg.name}"
+    import re
+
+    cmake_exes = set(re.findall(r'"([\w-]+=[\w.]+:\w+)"', text))
+    setup_exes = {s.replace(" ", "") for s in _setup_kwargs()["entry_points"]["console_scripts"]}
+    assert cmake_exes == setup_exes, "CMakeLists.txt and setup.py list different executables"
+    assert "DESTINATION lib/${PROJECT_NAME}" in text
+    assert "install(DIRECTORY launch config DESTINATION share/${PROJECT_NAME})" in text
+    assert "ament_add_pytest_test(pytest test" in text
 
 
 @pytest.mark.parametrize("folder", ["launch", "config", "msg"])
@@ -195,3 +215,18 @@ def test_lock_file_pins_every_dependency_exactly():
                    "rich", "matplotlib", "open3d-cpu", "motmetrics", "pytest", "hypothesis",
                    "ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-std-srvs", "ros-diagnostic-msgs"):
         assert needed in names, f"{needed} is not pinned in requirements.lock"
+
+
+def test_readme_vehicle_commands_are_what_ci_runs():
+    """The README's vehicle block and scripts/check_vehicle_path.sh run the same colcon commands."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Using it in a ROS 2 workspace on a vehicle"):]
+    block = section[section.index("```bash"):section.index("```", section.index("```bash") + 7)]
+    script = (ROOT / "scripts" / "check_vehicle_path.sh").read_text()
+    script_lines = {ln.strip() for ln in script.splitlines()}
+    for cmd in ("colcon build", "source install/setup.bash", "colcon test --packages-select ssm_perception",
+                "colcon test-result --all"):
+        assert cmd in block, f"README vehicle block lacks {cmd!r}"
+        assert any(ln.startswith(cmd) or f"$({cmd}" in ln for ln in script_lines), f"CI does not run {cmd!r}"
+    assert "bash scripts/check_vehicle_path.sh" in (ROOT / ".ci" / "run").read_text()
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")

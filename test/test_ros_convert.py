@@ -236,27 +236,51 @@ class FakeTrack:  # the tracker's TrackState fields
     height: float = 1.6
     pose_cov: np.ndarray = None
     twist_cov: np.ndarray = None
-    existence: float = 0.9
+    existence: float = 0.3
+    existence_probability: float = 0.9
     age_s: float = 3.0
     time_since_update_s: float = 0.1
     score: float = 0.8
+    uuid: bytes = bytes(range(1, 17))
+    class_probs: dict = None
 
     def __post_init__(self):
         self.pose_cov = np.diag(np.arange(1.0, 7.0))
-        self.twist_cov = np.eye(6) * 0.5
+        self.twist_cov = np.diag([0.5, 0.2, 1e4, 1e4, 1e4, 0.1])
+        self.twist_cov[0, 1] = self.twist_cov[1, 0] = 0.1
+        if self.class_probs is None:
+            self.class_probs = {self.cls: 0.75, 2: 0.25} if self.cls != 2 else {2: 1.0}
 
 
 def test_track_array_and_markers():
+    from ssm_perception.msg import ObjectClassification, Shape
+
     tr = FakeTrack()
     msg = rc.track_array_msg([tr, FakeTrack(id=7, cls=4, status=2)], "odom", 4 * S)
     assert msg.header.frame_id == "odom" and msg.header.stamp.sec == 4
-    t0 = msg.tracks[0]
-    assert t0.id == tr.id and t0.classification == 1 and t0.status == 1 and msg.tracks[1].status == 2
-    assert t0.pose.position.x == 10.0 and t0.pose.position.z == pytest.approx(0.8)
-    q = t0.pose.orientation
-    assert 2 * math.atan2(q.z, q.w) == pytest.approx(0.3)
-    assert t0.pose_covariance[7] == 2.0 and t0.twist_covariance[35] == 0.5
-    assert t0.size.x == 4.5 and t0.existence_probability == pytest.approx(0.9)
+    t0, t1 = msg.tracks
+    assert bytes(t0.object_id.uuid) == tr.uuid and t0.track_number == tr.id
+    assert t0.status == 1 and t1.status == 2
+    # class probabilities in Autoware's numbering, most likely first; pedestrian (ours 4) is 7 there
+    assert [(c.label, round(c.probability, 3)) for c in t0.classification] == [
+        (ObjectClassification.CAR, 0.75), (ObjectClassification.TRUCK, 0.25)]
+    assert t1.classification[0].label == ObjectClassification.PEDESTRIAN == 7
+    p = t0.pose.pose
+    assert p.position.x == 10.0 and p.position.z == pytest.approx(0.8)
+    assert 2 * math.atan2(p.orientation.z, p.orientation.w) == pytest.approx(0.3)
+    assert t0.pose.covariance[7] == 2.0
+    # velocity in the object frame: (5, 1) in odom rotated by -yaw
+    c, s_ = math.cos(0.3), math.sin(0.3)
+    assert t0.twist.twist.linear.x == pytest.approx(c * 5 + s_ * 1)
+    assert t0.twist.twist.linear.y == pytest.approx(-s_ * 5 + c * 1)
+    assert t0.twist.twist.angular.z == pytest.approx(0.05)
+    cov = np.asarray(t0.twist.covariance).reshape(6, 6)
+    assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() >= -1e-9
+    assert np.trace(cov[:2, :2]) == pytest.approx(0.7)  # a rotation keeps the trace
+    assert t0.shape.type == Shape.BOUNDING_BOX and t0.shape.dimensions.x == 4.5
+    corners = [c for q in t0.shape.footprint.points for c in (q.x, q.y)]
+    assert corners == pytest.approx([2.25, 0.95, -2.25, 0.95, -2.25, -0.95, 2.25, -0.95])
+    assert t0.existence_probability == pytest.approx(0.9)
 
     from visualization_msgs.msg import Marker
 

@@ -91,9 +91,9 @@ def test_topics_types_counts_rates(clean):
     # ground-truth objects: odom frame, the frame's objects, status = observed (1) or hidden (2)
     fr = next(sc.frames(with_others=False))
     tracks = msgs["/ground_truth/objects"][0][1].tracks
-    assert [t.id for t in tracks] == fr.objects_odom["id"].tolist()
+    assert [t.track_number for t in tracks] == fr.objects_odom["id"].tolist()
     assert [t.status for t in tracks] == [1 if n > 0 else 2 for n in fr.objects_odom["num_points"]]
-    np.testing.assert_allclose([t.pose.position.x for t in tracks], fr.objects_odom["x"], atol=1e-9)
+    np.testing.assert_allclose([t.pose.pose.position.x for t in tracks], fr.objects_odom["x"], atol=1e-9)
     assert 1 in {t.status for t in tracks} and 2 in {t.status for t in tracks}
     grid = msgs["/ground_truth/occupancy"][0][1]
     assert (grid.info.width, grid.info.height, grid.header.frame_id) == (200, 200, "base_link")

@@ -84,7 +84,7 @@ def _write_gt_bag(path: Path, frames):
     bag = pytest.importorskip("ssm_perception.io.bag")
     with bag.BagWriter(path) as w:
         w.add_topic("/tf", "tf2_msgs/msg/TFMessage")
-        w.add_topic("/ground_truth/objects", "ssm_perception_msgs/msg/TrackArray")
+        w.add_topic("/ground_truth/objects", "ssm_perception/msg/TrackArray")
         for f in frames:
             t_ns = round(f.stamp_s * 1e9) + 1_700_000_000_000_000_000
             w.write("/tf", t_ns, bag.tf_message([(f.T_odom_base, t_ns, "odom", "base_link")]))

@@ -1,6 +1,6 @@
 """rosbag2 reading and writing through `rosbags` (pure Python, no ROS install needed).
 
-``typestore()`` knows the ROS 2 Kilted standard messages plus our ``ssm_perception_msgs`` (parsed
+``typestore()`` knows the ROS 2 Kilted standard messages plus our ``ssm_perception/msg/*`` (parsed
 from the same msg/*.msg text rosidl builds, so type hashes match real peers). The builders turn
 numpy data into rosbags message objects; ``BagWriter`` never leaves a half-written bag behind.
 """
@@ -21,7 +21,9 @@ from ssm_perception.config import UserError
 from ssm_perception.geometry import matrix_to_quat_xyzw
 from ssm_perception.io.pointcloud2 import array_to_cloud_fields
 
-MSG_PACKAGE = "ssm_perception_msgs"
+MSG_PACKAGE = "ssm_perception"
+# msg/ files in dependency order (each may use the ones before it).
+MSG_NAMES = ("ObjectClassification", "Shape", "Track", "TrackArray")
 
 # Upstream tf2_msgs definition (kept identical so the type hash matches real ROS 2 peers).
 _TFMESSAGE_MSG = "geometry_msgs/TransformStamped[] transforms\n"
@@ -33,30 +35,29 @@ class BagError(UserError, RuntimeError):
 
 # ---------------------------------------------------------------------------------- typestore
 def _msg_dir() -> Path:
-    """Directory holding Track.msg / TrackArray.msg: source tree, then installed share dirs."""
+    """Directory holding our msg/*.msg: source tree, then installed share dirs."""
     candidates = [Path(__file__).resolve().parents[2] / "msg"]
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
     for prefix in prefixes:
-        candidates += [Path(prefix) / "share" / "ssm_perception" / "msg", Path(prefix) / "share" / MSG_PACKAGE / "msg"]
+        candidates.append(Path(prefix) / "share" / MSG_PACKAGE / "msg")
     for c in candidates:
-        if (c / "Track.msg").is_file() and (c / "TrackArray.msg").is_file():
+        if all((c / f"{name}.msg").is_file() for name in MSG_NAMES):
             return c
-    raise BagError("cannot find Track.msg/TrackArray.msg; looked in: " + ", ".join(str(c) for c in candidates))
+    raise BagError(f"cannot find {', '.join(n + '.msg' for n in MSG_NAMES)}; looked in: "
+                   + ", ".join(str(c) for c in candidates))
 
 
 @functools.cache
 def typestore():
-    """rosbags typestore: ROS 2 Kilted + ssm_perception_msgs/msg/{Track,TrackArray} + tf2_msgs/msg/TFMessage."""
+    """rosbags typestore: ROS 2 Kilted + ssm_perception/msg/* + tf2_msgs/msg/TFMessage."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
     msg_dir = _msg_dir()
-    types = {}
-    for name in ("Track", "TrackArray"):
-        types.update(get_types_from_msg((msg_dir / f"{name}.msg").read_text(), f"{MSG_PACKAGE}/msg/{name}"))
+    for name in MSG_NAMES:  # one at a time: Track refers to ObjectClassification and Shape
+        store.register(get_types_from_msg((msg_dir / f"{name}.msg").read_text(), f"{MSG_PACKAGE}/msg/{name}"))
     if "tf2_msgs/msg/TFMessage" not in store.types:
-        types.update(get_types_from_msg(_TFMESSAGE_MSG, "tf2_msgs/msg/TFMessage"))
-    store.register(types)
+        store.register(get_types_from_msg(_TFMESSAGE_MSG, "tf2_msgs/msg/TFMessage"))
     return store
 
 
@@ -587,27 +588,39 @@ def occupancy_grid_to_array(msg) -> np.ndarray:
 
 
 def track_array_msg(objects: Sequence[dict], t_ns: int, frame_id: str):
-    """ssm_perception_msgs/TrackArray from dicts with id, cls, x, y, z, yaw, l, w, h, vx, vy, yaw_rate
-    (optional: confidence, status, existence, age, time_since_update, pose_cov [36], twist_cov [36])."""
+    """ssm_perception/TrackArray from dicts with id, cls, x, y, z, yaw, l, w, h, vx, vy (in
+    ``frame_id``), yaw_rate (optional: uuid [16 bytes; default derived from id, as for ground truth],
+    class_probs {class: p}, status, existence, age, time_since_update, pose_cov [36], twist_cov [36]
+    in ``frame_id``). Field values as the node's (io/track_fields.py)."""
     from ssm_perception.geometry import make_transform, yaw_to_quat_xyzw
+    from ssm_perception.io import track_fields as tf
 
-    track_cls = msg_class(f"{MSG_PACKAGE}/msg/Track")
+    M = f"{MSG_PACKAGE}/msg/"
+    g = "geometry_msgs/msg/"
     tracks = []
     for o in objects:
         T = make_transform((o["x"], o["y"], o.get("z", 0.0)), yaw_to_quat_xyzw(o["yaw"]))
-        twist = msg_class("geometry_msgs/msg/Twist")(
-            linear=_vec3((o.get("vx", 0.0), o.get("vy", 0.0), 0.0)), angular=_vec3((0.0, 0.0, o.get("yaw_rate", 0.0)))
-        )
-        tracks.append(track_cls(
-            header=header_msg(t_ns, frame_id), id=int(o["id"]), classification=int(o["cls"]),
-            classification_confidence=float(o.get("confidence", 1.0)), status=int(o.get("status", 1)),
-            existence_probability=float(o.get("existence", 1.0)), pose=pose_msg(T), twist=twist,
-            size=_vec3((o["l"], o["w"], o["h"])),
-            pose_covariance=np.asarray(o.get("pose_cov", np.zeros(36)), dtype=np.float64).reshape(36),
-            twist_covariance=np.asarray(o.get("twist_cov", np.zeros(36)), dtype=np.float64).reshape(36),
-            age=float(o.get("age", 0.0)), time_since_update=float(o.get("time_since_update", 0.0)),
+        vx, vy, twist_cov = tf.twist_to_object_frame(o.get("vx", 0.0), o.get("vy", 0.0), o["yaw"],
+                                                    o.get("twist_cov"))
+        twist = msg_class(f"{g}Twist")(linear=_vec3((vx, vy, 0.0)), angular=_vec3((0.0, 0.0, o.get("yaw_rate", 0.0))))
+        uid = bytes(o["uuid"]) if o.get("uuid") else tf.ground_truth_uuid(o["id"])
+        shape = msg_class(f"{M}Shape")(
+            type=0, dimensions=_vec3((o["l"], o["w"], o["h"])),
+            footprint=msg_class(f"{g}Polygon")(points=[
+                msg_class(f"{g}Point32")(x=x, y=y, z=0.0) for x, y in tf.footprint(o["l"], o["w"])]))
+        tracks.append(msg_class(f"{M}Track")(
+            header=header_msg(t_ns, frame_id),
+            object_id=msg_class("unique_identifier_msgs/msg/UUID")(uuid=np.frombuffer(uid, dtype=np.uint8).copy()),
+            track_number=int(o["id"]), existence_probability=float(o.get("existence", 1.0)),
+            status=int(o.get("status", 1)),
+            classification=[msg_class(f"{M}ObjectClassification")(label=label, probability=float(p))
+                            for label, p in tf.classification(o.get("class_probs") or {int(o["cls"]): 1.0})],
+            pose=msg_class(f"{g}PoseWithCovariance")(
+                pose=pose_msg(T), covariance=np.asarray(o.get("pose_cov", np.zeros(36)), dtype=np.float64).reshape(36)),
+            twist=msg_class(f"{g}TwistWithCovariance")(twist=twist, covariance=twist_cov.reshape(36)),
+            shape=shape, age=float(o.get("age", 0.0)), time_since_update=float(o.get("time_since_update", 0.0)),
         ))
-    return msg_class(f"{MSG_PACKAGE}/msg/TrackArray")(header=header_msg(t_ns, frame_id), tracks=tracks)
+    return msg_class(f"{M}TrackArray")(header=header_msg(t_ns, frame_id), tracks=tracks)
 
 
 def string_msg(text: str):

@@ -393,33 +393,43 @@ def _status_code(status) -> int:
 
 
 def track_to_msg(tr, frame_id: str, stamp_ns: int):
-    """tracking.tracker.TrackState (odom) -> ssm_perception_msgs.msg.Track."""
-    from ssm_perception_msgs.msg import Track
+    """tracking.tracker.TrackState (odom) -> ssm_perception.msg.Track (field values: io/track_fields.py)."""
+    from geometry_msgs.msg import Point32
+
+    from ssm_perception.io import track_fields as tf
+    from ssm_perception.msg import ObjectClassification, Shape, Track
 
     m = Track()
     m.header.stamp = ns_to_stamp(stamp_ns)
     m.header.frame_id = frame_id
-    m.id = int(tr.id)
-    m.classification = int(tr.cls)
-    m.classification_confidence = float(tr.score)
+    m.object_id.uuid = np.frombuffer(bytes(tr.uuid), dtype=np.uint8) if tr.uuid else np.zeros(16, np.uint8)
+    m.track_number = int(tr.id)
+    m.existence_probability = float(tr.existence_probability)
     m.status = _status_code(tr.status)
-    m.existence_probability = float(tr.existence)
-    m.pose.position.x, m.pose.position.y = float(tr.x), float(tr.y)
-    m.pose.position.z = 0.5 * float(tr.height)  # box centre above the ground plane of odom
+    probs = dict(getattr(tr, "class_probs", {}) or {}) or {int(tr.cls): 1.0}
+    m.classification = [ObjectClassification(label=label, probability=float(p))
+                        for label, p in tf.classification(probs)]
+    p = m.pose.pose
+    p.position.x, p.position.y = float(tr.x), float(tr.y)
+    p.position.z = 0.5 * float(tr.height)  # box centre above the ground plane of odom
     q = yaw_to_quat_xyzw(float(tr.yaw))
-    m.pose.orientation.z, m.pose.orientation.w = float(q[2]), float(q[3])
-    m.twist.linear.x, m.twist.linear.y = float(tr.vx), float(tr.vy)
-    m.twist.angular.z = float(tr.yaw_rate)
-    m.size.x, m.size.y, m.size.z = float(tr.length), float(tr.width), float(tr.height)
-    m.pose_covariance = np.asarray(tr.pose_cov, dtype=np.float64).reshape(36)
-    m.twist_covariance = np.asarray(tr.twist_cov, dtype=np.float64).reshape(36)
+    p.orientation.z, p.orientation.w = float(q[2]), float(q[3])
+    m.pose.covariance = np.asarray(tr.pose_cov, dtype=np.float64).reshape(36)
+    vx, vy, twist_cov = tf.twist_to_object_frame(tr.vx, tr.vy, tr.yaw, tr.twist_cov)
+    m.twist.twist.linear.x, m.twist.twist.linear.y = vx, vy
+    m.twist.twist.angular.z = float(tr.yaw_rate)
+    m.twist.covariance = twist_cov.reshape(36)
+    m.shape.type = Shape.BOUNDING_BOX
+    m.shape.dimensions.x, m.shape.dimensions.y, m.shape.dimensions.z = \
+        float(tr.length), float(tr.width), float(tr.height)
+    m.shape.footprint.points = [Point32(x=x, y=y, z=0.0) for x, y in tf.footprint(tr.length, tr.width)]
     m.age = float(tr.age_s)
     m.time_since_update = float(tr.time_since_update_s)
     return m
 
 
 def track_array_msg(tracks, frame_id: str, stamp_ns: int):
-    from ssm_perception_msgs.msg import TrackArray
+    from ssm_perception.msg import TrackArray
 
     msg = TrackArray()
     msg.header.stamp = ns_to_stamp(stamp_ns)

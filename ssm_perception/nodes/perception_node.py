@@ -61,7 +61,6 @@ from rclpy.qos import (
 )
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from ssm_perception_msgs.msg import TrackArray
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -70,6 +69,7 @@ from visualization_msgs.msg import MarkerArray
 from ssm_perception.config import NODE_NAME, ConfigError, PerceptionConfig
 from ssm_perception.frame_assembler import Stamped
 from ssm_perception.memory import MMAP_THRESHOLD_BYTES, fix_malloc_mmap_threshold  # noqa: F401  (re-exported)
+from ssm_perception.msg import TrackArray
 from ssm_perception.nodes import parameters
 from ssm_perception.weights import CheckpointError
 
@@ -191,12 +191,17 @@ class PerceptionNode(Node):
     configuration raises `ConfigError` (one line naming the field) from the constructor.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, defer_setup: bool = False, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         # One descriptor per parameter from the schema (nodes/parameters.py); runtime changes are
         # validated by the schema and applied to the live configuration.
         self.config = parameters.declare(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        if not defer_setup:  # the managed node (nodes/lifecycle_node.py) sets up on `configure`
+            self.setup()
+
+    def setup(self) -> None:
+        """Pipeline, publishers, subscriptions, ~/reset, timers and the worker thread."""
         cfg = self.config
 
         from ssm_perception.frame_assembler import FrameAssembler
@@ -1015,7 +1020,7 @@ def validate_params_file(path: str | Path) -> None:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, node_class: type = PerceptionNode) -> int:
     """Console script `perception_node`. Without ``--params-file`` the packaged YAML is used."""
     argv = list(sys.argv if argv is None else argv)
     files = _params_files(argv)
@@ -1041,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals(stop, NODE_NAME)
     node = executor = None
     try:
-        node = PerceptionNode()
+        node = node_class()
         node.get_logger().info(malloc_note)
         if profile is not None:
             profile.start()

@@ -44,7 +44,7 @@ def bag_topic_types(topics: TopicsConfig | None = None) -> dict[str, str]:
         GT_OCCUPANCY: "nav_msgs/msg/OccupancyGrid",
         GT_DYNAMIC: "nav_msgs/msg/OccupancyGrid",
         GT_VISIBILITY: "nav_msgs/msg/OccupancyGrid",
-        GT_OBJECTS: "ssm_perception_msgs/msg/TrackArray",
+        GT_OBJECTS: "ssm_perception/msg/TrackArray",
         GT_EVENTS: "std_msgs/msg/String",
         GT_SCENARIO: "std_msgs/msg/String",
         GT_EGO: "nav_msgs/msg/Odometry",

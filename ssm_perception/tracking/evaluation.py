@@ -410,13 +410,17 @@ def _observed_from_status(status: int) -> bool | None:
 
 def ground_truth_objects(msg) -> list[GroundTruthObject]:
     """A /ground_truth/objects TrackArray (odom) -> GroundTruthObject per track, ``observed`` from its status."""
+    from ssm_perception.io.track_fields import class_of, velocity_in_parent_frame
+
     objects = []
     for t in msg.tracks:
-        T = _pose_matrix(t.pose)
+        T = _pose_matrix(t.pose.pose)
+        yaw = yaw_of(T)
+        vx, vy = velocity_in_parent_frame(t.twist.twist.linear.x, t.twist.twist.linear.y, yaw)  # object frame -> odom
+        d = t.shape.dimensions
         objects.append(GroundTruthObject(
-            id=int(t.id), cls=int(t.classification), x=float(T[0, 3]), y=float(T[1, 3]), yaw=yaw_of(T),
-            vx=float(t.twist.linear.x), vy=float(t.twist.linear.y),
-            length=float(t.size.x), width=float(t.size.y), height=float(t.size.z),
+            id=int(t.track_number), cls=class_of(t.classification), x=float(T[0, 3]), y=float(T[1, 3]), yaw=yaw,
+            vx=vx, vy=vy, length=float(d.x), width=float(d.y), height=float(d.z),
             observed=_observed_from_status(t.status),
         ))
     return objects
@@ -430,7 +434,7 @@ def _gt_observed(bag: str | Path) -> dict[int, dict[int, bool | None]]:
     for _, _, _, msg in read_messages(bag, [GT_OBJECTS_TOPIC]):
         st = msg.header.stamp
         out[int(st.sec) * 1_000_000_000 + int(st.nanosec)] = {
-            int(t.id): _observed_from_status(t.status) for t in msg.tracks}
+            int(t.track_number): _observed_from_status(t.status) for t in msg.tracks}
     return out
 
 

@@ -1,0 +1,89 @@
+"""Issue 18: the managed (lifecycle) perception node, driven over DDS through ~/change_state as a
+lifecycle manager (nav2, Autoware) does: configure, activate, deactivate, cleanup, shutdown."""
+
+import sys
+import time
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_helpers import TEST_OVERRIDES, Listener, Proc, wait_for, write_params
+from std_srvs.srv import Trigger
+
+pytestmark = pytest.mark.ros
+NODE = "/ssm_perception"
+QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def _call(listener, srv_type, name, request, timeout=30.0):
+    client = listener.node.create_client(srv_type, name)
+    try:
+        assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
+        future = client.call_async(request)
+        wait_for(future.done, timeout, f"answer of {name}")
+        return future.result()
+    finally:
+        listener.node.destroy_client(client)
+
+
+def _state(listener) -> int:
+    return _call(listener, GetState, f"{NODE}/get_state", GetState.Request()).current_state.id
+
+
+def _transition(listener, transition_id: int) -> bool:
+    req = ChangeState.Request()
+    req.transition.id = transition_id
+    return _call(listener, ChangeState, f"{NODE}/change_state", req, timeout=120.0).success
+
+
+def _has_reset_service(listener) -> bool:
+    return any(name == f"{NODE}/reset" for name, _ in listener.node.get_service_names_and_types())
+
+
+def test_lifecycle_transitions_over_dds(tmp_path):
+    params = write_params(tmp_path / "params.yaml", {**TEST_OVERRIDES, "model.kind": "logodds",
+                                                    "diagnostics.period_s": 0.2})
+    node = Proc([sys.executable, "-m", "ssm_perception.nodes.lifecycle_node", "--ros-args",
+                 "--params-file", str(params)], tmp_path / "node.log")
+    listener = Listener("lifecycle_manager")
+    try:
+        listener.subscribe("/diagnostics", DiagnosticArray, QOS)
+        assert _state(listener) == State.PRIMARY_STATE_UNCONFIGURED
+        assert not _has_reset_service(listener)
+
+        assert _transition(listener, Transition.TRANSITION_CONFIGURE)
+        assert _state(listener) == State.PRIMARY_STATE_INACTIVE
+        wait_for(lambda: _has_reset_service(listener), 10.0, "~/reset after configure", node)
+        time.sleep(1.0)  # 5 diagnostics periods: none may come while inactive
+        assert listener.get("/diagnostics") == []
+
+        assert _transition(listener, Transition.TRANSITION_ACTIVATE)
+        assert _state(listener) == State.PRIMARY_STATE_ACTIVE
+        wait_for(lambda: len(listener.get("/diagnostics")) >= 2, 20.0, "/diagnostics while active", node)
+        assert _call(listener, Trigger, f"{NODE}/reset", Trigger.Request()).success
+
+        assert _transition(listener, Transition.TRANSITION_DEACTIVATE)
+        assert _state(listener) == State.PRIMARY_STATE_INACTIVE
+        time.sleep(0.5)  # let a message in flight arrive
+        n = len(listener.get("/diagnostics"))
+        time.sleep(1.0)
+        assert len(listener.get("/diagnostics")) == n, "diagnostics kept coming while inactive"
+
+        assert _transition(listener, Transition.TRANSITION_CLEANUP)
+        assert _state(listener) == State.PRIMARY_STATE_UNCONFIGURED
+        wait_for(lambda: not _has_reset_service(listener), 10.0, "~/reset gone after cleanup", node)
+
+        # configure again after cleanup: a fresh pipeline, then shut down from inactive
+        assert _transition(listener, Transition.TRANSITION_CONFIGURE)
+        assert _state(listener) == State.PRIMARY_STATE_INACTIVE
+        assert _transition(listener, Transition.TRANSITION_INACTIVE_SHUTDOWN)
+        assert _state(listener) == State.PRIMARY_STATE_FINALIZED
+        assert node.alive()
+    finally:
+        listener.close()
+        rc = node.stop()
+    out = node.output()
+    assert rc == 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
