@@ -314,9 +314,9 @@ def message_encoder():
     packages are missing (the GPU image): the bench then reports msg_encode as unavailable."""
     try:
         import nav_msgs.msg  # noqa: F401
-        import ssm_perception_msgs.msg  # noqa: F401
         import visualization_msgs.msg  # noqa: F401
 
+        import ssm_perception.msg  # noqa: F401
         from ssm_perception.io.ros_convert import frame_messages
     except ImportError as exc:
         return None, f"unavailable: {type(exc).__name__}: {exc}"[:200]

@@ -340,7 +340,7 @@ class DistributionShiftConfig(_Section):
 
 
 class PerClass(_Section):
-    """One number per object class (msg/Track.msg numbering: car 1, truck 2, cyclist 3, pedestrian 4)."""
+    """One number per object class (our class numbering: car 1, truck 2, cyclist 3, pedestrian 4; io/track_fields.py maps it to the labels of msg/ObjectClassification.msg)."""
 
     car: float = Field(ge=0, description="car")
     truck: float = Field(ge=0, description="truck")

@@ -139,13 +139,15 @@ def test_label_file_gives_mota_idf1_and_recall_by_range(bags):
     from ssm_perception.io.bag import read_messages
     from ssm_perception.io.labels import LabelBox, write_labels
     from ssm_perception.io.ros_convert import stamp_to_ns
+    from ssm_perception.io.track_fields import class_of
 
     boxes = []
     for _, _, _, msg in read_messages(bags["sim"], ["/ground_truth/objects"]):
         for o in msg.tracks:
-            cls = {1: "car", 2: "truck", 3: "cyclist", 4: "pedestrian"}.get(int(o.classification), "other")
-            boxes.append(LabelBox(stamp_to_ns(msg.header.stamp), str(o.id), cls, o.pose.position.x,
-                                  o.pose.position.y, o.pose.position.z, o.size.x, o.size.y, o.size.z, 0.0))
+            cls = {1: "car", 2: "truck", 3: "cyclist", 4: "pedestrian"}.get(class_of(o.classification), "other")
+            p, d = o.pose.pose.position, o.shape.dimensions
+            boxes.append(LabelBox(stamp_to_ns(msg.header.stamp), str(o.track_number), cls, p.x, p.y, p.z,
+                                  d.x, d.y, d.z, 0.0))
     assert boxes
     labels = bags["dir"] / "labels.jsonl"
     write_labels(labels, boxes)

@@ -217,9 +217,13 @@ def test_track_state_fills_a_track_array_message():
         tracks = trk.update([odet(3.0 * 0.1 * k, 1.0, 3.0, 0.0)], 0.1 * k)
     msg = bag.track_array_msg([t.as_msg_dict() for t in tracks], 400_000_000, "odom")
     (m,) = msg.tracks
-    assert m.id == tracks[0].id and m.status == 1 and m.classification == 1
-    assert m.pose_covariance.shape == (36,) and m.pose_covariance[0] == pytest.approx(tracks[0].pose_cov[0, 0])
-    assert m.twist.linear.x == pytest.approx(tracks[0].vx)
+    tr = tracks[0]
+    assert m.track_number == tr.id and bytes(m.object_id.uuid) == tr.uuid and m.status == 1
+    assert m.classification[0].label == 1 and m.existence_probability == pytest.approx(tr.existence)
+    assert m.pose.covariance.shape == (36,) and m.pose.covariance[0] == pytest.approx(tr.pose_cov[0, 0])
+    # twist in the object frame: rotate the odom velocity by -yaw
+    c, s = math.cos(tr.yaw), math.sin(tr.yaw)
+    assert m.twist.twist.linear.x == pytest.approx(c * tr.vx + s * tr.vy)
 
 
 def test_batched_cost_matrix_equals_per_pair_mahalanobis():

@@ -7,7 +7,7 @@ JSON lines, one box per line (UTF-8), in the bag's odom frame at the LiDAR stamp
 
 - stamp_ns: the LiDAR scan stamp the box was annotated on (integer nanoseconds, the PointCloud2
   header stamp in the bag); id: the object's identity across frames (string); class: car, truck,
-  cyclist, pedestrian or other (numbers of msg/Track.msg: 1, 2, 3, 4, 0); x, y, z: box centre in
+  cyclist, pedestrian or other (our class numbers 1, 2, 3, 4, 0; io/track_fields.py); x, y, z: box centre in
   odom [m]; l, w, h: size along the box's x, y, z [m]; yaw: heading about odom z [rad].
 - optional: "num_points" (LiDAR returns inside the box, where the dataset gives it).
 `import` writes it as labels.jsonl inside the bag directory (rosbag2 tools ignore extra files).

@@ -17,12 +17,12 @@ GROUND, SIDEWALK, MARKING, BUILDING, VEHICLE, PEDESTRIAN, POLE, VEGETATION, KERB
 MATERIAL_NAMES = ("ground", "sidewalk", "marking", "building", "vehicle", "pedestrian", "pole", "vegetation", "kerb",
                   "barrier", "cyclist")
 
-# Object classes (msg/Track.msg).
+# Object classes (our numbering; io/track_fields.py maps them to msg/ObjectClassification.msg labels).
 CLS_UNKNOWN, CLS_CAR, CLS_TRUCK, CLS_CYCLIST, CLS_PEDESTRIAN = range(5)
 CLASS_MATERIAL = {CLS_CAR: VEHICLE, CLS_TRUCK: VEHICLE, CLS_CYCLIST: CYCLIST, CLS_PEDESTRIAN: PEDESTRIAN}
 CLASS_SIZE = {CLS_CAR: (4.5, 1.9, 1.5), CLS_TRUCK: (9.0, 2.5, 3.4), CLS_CYCLIST: (1.8, 0.6, 1.7),
               CLS_PEDESTRIAN: (0.6, 0.6, 1.75)}
-BUS_SIZE = (12.0, 2.55, 3.2)  # a city bus: class truck in the ground truth (msg/Track.msg has no bus)
+BUS_SIZE = (12.0, 2.55, 3.2)  # a city bus: class truck in the ground truth (our classes have no bus)
 _BUS = -1  # marker in the class lists of the layouts: a truck-class agent of BUS_SIZE
 
 # Occupancy ground truth counts primitives that reach into the body band of a vehicle

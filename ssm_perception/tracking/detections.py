@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ssm_perception.config import GridConfig, TrackingConfig
 from ssm_perception.geometry import wrap_angle, yaw_of
 
-# Head channel k of center_logit is object class k + 1 (msg/Track.msg numbering).
+# Head channel k of center_logit is object class k + 1 (our class numbering, io/track_fields.py).
 NUM_OBJECT_CLASSES = 4
 CLASS_NAMES = {0: "unknown", 1: "car", 2: "truck", 3: "cyclist", 4: "pedestrian"}
 

@@ -35,7 +35,7 @@ from ssm_perception.config import GridConfig, PerceptionConfig
 # 2: radar and camera motion-compensated to the LiDAR stamp by the frame assembler (issue 16).
 CACHE_VERSION = 2
 
-# Object classes (msg/Track.msg): 0 unknown, 1 car, 2 truck, 3 cyclist, 4 pedestrian; head k = class k+1.
+# Object classes (our numbering, io/track_fields.py): 0 unknown, 1 car, 2 truck, 3 cyclist, 4 pedestrian; head k = class k+1.
 NUM_CENTER_CLASSES = 4
 
 
