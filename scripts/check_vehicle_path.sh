@@ -62,7 +62,7 @@ listing=$(colcon list)
 say "colcon list: $listing"
 grep -qE '^ssm_perception[[:space:]]+src/ssm_perception[[:space:]]+\(ros\.ament_cmake\)' <<<"$listing" \
   || die "colcon's default crawl does not find ssm_perception as an ament_cmake package"
-say "colcon build (rosidl + the Python package; ~2 min on 2 cores)"
+say "colcon build (rosidl generators + the Python package)"
 colcon build > "$WS/build.log" 2>&1 || { tail -40 "$WS/build.log" >&2; die "colcon build failed"; }
 
 # ---------------------------------------------------------------- installed layout
@@ -77,8 +77,9 @@ for f in share/ament_index/resource_index/packages/ssm_perception share/ssm_perc
          share/ssm_perception/msg/Track.msg share/ssm_perception/local_setup.bash; do
   [ -f "$P/$f" ] || die "$f is not installed"
 done
-head -1 "$P/lib/ssm_perception/perception_node" | grep -qx "#!$PY" \
-  || die "the executables' interpreter is not the ROS install's Python: $(head -1 "$P/lib/ssm_perception/perception_node")"
+interp=$(head -1 "$P/lib/ssm_perception/perception_node" | sed 's/^#!//')
+[ "$(dirname "$interp")" = "$VENV/bin" ] && "$interp" -c "import rclpy" \
+  || die "the executables' interpreter is not the ROS install's Python: $interp"
 [ -f "$SITE/ssm_perception/msg/_track.py" ] && [ -f "$SITE/ssm_perception/nodes/perception_node.py" ] \
   || die "the Python package or its generated messages are missing in $SITE"
 

@@ -41,7 +41,7 @@ class ManagedPerceptionNode(PerceptionNode, LifecycleNode):
     def create_publisher(self, msg_type, topic, qos_profile, **kwargs):
         if not self._configuring:  # rclpy's own (/parameter_events, /rosout, transition events)
             return super().create_publisher(msg_type, topic, qos_profile, **kwargs)
-        return self.create_lifecycle_publisher(msg_type, topic, qos_profile, **kwargs)
+        return self._record(self.create_lifecycle_publisher(msg_type, topic, qos_profile, **kwargs))
 
     def _record(self, entity):
         if self._configuring:  # not rclpy's own (parameter services, /clock, lifecycle services)
@@ -83,7 +83,7 @@ class ManagedPerceptionNode(PerceptionNode, LifecycleNode):
         self._active = False
         self._diag_timer.cancel()
         with self._wake:
-            self._pending_lidar = None  # a frame waiting for the worker is not processed any more
+            self._queue.clear()  # frames waiting for TF or the worker are not processed any more
         self.get_logger().info("inactive: LiDAR frames are dropped until activated again")
         return super().on_deactivate(state)
 
@@ -108,26 +108,23 @@ class ManagedPerceptionNode(PerceptionNode, LifecycleNode):
         if hasattr(self, "_jump_handle"):
             self._jump_handle.unregister()
             del self._jump_handle
-        for pub in [p for p in (getattr(self, n, None) for n in ("pub_grid", "pub_tracks", "pub_markers",
-                                                                   "pub_diag")) if p is not None]:
-            self.destroy_lifecycle_publisher(pub)
         for entity in self._entities:
-            kind = type(entity).__name__
-            destroy = {"Subscription": self.destroy_subscription, "Service": self.destroy_service,
-                       "Timer": self.destroy_timer}.get(kind)
-            if destroy is not None:
-                destroy(entity)
+            destroy = {"LifecyclePublisher": self.destroy_lifecycle_publisher,
+                       "Subscription": self.destroy_subscription, "Service": self.destroy_service,
+                       "Timer": self.destroy_timer}[type(entity).__name__]
+            destroy(entity)
         self._entities.clear()
-        for name in ("pub_grid", "pub_tracks", "pub_markers", "pub_diag", "pipeline", "tf", "_diag_timer"):
+        for name in [n for n in self.__dict__ if n.startswith("pub_")] + ["pipeline", "tf", "assembler",
+                                                                           "_diag_timer"]:
             self.__dict__.pop(name, None)
         self._configured = False
 
     # ---------------------------------------------------------------- gating
-    def _on_lidar(self, msg) -> None:
+    def _on_lidar(self, msg, info=None) -> None:
         if not self._active:
             self.frames_dropped_inactive += 1
             return
-        super()._on_lidar(msg)
+        super()._on_lidar(msg, info)
 
     def summary(self) -> str:
         if not self._configured:
