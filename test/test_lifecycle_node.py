@@ -28,8 +28,8 @@ def _call(listener, srv_type, name, request, timeout=30.0):
         listener.node.destroy_client(client)
 
 
-def _state(listener) -> int:
-    return _call(listener, GetState, f"{NODE}/get_state", GetState.Request()).current_state.id
+def _state(listener, timeout: float = 30.0) -> int:
+    return _call(listener, GetState, f"{NODE}/get_state", GetState.Request(), timeout).current_state.id
 
 
 def _transition(listener, transition_id: int) -> bool:
@@ -50,7 +50,8 @@ def test_lifecycle_transitions_over_dds(tmp_path):
     listener = Listener("lifecycle_manager")
     try:
         listener.subscribe("/diagnostics", DiagnosticArray, QOS)
-        assert _state(listener) == State.PRIMARY_STATE_UNCONFIGURED
+        # the first answer waits for the process to start (imports take long on a loaded machine)
+        assert _state(listener, timeout=180.0) == State.PRIMARY_STATE_UNCONFIGURED
         assert not _has_reset_service(listener)
 
         assert _transition(listener, Transition.TRANSITION_CONFIGURE)
