@@ -219,7 +219,7 @@ def test_track_state_fills_a_track_array_message():
     (m,) = msg.tracks
     tr = tracks[0]
     assert m.track_number == tr.id and bytes(m.object_id.uuid) == tr.uuid and m.status == 1
-    assert m.classification[0].label == 1 and m.existence_probability == pytest.approx(tr.existence)
+    assert m.classification[0].label == 1 and m.existence_probability == pytest.approx(tr.existence_probability)
     assert m.pose.covariance.shape == (36,) and m.pose.covariance[0] == pytest.approx(tr.pose_cov[0, 0])
     # twist in the object frame: rotate the odom velocity by -yaw
     c, s = math.cos(tr.yaw), math.sin(tr.yaw)
