@@ -85,18 +85,20 @@ def relative_times(values: np.ndarray, stamp_ns: int) -> tuple[np.ndarray | None
         else:
             t, how = vi * 1e-9, "nanoseconds after the stamp"
     else:
-        vf = v.astype(np.float64)
-        finite = vf[np.isfinite(vf)]
+        vf = v if v.dtype == np.float32 else v.astype(np.float64)
+        lo, hi = vf.min(), vf.max()  # one pass each; NaN/inf anywhere make them non-finite: slow path
+        finite = vf if np.isfinite(lo) and np.isfinite(hi) else vf[np.isfinite(vf)]
         if finite.size and np.abs(finite).max() > 1e6:
             if v.dtype.itemsize < 8:
                 return None, "absolute seconds in float32 (too coarse to use)"
             t, how = vf - stamp_ns * 1e-9, "absolute seconds"
         else:
             t, how = vf, "seconds after the stamp"
-    finite = t[np.isfinite(t)]
+    lo, hi = t.min(), t.max()
+    finite = t if np.isfinite(lo) and np.isfinite(hi) else t[np.isfinite(t)]
     if finite.size and (finite.min() < -0.5 or finite.max() > 0.5):
         return None, f"{how} spanning {finite.min():.3f}..{finite.max():.3f} s around the stamp (not a sweep)"
-    return t.astype(np.float32), how
+    return t.astype(np.float32, copy=False), how
 
 
 class LidarInput:
@@ -131,46 +133,53 @@ class LidarInput:
             self._note("time", OK if t is not None else WARN,
                        f"per-point time from field {tfield!r} read as {how}" + ("" if t is not None else
                                                                                  "; ignored (no deskew)"))
-        dtype = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")]
-        dtype += [("t", "f4")] if t is not None else []
-        dtype += [("ring", "u2")] if rfield is not None else []
-        out = np.empty(src.shape[0], dtype=dtype)
-        for c in ("x", "y", "z"):
-            out[c] = src[c]
-        if t is not None:
-            out["t"] = t
-        if rfield is not None:
-            out["ring"] = np.clip(np.nan_to_num(src[rfield].astype(np.float64)), 0, 65535)
-        has_intensity = "intensity" in names
-        if has_intensity:
-            out["intensity"] = np.nan_to_num(src["intensity"].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-
         T = np.asarray(T_base_lidar, dtype=np.float64)
-        xyz = np.stack([out["x"], out["y"], out["z"]], 1).astype(np.float64) @ T[:3, :3].T + T[:3, 3]
-        keep = np.isfinite(xyz).all(1)
-        if self.cfg.ego_footprint:
+        xs, ys, zs = (np.asarray(src[c], dtype=np.float32) for c in ("x", "y", "z"))
+        rows = None  # None: all rows kept
+        if self.cfg.ego_footprint:  # the box test per coordinate in float32 (no [N, 3] temporaries)
             c = self.cfg
-            inside = ((xyz[:, 0] >= c.ego_x_min) & (xyz[:, 0] <= c.ego_x_max)
-                      & (xyz[:, 1] >= c.ego_y_min) & (xyz[:, 1] <= c.ego_y_max)
-                      & (xyz[:, 2] >= c.ego_z_min) & (xyz[:, 2] <= c.ego_z_max))
-            n_in = int(inside.sum())
+            R, tr = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
+            inside = None
+            for k, (lo, hi) in enumerate(((c.ego_x_min, c.ego_x_max), (c.ego_y_min, c.ego_y_max),
+                                          (c.ego_z_min, c.ego_z_max))):
+                v = R[k, 0] * xs + R[k, 1] * ys + R[k, 2] * zs + tr[k]
+                m = (v >= lo) & (v <= hi)
+                inside = m if inside is None else inside & m
+            n_in = int(np.count_nonzero(inside))
             self.dropped_ego = n_in
             if n_in:
-                share = n_in / max(1, len(out))
+                share = n_in / max(1, len(src))
                 self._note("ego_footprint", WARN if share > 0.2 else OK,
                            f"{n_in} returns ({100 * share:.1f} %) inside the ego box dropped in the last frame"
                            + (" (more than 20 %: is the lidar_input.ego_* box larger than the vehicle?)"
                               if share > 0.2 else ""), log_once=False)
-                keep_rows = ~inside
-                out, xyz, keep = out[keep_rows], xyz[keep_rows], keep[keep_rows]
+                rows = np.flatnonzero(~inside)
 
-        self._intensity(out, keep, has_intensity)
-        if self.cfg.mount_check:
-            self._mount(xyz[keep], T, T_odom_base, frame_id)
+        def col(a):
+            return a if rows is None else a[rows]
+
+        dtype = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")]
+        dtype += [("t", "f4")] if t is not None else []
+        dtype += [("ring", "u2")] if rfield is not None else []
+        n = len(src) if rows is None else len(rows)
+        out = np.empty(n, dtype=dtype)
+        out["x"], out["y"], out["z"] = col(xs), col(ys), col(zs)
+        if t is not None:
+            out["t"] = col(t)
+        if rfield is not None:
+            out["ring"] = np.clip(np.nan_to_num(col(src[rfield]).astype(np.float64)), 0, 65535)
+        has_intensity = "intensity" in names
+        if has_intensity:
+            out["intensity"] = np.nan_to_num(col(src["intensity"]).astype(np.float32), nan=0.0, posinf=0.0,
+                                             neginf=0.0)
+        self._intensity(out, has_intensity)
+        if self.cfg.mount_check and (len(self._fits) < _MOUNT_FITS or len(self._pairs) < _HEADING_PAIRS):
+            xyz = np.stack([out["x"], out["y"], out["z"]], 1).astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+            self._mount(xyz[np.isfinite(xyz).all(1)], T, T_odom_base, frame_id)
         return out
 
     # ------------------------------------------------------------------ intensity
-    def _intensity(self, out, keep, has_intensity: bool) -> None:
+    def _intensity(self, out, has_intensity: bool) -> None:
         mode = self.cfg.intensity_mode
         if not has_intensity or mode == "ignore":
             out["intensity"] = TRAIN_INTENSITY_MEDIAN
@@ -180,7 +189,7 @@ class LidarInput:
             return
         raw = out["intensity"]
         if mode == "auto" and len(self._p95) < self.cfg.auto_scans:
-            vals = raw[keep]
+            vals = raw[np.isfinite(out["x"]) & np.isfinite(out["y"]) & np.isfinite(out["z"])]
             if vals.size:
                 self._p95.append(float(np.percentile(vals, 95)))
             p95 = float(np.median(self._p95)) if self._p95 else 0.0
