@@ -2,7 +2,7 @@
 
 Output bag (mcap): /tf_static base_link -> <lidar frame> (latched), /tf odom -> base_link at every
 scan stamp, the LiDAR as sensor_msgs/PointCloud2 in its own frame at its own stamp (fields x, y, z,
-intensity as the dataset gives it, t [s after the stamp] and ring where known) on the configured
+intensity as the dataset gives it, ring where known; no per-point time) on the configured
 LiDAR topic, and, where the dataset has boxes, labels.jsonl (io/labels.py) inside the bag directory.
 Every failure is an ``ImportFailure`` with one line; nothing is left at the output path (the bag is
 written in a hidden temporary directory next to it and renamed at the end).

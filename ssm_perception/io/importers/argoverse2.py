@@ -3,7 +3,9 @@ calibration/egovehicle_SE3_sensor.feather, annotations.feather (optional); pyarr
 
 Sweeps hold both LiDARs' returns in the ego-vehicle frame (x, y, z, intensity 0..255, laser_number,
 offset_ns); the bag carries them in the up_lidar frame (base_link <- up_lidar from the calibration),
-as a driver would publish them, with t = offset_ns and ring = laser_number. base_link is the AV2
+as a driver would publish them, with ring = laser_number. No per-point time: the sweeps are already
+motion-compensated to the sweep stamp (av2-api, structures/sweep.py), so a `t` field would make the
+encoder deskew them a second time. base_link is the AV2
 ego-vehicle frame; odom is the first pose's position and heading in the city frame.
 """
 
@@ -88,8 +90,6 @@ def load(src: Path, opts: ImportOptions) -> Recording:
         _need(c, ("x", "y", "z", "intensity"), path)
         xyz = np.stack([c["x"], c["y"], c["z"]], 1).astype(np.float64) @ T_lidar_base[:3, :3].T + T_lidar_base[:3, 3]
         cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "intensity": c["intensity"].astype(np.float32)}
-        if "offset_ns" in c:
-            cols["t"] = c["offset_ns"].astype(np.float64) * 1e-9
         if "laser_number" in c:
             cols["ring"] = c["laser_number"].astype(np.uint16)
         return structured(cols)
