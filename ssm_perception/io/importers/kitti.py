@@ -156,6 +156,8 @@ def load(src: Path, opts: ImportOptions) -> Recording:
         if len(P) != n:
             raise ImportFailure(f"{poses_path}: {len(P)} poses for {n} scans")
         frame = opts.poses_frame if opts.poses_frame != "auto" else "camera"
+        if frame not in ("camera", "lidar"):
+            raise ImportFailure(f"--poses-frame must be camera or lidar for kitti, got {frame!r}")
         if frame == "camera":
             if Tr is None:
                 raise ImportFailure(f"camera poses ({poses_path}) need the velodyne -> cam0 transform: calib.txt "
