@@ -7,8 +7,9 @@
 #   2. `colcon build` with colcon's default crawl (no --base-paths, no --packages-select)
 #   3. the installed layout `ros2 run` and launch_ros resolve: lib/ssm_perception/<executables>, the
 #      ament index, share/ssm_perception/{package.xml,launch,config}, ssm_perception.msg
-#   4. the INSTALLED perception_node with the INSTALLED config publishes /diagnostics (random
-#      ROS_DOMAIN_ID, this host only) and stops cleanly on Ctrl-C
+#   4. the INSTALLED perception_node, started as `ros2 run` starts it (no arguments: it takes the
+#      INSTALLED default config), publishes /diagnostics (random ROS_DOMAIN_ID, this host only) and
+#      stops cleanly on Ctrl-C
 #   5. `colcon test` runs pytest through ament_cmake_pytest; to keep CI short only the packaging tests
 #      are selected (PYTEST_ADDOPTS="-k packaging"); `colcon test-result` must count them, 0 failures
 #
@@ -96,7 +97,11 @@ prefix = get_package_prefix("ssm_perception")
 exe = os.path.join(prefix, "lib", "ssm_perception", "perception_node")
 assert os.access(exe, os.X_OK), exe
 print(exe)
-print(os.path.join(get_package_share_directory("ssm_perception"), "config", "ssm_perception.yaml"))
+# the parameter file the node takes without --params-file (the CPU or GPU default, ssm_perception/defaults.py)
+from ssm_perception.nodes.perception_node import default_config_path
+config = str(default_config_path())
+assert config.startswith(os.path.join(get_package_share_directory("ssm_perception"), "config")), config
+print(config)
 EOF
 ) || die "the ament index does not resolve ssm_perception's executable"
 CONFIG=$(sed -n 2p <<<"$EXE"); EXE=$(sed -n 1p <<<"$EXE")
@@ -108,8 +113,8 @@ assert ssm_perception.msg.Track.__module__ and ssm_perception.msg.__file__.start
 ") || die "python does not import ssm_perception (and ssm_perception.msg) from the install space"
 
 # ---------------------------------------------------------------- the installed node publishes
-say "starting the installed perception_node with the installed config (ROS_DOMAIN_ID=$ROS_DOMAIN_ID)"
-"$EXE" --ros-args --params-file "$CONFIG" > "$WS/node.log" 2>&1 &
+say "starting the installed perception_node (default config: ${CONFIG#"$WS/"}; ROS_DOMAIN_ID=$ROS_DOMAIN_ID)"
+"$EXE" > "$WS/node.log" 2>&1 &
 NODE_PID=$!
 "$PY" - <<'EOF' || { kill -INT $NODE_PID 2>/dev/null; tail -30 "$WS/node.log" >&2; die "no /diagnostics from the installed node"; }
 import time

@@ -60,15 +60,17 @@ def _hex(grid_msg) -> str:
 
 
 def track_numbers(msg) -> list:
-    """Every number of a TrackArray that a planner reads (ids, class, pose, twist, size, covariances)."""
+    """Every number of a TrackArray that a planner reads (track number, classes, pose, twist, shape,
+    covariances); not the UUIDs, which are random per track (uuid4) and so differ between processes."""
     f32 = np.float32  # float32 fields of Track.msg: DDS rounds them, an unsent message still holds doubles
     rows = []
     for t in msg.tracks:
-        p, v = t.pose, t.twist
-        rows.append([int(t.id), int(t.classification), float(f32(t.classification_confidence)), int(t.status),
-                     float(f32(t.existence_probability)), p.position.x, p.position.y, p.position.z, p.orientation.z,
-                     p.orientation.w, v.linear.x, v.linear.y, v.angular.z, t.size.x, t.size.y, t.size.z,
-                     *map(float, t.pose_covariance), *map(float, t.twist_covariance), float(f32(t.age)),
+        p, v, d = t.pose.pose, t.twist.twist, t.shape.dimensions
+        rows.append([int(t.track_number), *[x for c in t.classification for x in (int(c.label), float(f32(c.probability)))],
+                     int(t.status), float(f32(t.existence_probability)), p.position.x, p.position.y, p.position.z,
+                     p.orientation.z, p.orientation.w, v.linear.x, v.linear.y, v.angular.z, d.x, d.y, d.z,
+                     *[x for q in t.shape.footprint.points for x in (float(f32(q.x)), float(f32(q.y)))],
+                     *map(float, t.pose.covariance), *map(float, t.twist.covariance), float(f32(t.age)),
                      float(f32(t.time_since_update))])
     return rows
 
@@ -95,7 +97,7 @@ def test_offline_replay_is_bit_identical_across_processes(bag, tmp_path):
 def _node_run(bag, tmp_path, name: str) -> list[dict]:
     from nav_msgs.msg import OccupancyGrid
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from ssm_perception_msgs.msg import TrackArray
+    from ssm_perception.msg import TrackArray
 
     qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
     run_dir = tmp_path / name
