@@ -82,7 +82,9 @@ LATENCY_WINDOW = 200  # frames kept for latency percentiles
 # REP-2003: maps are served reliable + transient_local (depth 1) so late joiners (RViz) get the last one.
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# Deeper than tf2's 100: a replay at 3x sends 150 transforms a second, and while a slow frame holds the
+# interpreter the executor may not take them for a while; lost transforms would drop whole frames.
+TF_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 TF_STATIC_QOS = QoSProfile(
     depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -249,6 +251,8 @@ class PerceptionNode(Node):
         self.frames_processed = 0
         self.frames_dropped_busy = 0
         self.frames_dropped_tf = 0
+        self.frames_lost_transport = 0
+        self._lidar_seq: tuple | None = None  # (publisher, sequence number, stamp) of the last accepted frame
         self.stage_ms: dict[str, deque] = {}
         self.pipeline_latency_ms: deque = deque(maxlen=LATENCY_WINDOW)
         self.last_health = None  # temporal.health.HealthReport of the last frame
@@ -327,8 +331,8 @@ class PerceptionNode(Node):
             self.get_logger().warning(f"[{name}] {text} (seen {n}x; throttled to one line per {LOG_THROTTLE_S:g} s)")
         return text
 
-    def _check_stamp(self, sensor: str, stamp_ns: int) -> bool:
-        """Reject zero stamps and stamps too far in the future or the past of the node clock."""
+    def _check_stamp(self, sensor: str, stamp_ns: int, check_age: bool = True) -> bool:
+        """Reject zero stamps and stamps too far in the future or (``check_age``) the past of the node clock."""
         if stamp_ns <= 0:
             self.flag(f"{sensor}_stamp_zero", f"{sensor}: message with a zero stamp dropped")
             return False
@@ -341,7 +345,7 @@ class PerceptionNode(Node):
             self.flag(f"{sensor}_stamp_future", f"{sensor}: stamp {ahead:.2f} s ahead of the node clock (limit "
                       f"{s.max_stamp_future_s:g} s; use_sim_time mismatch?); dropped")
             return False
-        if -ahead > s.max_stamp_age_s:
+        if check_age and -ahead > s.max_stamp_age_s:
             self.flag(f"{sensor}_stamp_old", f"{sensor}: stamp {-ahead:.2f} s behind the node clock (limit "
                       f"{s.max_stamp_age_s:g} s); dropped")
             return False
@@ -400,11 +404,12 @@ class PerceptionNode(Node):
                 return
             st.seen(self._now_ns(), stamp)
             self._arrival_wall.append(now_wall)
+            self._note_transport_loss(info, stamp)
             frame = _Frame(msg, points, stamp, now_wall, self.assembler.snapshot())
             self._queue.insert(bisect.bisect([f.stamp for f in self._queue], stamp), frame)
             if len(self._queue) > self.config.sensors.frame_queue_size:
-                old = self._queue.pop(0)
-                self._drop_busy_or_tf(old, f"the frame queue ({self.config.sensors.frame_queue_size}) is full")
+                # The sensor delivered it and the worker did not get to it: skipped while busy.
+                self._skip_busy(self._queue.pop(0), f"the frame queue ({self.config.sensors.frame_queue_size}) is full")
             self._wake.notify()
 
     def _admit(self, stamp: int) -> bool:
@@ -426,6 +431,21 @@ class PerceptionNode(Node):
             self._skipped.clear()
             self._new_epoch = True
         return True
+
+    def _note_transport_loss(self, info, stamp: int) -> None:
+        """A gap in the driver's publication sequence numbers: best-effort transport dropped LiDAR
+        messages (typically while this process was too busy to take them). The sensor did send them,
+        so their span is no dropout or time gap: estimated stamps join the skipped frames (under the lock)."""
+        seq = info.get("publication_sequence_number") if isinstance(info, dict) else None
+        pub, prev = _publisher(info), self._lidar_seq
+        self._lidar_seq = (pub, int(seq), stamp) if seq is not None else None
+        if seq is None or prev is None or prev[0] != pub or not prev[1] + 1 < seq or stamp <= prev[2]:
+            return
+        missing = int(seq) - prev[1] - 1
+        self._skipped.extend(prev[2] + (stamp - prev[2]) * (k + 1) // (missing + 1) for k in range(missing))
+        self.frames_lost_transport += missing
+        self.flag("lidar_lost_in_transport", f"{missing} LiDAR message(s) before {stamp * 1e-9:.3f} s lost in "
+                  "transport (publication sequence gap; best effort, node busy?)")
 
     def _lost(self, cause: str, text: str | None) -> None:
         self._last_drop = (cause, text or "")
@@ -505,7 +525,9 @@ class PerceptionNode(Node):
         stored = False
         for t in msg.transforms:
             stamp = _ns(t.header.stamp)
-            if not static and not self._check_stamp("tf", stamp):
+            # Old transforms are history (interpolation needs them; the cache bounds them), so only
+            # zero and future stamps are refused here.
+            if not static and not self._check_stamp("tf", stamp, check_age=False):
                 self.stats["tf"].rejected += 1
                 continue
             tr, rot = t.transform.translation, t.transform.rotation
@@ -645,7 +667,10 @@ class PerceptionNode(Node):
                     self._wake.wait(self._next_deadline())
                 if self._stop:
                     return
-                skipped, self._skipped = tuple(self._skipped), []
+                # Skipped stamps up to this frame go with it; later ones (transport losses noted
+                # before the newer frames are taken) wait for the next frame.
+                skipped = tuple(x for x in self._skipped if x < frame.stamp)
+                self._skipped = [x for x in self._skipped if x > frame.stamp]
                 requests, self._reset_requests = self._reset_requests, 0
             t0 = time.monotonic()
             try:
@@ -793,7 +818,8 @@ class PerceptionNode(Node):
             period_ms = float(np.median(np.diff(self._arrival_wall))) * 1e3 if len(self._arrival_wall) > 2 else 0.0
         overloaded = self.overloaded() or busy_recent > 0
         values = {"frames_processed": self.frames_processed, "frames_dropped_busy": self.frames_dropped_busy,
-                  "frames_dropped_tf": self.frames_dropped_tf, "frames_waiting": waiting,
+                  "frames_dropped_tf": self.frames_dropped_tf, "frames_lost_transport": self.frames_lost_transport,
+                  "frames_waiting": waiting,
                   "skipped_recent": busy_recent, "processing_ms.median": proc_ms, "lidar_interval_ms.median": period_ms,
                   "overloaded": overloaded,
                   "since_last_frame_s": (t_wall - self._last_output_wall) if self._last_output_wall else ""}
@@ -1037,7 +1063,10 @@ def main(argv: list[str] | None = None, node_class: type = PerceptionNode) -> in
             return 2
     malloc_note = fix_malloc_mmap_threshold()  # before rclpy starts the DDS threads
     profile = MemoryProfile.from_env()  # debug option (SSM_PERCEPTION_MEMPROFILE), off by default
-    from ssm_perception.nodes.shutdown import stop_on_signals
+    from ssm_perception.nodes.shutdown import (
+        ignore_signals_while_exiting,
+        stop_on_signals,
+    )
 
     # SIGINT/SIGTERM only set `stop` (nodes/shutdown.py): the context stays valid until the worker has
     # finished its frame and the node is destroyed, so nothing publishes into a dead context.
@@ -1074,6 +1103,7 @@ def main(argv: list[str] | None = None, node_class: type = PerceptionNode) -> in
         if profile is not None:
             profile.stop()
         rclpy.try_shutdown()
+        ignore_signals_while_exiting()
     return 0
 
 

@@ -227,7 +227,10 @@ def run_replay(bag: str, rate: float = 1.0, loop: bool = False, start_paused: bo
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
 
-    from ssm_perception.nodes.shutdown import stop_on_signals
+    from ssm_perception.nodes.shutdown import (
+        ignore_signals_while_exiting,
+        stop_on_signals,
+    )
 
     # SIGINT/SIGTERM stop the player (nodes/shutdown.py); the context goes down after the node.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
@@ -280,6 +283,7 @@ def run_replay(bag: str, rate: float = 1.0, loop: bool = False, start_paused: bo
             spin.join(timeout=2.0)
         node.destroy_node()
         rclpy.try_shutdown()
+        ignore_signals_while_exiting()
 
 
 def register(app) -> None:

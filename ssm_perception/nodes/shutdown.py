@@ -33,3 +33,10 @@ def stop_on_signals(stop: threading.Event, name: str, also=None) -> None:
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, handler)
+
+
+def ignore_signals_while_exiting() -> None:
+    """After the context is shut down: the process is exiting anyway, and Python restores the default
+    handlers while it finalizes (a SIGTERM then would end it with -15 instead of its exit code)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
