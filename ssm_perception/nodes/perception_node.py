@@ -7,9 +7,9 @@ Input gates (callbacks): a LiDAR cloud enters the frame queue only if its stamp 
 more than ``sensors.max_stamp_future_s`` ahead of, nor ``sensors.max_stamp_age_s`` behind the node
 clock, its frame is ``sensors.lidar_frame_id`` (when set), it has x/y/z fields that match its size, and
 it comes from the topic's publisher (`input_gate.SourceLock`: a second publisher is refused while the
-first is alive). Transforms pass the same stamp gate and `input_gate.TfEdgeGate` (second publisher,
-implausible jumps held back until confirmed). Rejected messages are counted per flag and never used
-for ages or rates.
+first is alive). Transforms pass the future-stamp gate (old ones are history) and
+`input_gate.TfEdgeGate` (second publisher, implausible jumps held back until confirmed). Rejected
+messages are counted per flag and never used for ages or rates.
 
 TF waiting (as tf2's MessageFilter): a frame waits in a bounded queue (``sensors.frame_queue_size``)
 until its transforms can be interpolated, at most ``sensors.tf_wait_s`` (steady clock); then it is
@@ -21,8 +21,9 @@ Overload: ready frames are processed in stamp order while the worker keeps up. W
 recent processing time exceeds the recent interval between LiDAR arrivals, e.g. a burst, or a node
 slower than its sensor) the newest ready frame wins and the older ones are skipped: counted in
 ``frames_dropped_busy`` (flag ``lidar_backlog``), reported as "overloaded" on /diagnostics, and handed
-to the reset policy as skipped, so a skipped span is never a time gap or a sensor dropout; the model's
-dt stays the real interval between processed frames.
+to the reset policy as skipped, so a skipped span is never a time gap or a sensor dropout (nor are
+messages lost in transport: gaps in the driver's publication sequence numbers); the model's dt stays
+the real interval between processed frames.
 
 Bad input never stops the node: each problem is counted under a flag name, logged at most once
 per `LOG_THROTTLE_S` per flag, and shown in /diagnostics (WARN while recent). SIGINT and SIGTERM stop
