@@ -53,3 +53,57 @@ def test_user_errors(capsys):
     assert gen.main(["--hours", "0", "--jobs", "1"]) == 2
     assert gen.main(["--hours", "1", "--presets", "mars"]) == 2
     assert "unknown preset(s) ['mars']" in capsys.readouterr().err
+
+
+def test_compressed_frames_index_like_the_array(tmp_path):
+    import numpy as np
+
+    from ssm_perception.train.dataset import CompressedFrames
+
+    rng = np.random.default_rng(0)
+    a = np.zeros((7, 5, 16, 16), np.float16)
+    a[:, 1:3] = rng.normal(size=(7, 2, 16, 16))  # mostly zeros, as the BEV features
+    CompressedFrames.write(tmp_path / "f.zst", a)
+    c = CompressedFrames(tmp_path / "f.zst")
+    assert c.shape == a.shape and c.dtype == a.dtype and len(c) == 7
+    assert (tmp_path / "f.zst").stat().st_size < a.nbytes / 2
+    for key in (3, -1, slice(2, 5), slice(None), [6, 0, 0], (2, [1, 2]), (slice(1, 3), 2), np.int64(4)):
+        np.testing.assert_array_equal(c[key], a[key])
+    np.testing.assert_array_equal(np.array(c), a)
+    import pytest
+
+    with pytest.raises(IndexError):
+        c[7]
+
+
+def test_compressed_cache_gives_the_same_training_batches(monkeypatch, tmp_path):
+    import numpy as np
+    import test_train_fakes as fk
+
+    from ssm_perception.train.config import TrainConfig
+    from ssm_perception.train.dataset import CompressedFrames, SequenceStore
+    from ssm_perception.train.trainer import WindowSampler
+
+    fk.patch(monkeypatch)
+    cfg = TrainConfig.model_validate({"perception": {"grid": fk.GRID}, "data": {"presets": ["urban"]},
+                                      "optim": {"batch_size": 2, "tbptt": 4}})
+    specs = make_specs(["urban"], range(2), 1.6)
+    batches = []
+    for compress in (False, True):
+        store = SequenceStore(specs, cfg.perception, tmp_path / f"c{compress}", compress=compress).start()
+        store.join()
+        assert isinstance(store.sequences[0]["features"], CompressedFrames) == compress
+        batches.append(WindowSampler(store, cfg, seed=3).next())
+    a, b = batches
+    np.testing.assert_array_equal(a["features"], b["features"])
+    np.testing.assert_array_equal(a["reset"], b["reset"])
+    np.testing.assert_array_equal(a["se2"], b["se2"])
+
+
+def test_randomised_training_config_is_four_hours_of_valid_presets():
+    from ssm_perception.sim.presets import PRESETS, RANDOMISED
+    from ssm_perception.train.config import TrainConfig
+
+    d = TrainConfig.from_yaml(ROOT / "config" / "train_randomised.yaml").data
+    assert d.train_seeds.count * d.duration_s / 3600 >= 4.0 and d.compress_cache
+    assert set(d.presets) <= set(PRESETS) | set(RANDOMISED) and "randomised" in d.presets

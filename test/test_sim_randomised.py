@@ -262,3 +262,25 @@ def test_slope_ahead_on_the_highway(grade):
     b = cast(sc.scene_at(0.1), o, d, lidar.cfg.max_range, dt, beams=lidar.cfg.beams)
     np.testing.assert_array_equal(a.range, b.range)
     assert (a.range[np.isfinite(a.range)] > 0).all()
+
+
+def test_simulate_overrides_lidar_model_and_weather(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssm_perception.cli import app
+    from ssm_perception.sim.presets import with_overrides
+    from ssm_perception.sim.scenario import ScenarioError
+
+    cfg = preset("urban", seed=1, duration_s=4.0)
+    o = with_overrides(cfg, "os1_128", "fog:1.5:60")
+    assert o.lidar.model == "os1_128" and o.lidar.beams == 128 and o.lidar.mount == cfg.lidar.mount
+    w = o.adversities[-1]
+    assert (w.type, w.weather, w.start_s, w.visibility_m, w.end_s) == ("weather", "fog", 1.5, 60.0, 4.0)
+    assert w.sensors == ["lidar", "camera"] and w.rate > 1000
+    assert with_overrides(cfg, weather="rain").adversities[-1].start_s == 0.0
+    for bad, msg in ((("vlp32", ""), "unknown lidar model"), (("", "hail"), "fog, rain or snow"),
+                     (("", "fog:9"), "onset < duration"), (("", "fog:x"), "must be numbers")):
+        with pytest.raises(ScenarioError, match=msg):
+            with_overrides(cfg, *bad)
+    res = CliRunner().invoke(app, ["simulate", "--weather", "hail", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "fog, rain or snow" in res.output and not (tmp_path / "b").exists()

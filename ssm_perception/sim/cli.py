@@ -18,6 +18,10 @@ def simulate(
     output: str = typer.Option(..., "--output", "-o", help="bag directory to create (must not exist)"),
     storage: str = typer.Option("mcap", "--storage", help="mcap or sqlite3"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    lidar_model: str = typer.Option("", "--lidar-model", help="LiDAR with a datasheet layout: vlp16, hdl32e, "
+                                    "hdl64e, os1_64, os1_128, pandar64, generic32; '' = the preset's"),
+    weather: str = typer.Option("", "--weather", help="KIND[:ONSET_S[:VISIBILITY_M]], KIND fog|rain|snow: "
+                                "weather from the onset to the end (listed in /ground_truth/events)"),
 ) -> None:
     """Simulate LiDAR, radar and camera streams with ground truth and write them as a rosbag2."""
     import time
@@ -31,7 +35,10 @@ def simulate(
     # ScenarioError, BagError and OSError become one line and exit code 2 in cli_errors.CliGroup.
     if storage not in ("mcap", "sqlite3"):
         raise UsageProblem(f"--storage must be mcap or sqlite3, got {storage!r}")
-    sc = Scenario.from_preset(scenario, seed=seed, duration_s=duration if duration > 0 else None)
+    from ssm_perception.sim.presets import preset, with_overrides
+
+    cfg = preset(scenario, seed=seed, duration_s=duration if duration > 0 else None)
+    sc = Scenario(with_overrides(cfg, lidar_model, weather) if (lidar_model or weather) else cfg)
     t0 = time.perf_counter()
     path = write_bag(sc, Path(output), storage=storage, progress=progress)
     elapsed = time.perf_counter() - t0

@@ -199,6 +199,45 @@ def randomise(cfg: ScenarioConfig, seed: int) -> ScenarioConfig:
     return out
 
 
+_WEATHER_DEFAULTS = {"fog": (80.0, 0.03), "rain": (800.0, 0.005), "snow": (300.0, 0.015)}  # visibility, clutter
+
+
+def with_overrides(cfg: ScenarioConfig, lidar_model: str = "", weather: str = "") -> ScenarioConfig:
+    """``cfg`` with a named LiDAR model (sim/lidar_models.py; its mount and frame kept) and/or
+    weather ``KIND[:ONSET_S[:VISIBILITY_M]]`` (fog, rain, snow) from the onset to the end of the run,
+    for LiDAR and camera, with a 1 s ramp (``ssm-perception simulate --lidar-model/--weather``)."""
+    from ssm_perception.sim.lidar_models import LIDAR_MODELS, lidar_config
+    from ssm_perception.sim.scenario import ScenarioError
+
+    data = cfg.model_dump()
+    if lidar_model:
+        if lidar_model not in LIDAR_MODELS:
+            raise ScenarioError(f"unknown lidar model {lidar_model!r}; available: {', '.join(sorted(LIDAR_MODELS))}")
+        keep = {k: data["lidar"][k] for k in ("enabled", "frame_id", "mount", "latency_s", "missing_prob")}
+        data["lidar"] = lidar_config(lidar_model, **keep).model_dump()
+    if weather:
+        parts = weather.split(":")
+        kind = parts[0]
+        if kind not in _WEATHER_DEFAULTS or len(parts) > 3:
+            raise ScenarioError(f"--weather must be KIND[:ONSET_S[:VISIBILITY_M]] with KIND fog, rain or snow, "
+                                f"got {weather!r}")
+        try:
+            onset = float(parts[1]) if len(parts) > 1 else 0.0
+            vis = float(parts[2]) if len(parts) > 2 else _WEATHER_DEFAULTS[kind][0]
+        except ValueError:
+            raise ScenarioError(f"--weather {weather!r}: onset and visibility must be numbers") from None
+        if not (0.0 <= onset < cfg.duration_s and math.isfinite(vis) and vis > 0):
+            raise ScenarioError(f"--weather {weather!r}: needs 0 <= onset < duration ({cfg.duration_s:g} s) and "
+                                "visibility > 0")
+        lid = ScenarioConfig.model_validate(data).lidar
+        frac = _WEATHER_DEFAULTS[kind][1] * (min(3.0, 100.0 / vis) if kind == "fog" else 1.0)
+        sensors = [x for x in ("lidar", "camera") if data[x]["enabled"]]
+        data["adversities"] = data["adversities"] + [AdversityConfig(
+            type="weather", weather=kind, start_s=onset, duration_s=round(cfg.duration_s - onset, 6), sensors=sensors,
+            visibility_m=vis, rate=round(frac * lid.beams * lid.azimuth_steps, 1), ramp_s=1.0).model_dump()]
+    return ScenarioConfig.model_validate(data)
+
+
 def _randomised(name: str, seed: int, duration: float) -> ScenarioConfig:
     layout = RANDOMISED[name]
     if layout is None:

@@ -362,7 +362,7 @@ class Trainer:
         # Rank 0 also generates the held-out validation sequences, after its training share.
         self.store = SequenceStore(self.train_specs, cfg.perception, cache, max(data.workers // self.d.world, 0)
                                    if data.workers else 0,
-                                   val_specs=self.val_specs if self.d.main else ())
+                                   val_specs=self.val_specs if self.d.main else (), compress=data.compress_cache)
         self.sampler = WindowSampler(self.store, cfg, seed=cfg.run.seed * 1000 + self.d.rank)
         self.resume = resume
         self.prefetch: Prefetcher | None = None
