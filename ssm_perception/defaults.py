@@ -12,7 +12,10 @@ needs it), else the CPU file. ROS-free: the node, the launcher and the ROS launc
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
+from pathlib import Path
 
 CPU_CONFIG = "ssm_perception_cpu.yaml"
 GPU_CONFIG = "ssm_perception_gpu.yaml"
@@ -31,3 +34,23 @@ def gpu_available() -> bool:
 def default_config_name(gpu: bool | None = None) -> str:
     """The file name of the default parameter file for this machine (``gpu`` None: detect)."""
     return GPU_CONFIG if (gpu_available() if gpu is None else gpu) else CPU_CONFIG
+
+
+def default_config_path(gpu: bool | None = None) -> Path | None:
+    """The default parameter file for this machine: the source tree first, then the installed share
+    directory; config/ssm_perception.yaml (the schema defaults) if that file is missing."""
+    names = (default_config_name(gpu), SCHEMA_CONFIG)
+    source = Path(__file__).resolve().parents[1] / "config"
+    share = Path(sys.prefix) / "share" / "ssm_perception"  # a pip install: the venv's share/
+    try:
+        from ament_index_python.packages import get_package_share_directory
+    except ImportError:
+        get_package_share_directory = None
+    if get_package_share_directory is not None:
+        with contextlib.suppress(Exception):  # PackageNotFoundError or no ament index: keep the venv's share/
+            share = Path(get_package_share_directory("ssm_perception"))
+    for name in names:
+        for folder in (source, share / "config"):
+            if (folder / name).is_file():
+                return folder / name
+    return None

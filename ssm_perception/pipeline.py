@@ -274,7 +274,7 @@ class PerceptionPipeline:
         affine, bilinear = (None, True) if motion is None else warp_params(motion, self.grid, 1)
         try:
             frame, self.state = self._graph(x, self.state, affine, bilinear, dt_s, reset_mask)
-        except RuntimeError as exc:  # a capture the driver or a kernel refuses: eager from now on
+        except Exception as exc:  # noqa: BLE001 - a capture the driver or a kernel refuses: eager from now on
             log.warning("CUDA graph step failed (%s); running eagerly", exc)
             self.graph_status = f"failed, eager: {type(exc).__name__}: {exc}"[:300]
             self._graph = None  # self.state is still the previous state: the frame runs eagerly from it

@@ -261,7 +261,10 @@ def test_gpu_realtime_check_runs_on_the_cpu(tmp_path):
                      "-o", str(out)]) == 0
     r = json.loads(out.read_text())
     cfg = r["configs"]["mamba[reference] eager"]
-    assert cfg["full_step"]["n"] == 2 and cfg["stages"]["temporal"]["n"] == 2 and cfg["stages"]["msg_encode"]["n"] == 2
+    assert cfg["full_step"]["n"] == 2 and cfg["stages"]["temporal"]["n"] == 2 and cfg["stages"]["decode"]["n"] == 2
+    # message encode is timed where the ROS message packages import (the bench says why not otherwise)
+    encodes = cfg["stages"]["msg_encode"].get("n", 0)
+    assert encodes == 2 or cfg["msg_encode_method"].startswith("unavailable")
     assert "not CUDA" in r["parity"]["device_graph_status"] and r["parity"]["encoder_ok"]
     assert r["env"]["machine"] and r["target_met"] is False  # no GPU figure is ever claimed from a CPU run
 
@@ -318,6 +321,6 @@ def test_cpu_and_gpu_default_files_differ_from_the_schema_only_where_intended():
     assert diffs[GPU_CONFIG] == {"model.backend": "fused", "model.device": "cuda"}
     assert default_config_name(gpu=False) == CPU_CONFIG and default_config_name(gpu=True) == GPU_CONFIG
     if not torch.cuda.is_available():
-        from ssm_perception.nodes.perception_node import default_config_path
+        from ssm_perception.defaults import default_config_path
 
         assert default_config_path().name == CPU_CONFIG  # this machine has no GPU: the node starts on the CPU file

@@ -68,6 +68,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from ssm_perception.config import NODE_NAME, ConfigError, PerceptionConfig
+from ssm_perception.defaults import default_config_path
 from ssm_perception.frame_assembler import Stamped
 from ssm_perception.memory import MMAP_THRESHOLD_BYTES, fix_malloc_mmap_threshold  # noqa: F401  (re-exported)
 from ssm_perception.msg import TrackArray
@@ -97,30 +98,6 @@ SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, dur
 OVERLOAD_WINDOW = 5  # frames whose processing time is compared with the LiDAR arrival interval
 OK, WARN, ERROR = (int.from_bytes(v, "little") for v in (DiagnosticStatus.OK, DiagnosticStatus.WARN,
                                                           DiagnosticStatus.ERROR))
-
-
-def default_config_path(gpu: bool | None = None) -> Path | None:
-    """The default parameter file for this machine (ssm_perception/defaults.py: the GPU default when
-    torch sees a CUDA GPU, else the CPU default): the source tree first, then the installed share
-    directory; config/ssm_perception.yaml (the schema defaults) if that file is missing."""
-    from ssm_perception.defaults import SCHEMA_CONFIG, default_config_name
-
-    names = (default_config_name(gpu), SCHEMA_CONFIG)
-    source = Path(__file__).resolve().parents[2] / "config"
-    try:
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
-
-        share = Path(get_package_share_directory("ssm_perception"))
-    except (ImportError, OSError, PackageNotFoundError):  # no ament index (pip install): the venv's share/
-        share = Path(sys.prefix) / "share" / "ssm_perception"
-    for name in names:
-        for folder in (source, share / "config"):
-            if (folder / name).is_file():
-                return folder / name
-    return None
 
 
 def _ns(stamp) -> int:
