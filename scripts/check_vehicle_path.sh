@@ -24,9 +24,9 @@ VENV=${VENV:-$ROOT/.venv}
 PY=$VENV/bin/python
 COLCON_VENV=$ROOT/build/vehicle-check/colcon
 KEEP=${1:-}
-say() { printf '\033[1m[vehicle-check]\033[0m %s\n' "$*"; }
-die() { printf '\033[31m[vehicle-check] FAILED:\033[0m %s\n' "$*" >&2; exit 1; }
 T0=$(date +%s)
+say() { printf '\033[1m[vehicle-check %4ss]\033[0m %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die() { printf '\033[31m[vehicle-check] FAILED:\033[0m %s\n' "$*" >&2; exit 1; }
 
 [ -x "$PY" ] || die "no project venv at $VENV (run make setup first)"
 
