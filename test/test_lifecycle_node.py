@@ -88,3 +88,40 @@ def test_lifecycle_transitions_over_dds(tmp_path):
     out = node.output()
     assert rc == 0, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
+
+
+def test_inactive_node_drops_frames_active_node_takes_them():
+    """In process: LiDAR messages reach the frame step only while active; cleanup frees the pipeline
+    and a second configure builds a new one."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import PointCloud2
+
+    from ssm_perception.nodes.lifecycle_node import ManagedPerceptionNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = ManagedPerceptionNode(context=ctx, parameter_overrides=[
+        Parameter("model.kind", value="logodds"), Parameter("grid.length_x", value=20.0),
+        Parameter("grid.length_y", value=20.0), Parameter("sensors.use_camera", value=False)])
+    try:
+        assert not hasattr(node, "pipeline")  # unconfigured: nothing built yet
+        node.trigger_configure()
+        first = node.pipeline
+        msg = PointCloud2()
+        msg.header.stamp.sec = 1
+        node._on_lidar(msg)
+        assert node.frames_dropped_inactive == 1 and node.stats["lidar"].received == 0
+        assert node.stats["lidar"].rejected == 0
+        node.trigger_activate()
+        node._on_lidar(msg)  # reaches the node's own LiDAR callback (an empty cloud: rejected there)
+        assert node.frames_dropped_inactive == 1
+        assert node.stats["lidar"].received + node.stats["lidar"].rejected == 1
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+        assert not hasattr(node, "pipeline") and not hasattr(node, "pub_tracks")
+        node.trigger_configure()
+        assert node.pipeline is not first
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
