@@ -131,7 +131,22 @@ def ssd_scan(x: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h0: Tensor, chunk: 
 
 
 class MambaCore(TemporalCore):
-    """Selective SSM per BEV cell (see the module docstring). out_channels = cfg.d_model."""
+    """Selective SSM per BEV cell (see the module docstring). out_channels = cfg.d_model.
+
+    The 'reference' backend. ``MambaCore(in_channels, cfg)`` builds the class of ``cfg.backend``
+    (`MambaSsmCore`, `FusedMambaCore`: same parameters, so any checkpoint loads into any of them):
+    the backend is chosen once, when the model is built, and no step branches on its name."""
+
+    backend = "reference"
+
+    def __new__(cls, in_channels: int = 0, cfg: ModelConfig | None = None):
+        chosen = cls
+        if cls is MambaCore:
+            name = (cfg or ModelConfig()).backend
+            if name not in BACKENDS:
+                raise ValueError(f"unknown model.backend {name!r}; one of {sorted(BACKENDS)}")
+            chosen = BACKENDS[name]
+        return super().__new__(chosen)
 
     def __init__(self, in_channels: int, cfg: ModelConfig | None = None):
         super().__init__()
@@ -146,7 +161,6 @@ class MambaCore(TemporalCore):
         self.d_state = cfg.d_state
         self.nheads = d_inner // cfg.headdim
         self.ngroups = 1  # B and C shared by all heads, as in Mamba-2's default
-        self.backend = cfg.backend
 
         self.in_proj = nn.Conv2d(in_channels, d_model, 1)
         self.dw_pre = nn.Conv2d(d_model, d_model, 3, padding=1, groups=d_model)
@@ -210,9 +224,7 @@ class MambaCore(TemporalCore):
         """``out``: optional buffers for the new state (see ``warp_step``)."""
         check_input(self, x)
         dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
-        if self.backend == "fused":
-            return self.warp_step(x, state, None, dt, reset_mask)
-        if self.backend == "reference" and self._cpu_inference(state["ssm"], x, *self.parameters()):
+        if self._use_cells(state["ssm"], x, *self.parameters()):
             h = state["ssm"]
             if reset_mask is None:
                 return self._step_cells(x, h, dt, out=out)
@@ -222,16 +234,15 @@ class MambaCore(TemporalCore):
         state = apply_reset(state, reset_mask)
         u = self._pre(x)
         z, xs, b, c, step = self._project(u, dt)
-        if self.backend == "reference":
-            y, h = self._ssm_step_reference(state["ssm"], z, xs, b, c, step)
-        elif self.backend == "mamba_ssm":
-            self._check_inference("mamba_ssm")
-            from ssm_perception.temporal import mamba_kernels
-
-            y, h = mamba_kernels.step(self, state["ssm"], z, xs, b, c, step)
-        else:
-            raise ValueError(f"unknown model.backend {self.backend!r}")
+        y, h = self._ssm_step(state["ssm"], z, xs, b, c, step)
         return self._post(u, y), {"ssm": h}
+
+    def _use_cells(self, *tensors: Tensor) -> bool:
+        """Whether the CPU cell-row step applies (reference backend in CPU inference)."""
+        return self._cpu_inference(*tensors)
+
+    def _ssm_step(self, h: Tensor, z, xs, b, c, step) -> tuple[Tensor, Tensor]:
+        return self._ssm_step_reference(h, z, xs, b, c, step)
 
     def _ssm_step_reference(self, h: Tensor, z, xs, b, c, step) -> tuple[Tensor, Tensor]:
         """One state update in the cell-aligned layout. h [B, S, H, W] -> y [B, d_inner, H, W], h'."""
@@ -359,43 +370,13 @@ class MambaCore(TemporalCore):
         into, typically the previous-but-one state handed back by a streaming caller; the returned
         state then *is* ``out``, so the caller must not keep using what it handed back."""
         dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
-        if self.backend != "fused":
-            if T_prev_cur is not None:
-                if self.backend == "reference" and self._cpu_inference(prev_state["ssm"], *self.parameters()):
-                    return self._warp_step_cells(x, prev_state, T_prev_cur, dt, reset_mask, grid, mode, out)
-                from ssm_perception.temporal.warp import warp_state
+        if T_prev_cur is not None:
+            if self._use_cells(prev_state["ssm"], *self.parameters()):
+                return self._warp_step_cells(x, prev_state, T_prev_cur, dt, reset_mask, grid, mode, out)
+            from ssm_perception.temporal.warp import warp_state
 
-                prev_state = warp_state(prev_state, T_prev_cur, grid, mode)
-            return self.step(x, prev_state, dt, reset_mask, out)
-        check_input(self, x)
-        self._check_inference("fused")
-        from ssm_perception.temporal import fused_step
-
-        u = self._pre(x)
-        z, xs, b, c, step = self._project(u, dt)
-        warp = None if T_prev_cur is None else fused_step.warp_params(T_prev_cur, grid, x.shape[0], mode)
-        y, h = fused_step.fused_warp_step(prev_state["ssm"], z, xs, b, c, step, self.A(), self.D.float(),
-                                          self.nheads, self.headdim, self.d_state, self.ngroups, warp, reset_mask)
-        return self._post(u, y), {"ssm": h}
-
-    def static_warp_step(self, x: Tensor, prev: Tensor, affine: Tensor, bilinear: bool, dt: Tensor,
-                         reset_mask: Tensor, out: Tensor) -> Tensor:
-        """The 'fused' warp + step with every input already on the device and the new state
-        written into ``out`` (must not alias ``prev``): no host value is read and nothing depends
-        on the motion's value on the host, so a CUDA graph can capture it (pipeline_graph.py).
-        affine [B, 6] float32 from ``fused_step.warp_params`` (identity = no motion), dt [B],
-        reset_mask [B, H, W] bool (all False = none). Returns the block output [B, d_model, H, W]."""
-        check_input(self, x)
-        self._check_inference("fused")
-        from ssm_perception.temporal import fused_step
-
-        u = self._pre(x)
-        z, xs, b, c, step = self._project(u, dt)
-        y_buf = torch.empty(x.shape[0], self.d_inner, *x.shape[-2:], device=x.device, dtype=torch.float32)
-        y, _ = fused_step.fused_warp_step(prev, z, xs, b, c, step, self.A(), self.D.float(), self.nheads,
-                                          self.headdim, self.d_state, self.ngroups, (affine, bilinear), reset_mask,
-                                          out=(y_buf, out))
-        return self._post(u, y)
+            prev_state = warp_state(prev_state, T_prev_cur, grid, mode)
+        return self.step(x, prev_state, dt, reset_mask, out)
 
     def _warp_step_cells(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None,
                          grid, mode: str, out: State | None = None) -> tuple[Tensor, State]:
@@ -422,6 +403,27 @@ class MambaCore(TemporalCore):
             )
 
     # ------------------------------------------------------------------ parallel over time
+    def _has_scan(self, has_resets: bool) -> bool:
+        """Whether ``forward_sequence`` has a parallel form here (else it steps)."""
+        return True
+
+    def _scan(self, cells, step, x_in, b, c, z, h0, reset_masks) -> tuple[Tensor, Tensor]:
+        """The chunked SSD scan over [cell, time]: y [N, T, nh, P], final h [N, nh, P, N_state]."""
+        nh, n, g = self.nheads, self.d_state, self.ngroups
+        p = self.headdim
+        step_c = cells(step, nh)  # [N, T, nh]
+        t = step_c.shape[1]
+        log_a = step_c * self.A()
+        if reset_masks is not None:  # reset before the update at t == decay 0 at t (first frame: h0 already cleared)
+            r = reset_masks.reshape(t, -1).permute(1, 0).clone()
+            r[:, 0] = False
+            log_a = torch.where(r.unsqueeze(-1), torch.full((), -math.inf, device=log_a.device), log_a)
+        x_c = cells(x_in, nh, p)
+        b_c = cells(b, g, n).repeat_interleave(nh // g, dim=2)
+        c_c = cells(c, g, n).repeat_interleave(nh // g, dim=2)
+        y, h_final = ssd_scan(x_c * step_c.unsqueeze(-1), log_a, b_c, c_c, h0)
+        return (y + self.D.view(1, 1, nh, 1) * x_c) * F.silu(cells(z, nh, p)), h_final
+
     def forward_sequence(self, xs: Tensor, dts: Tensor, reset_masks: Tensor | None = None,
                          state: State | None = None) -> tuple[Tensor, State]:
         """xs [T, B, C_in, H, W], dts [T, B] -> ys [T, B, d_model, H, W], final state.
@@ -435,12 +437,12 @@ class MambaCore(TemporalCore):
         if state is None:
             state = self.init_state(bsz, hh, ww, xs.device)
         has_resets = reset_masks is not None and bool(reset_masks.any())
-        if self.backend == "fused" or (self.backend == "mamba_ssm" and has_resets):
-            return super().forward_sequence(xs, dts, reset_masks, state)
+        if not self._has_scan(has_resets):
+            return TemporalCore.forward_sequence(self, xs, dts, reset_masks, state)
         dts = torch.as_tensor(dts, device=xs.device).reshape(t, -1).expand(t, bsz)
         u = self._pre(xs.reshape(t * bsz, cin, hh, ww))
         z, x_in, b, c, step = self._project(u, dts.reshape(t * bsz))
-        nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
+        nh, p, n = self.nheads, self.headdim, self.d_state
 
         def cells(v: Tensor, *tail: int) -> Tensor:  # [T*B, C, H, W] -> [B*H*W, T, *tail]
             return v.view(t, bsz, -1, hh * ww).permute(1, 3, 0, 2).reshape(bsz * hh * ww, t, *tail)
@@ -448,27 +450,86 @@ class MambaCore(TemporalCore):
         h0 = state["ssm"].view(bsz, nh, p, n, hh * ww).permute(0, 4, 1, 2, 3).reshape(-1, nh, p, n)
         if reset_masks is not None:
             h0 = torch.where(reset_masks[0].reshape(-1, 1, 1, 1), torch.zeros((), device=h0.device), h0)
-        if self.backend == "reference":
-            step_c = cells(step, nh)  # [N, T, nh]
-            log_a = step_c * self.A()
-            if has_resets:  # reset before the update at t == decay 0 at t (first frame: h0 already cleared)
-                r = reset_masks.view(t, bsz, hh * ww).permute(1, 2, 0).reshape(-1, t).clone()
-                r[:, 0] = False
-                log_a = torch.where(r.unsqueeze(-1), torch.full((), -math.inf, device=log_a.device), log_a)
-            x_c = cells(x_in, nh, p)
-            b_c = cells(b, g, n).repeat_interleave(nh // g, dim=2)
-            c_c = cells(c, g, n).repeat_interleave(nh // g, dim=2)
-            y, h_final = ssd_scan(x_c * step_c.unsqueeze(-1), log_a, b_c, c_c, h0)
-            y = (y + self.D.view(1, 1, nh, 1) * x_c) * F.silu(cells(z, nh, p))
-        elif self.backend == "mamba_ssm":
-            from ssm_perception.temporal import mamba_kernels
-
-            y, h_final = mamba_kernels.sequence(self, cells(x_in, nh, p), cells(step, nh), cells(b, g, n),
-                                                cells(c, g, n), cells(z, nh, p), h0)
-        else:
-            raise ValueError(f"unknown model.backend {self.backend!r}")
+        y, h_final = self._scan(cells, step, x_in, b, c, z, h0, reset_masks if has_resets else None)
         # y [N, T, nh, P] -> [T*B, d_inner, H, W]
         y = y.reshape(bsz, hh * ww, t, self.d_inner).permute(2, 0, 3, 1).reshape(t * bsz, self.d_inner, hh, ww)
         out = self._post(u, y).view(t, bsz, self.out_channels, hh, ww)
         h_final = h_final.reshape(bsz, hh * ww, -1).permute(0, 2, 1).reshape(bsz, -1, hh, ww)
         return out, {"ssm": h_final.contiguous()}
+
+
+class MambaSsmCore(MambaCore):
+    """'mamba_ssm': the stock mamba-ssm Triton kernels (temporal/mamba_kernels.py), GPU inference;
+    ``forward_sequence`` with the stock chunk scan (steps when cells reset inside the sequence)."""
+
+    backend = "mamba_ssm"
+
+    def _use_cells(self, *tensors: Tensor) -> bool:
+        return False
+
+    def _ssm_step(self, h: Tensor, z, xs, b, c, step) -> tuple[Tensor, Tensor]:
+        self._check_inference("mamba_ssm")
+        from ssm_perception.temporal import mamba_kernels
+
+        return mamba_kernels.step(self, h, z, xs, b, c, step)
+
+    def _has_scan(self, has_resets: bool) -> bool:
+        return not has_resets  # the stock chunk scan cannot reset single cells mid-sequence
+
+    def _scan(self, cells, step, x_in, b, c, z, h0, reset_masks) -> tuple[Tensor, Tensor]:
+        from ssm_perception.temporal import mamba_kernels
+
+        nh, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
+        return mamba_kernels.sequence(self, cells(x_in, nh, p), cells(step, nh), cells(b, g, n), cells(c, g, n),
+                                      cells(z, nh, p), h0)
+
+
+class FusedMambaCore(MambaCore):
+    """'fused': one Triton kernel per step that also gathers the ego-motion-warped previous state
+    (temporal/fused_step.py); inference only, no parallel form (``forward_sequence`` steps)."""
+
+    backend = "fused"
+
+    def step(self, x: Tensor, state: State, dt: Tensor, reset_mask: Tensor | None = None,
+             out: State | None = None) -> tuple[Tensor, State]:
+        return self.warp_step(x, state, None, dt, reset_mask)
+
+    def warp_step(self, x: Tensor, prev_state: State, T_prev_cur, dt: Tensor, reset_mask: Tensor | None = None,
+                  grid=None, mode: str = "bilinear", out: State | None = None) -> tuple[Tensor, State]:
+        """See MambaCore.warp_step: here the kernel gathers the warped state (one pass over it)."""
+        dt = torch.as_tensor(dt, device=x.device).reshape(-1).expand(x.shape[0])
+        check_input(self, x)
+        self._check_inference("fused")
+        from ssm_perception.temporal import fused_step
+
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        warp = None if T_prev_cur is None else fused_step.warp_params(T_prev_cur, grid, x.shape[0], mode)
+        y, h = fused_step.fused_warp_step(prev_state["ssm"], z, xs, b, c, step, self.A(), self.D.float(),
+                                          self.nheads, self.headdim, self.d_state, self.ngroups, warp, reset_mask)
+        return self._post(u, y), {"ssm": h}
+
+    def _has_scan(self, has_resets: bool) -> bool:
+        return False
+
+    def static_warp_step(self, x: Tensor, prev: Tensor, affine: Tensor, bilinear: bool, dt: Tensor,
+                         reset_mask: Tensor, out: Tensor) -> Tensor:
+        """The 'fused' warp + step with every input already on the device and the new state
+        written into ``out`` (must not alias ``prev``): no host value is read and nothing depends
+        on the motion's value on the host, so a CUDA graph can capture it (pipeline_graph.py).
+        affine [B, 6] float32 from ``fused_step.warp_params`` (identity = no motion), dt [B],
+        reset_mask [B, H, W] bool (all False = none). Returns the block output [B, d_model, H, W]."""
+        check_input(self, x)
+        self._check_inference("fused")
+        from ssm_perception.temporal import fused_step
+
+        u = self._pre(x)
+        z, xs, b, c, step = self._project(u, dt)
+        y_buf = torch.empty(x.shape[0], self.d_inner, *x.shape[-2:], device=x.device, dtype=torch.float32)
+        y, _ = fused_step.fused_warp_step(prev, z, xs, b, c, step, self.A(), self.D.float(), self.nheads,
+                                          self.headdim, self.d_state, self.ngroups, (affine, bilinear), reset_mask,
+                                          out=(y_buf, out))
+        return self._post(u, y)
+
+
+BACKENDS: dict[str, type[MambaCore]] = {"reference": MambaCore, "mamba_ssm": MambaSsmCore, "fused": FusedMambaCore}
