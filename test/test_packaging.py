@@ -230,3 +230,25 @@ def test_readme_vehicle_commands_are_what_ci_runs():
         assert any(ln.startswith(cmd) or f"$({cmd}" in ln for ln in script_lines), f"CI does not run {cmd!r}"
     assert "bash scripts/check_vehicle_path.sh" in (ROOT / ".ci" / "run").read_text()
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_package_path_takes_generated_interfaces_and_nothing_else(tmp_path):
+    """ssm_perception/__init__.py adds ssm_perception/ folders that hold generated interfaces (msg/)
+    to the package path, and no other checkout's ssm_perception/."""
+    import subprocess
+
+    (tmp_path / "gen" / "ssm_perception" / "msg").mkdir(parents=True)
+    (tmp_path / "gen" / "ssm_perception" / "msg" / "__init__.py").write_text("MARK = 'generated'\n")
+    (tmp_path / "other" / "ssm_perception").mkdir(parents=True)
+    (tmp_path / "other" / "ssm_perception" / "config.py").write_text("raise SystemExit('wrong checkout')\n")
+    code = ("import json, sys; sys.path[:0] = sys.argv[1:4]; import ssm_perception as p; "
+            "print(json.dumps(list(p.__path__)))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "gen"), str(tmp_path / "other")],
+                         check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    path = json.loads(out.stdout.strip().splitlines()[-1])
+    assert path[0] == str(ROOT / "ssm_perception")
+    assert str(tmp_path / "gen" / "ssm_perception") in path
+    assert not any(p.startswith(str(tmp_path / "other")) for p in path)
