@@ -27,6 +27,7 @@ IMPORT_TO_DEPEND = {
     "open3d": "python3-open3d-pip",
     "motmetrics": "requirements-vehicle.txt",
     "safetensors": "requirements-vehicle.txt",
+    "zstandard": "requirements-vehicle.txt",
     "pyarrow": "requirements-vehicle.txt",
     "mcap": "requirements-vehicle.txt",
     "psutil": "python3-psutil",
