@@ -467,7 +467,7 @@ class MultiObjectTracker:
         p_real, uuids = b.p_real[rows].tolist(), [u.tobytes() for u in b.uuid[rows]]
         votes = b.votes[rows]
         probs = votes / np.maximum(votes.sum(1, keepdims=True), 1e-12)
-        class_probs = [{c: float(p) for c, p in enumerate(row) if p > 0} for row in probs]
+        class_probs = [{c: p for c, p in enumerate(row) if p > 0} for row in probs.tolist()]  # Python floats
         return [TrackState(id=ids[k], cls=int(cls[k]), status=_STATUS_NAMES[status[k]], x=c[0], y=c[1], yaw=c[2],
                            vx=c[3], vy=c[4], yaw_rate=c[5], length=c[6], width=c[7], height=c[8],
                            pose_cov=pose_cov[k], twist_cov=twist_cov[k], existence=c[9], age_s=c[10],
