@@ -30,8 +30,8 @@ from typing import Annotated
 import typer
 
 from ssm_perception.config import PerceptionConfig
+from ssm_perception.eval.tracking import cache_sim_many, evaluate_cached
 from ssm_perception.tracking.detections import CLASS_NAMES
-from ssm_perception.tracking.evaluation import cache_sim_many, evaluate_cached
 
 app = typer.Typer(add_completion=False)
 

@@ -11,7 +11,7 @@ Detections (--detections, repeatable; every source feeds the same tracker):
     single-frame  PerceptionPipeline with model.kind 'single': the AB3DMOT-style baseline
                   (--baseline-checkpoint)
 
-Scored (ssm_perception/tracking/evaluation.py has the reasons): confirmed and coasting tracks in
+Scored (ssm_perception/eval/tracking.py has the reasons): confirmed and coasting tracks in
 odom at the LiDAR stamp, inside the BEV grid; ground truth inside the grid with at least one LiDAR
 return (without returns: ignored, a track on it is neither a hit nor a false positive); per class,
 2D centre distance <= 2 m. With --preset, learned detections are cached per seed (--cache-dir), so
@@ -39,7 +39,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ssm_perception.config import ConfigError, PerceptionConfig, TrackingConfig
-from ssm_perception.tracking.evaluation import (
+from ssm_perception.eval.synthetic import crossing_scenario
+from ssm_perception.eval.tracking import (
     bag_sequence,
     cache_sim_detections,
     cache_sim_many,
@@ -49,7 +50,6 @@ from ssm_perception.tracking.evaluation import (
     sim_sequence,
     synthetic_source,
 )
-from ssm_perception.tracking.synthetic import crossing_scenario
 
 SOURCES = ("synthetic", "model", "single-frame")
 # metric key -> column header

@@ -42,7 +42,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from ssm_perception.config import ConfigError, PerceptionConfig, TrackingConfig
-from ssm_perception.tracking.evaluation import (
+from ssm_perception.eval.tracking import (
     cache_sim_many,
     evaluate_cached,
 )

@@ -413,9 +413,8 @@ def test_fuzz_tf_interpolation(q0, q1, qs, tt, span_ns, alpha):
 # ---------------------------------------------------------------------------------------- stamps
 @fuzz("stamp")
 @given(st.one_of(st.integers(-(2**31), 2**31 - 1), st.just(0), st.floats(-1, 10), st.booleans()),
-       st.one_of(st.integers(0, 2**32 - 1), st.just(0), st.just(SEC)),
-       st.integers(0, 2**40), st.floats(0, 100), st.floats(0, 100))
-def test_fuzz_stamps(sec, nsec, ref_s, max_past, max_future):
+       st.one_of(st.integers(0, 2**32 - 1), st.just(0), st.just(SEC)))
+def test_fuzz_stamps(sec, nsec):
     count("stamp")
     valid = isinstance(sec, int) and not isinstance(sec, bool) and sec >= 0 and nsec < SEC
     if not valid:
@@ -424,14 +423,6 @@ def test_fuzz_stamps(sec, nsec, ref_s, max_past, max_future):
         return
     ns = rc.stamp_to_ns(NS(sec=sec, nanosec=nsec))
     assert ns == sec * SEC + nsec and rc.ns_to_sec_nanosec(ns) == (sec, nsec)
-    ref = ref_s * (SEC // 1000)  # a reference clock anywhere between 0 and ~35 years
-    age = (ref - ns) / SEC
-    ok = ns != 0 and age <= max_past and -age <= max_future
-    if ok:
-        assert rc.check_stamp(ns, ref, max_past, max_future) == ns
-    else:
-        with pytest.raises(rc.StampError, match="zero|past|future"):
-            rc.check_stamp(ns, ref, max_past, max_future)
 
 
 # ----------------------------------------------------------------------- a few real rclpy messages

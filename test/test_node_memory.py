@@ -10,14 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
-pytest.importorskip("rclpy")  # perception_node imports rclpy at module level
-
 # Is a block of n bytes served by mmap? (glibc's mallinfo2 counts mmapped blocks in hblks.)
 PROBE = textwrap.dedent("""
     import ctypes, json, sys
-    from ssm_perception.nodes import perception_node as pn
+    from ssm_perception import memory as pn
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = pn._MallInfo2
     libc.malloc.restype = ctypes.c_void_p
@@ -61,7 +57,7 @@ def test_memory_profile_records(tmp_path):
     path = tmp_path / "profile.jsonl"
     code = textwrap.dedent("""
         import time
-        from ssm_perception.nodes.perception_node import MemoryProfile
+        from ssm_perception.memory import MemoryProfile
         prof = MemoryProfile.from_env()
         prof.start()
         kept = [bytearray(1000) for _ in range(20000)]  # ~20 MB of Python objects that stay alive

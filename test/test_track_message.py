@@ -107,8 +107,8 @@ def test_confirmed_tracks_meet_the_planner_threshold_even_after_long_coasting():
 
 
 def test_ground_truth_encoding_round_trips_through_the_evaluation_decoder():
+    from ssm_perception.eval.tracking import ground_truth_objects
     from ssm_perception.io import bag
-    from ssm_perception.tracking.evaluation import ground_truth_objects
 
     objs = [{"id": 12, "cls": 3, "x": 4.0, "y": -2.0, "z": 0.85, "yaw": 2.5, "l": 1.8, "w": 0.6, "h": 1.7,
              "vx": -3.0, "vy": 1.5, "status": 2}]

@@ -13,8 +13,12 @@ from typer.testing import CliRunner
 
 from ssm_perception.config import GridConfig, PerceptionConfig, TrackingConfig
 from ssm_perception.eval.mot import GroundTruthObject
-from ssm_perception.geometry import se2_matrix
-from ssm_perception.tracking.evaluation import (
+from ssm_perception.eval.synthetic import (
+    crossing_scenario,
+    synthetic_detections,
+    visible_fractions,
+)
+from ssm_perception.eval.tracking import (
     bag_sequence,
     evaluate_tracking,
     load_gt_frames,
@@ -22,11 +26,7 @@ from ssm_perception.tracking.evaluation import (
     sim_sequence,
     synthetic_source,
 )
-from ssm_perception.tracking.synthetic import (
-    crossing_scenario,
-    synthetic_detections,
-    visible_fractions,
-)
+from ssm_perception.geometry import se2_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = GridConfig()
@@ -204,7 +204,7 @@ def test_pipeline_source_hook_on_a_simulated_bag(tmp_path, untrained_single):
 
 
 def test_split_ground_truth_counts_observable_objects_in_the_grid():
-    from ssm_perception.tracking.evaluation import split_ground_truth
+    from ssm_perception.eval.tracking import split_ground_truth
 
     T = se2_matrix(100.0, 0.0, 0.0)  # ego at x = 100 m in odom
     seen = GroundTruthObject(1, 1, 110.0, 0.0, num_points=5)
@@ -228,8 +228,8 @@ def test_split_ground_truth_counts_observable_objects_in_the_grid():
 
 def test_cached_detections_replay_exactly_and_guard_the_floor(untrained_single, tmp_path, monkeypatch):
     from ssm_perception.config import PerClass
-    from ssm_perception.tracking import evaluation
-    from ssm_perception.tracking.evaluation import cache_sim_detections, evaluate_cached
+    from ssm_perception.eval import tracking as evaluation
+    from ssm_perception.eval.tracking import cache_sim_detections, evaluate_cached
 
     cfg = PerceptionConfig()
     ckpt = {"single-frame": str(untrained_single)}

@@ -182,6 +182,7 @@ def _grid_bool(msg, cfg: PerceptionConfig, topic: str) -> np.ndarray:
 def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], progress: bool = True) -> DecodedBag:
     """Read a bag once into FrameInputs (TF resolved) + ground truth. Raises EvaluationError with the
     bag's topic list when the LiDAR topic is missing or of the wrong type."""
+    from ssm_perception.eval.tracking import ground_truth_objects
     from ssm_perception.frame_assembler import FrameAssembler, Stamped
     from ssm_perception.io.bag import BagError, bag_topics, read_messages
     from ssm_perception.io.pointcloud2 import PointCloudDecodeError, cloud_to_array
@@ -192,7 +193,6 @@ def decode_bag(path: str | Path, cfg: PerceptionConfig, roles: dict[str, str], p
         stamp_to_ns,
     )
     from ssm_perception.tf_buffer import TfBuffer, TfError
-    from ssm_perception.tracking.evaluation import ground_truth_objects
 
     path = Path(path)
     try:
@@ -374,8 +374,8 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
     The occupancy metrics score the published grid (evidence.published_grids, the values the node
     publishes, decoded as a planner reads them: value / 100, -1 as 0.5); ``occupancy_raw`` scores
     the network's probability before the rule and the int8 encoding."""
+    from ssm_perception.eval.tracking import split_ground_truth
     from ssm_perception.evidence import decode_occupancy, published_grids
-    from ssm_perception.tracking.evaluation import split_ground_truth
 
     g = cfg.grid
     ranges = range_map(g.nx, g.ny, g.resolution, g.x_min, g.y_min)
@@ -420,7 +420,7 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
             raw = run.occupancy_raw.add(out.occupancy, occ, dyn, vis, dyn_joint=out.dynamic)
             rec["raw_all"] = raw["all"]
             if mot is not None and inp.stamp_ns in bag.gt.objects:
-                # The tracking evaluation's rule (tracking/evaluation.py): an object counts when the
+                # The tracking evaluation's rule (eval/tracking.py): an object counts when the
                 # LiDAR saw it (Track.status in the bag), else when a cell of its footprint is visible.
                 seen, hidden = split_ground_truth(bag.gt.objects[inp.stamp_ns], inp.T_odom_base, cfg.grid,
                                                   visible=vis)

@@ -147,7 +147,7 @@ class LabelFreeMetrics:
 
     def _add_labels(self, labels: list, published: list, T: np.ndarray, ev) -> None:
         from ssm_perception.eval.mot import GroundTruthObject
-        from ssm_perception.tracking.evaluation import in_grid
+        from ssm_perception.eval.tracking import in_grid
 
         g = self.cfg.grid
         T_odom_base = np.linalg.inv(T)

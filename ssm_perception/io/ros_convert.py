@@ -62,23 +62,6 @@ def ns_to_stamp(ns: int):
     return Time(sec=sec, nanosec=nsec)
 
 
-def check_stamp(stamp_ns: int, reference_ns: int | None = None, max_past_s: float | None = None,
-                max_future_s: float | None = None, what: str = "message") -> int:
-    """Reject an unset stamp (0) and, given a reference clock, stamps too far in the past/future.
-
-    Returns the stamp unchanged. ``reference_ns`` is the node's clock (sim time in replays).
-    """
-    if stamp_ns == 0:
-        raise StampError(f"{what} stamp is zero (unset by the publisher)")
-    if reference_ns is not None:
-        age_s = (reference_ns - stamp_ns) / NS
-        if max_past_s is not None and age_s > max_past_s:
-            raise StampError(f"{what} stamp is {age_s:.3f} s in the past (limit {max_past_s:.3f} s)")
-        if max_future_s is not None and -age_s > max_future_s:
-            raise StampError(f"{what} stamp is {-age_s:.3f} s in the future (limit {max_future_s:.3f} s)")
-    return stamp_ns
-
-
 # ------------------------------------------------------------------------------------ transforms
 def transform_msg_to_matrix(msg) -> tuple[str, str, int, np.ndarray]:
     """TransformStamped -> (parent, child, stamp_ns, T_parent_child 4x4). Raises ``ValueError``s."""

@@ -1,5 +1,5 @@
 """The numbers of a msg/Track.msg, computed once for both encoders (rclpy in io/ros_convert.py, rosbags
-in io/bag.py) and for the decoder of ground truth (tracking/evaluation.py). ROS-free.
+in io/bag.py) and for the decoder of ground truth (eval/tracking.py). ROS-free.
 
 Conventions (README, "Tracks for planners"): class labels numbered as Autoware's
 ObjectClassification; velocity and its covariance in the object frame (x along the heading);

@@ -1,11 +1,11 @@
 """Run the tracker over ground-truth sequences and score it (the library side of scripts/eval_tracking.py).
 
 A sequence is an iterable of ``GtFrame`` (one per LiDAR stamp), from the simulator in-process
-(``sim_sequence``), from a simulated bag (``load_gt_frames``) or hand-made (tracking/synthetic.py).
+(``sim_sequence``), from a simulated bag (``load_gt_frames``) or hand-made (eval/synthetic.py).
 A detection source turns a frame into detections in base_link, what the perception pipeline hands
 the tracker on the vehicle:
 
-    'synthetic'     SYNTHETIC detections perturbed from the ground truth (tracking/synthetic.py)
+    'synthetic'     SYNTHETIC detections perturbed from the ground truth (eval/synthetic.py)
     'model'         PerceptionPipeline with the configured temporal model (model.kind, e.g. mamba)
     'single-frame'  PerceptionPipeline with model.kind = 'single' (no memory): the AB3DMOT-style
                     baseline, single-frame detections + the same Kalman tracker
@@ -46,6 +46,10 @@ from tqdm import tqdm
 
 from ssm_perception.config import GridConfig, TrackingConfig
 from ssm_perception.eval.mot import GroundTruthObject, GtFrame, MotEvaluator
+from ssm_perception.eval.synthetic import (
+    SyntheticDetectionConfig,
+    synthetic_detections,
+)
 from ssm_perception.geometry import (
     interpolate_transform,
     invert_transform,
@@ -57,10 +61,6 @@ from ssm_perception.tracking.detections import (
     Detection,
     detections_to_odom,
     select_two_stage,
-)
-from ssm_perception.tracking.synthetic import (
-    SyntheticDetectionConfig,
-    synthetic_detections,
 )
 from ssm_perception.tracking.tracker import MultiObjectTracker
 
@@ -375,16 +375,6 @@ def cache_sim_many(preset: str, seeds: Sequence[int], duration_s: float | None, 
                       disable=not progress))
     return [cache_sim_detections(preset, int(s), duration_s, config, sources, floor, cache_dir, progress, checkpoints)
             for s in tqdm(seeds, desc="detections", unit="seed", disable=not progress or workers > 1)]
-
-
-def cache_bag_detections(bag: str | Path, config, sources: Sequence[str], floor: float = 0.1,
-                         cache_dir: str | Path | None = None, progress: bool = False,
-                         checkpoints: dict[str, str] | None = None) -> CachedSequence:
-    """``cache_detections`` over one simulated bag (decoded as ``ssm-perception evaluate`` does)."""
-    path = Path(bag)
-    name = f"bag:{path.resolve()}:{_file_digest(path / 'metadata.yaml') if (path / 'metadata.yaml').is_file() else ''}"
-    return cache_detections(name, lambda: bag_sequence(path, config), config, sources, floor, cache_dir, progress,
-                            checkpoints)
 
 
 def evaluate_cached(caches: Sequence[CachedSequence], source: str, tracking: TrackingConfig, grid: GridConfig,
