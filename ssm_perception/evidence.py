@@ -138,7 +138,8 @@ class EvidenceCheck:
 @dataclass
 class PublishedGrids:
     """What the node publishes, int8 [H, W] in the grid layout (H along x; the ROS message is its
-    transpose). occupancy: 0..100 = round(100 P), -1 where the model has nothing. observation: 100
+    transpose). occupancy: 0..100 = round(100 P) (51 at least for P > 0.5, 49 at most for P < 0.5),
+    -1 where the model has nothing. observation: 100
     observed by a range sensor in this scan, 1..99 observed earlier (age = (100 - v) * age_step_s),
     0 never observed since the last reset (the occupancy there is inferred), -1 as occupancy."""
 
@@ -161,7 +162,13 @@ def published_occupancy_prob(prob: np.ndarray, ev: EvidenceGrids | None, cfg: Ev
 def published_grids(out, cfg: EvidenceConfig) -> PublishedGrids:
     """FrameOutputs -> the published int8 grids (the node's encoder and ``evaluate`` both call this)."""
     p = published_occupancy_prob(out.occupancy, out.evidence, cfg)
-    occ = np.rint(np.clip(np.nan_to_num(p, nan=0.5), 0.0, 1.0) * 100.0).astype(np.int8)
+    p = np.clip(np.nan_to_num(p, nan=0.5), 0.0, 1.0)
+    occ = np.rint(p * 100.0)
+    # The encoding never flips the model's decision: P > 0.5 is at least 51 (occupied), P < 0.5 at
+    # most 49; only P = 0.5 exactly is 50 ("do not know"). Plain rounding would publish a decayed
+    # 0.503 as 50 and a planner would lose it.
+    occ = np.where(p > OCCUPIED_THRESHOLD, np.maximum(occ, 51), np.where(p < OCCUPIED_THRESHOLD,
+                                                                          np.minimum(occ, 49), occ)).astype(np.int8)
     unknown = np.asarray(out.unknown, bool) | ~np.isfinite(p)
     occ[unknown] = UNKNOWN
     age = out.direct_age_s

@@ -107,6 +107,8 @@ def test_published_grid_never_calls_evidence_free_and_encodes_observation_age():
     assert pub.occupancy[5, 5] == 95  # the network may say more
     assert pub.occupancy[0, 0] == 90  # 'keep': the see-through cell keeps the network's value
     assert pub.occupancy[4, 4] == 10 and pub.occupancy[3, 3] == -1
+    near = published_grids(_outputs(np.array([[0.503, 0.497, 0.5, 0.994]], np.float32)), cfg).occupancy
+    assert near.tolist() == [[51, 49, 50, 99]]  # the encoding never flips the occupied/free decision
     assert (pub.observation[1] == 100).all() and pub.observation[3, 3] == -1
     assert pub.observation[2, 0] == 99 and pub.observation[2, 1] == 90 and pub.observation[2, 2] == 1
     assert pub.observation[4, 4] == 0  # never observed directly: the occupancy there is inferred

@@ -304,13 +304,13 @@ def plot_scan_over_grid(bag, frame: int, name: str, snap: dict, grid, path: Path
         axes[0].text(y, x, str(tid), fontsize=6, color="tab:blue")
     axes[0].set_xlim(extent[0], extent[1])
     axes[0].set_ylim(extent[2], extent[3])
-    axes[0].set_title("published occupancy (dark = occupied), scan points (colour = height); red: evidence the "
+    axes[0].set_title("published occupancy (dark = occupied), scan points (colour = height)\nred: evidence the "
                       "network called free; orange: seen-through cells published occupied; blue: tracks", fontsize=7)
     obs = snap["observation"].astype(np.float32)
     axes[1].imshow(np.where(obs < 0, np.nan, obs)[::-1, ::-1], extent=extent, cmap="magma", vmin=0, vmax=100,
                    interpolation="nearest")
-    axes[1].set_title("observation grid: 100 observed now, 1..99 age (brighter = more recent), 0 inferred only",
-                      fontsize=7)
+    axes[1].set_title("observation grid: 100 observed now, 1..99 age\n(brighter = more recent), 0 inferred only "
+                      "(black)", fontsize=7)
     for ax in axes:
         ax.set_xlabel("y [m] (left)")
         ax.set_ylabel("x [m] (forward)")
