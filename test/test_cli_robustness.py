@@ -85,6 +85,14 @@ def test_issue_command_lines(tmp_path):
     refused(["--bogus"], "--bogus")
 
 
+def test_train_on_a_missing_cuda_device_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    refused(["train", "--config", REPO / "config" / "train_smoke.yaml", "--device", "cuda", "-o", tmp_path / "t"],
+            "run.device", "cuda")
+
+
 def test_unreadable_checkpoint_is_one_line(tmp_path):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"\x00" * 64)

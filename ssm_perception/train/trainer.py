@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ssm_perception.bev.grid import BevGrid
-from ssm_perception.config import PerceptionConfig
+from ssm_perception.config import ConfigError, PerceptionConfig
 from ssm_perception.train.config import TrainConfig
 from ssm_perception.train.dataset import SequenceStore, make_specs
 from ssm_perception.train.losses import LossWeights, total_loss
@@ -64,7 +64,8 @@ def setup(device_pref: str) -> tuple[Dist, torch.device]:
         device_pref = "cuda" if torch.cuda.is_available() else "cpu"
     if device_pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device asks for CUDA but torch.cuda.is_available() is False")
+            raise ConfigError(f"run.device: {device_pref!r} requested but torch sees no CUDA device; "
+                              f"use run.device cpu or auto")
         device = torch.device("cuda", d.local_rank if d.enabled else torch.device(device_pref).index or 0)
         torch.cuda.set_device(device)
     else:
