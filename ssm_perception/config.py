@@ -507,6 +507,23 @@ class ConfigError(UserError, ValueError):
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a parameter file is a few KiB; refuse to parse anything huge
+MAX_CONFIG_VALUES = 100_000  # aliases can make a small file expand to billions of values
+
+
+def _too_many_values(data, limit: int) -> bool:
+    """True if walking ``data`` visits more than ``limit`` values (stops there: no blow-up)."""
+    stack, seen = [data], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def validate_yaml(path: str | Path, validate):
@@ -539,6 +556,8 @@ def validate_yaml(path: str | Path, validate):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}")
+    if _too_many_values(data, MAX_CONFIG_VALUES):
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_VALUES} values (nested YAML aliases?)")
     try:
         return validate(data)
     except ValidationError as exc:

@@ -76,6 +76,14 @@ def test_binary_file_is_refused(tmp_path):
     assert_refused(config_cli(tmp_path, b"grid:\n  resolution: 0.5\x00\n"), "NUL")
 
 
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    """A 600-byte file whose aliases expand to 10^9 values: refused after 100,000, not walked."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{k}: &a{k} [{','.join([f'*a{k - 1}'] * 10)}]" for k in range(1, 9)]
+    lines.append(f"grid: [{','.join(['*a8'] * 10)}]")
+    assert_refused(config_cli(tmp_path, "\n".join(lines) + "\n"), "aliases")
+
+
 def test_cuda_refused_clearly_without_cuda(tmp_path, monkeypatch):
     import torch
 
