@@ -38,4 +38,5 @@ def test_launch_runs_node_and_replay_and_stops_cleanly(tmp_path):
     # frame processing is covered by test_node_dds).
     received = int(out.split("received: lidar ")[1].split(" ")[0])
     assert received >= 1, out
-    assert "perception_node -> 0" in out and "replay -> 0" in out  # both stopped cleanly
+    assert "perception_node -> 0" in out and "replay -> 0" in out  # both stopped cleanly (SIGINT from the launcher)
+    assert "Traceback" not in out and "context is invalid" not in out, out[-3000:]
