@@ -83,9 +83,8 @@ if ! step_done msgs "$FP"; then
   # drop both, so that `import ssm_perception` is the checkout (whose __init__ extends its path over
   # this folder) and pip sees one distribution ssm_perception (the development install below).
   rm -rf "$SITE/ssm_perception/__init__.py" "$SITE"/ssm_perception-*.egg-info
-  # interface package of earlier versions (msg/ was a separate package ssm_perception_msgs)
-  rm -rf "$SITE/ssm_perception_msgs" "$SITE"/ssm_perception_msgs-*.egg-info "$VENV/share/ssm_perception_msgs" \
-    "$VENV/share/ament_index/resource_index/"*/ssm_perception_msgs "$VENV"/lib/libssm_perception_msgs__*.so
+  # (An older venv may still hold ssm_perception_msgs, the former separate interface package: it is
+  # left alone, so checkouts from before the move keep working in a shared venv; nothing imports it.)
   (cd / && "$PY" -c "import tf2_msgs.msg") || die "the generated message package tf2_msgs does not import"
   rm -f "$STAMPS/package"  # re-check the development install against the new interfaces
   mark_done msgs "$FP"
