@@ -77,13 +77,14 @@ def read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tens
 
 def packed_read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tensor] | None = None) -> HostFrame:
     """The packed single copy of ``read_back`` (used off the CPU; callable anywhere, for tests)."""
-    extras = {k: v.float().contiguous() for k, v in (extras or {}).items()}
     occ, dyn = frame.p_occ[0].float(), frame.p_dyn[0].float()
+    extras = {k: v.float().contiguous().to(occ.device) for k, v in (extras or {}).items()}
     h, w = occ.shape
-    unknown = never_observed | ~torch.isfinite(occ)
+    # The health monitor may keep its per-cell bookkeeping on the host; the mask is small (H*W bools).
+    unknown = never_observed.to(occ.device, non_blocking=True) | ~torch.isfinite(occ)
     occ_q = (torch.nan_to_num(occ, nan=0.5, posinf=1.0, neginf=0.0).clamp(0, 1) * _Q).round().to(torch.uint8)
     dyn_q = (torch.nan_to_num(dyn, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1) * _Q).round().to(torch.uint8)
-    table = frame.table.float().contiguous()
+    table = frame.table.float().contiguous().to(occ.device)
     n = h * w
     pad = (-3 * n) % 4  # the float32 parts start 4-byte aligned
     parts = [occ_q.reshape(-1), dyn_q.reshape(-1), unknown.reshape(-1).to(torch.uint8),
