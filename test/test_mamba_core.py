@@ -51,7 +51,7 @@ def test_protocol_and_shapes():
 
 
 def test_bad_config_and_input():
-    with pytest.raises(ValueError, match="divisible by model.headdim"):
+    with pytest.raises(ValueError, match="must be a multiple of model.headdim"):
         MambaCore(4, ModelConfig(d_model=24, expand=1, headdim=16))
     core = make_core()
     with pytest.raises(ValueError, match="expected x"):
