@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-
-pytest.importorskip("rclpy")
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from ros_helpers import ROOT, TEST_OVERRIDES, ros_env, write_params, write_synthetic_bag
 
 pytestmark = pytest.mark.ros

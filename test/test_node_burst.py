@@ -17,8 +17,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-
-pytest.importorskip("rclpy")
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from rclpy.duration import Duration

@@ -9,8 +9,7 @@ zone change, then replays a second bag that starts earlier in time (a bag loop) 
 
 import numpy as np
 import pytest
-
-pytest.importorskip("rclpy")
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy

@@ -4,8 +4,7 @@ LiDAR scan, TF loss and sensor silence. Diagnostics go to WARN/ERROR, only the s
 test_node_burst.py."""
 
 import pytest
-
-pytest.importorskip("rclpy")
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from rclpy.qos import QoSProfile, ReliabilityPolicy

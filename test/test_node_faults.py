@@ -6,8 +6,7 @@ import time
 
 import numpy as np
 import pytest
-
-pytest.importorskip("rclpy")
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TransformStamped
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data

@@ -5,8 +5,7 @@ import time
 
 import numpy as np
 import pytest
-
-rclpy = pytest.importorskip("rclpy")
+import rclpy  # CI must fail, not skip, when ROS 2 did not install
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2
 

@@ -4,8 +4,7 @@ import threading
 import time
 
 import pytest
-
-pytest.importorskip("rclpy")
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from rclpy.qos import (
     DurabilityPolicy,
     QoSProfile,
