@@ -108,11 +108,11 @@ def graph_support(model, device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"device {device} is not CUDA (CUDA graphs are a CUDA feature; eager here)"
     core = getattr(model, "core", None)
-    if model.kind != "mamba" or not hasattr(core, "static_warp_step"):
+    if model.kind != "mamba" or core is None:
         return f"model.kind {model.kind!r}: only the Mamba core has a capturable step"
-    if core.backend != "fused":
-        return (f"model.backend {core.backend!r}: only 'fused' takes its warp from device buffers "
-                "(the others compute the warp on the host every frame)")
+    if getattr(core, "backend", None) != "fused" or not hasattr(core, "static_warp_step"):
+        return (f"model.backend {getattr(core, 'backend', None)!r}: only 'fused' takes its warp from device "
+                "buffers (the others compute the warp on the host every frame)")
     return None
 
 
