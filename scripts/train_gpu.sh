@@ -26,6 +26,8 @@
 #                                         (e.g. ssm_perception/checkpoints: continue the shipped weights)
 #          --lr LR                        peak learning rate (default: the config's optim.lr)
 #          --train-seeds N                training sequences (default: the config's data.train_seeds.count)
+#          --min-ready N                  start training once N sequences exist and keep generating the
+#                                         rest meanwhile (default: the config's data.min_ready)
 # A trainable kind needs minutes > 0 (0 = no wall-clock limit, run.max_steps only); logodds=0 only
 # validates the training-free filter on the same held-out sequences.
 set -euo pipefail
@@ -37,6 +39,7 @@ WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
 INIT_FROM=""
 LR=""
 TRAIN_SEEDS=""
+MIN_READY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) MINUTES=$2; shift 2 ;;
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
     --init-from) INIT_FROM=$2; shift 2 ;;
     --lr) LR=$2; shift 2 ;;
     --train-seeds) TRAIN_SEEDS=$2; shift 2 ;;
+    --min-ready) MIN_READY=$2; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "train_gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -71,7 +75,7 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15 OMP_NUM_THREADS=4
 $PY - <<'EOF' 2>&1 | tee -a "$LOG"
 import sys
 missing = []
-for m in ("torch", "numpy", "yaml", "pydantic", "transforms3d", "safetensors", "tqdm", "typer"):
+for m in ("torch", "numpy", "yaml", "pydantic", "transforms3d", "safetensors", "tqdm", "typer", "zstandard"):
     try:
         __import__(m)
     except ImportError as exc:
@@ -100,6 +104,7 @@ for item in "${ITEMS[@]}"; do
   fi
   [ -n "$LR" ] && extra+=(--lr "$LR")
   [ -n "$TRAIN_SEEDS" ] && extra+=(--train-seeds "$TRAIN_SEEDS")
+  [ -n "$MIN_READY" ] && extra+=(--min-ready "$MIN_READY")
   $PY -m ssm_perception.train.cli --config "$CONFIG" --out "$RUNS/$kind" --kind "$kind" \
       --max-minutes "$mins" --workers "$WORKERS" "${extra[@]}" 2>&1 | tee -a "$LOG"
   echo "=== $kind: done in $(( $(date +%s) - start )) s ===" | tee -a "$LOG"
