@@ -49,6 +49,7 @@ See eval/occupancy.py for the metric definitions (splits, threshold: occupied wh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -349,6 +350,7 @@ class BagRun:
     evidence_levels: Counter = field(default_factory=Counter)  # rule-check level per frame
     shifts: list[dict] = field(default_factory=list)  # distribution shifts detected: t_s, message
     lidar_input: dict = field(default_factory=dict)  # bev.lidar_input checks after the last frame: {name: (level, msg)}
+    sensor_frames: Counter = field(default_factory=Counter)  # frames each sensor was encoded in (FrameOutputs.sensors)
 
 
 def _in_grid(objs, T_odom_base: np.ndarray, cfg: PerceptionConfig):
@@ -392,10 +394,16 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
         from tqdm import tqdm
 
         frames = tqdm(frames, desc=f"{label} on {bag.name}", unit="frame", leave=False)
+    used = {"lidar": cfg.sensors.use_lidar, "radar": cfg.sensors.use_radar, "camera": cfg.sensors.use_camera}
     for k, inp in enumerate(frames):
         out = pipeline.process(inp)
         for stage, ms in out.latency_ms.items():
             run.latency.setdefault(stage, []).append(float(ms))
+        # The encode stage's part per sensor (bev.features timings), for the sensors this run uses.
+        for sensor, ms in (out.feature_stats.get("timings_ms") or {}).items():
+            if used.get(sensor):
+                run.latency.setdefault(f"encode.{sensor}", []).append(float(ms))
+        run.sensor_frames.update(s for s, present in out.sensors.items() if present)
         run.health[out.health.level.name] += 1
         rec = {"t_s": bag.t_s(inp.stamp_ns), "reset": list(out.reset.reasons) if out.reset.full else [],
                "partial_reset": bool(out.reset.cell_mask is not None)}
@@ -416,9 +424,13 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
         truth = bag.gt.grids.get(inp.stamp_ns)
         if occ_metrics is not None and truth is not None:
             occ, dyn, vis = truth
+            before = _tp_fp_fn(occ_metrics.counts["all"]), _tp_fp_fn(run.occupancy_raw.moving)
             rec.update(occ_metrics.add(p_pub, occ, dyn, vis))
             raw = run.occupancy_raw.add(out.occupancy, occ, dyn, vis, dyn_joint=out.dynamic)
             rec["raw_all"] = raw["all"]
+            # This frame's counts (the sensor ablation's paired bootstrap resamples frames).
+            rec["counts"] = {"all": tuple(np.subtract(_tp_fp_fn(occ_metrics.counts["all"]), before[0]).tolist()),
+                             "moving": tuple(np.subtract(_tp_fp_fn(run.occupancy_raw.moving), before[1]).tolist())}
             if mot is not None and inp.stamp_ns in bag.gt.objects:
                 # The tracking evaluation's rule (eval/tracking.py): an object counts when the
                 # LiDAR saw it (Track.status in the bag), else when a cell of its footprint is visible.
@@ -431,6 +443,10 @@ def run_bag(bag: DecodedBag, pipeline, cfg: PerceptionConfig, mot, snapshot_fram
         if k in snapshot_frames:
             run.snapshots[k] = _snapshot(inp, out, pub, p_pub, cfg)
     return run
+
+
+def _tp_fp_fn(c) -> tuple[int, int, int]:
+    return c.tp, c.fp, c.fn
 
 
 def _snapshot(inp, out, pub, p_pub, cfg: PerceptionConfig) -> dict:
@@ -589,13 +605,20 @@ def build_pipeline(spec: ModelSpec, cfg: PerceptionConfig):
 # ---------------------------------------------------------------------------------- main entry
 def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path, main_checkpoint: str = "",
              baselines: list[str] | None = None, topic_map: dict[str, str] | None = None,
-             progress: bool = True, plots: bool = True, labels: list[str | Path] | None = None) -> dict:
+             progress: bool = True, plots: bool = True, labels: list[str | Path] | None = None,
+             ablate: list[tuple[str, ...]] | None = None, command: str | None = None) -> dict:
     """Evaluate every model on every bag; write metrics.json, report.md and PNGs into ``out_dir``.
 
     ``labels``: label files (io/labels.py), one per bag in order; without, a bag's own labels.jsonl
-    (written by `ssm-perception import`) is used when present."""
+    (written by `ssm-perception import`) is used when present.
+    ``ablate``: sensor sets (eval/ablation.py); every model then runs once per set, named
+    ``model@lidar+radar`` etc., and metrics.json gains ``ablation`` (also ablation.json / ablation.md).
+    A set that fails is recorded with its error and the others still complete; metrics.json is
+    rewritten after each set, so an interrupted run keeps the finished ones. ``command``: recorded."""
+    import os
     from datetime import UTC, datetime
 
+    from ssm_perception.eval import ablation as abl
     from ssm_perception.eval.labelfree import LabelFreeMetrics
     from ssm_perception.eval.mot import MotEvaluator
 
@@ -609,7 +632,10 @@ def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path,
             raise EvaluationError(f"--labels: no such file: {f}")
     out = Path(out_dir)
     roles = topic_roles(cfg.topics, topic_map)
-    decoded = [decode_bag(b, cfg, roles, progress) for b in bags]
+    sets = list(ablate or [])
+    # With an ablation the bags are decoded once with every sensor a set uses; each set's frames
+    # then carry only its own sensors (ablation.frames_for).
+    decoded = [decode_bag(b, abl.union_config(cfg, sets) if sets else cfg, roles, progress) for b in bags]
     for k, b in enumerate(decoded):
         attach_labels(b, labels[k] if labels else None)
     specs = model_specs(main_checkpoint, list(baselines or []), cfg)
@@ -630,31 +656,85 @@ def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path,
     }
     snaps = {b.name: choose_snapshots(b) for b in decoded}
     runs: dict[str, list[BagRun]] = {}
-    for spec in specs:
-        pipe_info = build_pipeline(spec, cfg)
-        if pipe_info[0] is None:
-            metrics["skipped_models"][spec.name] = pipe_info[1]
+    jobs = [(spec, s) for spec in specs for s in (sets or [None])]
+    ab_entries: list[dict] = []
+    ab_counts: dict[str, dict] = {}
+    ab_failed: dict[str, str] = {}
+    if sets:
+        metrics["ablation_command"] = command
+    bar = None
+    if sets and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="sensor sets", unit="set")
+    for spec, sensors in jobs:
+        run_cfg = cfg if sensors is None else abl.sensor_config(cfg, sensors)
+        name = spec.name if sensors is None else f"{spec.name}@{abl.set_name(sensors)}"
+        if bar is not None:
+            bar.set_postfix_str(name)
+        try:
+            pipe_info = build_pipeline(spec, run_cfg)
+            if pipe_info[0] is None:
+                metrics["skipped_models"][name] = pipe_info[1]
+                continue
+            load_before = os.getloadavg()[0]
+            mot = MotEvaluator() if any(b.gt.objects for b in decoded) else None
+            labelfree = LabelFreeMetrics(run_cfg, with_labels=any(b.labels for b in decoded))
+            bag_runs, per_bag_mot = [], {}
+            for b in decoded:
+                pipe, info = build_pipeline(spec, run_cfg)  # a fresh pipeline (state, tracker) per bag
+                bag_mot = mot
+                if sensors is not None and mot is not None:
+                    per_bag_mot[b.name] = MotEvaluator()
+                    bag_mot = abl.TeeMot(mot, per_bag_mot[b.name])
+                view = b if sensors is None else dataclasses.replace(b, frames=abl.frames_for(b.frames, run_cfg))
+                bag_runs.append(run_bag(view, pipe, run_cfg, bag_mot, set(snaps[b.name]), name, progress, labelfree))
+            summary = _model_summary(spec, info, decoded, bag_runs, mot, run_cfg)
+            summary["label_free"] = labelfree.summary()
+            summary["track_paths"] = {b.name: {str(k): v for k, v in paths.items()}
+                                      for b, paths in zip(decoded, labelfree.track_paths(), strict=True)}
+        except Exception as exc:  # one failing sensor set must not lose the others
+            if sensors is None:
+                raise
+            ab_failed[name] = f"{type(exc).__name__}: {exc}"
+            metrics["skipped_models"][name] = f"failed: {ab_failed[name]}"
             continue
-        mot = MotEvaluator() if any(b.gt.objects for b in decoded) else None
-        labelfree = LabelFreeMetrics(cfg, with_labels=any(b.labels for b in decoded))
-        bag_runs = []
-        for b in decoded:
-            pipe, info = build_pipeline(spec, cfg)  # a fresh pipeline (state, tracker) per bag
-            bag_runs.append(run_bag(b, pipe, cfg, mot, set(snaps[b.name]), spec.name, progress, labelfree))
-        runs[spec.name] = bag_runs
-        summary = _model_summary(spec, info, decoded, bag_runs, mot, cfg)
-        summary["label_free"] = labelfree.summary()
-        summary["track_paths"] = {b.name: {str(k): v for k, v in paths.items()}
-                                  for b, paths in zip(decoded, labelfree.track_paths(), strict=True)}
-        metrics["models"][spec.name] = _finite(summary)
+        finally:
+            if bar is not None:
+                bar.update(1)
+        runs[name] = bag_runs
+        if sensors is not None:
+            summary["sensors"] = list(sensors)
+            summary["load_avg"] = {"before": load_before, "after": os.getloadavg()[0]}
+            ab_entries.append({"spec": spec.name, "sensors": sensors, "name": name, "metrics": summary,
+                               "per_bag_tracking": {k: (e.compute() if e.num_frames else None)
+                                                    for k, e in per_bag_mot.items()}})
+            ab_counts[name] = {k: [abl.frame_counts(r, k) for r in bag_runs] for k in ("all", "moving")}
+        metrics["models"][name] = _finite(summary)
+        if sets:  # an interrupted ablation keeps the sets that finished
+            out.mkdir(parents=True, exist_ok=True)
+            _write_json(out / "metrics.json", metrics)
+    if bar is not None:
+        bar.close()
     if not metrics["models"]:
         raise EvaluationError(f"no model could be run: {metrics['skipped_models']}")
+    if sets:
+        metrics["ablation"] = _finite(abl.summarise(sets, ab_entries, ab_counts, ab_failed))
+        metrics["ablation"]["command"] = command
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=_json_default, allow_nan=False))
+    _write_json(out / "metrics.json", metrics)
+    if sets:
+        _write_json(out / "ablation.json", {k: metrics[k] for k in ("created_utc", "tool", "grid", "bags", "ablation")})
+        (out / "ablation.md").write_text("# Sensor ablation\n\n" + (f"`{command}`\n\n" if command else "")
+                                         + abl.markdown(metrics["ablation"]))
     from ssm_perception.eval.report import write_report
 
     write_report(metrics, decoded, runs, snaps, out, plots=plots)
     return metrics
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False))
 
 
 def _model_summary(spec: ModelSpec, info: dict, decoded: list[DecodedBag], bag_runs: list[BagRun], mot,
@@ -706,6 +786,7 @@ def _model_summary(spec: ModelSpec, info: dict, decoded: list[DecodedBag], bag_r
         "lidar_input": {r.bag: {k: {"level": ("OK", "WARN", "ERROR")[min(2, int(lv))], "message": msg}
                                 for k, (lv, msg) in sorted(r.lidar_input.items())} for r in bag_runs},
         "known_share": float(np.mean([f["known_share"] for r in bag_runs for f in r.per_frame])),
+        "sensor_frames": {s: int(sum(r.sensor_frames[s] for r in bag_runs)) for s in ("lidar", "radar", "camera")},
         "per_bag": per_bag,
     }
 

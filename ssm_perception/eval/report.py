@@ -4,6 +4,7 @@ Plots (matplotlib, Agg backend, no display needed):
     reliability.png             reliability diagram per model (predicted P vs observed frequency)
     iou_<bag>.png               per-frame occupancy IoU per model, adversity windows shaded, resets marked
     latency.png                 per-frame total latency histogram per model
+    ablation.png                with --ablate: quality and latency per sensor set (eval/ablation.py)
     bev_<bag>_<frame>.png       truth and each model's published grid at a chosen frame (TP green, FP red, FN blue)
     scan_<model>_<bag>_<frame>.png  label-free: the scan's points over the published grid, evidence the network
                                 called free, see-through cells published occupied, tracks; and the observation grid
@@ -384,6 +385,15 @@ def write_report(metrics: dict, decoded: list, runs: dict, snaps: dict, out: Pat
         lines += [(f"**No ground truth in {', '.join(no_gt)}** (no /ground_truth/occupancy, dynamic and visibility "
                   "grids): occupancy, calibration and tracking metrics are not computed for "
                   f"{'these bags' if len(no_gt) > 1 else 'this bag'}; latency, health and resets are."), ""]
+    if metrics.get("ablation"):
+        from ssm_perception.eval import ablation
+
+        lines += ["## Sensor ablation", ""]
+        if metrics["ablation"].get("command"):
+            lines += [f"`{metrics['ablation']['command']}`", ""]
+        lines += [ablation.markdown(metrics["ablation"])]
+        if plots and ablation.plot(metrics["ablation"], out / "ablation.png"):
+            lines += ["![sensor ablation](ablation.png)", ""]
     occ = occupancy_table(models)
     if occ:
         lines += ["## Occupancy (held-out data)", "",
