@@ -21,8 +21,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from ssm_perception.bev.device import constant
 from ssm_perception.bev.features import channel_index
 from ssm_perception.bev.lidar import HEIGHT_BIN_EDGES
 from ssm_perception.config import EvidenceConfig
@@ -67,6 +69,29 @@ def direct_now(features: Tensor) -> Tensor:
     f = features
     return (f[channel_index("lidar_log_count")] > 0) | (f[channel_index("lidar_free")] > 0.5) \
         | (f[channel_index("radar_log_count")] > 0)
+
+
+def evidence_planes(features: Tensor, cfg: EvidenceConfig) -> Tensor:
+    """``evidence_grids`` computed where the features are: [4, H, W] float32 planes (band count,
+    non-ground count, free now, direct now; counts are exact integers), for a pipeline that reads
+    them back with its frame's one copy; ``grids_from_planes`` makes the EvidenceGrids on the host."""
+    names = evidence_channels(cfg)
+    f = features.index_select(0, constant(tuple(channel_index(n) for n in names), torch.long, features.device))
+    nb = len(names) - 4
+
+    def counts(x: Tensor) -> Tensor:  # as evidence_grids: expm1 in float64, rounded per channel, summed
+        return torch.round(torch.expm1(x.double())).sum(0).float()
+
+    band = counts(f[:nb]) if nb else torch.zeros_like(f[0])
+    free = f[nb + 1] > 0.5
+    direct = (f[nb + 2] > 0) | free | (f[nb + 3] > 0)
+    return torch.stack([band, counts(f[nb : nb + 1]), free.float(), direct.float()])
+
+
+def grids_from_planes(planes: np.ndarray) -> EvidenceGrids:
+    """[4, H, W] host planes of ``evidence_planes`` -> EvidenceGrids (equal to ``evidence_grids``)."""
+    return EvidenceGrids(band_count=np.rint(planes[0]).astype(np.int32), nonground_count=np.rint(planes[1]).astype(np.int32),
+                         free_now=planes[2] > 0.5, direct_now=planes[3] > 0.5)
 
 
 def evidence_grids(features: Tensor, cfg: EvidenceConfig, channels: list[str] | None = None) -> EvidenceGrids:

@@ -20,6 +20,7 @@ as unknown cells rather than published as numbers.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssm_perception.bev.device import counters_tensor, fill_counters
 from ssm_perception.bev.features import (
     CameraFrame,
     LidarScan,
     RadarScan,
-    channel_index,
     encode_frame,
 )
 from ssm_perception.bev.grid import BevGrid
@@ -42,13 +43,18 @@ from ssm_perception.evidence import (
     EvidenceGrids,
     EvidenceReport,
     direct_now,
-    evidence_channels,
-    evidence_grids,
+    evidence_planes,
+    grids_from_planes,
 )
 from ssm_perception.frame_assembler import ego_twist, radar_over_ground
 from ssm_perception.geometry import transform_points
 from ssm_perception.model import BevPerceptionModel, load_checkpoint
-from ssm_perception.pipeline_graph import device_outputs, make_graph_step, read_back
+from ssm_perception.pipeline_graph import (
+    device_outputs,
+    make_graph_step,
+    packed_read_back,
+    read_back,
+)
 from ssm_perception.temporal.base import State
 from ssm_perception.temporal.health import (
     HealthReport,
@@ -238,7 +244,7 @@ class PerceptionPipeline:
         self.grid = BevGrid.from_config(self.config.grid)
         if self.model.grid.shape != self.grid.shape:
             raise ValueError(f"model grid {self.model.grid.shape} != config grid {self.grid.shape}")
-        self.policy = ResetPolicy(self.config.reset, grid=self.grid)
+        self.policy = ResetPolicy(self.config.reset, grid=self.grid, device=self.device)  # age grid on the device
         sens = self.config.sensors
         enabled = tuple(name for name, on in (("lidar", sens.use_lidar), ("radar", sens.use_radar),
                                               ("camera", sens.use_camera)) if on)
@@ -259,6 +265,9 @@ class PerceptionPipeline:
         # True: each stage timer waits for the device first (CUDA runs asynchronously; the bench sets it,
         # the node does not, since the wait costs latency).
         self.sync_timers = False
+        # The frame's outputs come to the host in one packed copy (pipeline_graph.packed_read_back);
+        # on the CPU they are simply viewed. Tests set it on the CPU to check the packed path.
+        self.packed_read_back = self.device.type != "cpu"
         trk = self.config.tracking
         # The decoder's score floor: the tracker's second stage needs the weak peaks too.
         self._floor = min(trk.detection_threshold, trk.low_score_threshold) if trk.low_score_threshold > 0 \
@@ -343,6 +352,7 @@ class PerceptionPipeline:
                 RadarScan(radar, inp.T_base_radar) if radar is not None else None,
                 CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
                 ego_twist=twist, device=self.device,  # LiDAR deskew (bev.lidar.deskew, the only one)
+                resolve=False,  # counters and sensor flags come with the frame's one read-back (step 6)
             )
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
             # Last line of defence: input the checks above did not foresee must not stop the node.
@@ -350,7 +360,7 @@ class PerceptionPipeline:
             log.exception("BEV encoding failed at %.3f s; frame treated as having no sensor data", stamp_ns / NS)
             problems.append(f"encoder failed: {type(exc).__name__}: {exc}")
             lidar = radar = None
-            feats = encode_frame(self.grid, ego_twist=twist, device=self.device)
+            feats = encode_frame(self.grid, ego_twist=twist, device=self.device, resolve=False)
         x = feats.features.unsqueeze(0)  # [1, C_in, H, W], encoded on the model's device
         observed = observed_from_features(x)  # [1, H, W] bool
         direct = direct_now(feats.features)  # [H, W] on the device; the evidence grids come with the read-back
@@ -381,7 +391,9 @@ class PerceptionPipeline:
         if self._graph is not None:
             frame = self._graph_step(x, None if decision.full else motion, dt_s, reset_mask)
         if frame is None:
-            dt = torch.tensor([dt_s], dtype=torch.float32, device=self.device)
+            if not (math.isfinite(dt_s) and dt_s > 0):  # the policy resets otherwise; checked here, on the host
+                raise ValueError(f"dt must be finite and > 0, got {dt_s}")
+            dt = torch.full((1,), dt_s, dtype=torch.float32, device=self.device)  # a fill: no upload, no wait
             if self._warp_in_step:
                 # The previous-but-one state is handed back as the buffer of the new one: in CPU
                 # inference no frame allocates a state (the node's allocator setting would otherwise
@@ -394,17 +406,11 @@ class PerceptionPipeline:
                 heads, self.state = self.model.step(x, self.state, dt, reset_mask)
         lat["temporal"] = self._ms(t0)
 
-        # 5. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells); before
-        # the read-back, so the unknown mask travels in the frame's one device-to-host copy.
+        # 5. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells) on the
+        # device; its scalars, the unknown mask and the ages travel in the frame's one read-back (step 6).
         t0 = time.perf_counter()
-        report = self.health.update(self.state, stamp_ns / NS, observed, feats.sensor_mask, motion,
-                                    0.0 if decision.full else dt_s,
-                                    direct=direct.unsqueeze(0))
-        # The monitor already counts non-finite state values; no second pass over the state here.
-        self._state_finite = report.nonfinite == 0
-        if not self._state_finite:
-            log.error("temporal state became non-finite at %.3f s (%d values); it is reset on the next frame",
-                      stamp_ns / NS, report.nonfinite)
+        health_scalars = self.health.measure(self.state, observed, motion, 0.0 if decision.full else dt_s,
+                                             direct=direct.unsqueeze(0))
         if reset_mask is not None:
             self.health.reset(reset_mask & ~observed)
         self.policy.observe(observed[0])
@@ -417,13 +423,30 @@ class PerceptionPipeline:
         never = self.health.observed[0, 0] <= 0.5
         if self.infers_unobserved:
             never = torch.zeros_like(never)
-        ev_names = evidence_channels(self.config.evidence)
-        # The encoder's counts the evidence check needs, and the direct-observation age, ride along
-        # in the frame's one read-back (on the CPU: views).
-        host = read_back(frame, never, {"evidence": feats.features[[channel_index(n) for n in ev_names]],
-                                        "direct_age": self.health.direct_age_s()[0]})
+        # Everything the host needs from this frame, in one device-to-host copy (on the CPU: views):
+        # grids, unknown mask, detection table, the scan's evidence planes and the direct-observation
+        # age, and one float64 vector of scalars: the health monitor's five, the stale-cell count of a
+        # deferred reset check, the encoders' counters and sensor flags.
+        pending = {"mask": feats.sensor_mask, "stats": feats.stats}
+        counters = counters_tensor(pending)
+        cells = decision.cells_pending
+        scalars = [health_scalars, (health_scalars.new_zeros(()) if cells is None else cells.double()).reshape(1)]
+        if counters is not None:
+            scalars.append(counters.to(health_scalars.device))
+        host = (packed_read_back if self.packed_read_back else read_back)(frame, never, {"evidence": evidence_planes(feats.features, self.config.evidence),
+                                        "direct_age": self.health.direct_age_s()[0]}, torch.cat(scalars))
+        values = host.scalars.tolist()
+        if counters is not None:
+            fill_counters(pending, values[6:])
+        report = self.health.finish(values[:5], stamp_ns / NS, feats.sensor_mask)
+        self.policy.resolve_cells(decision, values[5])
+        # The monitor already counts non-finite state values; no second pass over the state here.
+        self._state_finite = report.nonfinite == 0
+        if not self._state_finite:
+            log.error("temporal state became non-finite at %.3f s (%d values); it is reset on the next frame",
+                      stamp_ns / NS, report.nonfinite)
         occ, dyn, unknown = host.occupancy, host.dynamic, host.unknown
-        evidence = evidence_grids(torch.from_numpy(host.extras["evidence"]), self.config.evidence, ev_names)
+        evidence = grids_from_planes(host.extras["evidence"])
         ev_report = self.evidence_check.update(occ, evidence)
         direct_age = host.extras["direct_age"]
         dets_base = detections_from_table(host.table)

@@ -58,27 +58,49 @@ class HostFrame:
     table: np.ndarray  # [K, len(DET_COLUMNS)] float32
     copies: int  # device-to-host copies this took (1 on CUDA, 0 on the CPU)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # float32 tensors that came along, same shapes
+    scalars: np.ndarray | None = None  # float64 [S]: the caller's scalars (counters, health), exact
 
 
-def read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tensor] | None = None) -> HostFrame:
+def read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tensor] | None = None,
+              scalars: Tensor | None = None) -> HostFrame:
     """``never_observed`` [H, W] bool on the device; ``extras``: other float tensors the caller
-    needs on the host this frame (they ride along in the same copy). On the CPU: views, exact.
-    Elsewhere: one packed copy; occupancy and dynamic probabilities are then quantised to 1/255
-    (the published OccupancyGrid has 1/100), extras and detections travel exactly."""
+    needs on the host this frame, ``scalars`` a float64 vector of its counters and flags (both ride
+    along in the same copy). On the CPU: views, exact. Elsewhere: one packed copy; occupancy and
+    dynamic probabilities are then quantised to 1/255 (the published OccupancyGrid has 1/100),
+    extras, scalars and detections travel exactly."""
     occ, dyn = frame.p_occ[0].float(), frame.p_dyn[0].float()
     if occ.device.type == "cpu":
         o, d = occ.numpy(), dyn.numpy()
         unknown = never_observed.cpu().numpy() | ~np.isfinite(o)
         return HostFrame(np.nan_to_num(o, nan=0.5, posinf=1.0, neginf=0.0),
                          np.nan_to_num(d, nan=0.0, posinf=1.0, neginf=0.0), unknown,
-                         frame.table.float().numpy(), 0, {k: v.float().numpy() for k, v in (extras or {}).items()})
-    return packed_read_back(frame, never_observed, extras)
+                         frame.table.float().numpy(), 0, {k: v.float().numpy() for k, v in (extras or {}).items()},
+                         None if scalars is None else scalars.double().numpy())
+    return packed_read_back(frame, never_observed, extras, scalars)
 
 
-def packed_read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tensor] | None = None) -> HostFrame:
+_PINNED: dict = {}  # device -> reusable pinned host buffer of the packed read-back (grown as needed)
+
+
+def _host_buffer(nbytes: int, device: torch.device) -> Tensor:
+    """A pinned host byte buffer for the read-back (CUDA: the copy runs at full speed and straight
+    into it); reused every frame: everything taken from it is copied out before the next frame."""
+    if device.type != "cuda":
+        return torch.empty(nbytes, dtype=torch.uint8)
+    buf = _PINNED.get(device)
+    if buf is None or buf.numel() < nbytes:
+        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        _PINNED[device] = buf
+    return buf[:nbytes]
+
+
+def packed_read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tensor] | None = None,
+                     scalars: Tensor | None = None) -> HostFrame:
     """The packed single copy of ``read_back`` (used off the CPU; callable anywhere, for tests)."""
     occ, dyn = frame.p_occ[0].float(), frame.p_dyn[0].float()
     extras = {k: v.float().contiguous().to(occ.device) for k, v in (extras or {}).items()}
+    scalars = torch.zeros(0, dtype=torch.float64, device=occ.device) if scalars is None else \
+        scalars.reshape(-1).to(occ.device, torch.float64)
     h, w = occ.shape
     # The health monitor may keep its per-cell bookkeeping on the host; the mask is small (H*W bools).
     unknown = never_observed.to(occ.device, non_blocking=True) | ~torch.isfinite(occ)
@@ -90,8 +112,17 @@ def packed_read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[st
     parts = [occ_q.reshape(-1), dyn_q.reshape(-1), unknown.reshape(-1).to(torch.uint8),
              torch.zeros(pad, dtype=torch.uint8, device=occ.device), table.reshape(-1).view(torch.uint8)]
     parts += [v.reshape(-1).view(torch.uint8) for v in extras.values()]
-    host = torch.cat(parts).cpu().numpy()  # the frame's one device-to-host copy
-    floats = host[3 * n + pad:].view(np.float32)
+    n_float = table.numel() + sum(v.numel() for v in extras.values())
+    pad8 = (-(3 * n + pad + 4 * n_float)) % 8  # the float64 scalars start 8-byte aligned
+    parts += [torch.zeros(pad8, dtype=torch.uint8, device=occ.device), scalars.view(torch.uint8)]
+    packed = torch.cat(parts)
+    buf = _host_buffer(packed.numel(), occ.device)
+    buf.copy_(packed, non_blocking=True)
+    if occ.device.type == "cuda":
+        torch.cuda.current_stream(occ.device).synchronize()  # the frame's one device-to-host copy and wait
+    host = buf.numpy()
+    floats = host[3 * n + pad:3 * n + pad + 4 * n_float].view(np.float32)
+    at8 = 3 * n + pad + 4 * n_float + pad8
     out = {}
     at = table.numel()
     for k, v in extras.items():
@@ -100,7 +131,8 @@ def packed_read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[st
     return HostFrame(host[:n].reshape(h, w).astype(np.float32) / np.float32(_Q),
                      host[n:2 * n].reshape(h, w).astype(np.float32) / np.float32(_Q),
                      host[2 * n:3 * n].reshape(h, w).astype(bool),
-                     floats[:table.numel()].reshape(-1, len(DET_COLUMNS)).copy(), 1, out)
+                     floats[:table.numel()].reshape(-1, len(DET_COLUMNS)).copy(), 1, out,
+                     host[at8:at8 + 8 * scalars.numel()].view(np.float64).copy())
 
 
 def graph_support(model, device: torch.device) -> str | None:

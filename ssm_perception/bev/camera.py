@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm_perception.bev.device import as_device, upload
+from ssm_perception.bev.device import as_device, constant, upload
 from ssm_perception.bev.grid import BevGrid
 
 CAMERA_CHANNELS = [
@@ -29,13 +29,14 @@ CAMERA_CHANNELS = [
 _WORK_HEIGHT = 240  # images are area-downsampled to about this height first: cheap, less aliasing
 
 
-def image_to_tensor(image, factor: int = 1, device=None) -> Tensor:
+def image_to_tensor(image, factor: int = 1, device=None, on_device: bool | None = None) -> Tensor:
     """[H, W, 3] RGB or [H, W] mono (uint8/uint16 or float in [0, 1]) -> float32 [1, 3, h, w] in
     [0, 1], area-downsampled by an integer ``factor`` (h = H // factor).
 
     The averaging runs on the raw HWC array with strided sums (integer accumulators for integer
     images) before any float conversion or transpose: on the CPU target that is ~5x cheaper than
-    converting the full image and pooling it in torch."""
+    converting the full image and pooling it in torch. Off the CPU (``on_device`` None: decided by
+    ``device``) the raw image goes up as it is and the same sums run on the device instead."""
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
@@ -47,6 +48,19 @@ def image_to_tensor(image, factor: int = 1, device=None) -> Tensor:
     if hh == 0 or ww == 0:
         raise ValueError(f"image {a.shape[:2]} smaller than the downsampling factor {f}")
     scale = {np.dtype(np.uint8): 1 / 255.0, np.dtype(np.uint16): 1 / 65535.0}.get(a.dtype, 1.0)
+    if on_device is None:
+        on_device = as_device(device).type != "cpu"
+    if on_device and a.dtype != np.uint16:  # (torch has no uint16 arithmetic everywhere: those stay on the host)
+        # The raw image goes up as it is (uint8: a quarter of the float bytes) and the same sums run
+        # on the device: integer-valued float32 sums (exact below 2^24) times the same float32
+        # factor as below, so the values equal the host path's.
+        raw = upload(a[: hh * f, : ww * f], device).permute(2, 0, 1).unsqueeze(0).float()
+        if f > 1:
+            raw = F.avg_pool2d(raw, f, stride=f, divisor_override=1)
+        t = (raw * np.float32(scale / (f * f)))[0]
+        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
+        t = t.contiguous().unsqueeze(0)
+        return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
     acc_type = np.uint32 if a.dtype.kind in "ui" else np.float32
     acc = np.zeros((hh, ww, a.shape[2]), dtype=acc_type)
     for i in range(f):  # f*f strided adds over the image, not a per-pixel loop
@@ -61,10 +75,11 @@ def image_to_tensor(image, factor: int = 1, device=None) -> Tensor:
 
 def project_cells(grid: BevGrid, K, T_base_camera, image_size: tuple[int, int], ground_z: float = 0.0,
                   max_range: float = 80.0, device=None) -> tuple[Tensor, Tensor, int]:
-    """(uv [HW, 2] pixel coordinates, visible [HW] bool, number of visible cells) of every cell's
-    ground point, the tensors on ``device``.
+    """(uv [HW, 2] pixel coordinates, visible [HW] bool, number of visible cells as a 0-d tensor) of
+    every cell's ground point, all on ``device`` (computed there: the frame assembler moves the
+    camera through the ego motion, so T changes every frame and nothing needs the host).
 
-    Cached on (grid, K, T, image size, ground_z, max_range, device): the mounting is fixed while driving."""
+    Cached on (grid, K, T, image size, ground_z, max_range, device) for a fixed mounting."""
     k = np.asarray(K, dtype=np.float64).reshape(3, 3)
     t = np.asarray(T_base_camera, dtype=np.float64)
     if t.shape != (4, 4) or not np.isfinite(t).all() or not np.isfinite(k).all():
@@ -73,8 +88,9 @@ def project_cells(grid: BevGrid, K, T_base_camera, image_size: tuple[int, int], 
     key = (grid, k.tobytes(), t.tobytes(), tuple(image_size), float(ground_z), float(max_range), dev)
     hit = _PROJECTION_CACHE.get(key)
     if hit is None:
-        uv, visible = _project(grid, torch.from_numpy(k), torch.from_numpy(t), image_size, ground_z, max_range)
-        hit = (uv.to(dev), visible.to(dev), int(visible.sum()))
+        uv, visible = _project(grid, upload(k, dev), upload(t, dev), image_size, ground_z,
+                               max_range)
+        hit = (uv, visible, visible.sum())
         if len(_PROJECTION_CACHE) >= 8:
             _PROJECTION_CACHE.pop(next(iter(_PROJECTION_CACHE)))
         _PROJECTION_CACHE[key] = hit
@@ -86,8 +102,8 @@ _PROJECTION_CACHE: dict = {}
 
 def _project(grid: BevGrid, k: Tensor, t: Tensor, image_size, ground_z: float, max_range: float):
     h_img, w_img = image_size
-    c = grid.cell_centers().permute(1, 2, 0).reshape(-1, 2).double()  # [HW, 2]
-    p = torch.cat([c, torch.full((c.shape[0], 1), float(ground_z), dtype=torch.float64)], 1)
+    c = grid.cell_centers(k.device).permute(1, 2, 0).reshape(-1, 2).double()  # [HW, 2]
+    p = torch.cat([c, torch.full((c.shape[0], 1), float(ground_z), dtype=torch.float64, device=k.device)], 1)
     pc = (p - t[:3, 3]) @ t[:3, :3]  # [HW, 3] in the optical frame: R^T (p - t)
     z = pc[:, 2]
     uv = (pc @ k.T)[:, :2] / z.clamp_min(1e-6).unsqueeze(1)
@@ -116,7 +132,7 @@ def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
     small = image_to_tensor(a, factor, dev)  # [1, 3, h, w]
     hc, wc = small.shape[2] * factor, small.shape[3] * factor  # pixels covered (crop to a multiple)
     gray = small.mean(1, keepdim=True)  # [1, 1, h, w]
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=dev) / 8.0
+    sobel = constant(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), torch.float32, dev) / 8.0
     kern = torch.stack([sobel, sobel.T]).unsqueeze(1)  # [2, 1, 3, 3]
     g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kern)
     grad = torch.hypot(g[:, 0:1], g[:, 1:2])

@@ -4,13 +4,18 @@ The encoders are plain torch, so the same code runs on the CPU (CI, the 2-core v
 and on CUDA. Two things differ on a GPU and are handled here once:
 
 - host arrays go up through pinned memory with ``non_blocking=True``, so the copy is queued on the
-  stream and the host goes on preparing the next input (on the CPU ``upload`` is ``from_numpy``);
+  stream and the host goes on preparing the next input (on the CPU ``upload`` is ``from_numpy``).
+  Never ``torch.tensor(..., device=cuda)`` or ``.to(cuda)`` of a pageable tensor in the frame: torch
+  then waits for the whole stream after the copy (a host synchronisation per call); small constants
+  are cached per device (``constant``);
 - counters for the stats dict (points used, dropped, ...) stay 0-d device tensors while encoding
   (``int(t.sum())`` would wait for the GPU each time); ``resolve_stats`` turns them all into Python
   numbers with one transfer, which the pipeline does after the frame's output copy.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -21,9 +26,10 @@ def as_device(device) -> torch.device:
     return torch.device("cpu") if device is None else torch.device(device)
 
 
-def upload(a: np.ndarray, device=None) -> Tensor:
-    """numpy -> tensor on ``device``: pinned + asynchronous on CUDA, zero-copy on the CPU."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
+def upload(a, device=None) -> Tensor:
+    """numpy (or a host tensor) -> tensor on ``device``: pinned + asynchronous on CUDA (no wait for
+    the stream), zero-copy on the CPU."""
+    t = a if isinstance(a, Tensor) else torch.from_numpy(np.ascontiguousarray(a))
     dev = as_device(device)
     if dev.type == "cpu":
         return t
@@ -31,6 +37,13 @@ def upload(a: np.ndarray, device=None) -> Tensor:
         t = t.pin_memory()  # the caching host allocator keeps it until the copy has run
         return t.to(dev, non_blocking=True)
     return t.to(dev)
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor on ``device``, made once per (values, dtype, device) and reused (so no
+    frame pays an upload for it). Treat it as read-only."""
+    return upload(torch.tensor(values, dtype=dtype), device)
 
 
 def pending_counters(stats: dict) -> list[tuple[dict, str, Tensor]]:

@@ -65,13 +65,16 @@ def encode_frame(
     ego_twist=None,
     ground: str = "ransac",
     device=None,
+    resolve: bool = True,
 ) -> BevFeatures:
     """Encode the sensors present this frame, on ``device`` (None = CPU: the features are built
     where the model runs, so a CUDA pipeline uploads only the raw clouds and a small image).
     ``ego_twist`` = (vx, vy, yaw_rate) of base_link in base_link (m/s, rad/s), from the frame
     assembler: deskews LiDAR points with per-point time (None = no deskew). Radar velocities arrive
     over ground (frame_assembler.radar_over_ground). Bad points are dropped and counted, never NaN.
-    The sensor mask and every counter in ``stats`` come back from the device in one copy at the end."""
+    The sensor mask and every counter in ``stats`` come back from the device in one copy at the end;
+    ``resolve=False`` leaves them 0-d device tensors for a caller that reads them with its own copy
+    (``bev.device.counters_tensor`` / ``fill_counters``: the pipeline's one read-back per frame)."""
     if ego_twist is not None:
         ego_twist = tuple(float(v) for v in ego_twist)
         if len(ego_twist) != 3 or not all(np.isfinite(ego_twist)):
@@ -102,5 +105,6 @@ def encode_frame(
     stats["nonfinite_features"] = (~torch.isfinite(feats)).sum()
     feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
     mask = {name: feats[channel_index(f"{name}_valid"), 0, 0] > 0 for name in ("lidar", "radar", "camera")}
-    resolve_stats({"mask": mask, "stats": stats})  # one device-to-host copy for all of them
+    if resolve:
+        resolve_stats({"mask": mask, "stats": stats})  # one device-to-host copy for all of them
     return BevFeatures(feats.contiguous(), mask, stats)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ssm_perception.bev.device import constant
 from ssm_perception.config import GridConfig
 
 
@@ -53,7 +54,7 @@ class BevGrid:
     # ------------------------------------------------------------------ metric <-> index
     def metric_to_index(self, xy: Tensor) -> Tensor:
         """[N, 2] metric (x, y) -> [N, 2] integer (i, j) (floor; may be outside the grid)."""
-        origin = torch.tensor([self.x_min, self.y_min], dtype=xy.dtype, device=xy.device)
+        origin = constant((self.x_min, self.y_min), xy.dtype, xy.device)  # cached per device: no upload per call
         return torch.floor((xy - origin) / self.resolution).long()
 
     def index_to_metric(self, ij: Tensor) -> Tensor:

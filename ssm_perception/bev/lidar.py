@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_perception.bev.device import as_device, upload
+from ssm_perception.bev.device import as_device, constant, upload
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.ground import fit_ground_plane_tensor
 
@@ -120,7 +120,7 @@ def polar_free_space(
     dev = ret_xy.device
     ox, oy = (float(v) for v in origin_xy)
     scale = n_beams / (2 * math.pi)
-    rel = ret_xy - torch.tensor([ox, oy], dtype=ret_xy.dtype, device=dev)
+    rel = ret_xy - constant((ox, oy), ret_xy.dtype, dev)
     r = torch.hypot(rel[:, 0], rel[:, 1])
     beam = ((torch.atan2(rel[:, 1], rel[:, 0]) + math.pi) * scale).long().clamp(0, n_beams - 1)
     if use is not None:
@@ -198,7 +198,7 @@ def encode_lidar(
     far = (xyz * xyz).sum(1) > max_range * max_range  # range in the sensor frame
     stats["lidar_out_of_range"] = (far & finite).sum()
     finite &= ~far
-    t_bl = torch.from_numpy(t_np).to(dev)
+    t_bl = upload(t_np, dev)
     xyz = torch.addmm(t_bl[:3, 3], xyz, t_bl[:3, :3].T)  # [N, 3] base_link
     if ego_twist is not None and not all(math.isfinite(float(v)) for v in ego_twist):
         ego_twist = None  # a corrupt twist must not poison the cloud: leave it skewed

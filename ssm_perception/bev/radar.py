@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_perception.bev.device import as_device
+from ssm_perception.bev.device import as_device, upload
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.lidar import cloud_to_tensors
 
@@ -55,7 +55,7 @@ def encode_radar(grid: BevGrid, points, T_base_radar, device=None) -> tuple[Tens
     stats["radar_nonfinite"] = n - finite.sum()
     xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
     vr, rcs = torch.where(finite, vr, 0.0), torch.where(finite, rcs, 0.0)
-    t = torch.from_numpy(t_np).to(dev)
+    t = upload(t_np, dev)
     xyz = xyz @ t[:3, :3].T + t[:3, 3]
     ray = xyz[:, :2] - t[:2, 3]  # unit line of sight from the sensor, base_link axes
     u = ray / torch.hypot(ray[:, 0], ray[:, 1]).clamp_min(1e-3).unsqueeze(1)

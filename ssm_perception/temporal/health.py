@@ -85,7 +85,6 @@ class StateHealthMonitor:
             self.observed = self.unobserved_s = self.direct_seen = self.direct_unobserved_s = None
             self.frames, self.baseline = 0, 0.0
             return
-        # The per-cell maps live on the CPU (small); the mask comes from the state's device.
         keep = (~mask.bool()).unsqueeze(1).to(self.observed.device, self.observed.dtype)
         self.observed = self.observed * keep
         self.unobserved_s = self.unobserved_s * keep
@@ -121,15 +120,18 @@ class StateHealthMonitor:
         observed [B, H, W] bool (see observed_from_features); sensors_seen {name: bool};
         T_prev_cur: the motion the state was warped with this frame (None = no motion);
         dt: seconds since the previous frame (ages the per-cell timers).
-        direct: [B, H, W] bool, cells observed by a range sensor this frame (``direct_age_s``)."""
-        msgs: list[str] = []
-        level = Level.OK
-        for name, seen in (sensors_seen or {}).items():
-            if seen:
-                self.last_seen[name] = stamp
-        ages = {s: (stamp - self.last_seen[s]) if s in self.last_seen else math.inf for s in self.sensors}
+        direct: [B, H, W] bool, cells observed by a range sensor this frame (``direct_age_s``).
+        ``measure`` + ``finish`` with one read of the scalars; a device pipeline calls the two
+        itself and reads the scalars in its frame's one device-to-host copy."""
+        return self.finish(self.measure(state, observed, T_prev_cur, dt, direct).tolist(), stamp, sensors_seen)
 
+    def measure(self, state: State, observed: Tensor | None = None, T_prev_cur=None, dt: float = 0.0,
+                direct: Tensor | None = None) -> Tensor:
+        """The device half of ``update``: move the per-cell maps (on the state's device) and return
+        the frame's scalars as one float64 vector on that device, nothing read back:
+        (non-finite cells, norm mean, norm max, never-observed fraction, stale cells)."""
         tensors = [v for v in state.values() if v.numel()]
+        dev = tensors[0].device if tensors else (observed.device if observed is not None else torch.device("cpu"))
         if tensors:
             # One pass over the (large) state: the per-cell squared norm [B, H, W] is non-finite exactly
             # where a cell holds a NaN/inf (or overflows), so non-finite cells are counted on the small
@@ -137,12 +139,25 @@ class StateHealthMonitor:
             with torch.no_grad():
                 sq = sum(torch.linalg.vector_norm(v.float(), dim=1) ** 2 for v in tensors)
             bad = ~torch.isfinite(sq)
-            nonfinite = int(bad.sum())
             cell_norm = torch.where(bad, torch.zeros_like(sq), sq).sqrt()
-            norm_mean, norm_max = float(cell_norm.mean()), float(cell_norm.max())
+            norms = [bad.sum().double(), cell_norm.mean().double(), cell_norm.amax().double()]
         else:
-            nonfinite = 0
-            norm_mean = norm_max = 0.0
+            norms = [torch.zeros((), dtype=torch.float64, device=dev)] * 3
+        self._track_cells(observed, T_prev_cur, dt, state, direct, dev)
+        never = (self.observed <= 0.5).float().mean().double()
+        n_stale = self.stale_mask().sum().double()
+        return torch.stack([*norms, never.to(dev), n_stale.to(dev)])
+
+    def finish(self, values, stamp: float, sensors_seen: dict[str, bool] | None = None) -> HealthReport:
+        """The host half of ``update``: ``values`` are ``measure``'s five numbers (read back)."""
+        nonfinite, norm_mean, norm_max, never, n_stale = (float(v) for v in values)
+        nonfinite, n_stale = int(nonfinite), int(n_stale)
+        msgs: list[str] = []
+        level = Level.OK
+        for name, seen in (sensors_seen or {}).items():
+            if seen:
+                self.last_seen[name] = stamp
+        ages = {s: (stamp - self.last_seen[s]) if s in self.last_seen else math.inf for s in self.sensors}
         warm = self.frames >= self.warmup_frames
         ratio = norm_mean / max(self.baseline, 1e-6) if warm else 1.0
         if nonfinite:
@@ -154,11 +169,6 @@ class StateHealthMonitor:
         elif warm and ratio > math.sqrt(self.cfg.state_norm_ratio):
             level = max(level, Level.WARN)
             msgs.append(f"state norm drifting: {ratio:.1f}x baseline")
-
-        self._track_cells(observed, T_prev_cur, dt, state, direct)
-        never = float((self.observed <= 0.5).float().mean()) if self.observed is not None else 1.0
-        stale = self.stale_mask()
-        n_stale = int(stale.sum()) if stale is not None else 0
         if warm and never > self.never_observed_warn:
             level = max(level, Level.WARN)
             msgs.append(f"{100 * never:.0f}% of cells never observed")
@@ -176,10 +186,12 @@ class StateHealthMonitor:
                             n_stale, ages)
 
     def _track_cells(self, observed: Tensor | None, T_prev_cur, dt: float, state: State,
-                     direct: Tensor | None = None) -> None:
+                     direct: Tensor | None = None, device=None) -> None:
         b = next((v.shape[0] for v in state.values()), 1) if observed is None else observed.shape[0]
-        if self.observed is None or self.observed.shape[0] != b:
-            zeros = torch.zeros(b, 1, self.grid.nx, self.grid.ny)
+        if self.observed is None or self.observed.shape[0] != b or (device is not None
+                                                                    and self.observed.device != torch.device(device)):
+            # The maps live where the state does (a CUDA pipeline never copies them to the host).
+            zeros = torch.zeros(b, 1, self.grid.nx, self.grid.ny, device=device)
             self.observed, self.unobserved_s = zeros, zeros.clone()
             self.direct_seen, self.direct_unobserved_s = zeros.clone(), zeros.clone()
         if T_prev_cur is not None:

@@ -58,6 +58,10 @@ class ResetDecision:
     details: list[str] = field(default_factory=list)  # one human-readable line per reason
     dt_s: float | None = None  # seconds since the previous frame (None on a full reset)
     T_prev_cur: np.ndarray | None = None  # 4x4 motion of base_link since the previous frame
+    # Set while the stale-cell check waits for the frame's read-back (a policy on a GPU: see
+    # ResetPolicy.defer_cells): the stale-cell count as a 0-d device tensor; cell_mask is then the
+    # (possibly all-false) mask, and resolve_cells turns the decision into the eager one.
+    cells_pending: Tensor | None = None
 
     @property
     def any(self) -> bool:
@@ -71,11 +75,17 @@ class ResetPolicy:
         cfg: thresholds (config.ResetConfig).
         grid: the BEV grid (config.GridConfig or bev.grid.BevGrid). Needed only for the partial
             reset with the internally kept age grid; without it, pass ``cell_age_s`` to ``decide``.
+        device: where the age grid lives (the model's device). Off the CPU the stale-cell check is
+            deferred (``defer_cells``): ``decide`` hands the step the stale mask as it is, with no
+            wait for the device, and ``resolve_cells`` completes the decision once the count is on
+            the host (the pipeline reads it in its frame's one device-to-host copy).
     """
 
-    def __init__(self, cfg: ResetConfig | None = None, grid=None):
+    def __init__(self, cfg: ResetConfig | None = None, grid=None, device=None):
         self.cfg = cfg or ResetConfig()
         self.grid = _as_bev_grid(grid) if grid is not None else None
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.defer_cells = self.device.type != "cpu"
         self.counts: Counter[str] = Counter()
         self.last_decision: ResetDecision | None = None
         self._pending: list[str] = []  # explicit requests since the last frame
@@ -175,7 +185,7 @@ class ResetPolicy:
             add(REQUESTED, f"reset requested: {r}")
 
         full = bool(reasons)
-        cell_mask = None
+        cell_mask = pending = None
         if full:
             self._age = None if self.grid is None else self._zero_age()
             dt_s, motion = None, None
@@ -183,7 +193,12 @@ class ResetPolicy:
             if cell_age_s is None and self._age is not None:
                 self._age = self._warp_age(self._age, motion) + dt_s
                 cell_age_s = self._age[0, 0]
-            if cell_age_s is not None:
+            if cell_age_s is not None and self.defer_cells:
+                cell_mask = cell_age_s > c.unobserved_cell_reset_s  # all-false when nothing is stale
+                pending = cell_mask.sum()
+                if self._age is not None:
+                    self._age[0, 0].masked_fill_(cell_mask, 0.0)
+            elif cell_age_s is not None:
                 stale = cell_age_s > c.unobserved_cell_reset_s
                 if bool(stale.any()):
                     cell_mask = stale
@@ -191,14 +206,34 @@ class ResetPolicy:
                     reasons.append(UNOBSERVED_CELLS)
                     details.append(f"{n} cells unobserved for more than {c.unobserved_cell_reset_s} s")
                     if self._age is not None:
-                        self._age[0, 0][stale] = 0.0  # their memory restarts from the initial state
+                        self._age[0, 0].masked_fill_(stale, 0.0)  # their memory restarts from the initial state
 
         self._prev_stamp = stamp_ns
         self._prev_pose = pose if pose_ok else None
         self.counts.update(reasons)
-        decision = ResetDecision(full, reasons, cell_mask, details, dt_s, motion)
+        decision = ResetDecision(full, reasons, cell_mask, details, dt_s, motion, pending)
         self.last_decision = decision
-        self._log(stamp_ns, decision)
+        if pending is None:
+            self._log(stamp_ns, decision)
+        else:
+            self._stamp_pending = stamp_ns
+        return decision
+
+    def resolve_cells(self, decision: ResetDecision, stale_cells) -> ResetDecision:
+        """Complete a deferred decision (``cells_pending``) with the stale-cell count read back:
+        afterwards it is what the eager check would have returned (no mask when nothing was stale;
+        reason, details, counts and log otherwise). No-op for a decision that was not deferred."""
+        if decision.cells_pending is None:
+            return decision
+        n = int(stale_cells)
+        decision.cells_pending = None
+        if n == 0:
+            decision.cell_mask = None
+        else:
+            decision.reasons.append(UNOBSERVED_CELLS)
+            decision.details.append(f"{n} cells unobserved for more than {self.cfg.unobserved_cell_reset_s} s")
+            self.counts.update([UNOBSERVED_CELLS])
+        self._log(getattr(self, "_stamp_pending", 0), decision)
         return decision
 
     def observe(self, observed: Tensor) -> None:
@@ -208,13 +243,13 @@ class ResetPolicy:
         if self._age is None:
             self._age = self._zero_age()
         obs = observed.to(torch.bool).reshape(self.grid.shape)
-        self._age[0, 0][obs.to(self._age.device)] = 0.0
+        self._age[0, 0].masked_fill_(obs.to(self._age.device), 0.0)
 
     def memory(self) -> dict:
         """What the next decision depends on (previous stamp, pose, LiDAR stamp, zone, age grid), as
         plain values (bytes for arrays) so that a training sampler can save it and compare it with ==."""
         pose = None if self._prev_pose is None else np.asarray(self._prev_pose, np.float64).tobytes()
-        age = None if self._age is None else self._age.numpy().astype(np.float32).tobytes()
+        age = None if self._age is None else self._age.cpu().numpy().astype(np.float32).tobytes()
         return {"prev_stamp": self._prev_stamp, "prev_pose": pose, "last_lidar": self._last_lidar,
                 "zone": self._zone, "age": age}
 
@@ -223,7 +258,8 @@ class ResetPolicy:
         self._prev_stamp, self._last_lidar, self._zone = m["prev_stamp"], m["last_lidar"], m["zone"]
         self._prev_pose = None if m["prev_pose"] is None else np.frombuffer(m["prev_pose"], np.float64).reshape(4, 4)
         self._age = None if m["age"] is None else (
-            torch.from_numpy(np.frombuffer(m["age"], np.float32).copy()).reshape(1, 1, *self.grid.shape))
+            torch.from_numpy(np.frombuffer(m["age"], np.float32).copy()).reshape(1, 1, *self.grid.shape)
+            .to(self.device))
 
     @property
     def cell_age_s(self) -> Tensor | None:
@@ -232,7 +268,7 @@ class ResetPolicy:
 
     # ------------------------------------------------------------------ internals
     def _zero_age(self) -> Tensor:
-        return torch.zeros(1, 1, *self.grid.shape, dtype=torch.float32)
+        return torch.zeros(1, 1, *self.grid.shape, dtype=torch.float32, device=self.device)
 
     def _warp_age(self, age: Tensor, motion: np.ndarray | None) -> Tensor:
         from ssm_perception.temporal.warp import warp_tensor

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssm_perception.bev.device import upload
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.geometry import invert_transform, se2_from_se3
 from ssm_perception.temporal.base import State
@@ -104,7 +105,7 @@ def _as_se2_batch(T_prev_cur, batch: int) -> Tensor:
             se2 = t
         else:
             raise ValueError(f"T_prev_cur must be (dx, dy, dyaw), 4x4, [B,4,4] or [B,3]; got {tuple(t.shape)}")
-    if not torch.isfinite(se2).all():
+    if not np.isfinite(se2.numpy()).all():  # (host numbers: checked in numpy, nothing dispatched)
         raise ValueError("T_prev_cur is not finite")
     if se2.shape[0] == 1 and batch > 1:
         se2 = se2.expand(batch, 3)
@@ -142,7 +143,7 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     h, w = grid.shape
     src = source_indices(T_prev_cur, grid, batch)  # [B, H, W, 2] float64 (i, j)
-    if mode == "nearest" or bool(((src - src.round()).abs() < _ALIGN_TOL).all()):
+    if mode == "nearest" or bool((np.abs(src.numpy() - np.round(src.numpy())) < _ALIGN_TOL).all()):  # host
         src, mode = src.round(), "nearest"
     fi, fj = src[..., 0], src[..., 1]
     inside = (fi > -0.5) & (fi < h - 0.5) & (fj > -0.5) & (fj < w - 0.5)
@@ -151,7 +152,7 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     fj = torch.where(inside, fj.clamp(0.0, w - 1.0), far)
     # grid_sample (align_corners=False): last dim is (u along W, v along H) in [-1, 1].
     g = torch.stack([(2.0 * fj + 1.0) / w - 1.0, (2.0 * fi + 1.0) / h - 1.0], -1)
-    return g.to(dtype=dtype, device=device), mode
+    return upload(g.to(dtype=dtype), device), mode  # pinned, asynchronous: no wait for the stream on CUDA
 
 
 def is_cell_rows(x: Tensor) -> bool:
