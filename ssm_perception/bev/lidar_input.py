@@ -140,11 +140,14 @@ class LidarInput:
             c = self.cfg
             R, tr = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
             inside = None
-            for k, (lo, hi) in enumerate(((c.ego_x_min, c.ego_x_max), (c.ego_y_min, c.ego_y_max),
-                                          (c.ego_z_min, c.ego_z_max))):
-                v = R[k, 0] * xs + R[k, 1] * ys + R[k, 2] * zs + tr[k]
-                m = (v >= lo) & (v <= hi)
-                inside = m if inside is None else inside & m
+            # Drivers mark missing returns as NaN/inf: those compare False here (kept, dropped by
+            # the encoder's finite test), so numpy's inf*0 warning is noise.
+            with np.errstate(invalid="ignore"):
+                for k, (lo, hi) in enumerate(((c.ego_x_min, c.ego_x_max), (c.ego_y_min, c.ego_y_max),
+                                              (c.ego_z_min, c.ego_z_max))):
+                    v = R[k, 0] * xs + R[k, 1] * ys + R[k, 2] * zs + tr[k]
+                    m = (v >= lo) & (v <= hi)
+                    inside = m if inside is None else inside & m
             n_in = int(np.count_nonzero(inside))
             self.dropped_ego = n_in
             if n_in:
