@@ -13,16 +13,27 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from ssm_perception.config import NODE_NAME, PerceptionConfig
+from ssm_perception.geometry import (
+    invert_transform,
+    make_transform,
+    se2_matrix,
+    transform_points,
+)
+from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, array_to_cloud_fields
+from ssm_perception.io.ros_convert import ns_to_stamp, stamp_to_ns
 from ssm_perception.nodes.launcher import PROFILE_VARS, dds_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = 1_000_000_000
+GRID = "/perception/occupancy_grid"
+DIAGNOSTICS = "/diagnostics"
 T0_NS = 1_700_000_000 * NS  # bag start: a realistic epoch so stamps are never zero
 SENSOR_LATENCY_NS = 30_000_000  # driver latency: a scan arrives after the TF samples around its stamp
 
@@ -94,6 +105,30 @@ def start_node(tmp_path: Path, overrides: dict | None = None, use_sim_time: bool
     return Proc(node_command(params, use_sim_time=use_sim_time), tmp_path / "node.log")
 
 
+@contextmanager
+def running_node(tmp_path: Path, listener: Listener, overrides: dict | None = None, use_sim_time: bool = True):
+    """The node started with the test settings (``start_node``), ``listener`` already listening; on
+    exit the node is stopped (SIGINT) and the listener closed. Check ``node.stop()`` afterwards: it
+    returns the exit status again."""
+    try:
+        node = start_node(tmp_path, overrides, use_sim_time)
+    except BaseException:
+        listener.close()
+        raise
+    try:
+        yield node
+    finally:
+        node.stop()
+        listener.close()
+
+
+def replay(bag: Path, log: Path, timeout_s: float, **kw) -> Proc:
+    """``start_replay`` and wait for it to finish; it must exit 0."""
+    proc = start_replay(bag, log, **kw)
+    assert proc.wait(timeout_s) == 0, proc.output()
+    return proc
+
+
 def start_replay(bag: Path, log: Path, rate: float = 1.0, exclude: tuple[str, ...] = (),
                  lockstep: str = "/perception/occupancy_grid", lockstep_timeout_s: float = 3.0) -> Proc:
     """Replay in lockstep with the node's grid by default: every frame is processed however loaded
@@ -118,13 +153,21 @@ def wait_for(pred, timeout: float, what: str, proc: Proc | None = None, period: 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
 
 
+def reliable(depth: int = 500, **kw):
+    """The QoS the tests listen with: reliable, deep enough that no output is lost on a loaded machine."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, **kw)
+
+
 class Listener:
     """An rclpy node in the test process, in its own context, spun by a background thread.
 
-    ``subscribe(topic, type, qos)`` collects messages into ``self.msgs[topic]``.
+    ``subscribe(topic, type, qos)`` collects messages into ``self.msgs[topic]``; ``topics``
+    ({topic: type}) subscribes those at once with ``reliable()``.
     """
 
-    def __init__(self, name: str = "test_listener"):
+    def __init__(self, name: str = "test_listener", topics: dict | None = None):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
@@ -138,38 +181,106 @@ class Listener:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
+        for topic, msg_type in (topics or {}).items():
+            self.subscribe(topic, msg_type)
 
-    def subscribe(self, topic: str, msg_type, qos) -> None:
+    def subscribe(self, topic: str, msg_type, qos=None) -> None:
         def cb(msg, topic=topic):
             with self._lock:
                 self.msgs[topic].append(msg)
-        self.node.create_subscription(msg_type, topic, cb, qos)
+        self.node.create_subscription(msg_type, topic, cb, qos if qos is not None else reliable())
 
     def get(self, topic: str) -> list:
         with self._lock:
             return list(self.msgs[topic])
 
-    def call_trigger(self, service: str, timeout: float = 10.0):
-        from std_srvs.srv import Trigger
+    def stamps(self, topic: str) -> list[int]:
+        """Header stamps [ns] of the messages received on ``topic``, in arrival order."""
+        return [stamp_to_ns(m.header.stamp) for m in self.get(topic)]
 
-        client = self.node.create_client(Trigger, service)
+    def call(self, srv_type, service: str, request, timeout: float = 20.0):
+        """Call ``service`` and return its response; fail the test if it is absent or silent."""
+        client = self.node.create_client(srv_type, service)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise AssertionError(f"service {service} not available after {timeout} s")
-            future = client.call_async(Trigger.Request())
-            deadline = time.monotonic() + timeout
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert future.done(), f"service {service} did not answer in {timeout} s"
+            future = client.call_async(request)
+            wait_for(future.done, timeout, f"the answer of {service}")
             return future.result()
         finally:
             self.node.destroy_client(client)
+
+    def call_trigger(self, service: str, timeout: float = 10.0):
+        from std_srvs.srv import Trigger
+
+        return self.call(Trigger, service, Trigger.Request(), timeout)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
         self._thread.join(timeout=2.0)
+
+
+class SensorDriver(Listener):
+    """The listener plus the publishers of a LiDAR driver and a localization: LiDAR (sensor QoS),
+    /tf and latched /tf_static."""
+
+    def __init__(self, name: str, topics: dict | None = None):
+        from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import PointCloud2
+        from tf2_msgs.msg import TFMessage
+
+        super().__init__(name, topics)
+        self.pub_lidar = self.node.create_publisher(PointCloud2, "/sensing/lidar/points", qos_profile_sensor_data)
+        self.pub_tf = self.node.create_publisher(TFMessage, "/tf", reliable(100))
+        self.pub_static = self.node.create_publisher(TFMessage, "/tf_static",
+                                                     reliable(100, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+
+    def connect(self, node_proc: Proc, T_base_lidar: np.ndarray, stamp_ns: int, pubs: tuple = ()) -> None:
+        """Wait until the node subscribes to every publisher, send the LiDAR mount on /tf_static
+        (acknowledged), then let discovery settle: the first samples after matching are often lost."""
+        from rclpy.duration import Duration
+        from tf2_msgs.msg import TFMessage
+
+        from ssm_perception.io.ros_convert import matrix_to_transform_msg
+
+        pubs = (self.pub_lidar, self.pub_tf, self.pub_static, *pubs)
+        wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs), 60, "the node's subscriptions", node_proc)
+        self.pub_static.publish(TFMessage(transforms=[
+            matrix_to_transform_msg(T_base_lidar, "base_link", "lidar_top", stamp_ns)]))
+        self.pub_static.wait_for_all_acked(Duration(seconds=5))
+        time.sleep(1.0)
+
+
+def cloud_msg(arr: np.ndarray, stamp_ns: int, frame_id: str):
+    """sensor_msgs/PointCloud2 (rclpy, height 1, dense) from a structured array."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    fields, point_step, data = array_to_cloud_fields(arr)
+    m = PointCloud2()
+    m.header.stamp, m.header.frame_id = ns_to_stamp(stamp_ns), frame_id
+    m.height, m.width = 1, len(arr)
+    m.fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields]
+    m.point_step, m.row_step, m.is_dense = point_step, point_step * len(arr), True
+    m.data = data
+    return m
+
+
+def scene_in_sensor(scene: np.ndarray, T_odom_sensor: np.ndarray, radius_m: float) -> np.ndarray:
+    """The scene's points [N, 3] (odom) in the sensor frame, within ``radius_m`` horizontally."""
+    pts = transform_points(invert_transform(T_odom_sensor), scene)
+    return pts[np.linalg.norm(pts[:, :2], axis=1) < radius_m]
+
+
+def lidar_array(pts: np.ndarray, rings: int = 0) -> np.ndarray:
+    """A LiDAR structured array of points [N, 3], intensity 50; ring = index mod ``rings`` if given."""
+    arr = np.zeros(len(pts), dtype=LIDAR_DTYPE)
+    arr["x"], arr["y"], arr["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    arr["intensity"] = 50.0
+    if rings:
+        arr["ring"] = np.arange(len(pts)) % rings
+    return arr
 
 
 # ---------------------------------------------------------------------------------------- diagnostics
@@ -188,6 +299,30 @@ def diag_level(arr, name_suffix: str) -> int | None:
     return None
 
 
+def diag_flags(arr, suffix: str = ": input") -> dict[str, int]:
+    """{flag: count} of a DiagnosticArray's input status ("flags.<name>" keys)."""
+    return {k.split(".", 1)[1]: int(v) for k, v in (diag_values(arr, suffix) or {}).items() if k.startswith("flags.")}
+
+
+def grids_counted(listener: Listener, grid_topic: str = GRID) -> bool:
+    """The newest diagnostics count exactly the grids received (the node's last frame is reported)."""
+    d = listener.get(DIAGNOSTICS)
+    return bool(d) and int(diag_values(d[-1], ": state")["frames_processed"]) == len(listener.get(grid_topic))
+
+
+def accounted_for(listener: Listener, grid_topic: str = GRID):
+    """The newest DiagnosticArray once every received LiDAR frame is accounted for (processed or
+    dropped), none is waiting, and a grid arrived for each processed one; else None."""
+    d = listener.get(DIAGNOSTICS)
+    if not d:
+        return None
+    out, lidar = diag_values(d[-1], ": output"), diag_values(d[-1], ": sensor lidar")
+    done = int(out["frames_processed"]) + int(out["frames_dropped_busy"]) + int(out["frames_dropped_tf"])
+    ok = int(out["frames_waiting"]) == 0 and done == int(lidar["received"]) and \
+        len(listener.get(grid_topic)) == int(out["frames_processed"])
+    return d[-1] if ok else None
+
+
 def reset_counts(diags: list) -> dict[str, int]:
     """Reset counts per reason from the newest DiagnosticArray that reports any."""
     for arr in reversed(diags):
@@ -198,7 +333,7 @@ def reset_counts(diags: list) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------- synthetic bag
-def _scene_points(rng: np.random.Generator) -> np.ndarray:
+def scene_points(rng: np.random.Generator) -> np.ndarray:
     """Static structure in odom [N, 3]: two walls along the road, a parked box, ground."""
     walls = []
     for y in (-9.0, 9.0):
@@ -225,17 +360,11 @@ def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 
     is received 250 ms late, after two newer scans (out of order).
     Returns the LiDAR stamps [ns] written and the event times.
     """
-    from ssm_perception.geometry import (
-        invert_transform,
-        make_transform,
-        se2_matrix,
-        transform_points,
-    )
     from ssm_perception.io import bag as b
-    from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, RADAR_DTYPE
+    from ssm_perception.io.pointcloud2 import RADAR_DTYPE
 
     rng = np.random.default_rng(0)
-    scene = _scene_points(rng)
+    scene = scene_points(rng)
     T_base_lidar = make_transform((1.0, 0.0, 1.8))
     T_base_radar = make_transform((3.5, 0.0, 0.5))
 
@@ -271,13 +400,9 @@ def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 
                 continue
             if kind == "lidar" and lidar_gap_s is not None and lidar_gap_s[0] <= ts < lidar_gap_s[1]:
                 continue
-            T_sensor_odom = invert_transform(pose(ts) @ (T_base_lidar if kind == "lidar" else T_base_radar))
-            pts = transform_points(T_sensor_odom, scene)
-            pts = pts[np.linalg.norm(pts[:, :2], axis=1) < 30.0]
+            pts = scene_in_sensor(scene, pose(ts) @ (T_base_lidar if kind == "lidar" else T_base_radar), 30.0)
             if kind == "lidar":
-                arr = np.zeros(len(pts), dtype=LIDAR_DTYPE)
-                arr["intensity"] = 50.0
-                arr["ring"] = np.arange(len(pts)) % 32
+                arr = lidar_array(pts, rings=32)
                 if t not in lidar_stamps:  # a duplicate is the same scan
                     lidar_stamps.append(t)
                 frame = "lidar_top"
@@ -285,8 +410,8 @@ def write_synthetic_bag(path: Path, duration_s: float = 5.0, speed_mps: float = 
                 pts = pts[pts[:, 0] > 0][:64]
                 arr = np.zeros(len(pts), dtype=RADAR_DTYPE)
                 arr["rcs"] = 10.0
+                arr["x"], arr["y"], arr["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
                 frame = "radar_front"
-            arr["x"], arr["y"], arr["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
             topic = "/sensing/lidar/points" if kind == "lidar" else "/sensing/radar/points"
             bag.write(topic, bag_t, b.pointcloud2_msg(arr, t, frame))
     return {"lidar_stamps": lidar_stamps}

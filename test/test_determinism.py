@@ -17,11 +17,12 @@ import sys
 import numpy as np
 import pytest
 from ros_helpers import (
+    GRID,
     ROOT,
     TEST_OVERRIDES,
     Listener,
-    start_node,
-    start_replay,
+    replay,
+    running_node,
     wait_for,
     write_synthetic_bag,
 )
@@ -96,33 +97,23 @@ def test_offline_replay_is_bit_identical_across_processes(bag, tmp_path):
 
 def _node_run(bag, tmp_path, name: str) -> list[dict]:
     from nav_msgs.msg import OccupancyGrid
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from ssm_perception.msg import TrackArray
 
-    qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+    from ssm_perception.io.ros_convert import stamp_to_ns as ns
+
     run_dir = tmp_path / name
     run_dir.mkdir()
-    listener = Listener(f"determinism_{name}")
-    listener.subscribe("/perception/occupancy_grid", OccupancyGrid, qos)
-    listener.subscribe("/perception/tracks", TrackArray, qos)
-    listener.subscribe("/perception/observation", OccupancyGrid, qos)
-    node = start_node(run_dir)
-    try:
-        replay = start_replay(bag, run_dir / "replay.log", lockstep_timeout_s=10.0)
-        assert replay.wait(120) == 0, replay.output()
+    listener = Listener(f"determinism_{name}", {GRID: OccupancyGrid, "/perception/tracks": TrackArray,
+                                                "/perception/observation": OccupancyGrid})
+    with running_node(run_dir, listener) as node:
+        replay(bag, run_dir / "replay.log", 120, lockstep_timeout_s=10.0)
         n = int(DURATION_S * 10) + 1
         wait_for(lambda: len(listener.get("/perception/tracks")) >= n, 20, "every frame's tracks", node)
         wait_for(lambda: len(listener.get("/perception/observation")) >= n, 20, "every frame's observation", node)
-        grids = listener.get("/perception/occupancy_grid")
+        grids = listener.get(GRID)
         tracks = listener.get("/perception/tracks")
         observations = listener.get("/perception/observation")
-    finally:
-        rc = node.stop()
-        listener.close()
-    assert rc == 0, node.output()[-3000:]
-
-    def ns(stamp):
-        return stamp.sec * 1_000_000_000 + stamp.nanosec
+    assert node.stop() == 0, node.output()[-3000:]
 
     by_stamp = {ns(t.header.stamp): track_numbers(t) for t in tracks}
     obs = {ns(o.header.stamp): _hex(o) for o in observations}

@@ -8,34 +8,20 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from ros_helpers import TEST_OVERRIDES, Listener, Proc, wait_for, write_params
-from std_srvs.srv import Trigger
+from ros_helpers import TEST_OVERRIDES, Listener, Proc, reliable, wait_for, write_params
 
 pytestmark = pytest.mark.ros
 NODE = "/ssm_perception"
-QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-
-
-def _call(listener, srv_type, name, request, timeout=30.0):
-    client = listener.node.create_client(srv_type, name)
-    try:
-        assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
-        future = client.call_async(request)
-        wait_for(future.done, timeout, f"answer of {name}")
-        return future.result()
-    finally:
-        listener.node.destroy_client(client)
 
 
 def _state(listener, timeout: float = 30.0) -> int:
-    return _call(listener, GetState, f"{NODE}/get_state", GetState.Request(), timeout).current_state.id
+    return listener.call(GetState, f"{NODE}/get_state", GetState.Request(), timeout).current_state.id
 
 
 def _transition(listener, transition_id: int) -> bool:
     req = ChangeState.Request()
     req.transition.id = transition_id
-    return _call(listener, ChangeState, f"{NODE}/change_state", req, timeout=120.0).success
+    return listener.call(ChangeState, f"{NODE}/change_state", req, timeout=120.0).success
 
 
 def _has_reset_service(listener) -> bool:
@@ -49,7 +35,7 @@ def test_lifecycle_transitions_over_dds(tmp_path):
                  "--params-file", str(params)], tmp_path / "node.log")
     listener = Listener("lifecycle_manager")
     try:
-        listener.subscribe("/diagnostics", DiagnosticArray, QOS)
+        listener.subscribe("/diagnostics", DiagnosticArray, reliable(10))
         # the first answer waits for the process to start (imports take long on a loaded machine)
         assert _state(listener, timeout=180.0) == State.PRIMARY_STATE_UNCONFIGURED
         assert not _has_reset_service(listener)
@@ -63,7 +49,7 @@ def test_lifecycle_transitions_over_dds(tmp_path):
         assert _transition(listener, Transition.TRANSITION_ACTIVATE)
         assert _state(listener) == State.PRIMARY_STATE_ACTIVE
         wait_for(lambda: len(listener.get("/diagnostics")) >= 2, 20.0, "/diagnostics while active", node)
-        assert _call(listener, Trigger, f"{NODE}/reset", Trigger.Request()).success
+        assert listener.call_trigger(f"{NODE}/reset", timeout=30.0).success
 
         assert _transition(listener, Transition.TRANSITION_DEACTIVATE)
         assert _state(listener) == State.PRIMARY_STATE_INACTIVE
@@ -90,18 +76,15 @@ def test_lifecycle_transitions_over_dds(tmp_path):
     assert "Traceback" not in out, out[-3000:]
 
 
-def test_inactive_node_drops_frames_active_node_takes_them():
+def test_inactive_node_drops_frames_active_node_takes_them(rclpy_context):
     """In process: LiDAR messages reach the frame step only while active; cleanup frees the pipeline
     and a second configure builds a new one."""
-    import rclpy
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import PointCloud2
 
     from ssm_perception.nodes.lifecycle_node import ManagedPerceptionNode
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = ManagedPerceptionNode(context=ctx, parameter_overrides=[
+    node = ManagedPerceptionNode(context=rclpy_context, parameter_overrides=[
         Parameter("model.kind", value="logodds"), Parameter("grid.length_x", value=20.0),
         Parameter("grid.length_y", value=20.0), Parameter("sensors.use_camera", value=False)])
     try:
@@ -124,4 +107,3 @@ def test_inactive_node_drops_frames_active_node_takes_them():
         assert node.pipeline is not first
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(context=ctx)

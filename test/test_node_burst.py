@@ -20,41 +20,34 @@ import pytest
 import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
-from rclpy.duration import Duration
-from rclpy.qos import (
-    DurabilityPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import (
+    DIAGNOSTICS,
+    GRID,
     NS,
     T0_NS,
-    Listener,
-    _scene_points,
+    SensorDriver,
+    cloud_msg,
+    diag_flags,
     diag_level,
     diag_values,
-    start_node,
+    lidar_array,
+    running_node,
+    scene_in_sensor,
+    scene_points,
     wait_for,
 )
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import PointCloud2
 from ssm_perception.msg import TrackArray
 from tf2_msgs.msg import TFMessage
 
 from ssm_perception.config import PerceptionConfig
-from ssm_perception.geometry import (
-    invert_transform,
-    make_transform,
-    se2_matrix,
-    transform_points,
-)
-from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, array_to_cloud_fields
+from ssm_perception.geometry import make_transform, se2_matrix
 from ssm_perception.io.ros_convert import matrix_to_transform_msg, ns_to_stamp
 from ssm_perception.nodes.perception_node import FLAG_RECENT_S
 
 pytestmark = pytest.mark.ros
-RELIABLE = QoSProfile(depth=300, reliability=ReliabilityPolicy.RELIABLE)
 PERIOD_NS = NS // 10  # LiDAR at 10 Hz
 BURST_PERIOD_NS = NS // 100  # stamps inside the burst
 LATENCY_NS = 30_000_000  # a scan is published 30 ms after its stamp (the /clock then)
@@ -64,7 +57,6 @@ CLOUD_POINTS = 1000
 T_BASE_LIDAR = make_transform((1.0, 0.0, 1.8))
 FRAME_TIMEOUT_S = 20.0  # one frame in lockstep on 2 loaded cores, first one included (lazy torch init)
 RESEND_S = 2.0  # a lockstep scan without its grid after this long is sent again
-DISCOVERY_SETTLE_S = 1.0  # after matching, as the replay does: the first samples are often lost before
 
 
 def _stamp(k: int) -> int:
@@ -79,39 +71,22 @@ def _pose(t_ns: int) -> np.ndarray:
 
 
 def _cloud(scene: np.ndarray, t_ns: int) -> PointCloud2:
-    pts = transform_points(invert_transform(_pose(t_ns) @ T_BASE_LIDAR), scene)
-    pts = pts[np.linalg.norm(pts[:, :2], axis=1) < 30.0]
+    pts = scene_in_sensor(scene, _pose(t_ns) @ T_BASE_LIDAR, 30.0)
     # ~1000 points (22 kB): with full-size scans (~200 kB) Fast DDS delivered only 2-6 of the 30
     # burst scans here, sometimes too few to exercise the backlog; with these, the node's 5-deep
     # best-effort history is always full.
     pts = pts[:: max(1, len(pts) // CLOUD_POINTS)]
-    arr = np.zeros(len(pts), dtype=LIDAR_DTYPE)
-    arr["x"], arr["y"], arr["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    arr["intensity"] = 50.0
-    fields, point_step, data = array_to_cloud_fields(arr)
-    m = PointCloud2()
-    m.header.stamp, m.header.frame_id = ns_to_stamp(t_ns), "lidar_top"
-    m.height, m.width = 1, len(arr)
-    m.fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields]
-    m.point_step, m.row_step, m.is_dense = point_step, point_step * len(arr), True
-    m.data = data
-    return m
+    return cloud_msg(lidar_array(pts), t_ns, "lidar_top")
 
 
-class Driver(Listener):
+class Driver(SensorDriver):
     """The listener plus the publishers a LiDAR driver, a localization and a simulator would have."""
 
     def __init__(self):
-        super().__init__("burst_driver")
-        n = self.node
-        self.pub_clock = n.create_publisher(Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.pub_tf = n.create_publisher(TFMessage, "/tf", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.pub_static = n.create_publisher(TFMessage, "/tf_static", QoSProfile(
-            depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.pub_lidar = n.create_publisher(PointCloud2, "/sensing/lidar/points", qos_profile_sensor_data)
-        for topic, msg_type in (("/perception/occupancy_grid", OccupancyGrid), ("/perception/tracks", TrackArray),
-                                ("/diagnostics", DiagnosticArray)):
-            self.subscribe(topic, msg_type, RELIABLE)
+        super().__init__("burst_driver", {GRID: OccupancyGrid, "/perception/tracks": TrackArray,
+                                          DIAGNOSTICS: DiagnosticArray})
+        self.pub_clock = self.node.create_publisher(Clock, "/clock", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
 
     def tf_and_clock(self, first_ns: int, last_ns: int) -> int:
         """/tf at 50 Hz from 80 ms before ``first_ns`` to 20 ms past ``last_ns`` (a scan arrives 30 ms
@@ -129,9 +104,6 @@ class Driver(Listener):
         self.tf_and_clock(_stamp(k), _stamp(k))
         self.pub_lidar.publish(cloud)
 
-    def stamps(self, topic: str) -> list[int]:
-        return [m.header.stamp.sec * NS + m.header.stamp.nanosec for m in self.get(topic)]
-
 
 def _state(diags) -> dict:
     return diag_values(diags[-1], ": state")
@@ -139,18 +111,12 @@ def _state(diags) -> dict:
 
 def test_burst_keeps_newest_frame_warns_and_recovers(tmp_path):
     cfg = PerceptionConfig()
-    node = start_node(tmp_path, {"sensors.use_radar": False})
     drv = Driver()
-    scene = _scene_points(np.random.default_rng(0))
+    scene = scene_points(np.random.default_rng(0))
     clouds = {k: _cloud(scene, _stamp(k)) for k in range(N_BEFORE + K_BURST + N_AFTER)}  # built before the burst
     burst = range(N_BEFORE, N_BEFORE + K_BURST)
-    try:
-        wait_for(lambda: drv.pub_lidar.get_subscription_count() > 0 and drv.pub_tf.get_subscription_count() > 0
-                 and drv.pub_static.get_subscription_count() > 0, 60, "the node's subscriptions", node)
-        drv.pub_static.publish(TFMessage(transforms=[matrix_to_transform_msg(T_BASE_LIDAR, "base_link", "lidar_top",
-                                                                             T0_NS)]))
-        drv.pub_static.wait_for_all_acked(Duration(seconds=5))
-        time.sleep(DISCOVERY_SETTLE_S)
+    with running_node(tmp_path, drv, {"sensors.use_radar": False}) as node:
+        drv.connect(node, T_BASE_LIDAR, T0_NS)  # then waits 1 s, as the replay does: the first samples are often lost
 
         def lockstep(k: int) -> None:
             # Best effort: a scan can be lost (the first one after discovery, most often); send it
@@ -159,7 +125,7 @@ def test_burst_keeps_newest_frame_warns_and_recovers(tmp_path):
             while time.monotonic() < deadline:
                 drv.frame(k, clouds[k])
                 try:
-                    wait_for(lambda: _stamp(k) in drv.stamps("/perception/occupancy_grid"), RESEND_S,
+                    wait_for(lambda: _stamp(k) in drv.stamps(GRID), RESEND_S,
                              f"the grid of scan {k}", node)
                     return
                 except AssertionError:
@@ -169,17 +135,17 @@ def test_burst_keeps_newest_frame_warns_and_recovers(tmp_path):
 
         for k in range(N_BEFORE):
             lockstep(k)
-        wait_for(lambda: drv.get("/diagnostics") and
-                 int(_state(drv.get("/diagnostics"))["frames_processed"]) == N_BEFORE, 10, "diagnostics", node)
-        state_before = _state(drv.get("/diagnostics"))
-        received_before = int(diag_values(drv.get("/diagnostics")[-1], ": sensor lidar")["received"])
-        n_grids_before = len(drv.get("/perception/occupancy_grid"))
+        wait_for(lambda: drv.get(DIAGNOSTICS) and
+                 int(_state(drv.get(DIAGNOSTICS))["frames_processed"]) == N_BEFORE, 10, "diagnostics", node)
+        state_before = _state(drv.get(DIAGNOSTICS))
+        received_before = int(diag_values(drv.get(DIAGNOSTICS)[-1], ": sensor lidar")["received"])
+        n_grids_before = len(drv.get(GRID))
 
         # The burst's transforms first (localization ran on), and in the node's buffer before the scans:
         # the burst tests the LiDAR path, not a race between /tf and the scans.
-        tf_seen = int(diag_values(drv.get("/diagnostics")[-1], ": sensor tf")["received"])
+        tf_seen = int(diag_values(drv.get(DIAGNOSTICS)[-1], ": sensor tf")["received"])
         n_tf = drv.tf_and_clock(_stamp(burst[0]), _stamp(burst[-1]))
-        wait_for(lambda: int(diag_values(drv.get("/diagnostics")[-1], ": sensor tf")["received"]) >= tf_seen + n_tf,
+        wait_for(lambda: int(diag_values(drv.get(DIAGNOSTICS)[-1], ": sensor tf")["received"]) >= tf_seen + n_tf,
                  10, "the burst's transforms in the node", node)
         for k in burst:  # back-to-back: no waiting for the node
             drv.pub_lidar.publish(clouds[k])
@@ -188,35 +154,32 @@ def test_burst_keeps_newest_frame_warns_and_recovers(tmp_path):
         # Wait until what did arrive is worked off: two diagnostics (1 s apart) that agree with each
         # other and with the grids received, the worker idle (nothing pending).
         def idle():
-            d = drv.get("/diagnostics")
+            d = drv.get(DIAGNOSTICS)
             if len(d) < 2 or diag_values(d[-1], ": sensor lidar") != diag_values(d[-2], ": sensor lidar"):
                 return None
-            n = len(drv.get("/perception/occupancy_grid"))
+            n = len(drv.get(GRID))
             return d[-1] if int(_state(d)["frames_processed"]) == n and _state(d) == _state(d[:-1]) else None
-        wait_for(lambda: len(drv.get("/perception/occupancy_grid")) > n_grids_before, FRAME_TIMEOUT_S,
+        wait_for(lambda: len(drv.get(GRID)) > n_grids_before, FRAME_TIMEOUT_S,
                  "a grid from the burst", node)
         after_burst = wait_for(idle, FRAME_TIMEOUT_S, "the node idle after the burst", node)
         state_burst = diag_values(after_burst, ": state")
         lidar_burst = diag_values(after_burst, ": sensor lidar")
-        n_grids_burst = len(drv.get("/perception/occupancy_grid")) - n_grids_before
-        n_diags_burst = len(drv.get("/diagnostics"))
+        n_grids_burst = len(drv.get(GRID)) - n_grids_before
+        n_diags_burst = len(drv.get(DIAGNOSTICS))
 
         for k in range(burst[-1] + 1, burst[-1] + 1 + N_AFTER):
             lockstep(k)
         total = N_BEFORE + n_grids_burst + N_AFTER
 
         def settled():  # every frame in the diagnostics, and the backlog WARN expired
-            d = drv.get("/diagnostics")[-1]
+            d = drv.get(DIAGNOSTICS)[-1]
             return int(diag_values(d, ": state")["frames_processed"]) == total and diag_level(d, ": input") == 0
         wait_for(settled, FLAG_RECENT_S + 10, "diagnostics OK after the recovery", node)
-        diags = drv.get("/diagnostics")
-        grids = drv.stamps("/perception/occupancy_grid")
+        diags = drv.get(DIAGNOSTICS)
+        grids = drv.stamps(GRID)
         tracks = drv.stamps("/perception/tracks")
         assert node.alive(), node.output()
-    finally:
-        rc = node.stop()
-        drv.close()
-    assert rc == 0, node.output()
+    assert node.stop() == 0, node.output()
     log = node.output()
 
     # Never out of order, on every output: each stamp newer than the one before.
@@ -239,7 +202,7 @@ def test_burst_keeps_newest_frame_warns_and_recovers(tmp_path):
     # ... and it said so: flagged, logged, WARN on /diagnostics while it was dropping.
     warn = [d for d in diags[n_diags_burst - 1:] if diag_level(d, ": input") == 1]
     assert warn and "lidar_backlog" in next(s.message for s in warn[0].status if s.name.endswith(": input"))
-    flags = {k.split(".", 1)[1]: int(v) for k, v in diag_values(diags[-1], ": input").items() if k.startswith("flags.")}
+    flags = diag_flags(diags[-1])
     assert flags.get("lidar_backlog") == dropped, flags
     assert "[lidar_backlog]" in log
 

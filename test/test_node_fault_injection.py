@@ -7,52 +7,42 @@ import pytest
 import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import (
+    DIAGNOSTICS,
+    GRID,
     NS,
     T0_NS,
     Listener,
+    diag_flags,
     diag_level,
     diag_values,
+    grids_counted,
+    replay,
     reset_counts,
-    start_node,
-    start_replay,
+    running_node,
     wait_for,
     write_synthetic_bag,
 )
 
 pytestmark = pytest.mark.ros
-RELIABLE = QoSProfile(depth=300, reliability=ReliabilityPolicy.RELIABLE)
 DUPLICATE_AT, LATE_AT, TF_GAP, SILENCE = 0.6, 1.2, (1.8, 2.15), (2.4, 4.6)
 
 
 def test_faults_flag_reset_only_when_needed_and_recover(tmp_path):
     written = write_synthetic_bag(tmp_path / "bag", duration_s=5.0, duplicate_at_s=DUPLICATE_AT, late_at_s=LATE_AT,
                                   tf_gap_s=TF_GAP, lidar_gap_s=SILENCE)
-    lis = Listener("fault_listener")
-    lis.subscribe("/perception/occupancy_grid", OccupancyGrid, RELIABLE)
-    lis.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
-    node = start_node(tmp_path)
-    try:
+    lis = Listener("fault_listener", {GRID: OccupancyGrid, DIAGNOSTICS: DiagnosticArray})
+    with running_node(tmp_path, lis) as node:
         # Lockstep: each of the ~5 frames the node drops costs the timeout; long enough for a slow frame.
-        replay = start_replay(tmp_path / "bag", tmp_path / "replay.log", lockstep_timeout_s=2.0)
-        assert replay.wait(90) == 0, replay.output()
-        diags = lis.get("/diagnostics")
-
-        def settled():
-            v = diag_values(lis.get("/diagnostics")[-1], ": state")
-            return int(v["frames_processed"]) == len(lis.get("/perception/occupancy_grid"))
-        wait_for(settled, 10, "diagnostics after the last frame", node)
-        diags = lis.get("/diagnostics")
+        replay(tmp_path / "bag", tmp_path / "replay.log", 90, lockstep_timeout_s=2.0)
+        wait_for(lambda: grids_counted(lis), 10, "diagnostics after the last frame", node)
+        diags = lis.get(DIAGNOSTICS)
         assert node.alive(), node.output()
-    finally:
-        rc = node.stop()
-        lis.close()
-    assert rc == 0, node.output()
+    assert node.stop() == 0, node.output()
     log = node.output()
 
     # Each fault is flagged and logged with its name.
-    flags = {k.split(".", 1)[1]: int(v) for k, v in diag_values(diags[-1], ": input").items() if k.startswith("flags.")}
+    flags = diag_flags(diags[-1])
     assert flags.get("lidar_duplicate") == 1, flags
     assert flags.get("lidar_out_of_order") == 1, flags
     assert flags.get("tf_extrapolation", 0) >= 2, flags  # the scans inside the TF gap, minus the limit
@@ -71,7 +61,7 @@ def test_faults_flag_reset_only_when_needed_and_recover(tmp_path):
     assert SILENCE[1] <= stamp_s < SILENCE[1] + 0.11  # the first scan after the silence
 
     # Recovery: every scan outside the faults produced a grid, and the LiDAR is OK again at the end.
-    grids = {g.header.stamp.sec * NS + g.header.stamp.nanosec for g in lis.get("/perception/occupancy_grid")}
+    grids = set(lis.stamps(GRID))
     lost = sorted((s - T0_NS) / NS for s in set(written["lidar_stamps"]) - grids)
     late = [t for t in lost if abs(t - LATE_AT) < 0.05]
     assert len(late) == 1  # the late scan is dropped (a newer one was processed already) ...

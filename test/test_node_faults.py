@@ -9,13 +9,16 @@ import pytest
 import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TransformStamped
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from ros_helpers import (
+    DIAGNOSTICS,
     Listener,
     Proc,
+    diag_flags,
     diag_level,
     diag_values,
-    start_node,
+    reliable,
+    running_node,
     wait_for,
     write_params,
 )
@@ -23,7 +26,6 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from tf2_msgs.msg import TFMessage
 
 pytestmark = pytest.mark.ros
-RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def _now(listener):
@@ -80,17 +82,15 @@ def _bad_inputs(lis):
 
 
 def test_malformed_messages_on_every_input_keep_the_node_alive(tmp_path):
-    lis = Listener("fault_injector")
-    lis.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
-    node = start_node(tmp_path, {"sensors.use_camera": True}, use_sim_time=False)
-    try:
+    lis = Listener("fault_injector", {DIAGNOSTICS: DiagnosticArray})
+    with running_node(tmp_path, lis, {"sensors.use_camera": True}, use_sim_time=False) as node:
         pubs = {}
         for topic, typ in (("/sensing/lidar/points", PointCloud2), ("/sensing/radar/points", PointCloud2),
                            ("/sensing/camera/front/image_raw", Image),
                            ("/sensing/camera/front/camera_info", CameraInfo)):
             pubs[topic] = lis.node.create_publisher(typ, topic, qos_profile_sensor_data)
-        pubs["/tf"] = lis.node.create_publisher(TFMessage, "/tf", RELIABLE)
-        wait_for(lambda: lis.get("/diagnostics"), 40, "diagnostics from the node", node)
+        pubs["/tf"] = lis.node.create_publisher(TFMessage, "/tf", reliable())
+        wait_for(lambda: lis.get(DIAGNOSTICS), 40, "diagnostics from the node", node)
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 20, "node subscriptions", node)
 
         expected = set()
@@ -101,14 +101,13 @@ def test_malformed_messages_on_every_input_keep_the_node_alive(tmp_path):
                 time.sleep(0.05)
 
         def flags():
-            for arr in reversed(lis.get("/diagnostics")):
-                v = diag_values(arr, ": input")
-                if v:
-                    return {k.split(".", 1)[1] for k in v if k.startswith("flags.")}
+            for arr in reversed(lis.get(DIAGNOSTICS)):
+                if diag_values(arr, ": input"):
+                    return set(diag_flags(arr))
             return set()
 
         wait_for(lambda: expected <= flags(), 20, f"flags {sorted(expected)}", node)
-        last = lis.get("/diagnostics")[-1]
+        last = lis.get(DIAGNOSTICS)[-1]
         assert diag_level(last, ": input") == 1  # WARN while problems are recent
         assert node.alive(), node.output()
         # Every problem logged with its flag name; a flood is throttled to one line per flag.
@@ -116,10 +115,7 @@ def test_malformed_messages_on_every_input_keep_the_node_alive(tmp_path):
         for flag in expected:
             assert f"[{flag}]" in out
         assert out.count("[lidar_malformed]") == 1
-    finally:
-        rc = node.stop()
-        lis.close()
-    assert rc == 0, node.output()
+    assert node.stop() == 0, node.output()
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -14,11 +14,13 @@ from itertools import pairwise
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import (
+    DIAGNOSTICS,
+    GRID,
     NS,
     Listener,
     Proc,
+    accounted_for,
     diag_values,
     reset_counts,
     start_node,
@@ -30,34 +32,21 @@ from ros_helpers import (
 from ssm_perception.nodes.launcher import replay_command
 
 pytestmark = pytest.mark.ros
-RELIABLE = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
-GRID = "/perception/occupancy_grid"
 GAP_S = 0.45  # > 3 LiDAR periods: best-effort DDS may lose a scan or two under this load
 SLOW = {"grid.length_x": 100.0, "grid.length_y": 100.0, "reset.max_time_gap_s": GAP_S, "reset.sensor_dropout_s": GAP_S}
 
 
 def test_slow_node_at_3x_skips_frames_without_resets_and_stops_cleanly(tmp_path):
     write_synthetic_bag(tmp_path / "bag", duration_s=6.0)
-    lis = Listener("overload_listener")
-    lis.subscribe(GRID, OccupancyGrid, RELIABLE)
-    lis.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+    lis = Listener("overload_listener", {GRID: OccupancyGrid, DIAGNOSTICS: DiagnosticArray})
     node = start_node(tmp_path, SLOW)
     replay = loop = None
     try:
         replay = start_replay(tmp_path / "bag", tmp_path / "replay.log", rate=3.0, lockstep="")
         assert replay.wait(90) == 0, replay.output()
-
-        def settled():
-            d = lis.get("/diagnostics")
-            if not d:
-                return None
-            out, lidar = diag_values(d[-1], ": output"), diag_values(d[-1], ": sensor lidar")
-            done = int(out["frames_processed"]) + int(out["frames_dropped_busy"]) + int(out["frames_dropped_tf"])
-            return d[-1] if int(out["frames_waiting"]) == 0 and done == int(lidar["received"]) and \
-                len(lis.get(GRID)) == int(out["frames_processed"]) else None
-        last = wait_for(settled, 30, "every received frame accounted for", node)
-        diags = lis.get("/diagnostics")
-        grids = [g.header.stamp.sec * NS + g.header.stamp.nanosec for g in lis.get(GRID)]
+        last = wait_for(lambda: accounted_for(lis), 30, "every received frame accounted for", node)
+        diags = lis.get(DIAGNOSTICS)
+        grids = lis.stamps(GRID)
 
         # SIGTERM while frames flow: a second pass of the bag keeps the worker busy.
         loop = Proc(replay_command(tmp_path / "bag", rate=3.0, loop=True, wait_subscribers_s=30.0, quiet=True),

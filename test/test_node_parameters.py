@@ -2,11 +2,11 @@
 DDS by `describe_parameters`; runtime changes validated by the schema, restart-only ones read-only."""
 
 import pytest
-import rclpy
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters, SetParameters
 from rclpy.parameter import Parameter
-from ros_helpers import Listener, start_node, wait_for
+from ros_helpers import Listener, running_node
 
 from ssm_perception.config import PerceptionConfig
 from ssm_perception.nodes import parameters
@@ -16,17 +16,6 @@ pytestmark = pytest.mark.ros
 
 SCHEMA_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                 float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-
-
-def _call(listener: Listener, srv_type, name: str, request, timeout: float = 20.0):
-    client = listener.node.create_client(srv_type, name)
-    try:
-        assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
-        future = client.call_async(request)
-        wait_for(future.done, timeout, f"answer of {name}")
-        return future.result()
-    finally:
-        listener.node.destroy_client(client)
 
 
 def test_descriptors_follow_the_schema():
@@ -48,13 +37,12 @@ def test_descriptors_follow_the_schema():
 
 
 def test_describe_parameters_over_dds(tmp_path):
-    node = start_node(tmp_path, {"model.kind": "logodds"})
     listener = Listener("describe_client")
-    try:
+    with running_node(tmp_path, listener, {"model.kind": "logodds"}):
         expected = parameters.descriptors()
         names = sorted(expected)
         req = DescribeParameters.Request(names=names)
-        got = _call(listener, DescribeParameters, "/ssm_perception/describe_parameters", req, 60.0).descriptors
+        got = listener.call(DescribeParameters, "/ssm_perception/describe_parameters", req, 60.0).descriptors
         assert [d.name for d in got] == names  # each its own name, in the order asked
         for d in got:
             e = expected[d.name]
@@ -65,30 +53,19 @@ def test_describe_parameters_over_dds(tmp_path):
         # ros2 param set over DDS: a runtime threshold is taken, a restart-only one and an invalid
         # value are refused with a reason.
         req = SetParameters.Request(parameters=[Parameter("tracking.min_evidence", value=0.35).to_parameter_msg()])
-        res = _call(listener, SetParameters, "/ssm_perception/set_parameters", req).results[0]
+        res = listener.call(SetParameters, "/ssm_perception/set_parameters", req).results[0]
         assert res.successful, res.reason
         req = SetParameters.Request(parameters=[Parameter("grid.resolution", value=0.25).to_parameter_msg()])
-        res = _call(listener, SetParameters, "/ssm_perception/set_parameters", req).results[0]
+        res = listener.call(SetParameters, "/ssm_perception/set_parameters", req).results[0]
         assert not res.successful and "read-only" in res.reason
         req = SetParameters.Request(parameters=[Parameter("tracking.detection_probability", value=1.0)
                                                 .to_parameter_msg()])
-        res = _call(listener, SetParameters, "/ssm_perception/set_parameters", req).results[0]
+        res = listener.call(SetParameters, "/ssm_perception/set_parameters", req).results[0]
         assert not res.successful and "tracking.detection_probability" in res.reason
-    finally:
-        listener.close()
-        node.stop()
 
 
-@pytest.fixture()
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
-def test_runtime_change_reaches_the_tracker_and_is_validated(context):
-    node = PerceptionNode(context=context, parameter_overrides=[
+def test_runtime_change_reaches_the_tracker_and_is_validated(rclpy_context):
+    node = PerceptionNode(context=rclpy_context, parameter_overrides=[
         Parameter("model.kind", value="logodds"), Parameter("grid.length_x", value=20),  # int for a float
         Parameter("grid.length_y", value=20.0), Parameter("sensors.use_camera", value=False)])
     try:

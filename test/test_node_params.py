@@ -2,7 +2,7 @@
 into a PerceptionConfig; an invalid value raises ConfigError naming the field."""
 
 import pytest
-import rclpy  # CI must fail, not skip, when ROS 2 did not install
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from rclpy.parameter import Parameter
 
 from ssm_perception.config import ConfigError, PerceptionConfig
@@ -10,20 +10,12 @@ from ssm_perception.config import ConfigError, PerceptionConfig
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture()
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
-def test_parameters_are_declared_and_read_back(context):
+def test_parameters_are_declared_and_read_back(rclpy_context):
     from ssm_perception.nodes.perception_node import PerceptionNode
 
     overrides = [Parameter("grid.length_x", value=30.0), Parameter("grid.length_y", value=20),  # int for a float
                  Parameter("sensors.use_camera", value=False), Parameter("topics.lidar", value="/my/lidar")]
-    node = PerceptionNode(context=context, parameter_overrides=overrides)
+    node = PerceptionNode(context=rclpy_context, parameter_overrides=overrides)
     try:
         schema = set(PerceptionConfig().to_ros_parameters())
         assert all(node.has_parameter(name) for name in schema)
@@ -39,8 +31,8 @@ def test_parameters_are_declared_and_read_back(context):
         node.destroy_node()
 
 
-def test_invalid_override_raises_config_error_naming_the_field(context):
+def test_invalid_override_raises_config_error_naming_the_field(rclpy_context):
     from ssm_perception.nodes.perception_node import PerceptionNode
 
     with pytest.raises(ConfigError, match="reset.pose_jump_m"):
-        PerceptionNode(context=context, parameter_overrides=[Parameter("reset.pose_jump_m", value=-1.0)])
+        PerceptionNode(context=rclpy_context, parameter_overrides=[Parameter("reset.pose_jump_m", value=-1.0)])

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-import rclpy  # CI must fail, not skip, when ROS 2 did not install
+import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2
 
@@ -16,18 +16,15 @@ S = 1_000_000_000
 
 
 @pytest.fixture()
-def node():
+def node(rclpy_context):
     from ssm_perception.nodes.perception_node import PerceptionNode
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    n = PerceptionNode(context=ctx, parameter_overrides=[
+    n = PerceptionNode(context=rclpy_context, parameter_overrides=[
         Parameter("grid.length_x", value=20.0), Parameter("grid.length_y", value=20.0),
         Parameter("model.kind", value="logodds"), Parameter("sensors.use_camera", value=False)])
     n.tf.set_transform(make_transform((1.0, 0.0, 1.8)), "base_link", "lidar_top", 0, static=True)
     yield n
     n.destroy_node()
-    rclpy.try_shutdown(context=ctx)
 
 
 def _frame(stamp_s: float, frame_id: str = "lidar_top", waited_s: float = 0.0):

@@ -11,7 +11,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from ros_helpers import NS, Listener, wait_for, write_synthetic_bag
+from ros_helpers import NS, Listener, reliable, wait_for, write_synthetic_bag
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import PointCloud2
 from tf2_msgs.msg import TFMessage
@@ -26,8 +26,8 @@ def test_replay_publishes_the_bag_with_clock_and_loops(tmp_path):
     lis = Listener("replay_test")
     lis.subscribe("/clock", Clock, QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
     lis.subscribe("/sensing/lidar/points", PointCloud2, QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
-    lis.subscribe("/tf", TFMessage, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    lis.subscribe("/tf_static", TFMessage, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    lis.subscribe("/tf", TFMessage, reliable(100))
+    lis.subscribe("/tf_static", TFMessage, reliable(10))
     try:
         with pytest.raises(ReplayError, match="no metadata.yaml"):
             BagPlayer(lis.node, tmp_path, rate=1.0)
@@ -47,8 +47,7 @@ def test_replay_publishes_the_bag_with_clock_and_loops(tmp_path):
         # A late subscriber still gets the latched /tf_static.
         late = []
         lis.node.create_subscription(TFMessage, "/tf_static", late.append,
-                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                                durability=DurabilityPolicy.TRANSIENT_LOCAL))
+                                     reliable(10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         wait_for(lambda: late, 10, "latched /tf_static for a late subscriber")
         assert {t.child_frame_id for t in late[0].transforms} == {"lidar_top", "radar_front"}
     finally:
@@ -58,6 +57,6 @@ def test_replay_publishes_the_bag_with_clock_and_loops(tmp_path):
     assert backwards, "a loop makes /clock jump back"
     assert all(clock[i] >= clock[i - 1] for i in range(1, backwards[0]))  # monotonic within a pass
     clouds = lis.get("/sensing/lidar/points")
-    stamps = {c.header.stamp.sec * NS + c.header.stamp.nanosec for c in clouds}
+    stamps = set(lis.stamps("/sensing/lidar/points"))
     assert stamps <= set(info["lidar_stamps"]) and len(stamps) >= len(info["lidar_stamps"]) - 1
     assert clouds[0].width > 1000 and clouds[0].header.frame_id == "lidar_top"  # bytes went through intact

@@ -9,13 +9,11 @@ IoU within 0.01, and the same known share.
 import numpy as np
 import pytest
 from nav_msgs.msg import OccupancyGrid
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from ros_helpers import NS, TEST_OVERRIDES, Listener, start_node, start_replay, wait_for
+from ros_helpers import GRID, TEST_OVERRIDES, Listener, replay, running_node, wait_for
 
 from ssm_perception.config import GridConfig, PerceptionConfig
 
 pytestmark = pytest.mark.ros
-RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
 def test_node_and_evaluate_score_the_same_published_grid(tmp_path):
@@ -34,25 +32,19 @@ def test_node_and_evaluate_score_the_same_published_grid(tmp_path):
     sc_cfg.camera.enabled = False  # the node runs without a camera here (TEST_OVERRIDES)
     bag = write_bag(Scenario(sc_cfg, grid), tmp_path / "bag", progress=False)
 
-    listener = Listener("agreement_listener")
-    listener.subscribe("/perception/occupancy_grid", OccupancyGrid, RELIABLE)
-    node = start_node(tmp_path)
-    try:
-        replay = start_replay(bag, tmp_path / "replay.log", lockstep_timeout_s=30.0)
-        assert replay.wait(120) == 0, replay.output()
+    listener = Listener("agreement_listener", {GRID: OccupancyGrid})
+    with running_node(tmp_path, listener) as node:
+        replay(bag, tmp_path / "replay.log", 120, lockstep_timeout_s=30.0)
         truth = {}
         for _, _, _, m in read_messages(bag, ["/ground_truth/occupancy", "/ground_truth/dynamic",
                                               "/ground_truth/visibility"]):
             truth.setdefault(stamp_to_ns(m.header.stamp), []).append(occupancy_grid_to_array(m) == 100)
-        wait_for(lambda: len(listener.get("/perception/occupancy_grid")) >= len(truth), 30, "a grid per scan", node)
-    finally:
-        node.stop()
-        listener.close()
+        wait_for(lambda: len(listener.get(GRID)) >= len(truth), 30, "a grid per scan", node)
 
     node_metrics = OccupancyMetrics(range_map(grid.nx, grid.ny, grid.resolution, grid.x_min, grid.y_min))
     known = []
-    for g in listener.get("/perception/occupancy_grid"):
-        occ, dyn, vis = truth[g.header.stamp.sec * NS + g.header.stamp.nanosec]
+    for g in listener.get(GRID):
+        occ, dyn, vis = truth[stamp_to_ns(g.header.stamp)]
         values = occupancy_grid_to_array(g)
         node_metrics.add(decode_occupancy(values), occ, dyn, vis)
         known.append(float((values >= 0).mean()))
