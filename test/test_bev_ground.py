@@ -1,4 +1,4 @@
-"""Ground plane (torch RANSAC vs open3d) and scan files read with open3d."""
+"""Ground plane (torch RANSAC vs open3d)."""
 
 import math
 
@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssm_perception.bev.ground import (
-    fit_ground_plane,
-    fit_ground_plane_open3d,
-    read_scan,
-)
+from ssm_perception.bev.ground import fit_ground_plane, fit_ground_plane_open3d
 
 
 def _scene(seed=0, slope=0.05, offset=-0.2):
@@ -52,27 +48,3 @@ def test_fallback_on_too_few_points():
     wall_only = np.c_[np.full(500, 3.0), np.random.default_rng(0).uniform(-5, 5, (500, 2))].astype(np.float32)
     wall_only[:, 2] = np.clip(wall_only[:, 2], -0.9, 0.9)
     assert fit_ground_plane(torch.from_numpy(wall_only)).fallback
-
-
-@pytest.mark.parametrize("ext", ["pcd", "ply"])
-def test_read_scan_roundtrip(tmp_path, ext):
-    import open3d as o3d
-
-    rng = np.random.default_rng(0)
-    pos = rng.normal(size=(100, 3)).astype(np.float32)
-    inten = rng.uniform(0, 255, (100, 1)).astype(np.float32)
-    pc = o3d.t.geometry.PointCloud()
-    pc.point.positions = o3d.core.Tensor(pos)
-    pc.point.intensity = o3d.core.Tensor(inten)
-    path = tmp_path / f"scan.{ext}"
-    assert o3d.t.io.write_point_cloud(str(path), pc)
-    scan = read_scan(path)
-    assert scan.dtype.names == ("x", "y", "z", "intensity")
-    assert np.allclose(np.c_[scan["x"], scan["y"], scan["z"]], pos)
-    assert np.allclose(scan["intensity"], inten[:, 0])
-    with pytest.raises(FileNotFoundError):
-        read_scan(tmp_path / "missing.pcd")
-    bad = tmp_path / "scan.xyz"
-    bad.write_text("0 0 0\n")
-    with pytest.raises(ValueError):
-        read_scan(bad)

@@ -230,6 +230,32 @@ def test_pcd_sequence_with_tum_poses(tmp_path):
     _assert_bag(out, "lidar", [100 * 10**9 + 10**8 * k for k in range(N)], [0.0, 2.0, 4.0], 1.6, intensity=False)
 
 
+@pytest.mark.parametrize("ext", ["pcd", "ply"])
+def test_pcd_reader_keeps_points_and_intensity(tmp_path, ext):
+    import open3d as o3d
+
+    from ssm_perception.io.importers.pcd import read_cloud
+
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(100, 3)).astype(np.float32)
+    inten = rng.uniform(0, 255, (100, 1)).astype(np.float32)
+    pc = o3d.t.geometry.PointCloud()
+    pc.point.positions = o3d.core.Tensor(pos)
+    pc.point.intensity = o3d.core.Tensor(inten)
+    path = tmp_path / f"scan.{ext}"
+    assert o3d.t.io.write_point_cloud(str(path), pc)
+    scan = read_cloud(path)
+    assert scan.dtype.names == ("x", "y", "z", "intensity")
+    assert np.allclose(np.c_[scan["x"], scan["y"], scan["z"]], pos)
+    assert np.allclose(scan["intensity"], inten[:, 0])
+    with pytest.raises(ValueError, match="no points"):
+        read_cloud(tmp_path / "missing.pcd")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "scan.xyz").write_text("0 0 0\n")
+    r = _import("pcd", tmp_path / "other", "-o", tmp_path / "out_bag")
+    assert r.exit_code == 2 and "no .pcd or .ply files" in r.output, r.output
+
+
 def _ros1_bag(path, with_mount=True):
     from rosbags.rosbag1 import Writer
 

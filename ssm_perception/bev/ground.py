@@ -1,4 +1,4 @@
-"""Ground-plane estimation (torch RANSAC on the hot path, open3d for comparison) and scan files.
+"""Ground-plane estimation (torch RANSAC on the hot path, open3d for comparison).
 
 The hot path stays on torch: ``fit_ground_plane`` runs all RANSAC hypotheses as one batched
 matrix product on a fixed-size subsample, so its cost is flat in the cloud size, and it rejects
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,24 +39,15 @@ def _flat(frac: float = 0.0) -> GroundPlane:
     return GroundPlane(FLAT_GROUND[:3], FLAT_GROUND[3], frac, True)
 
 
-def fit_ground_plane(
-    xyz: Tensor,
-    distance_threshold: float = 0.15,
-    iterations: int = 64,
-    max_tilt_deg: float = 15.0,
-    max_height: float = 1.0,
-    sample: int = 4096,
-    min_inliers: int = 50,
-    seed: int = 0,
-) -> GroundPlane:
+def fit_ground_plane(xyz: Tensor, **params) -> GroundPlane:
     """Batched RANSAC plane fit on [N, 3] base_link points, then a least-squares refit.
 
     Candidates are points with |z| < max_height (the ground is near base_link z = 0); hypotheses
     whose normal is tilted more than ``max_tilt_deg`` from vertical are discarded. Deterministic
     (fixed seed). Returns FLAT_GROUND with ``fallback=True`` if fewer than ``min_inliers`` support it.
-    The work is ``fit_ground_plane_tensor`` (on xyz's device); this reads its result back."""
-    normal, d, frac, fallback = fit_ground_plane_tensor(xyz, None, distance_threshold, iterations, max_tilt_deg,
-                                                        max_height, sample, min_inliers, seed)
+    The work is ``fit_ground_plane_tensor`` (on xyz's device; ``params`` and their defaults are its
+    keyword arguments); this reads its result back."""
+    normal, d, frac, fallback = fit_ground_plane_tensor(xyz, None, **params)
     vals = torch.cat([normal, d.view(1), frac.view(1).double(), fallback.view(1).double()]).cpu().tolist()
     if vals[5] > 0.5:
         return _flat(vals[4])
@@ -149,25 +139,3 @@ def fit_ground_plane_open3d(
     if n[2] < math.cos(math.radians(15.0)):
         return _flat(len(inliers) / pts.shape[0])
     return GroundPlane(tuple(float(v) for v in n), float(d), len(inliers) / pts.shape[0], False)
-
-
-def read_scan(path: str | Path) -> np.ndarray:
-    """Read a .pcd or .ply point cloud with open3d into a structured array (x, y, z, intensity; f4).
-
-    Intensity is 0 when the file has none. Raises FileNotFoundError / ValueError with the path."""
-    import open3d as o3d
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"scan not found: {path}")
-    if path.suffix.lower() not in (".pcd", ".ply"):
-        raise ValueError(f"{path}: unsupported scan format (expected .pcd or .ply)")
-    pcd = o3d.t.io.read_point_cloud(str(path))
-    if "positions" not in pcd.point:
-        raise ValueError(f"{path}: no points could be read")
-    pos = pcd.point.positions.numpy().astype(np.float32).reshape(-1, 3)
-    out = np.zeros(pos.shape[0], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")])
-    out["x"], out["y"], out["z"] = pos[:, 0], pos[:, 1], pos[:, 2]
-    if "intensity" in pcd.point:
-        out["intensity"] = pcd.point.intensity.numpy().reshape(-1).astype(np.float32)
-    return out

@@ -447,56 +447,47 @@ class PerceptionNode(Node):
         self._busy_at.append(time.monotonic())
         self.flag("lidar_backlog", f"LiDAR frame at {frame.stamp * 1e-9:.3f} s skipped unprocessed: {why}")
 
+    def _gated(self, source: str, msg, info, decode, what: str, stamp_sensor: str | None):
+        """The input gates of radar, image and camera_info: one publisher per topic, a plausible stamp
+        (``stamp_sensor``'s limits; None: not checked), a message that decodes. A rejection is counted
+        and flagged ("<source>_malformed" when it does not decode). Returns (decoded, stamp) or None."""
+        stamp = _ns(msg.header.stamp)
+        st = self.stats[source]
+        if not self._check_source(source, info) or (stamp_sensor and not self._check_stamp(stamp_sensor, stamp)):
+            st.rejected += 1
+            return None
+        try:
+            value = decode(msg)
+        except ValueError as exc:
+            st.rejected += 1
+            self.flag(f"{source}_malformed", f"{what} on {getattr(self.config.topics, source)} dropped: {exc}")
+            return None
+        st.seen(self._now_ns(), stamp)
+        return value, stamp
+
     def _on_radar(self, msg: PointCloud2, info=None) -> None:
         from ssm_perception.io.ros_convert import pointcloud_to_array
 
-        stamp = _ns(msg.header.stamp)
-        if not self._check_source("radar", info) or not self._check_stamp("radar", stamp):
-            self.stats["radar"].rejected += 1
-            return
-        try:
-            pts = pointcloud_to_array(msg)
-        except ValueError as exc:
-            self.stats["radar"].rejected += 1
-            self.flag("radar_malformed", f"radar cloud on {self.config.topics.radar} dropped: {exc}")
-            return
-        self.stats["radar"].seen(self._now_ns(), stamp)
-        with self._lock:
-            self.assembler.radar = Stamped(pts, msg.header.frame_id, stamp)
+        got = self._gated("radar", msg, info, pointcloud_to_array, "radar cloud", "radar")
+        if got is not None:
+            with self._lock:
+                self.assembler.radar = Stamped(got[0], msg.header.frame_id, got[1])
 
     def _on_image(self, msg: Image, info=None) -> None:
         from ssm_perception.io.ros_convert import image_to_array
 
-        stamp = _ns(msg.header.stamp)
-        if not self._check_source("camera_image", info) or not self._check_stamp("camera", stamp):
-            self.stats["camera_image"].rejected += 1
-            return
-        try:
-            img = image_to_array(msg)
-        except ValueError as exc:
-            self.stats["camera_image"].rejected += 1
-            self.flag("camera_image_malformed", f"image on {self.config.topics.camera_image} dropped: {exc}")
-            return
-        self.stats["camera_image"].seen(self._now_ns(), stamp)
-        with self._lock:
-            self.assembler.image = Stamped(img, msg.header.frame_id, stamp)
+        got = self._gated("camera_image", msg, info, image_to_array, "image", "camera")
+        if got is not None:
+            with self._lock:
+                self.assembler.image = Stamped(got[0], msg.header.frame_id, got[1])
 
     def _on_camera_info(self, msg: CameraInfo, info=None) -> None:
         from ssm_perception.io.ros_convert import camera_info_to_model
 
-        stamp = _ns(msg.header.stamp)
-        if not self._check_source("camera_info", info):
-            self.stats["camera_info"].rejected += 1
-            return
-        try:
-            model = camera_info_to_model(msg)
-        except ValueError as exc:
-            self.stats["camera_info"].rejected += 1
-            self.flag("camera_info_malformed", f"camera_info on {self.config.topics.camera_info} dropped: {exc}")
-            return
-        self.stats["camera_info"].seen(self._now_ns(), stamp)
-        with self._lock:
-            self.assembler.camera_info = model
+        got = self._gated("camera_info", msg, info, camera_info_to_model, "camera_info", None)
+        if got is not None:
+            with self._lock:
+                self.assembler.camera_info = got[0]
 
     def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
         publisher, now_wall = _publisher(info), time.monotonic()
