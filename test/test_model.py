@@ -70,7 +70,7 @@ def test_bad_inputs_raise_clearly():
 
 def test_mamba_kind_is_built_lazily():
     # The Mamba core is another module; the model must build it through the same protocol.
-    mamba = pytest.importorskip("ssm_perception.temporal.mamba")
+    from ssm_perception.temporal import mamba
     m = model("mamba", d_model=16)
     assert isinstance(m.core, mamba.MambaCore)
     xs, dts = frames(t=2, b=1)

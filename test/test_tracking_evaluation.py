@@ -81,7 +81,7 @@ def test_crossing_scenario_tracks_well_and_ids_survive():
 
 
 def _write_gt_bag(path: Path, frames):
-    bag = pytest.importorskip("ssm_perception.io.bag")
+    from ssm_perception.io import bag
     with bag.BagWriter(path) as w:
         w.add_topic("/tf", "tf2_msgs/msg/TFMessage")
         w.add_topic("/ground_truth/objects", "ssm_perception/msg/TrackArray")

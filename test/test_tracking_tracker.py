@@ -211,7 +211,7 @@ def test_reset_and_ids_never_reused():
 
 
 def test_track_state_fills_a_track_array_message():
-    bag = pytest.importorskip("ssm_perception.io.bag")
+    from ssm_perception.io import bag
     trk = MultiObjectTracker(cfg())
     for k in range(4):
         tracks = trk.update([odet(3.0 * 0.1 * k, 1.0, 3.0, 0.0)], 0.1 * k)
