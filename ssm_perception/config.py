@@ -92,6 +92,13 @@ class GridConfig(_Section):
         return -self.length_y / 2.0
 
 
+def _refuse(problem: str | None, v: str) -> str:
+    """``v`` if ``problem`` is empty, else ``problem`` as the validation error (one line naming the field)."""
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
 class FramesConfig(_Section):
     map: str = Field("map", description="global map frame (not used by the node; for consumers of the outputs)")
     odom: str = Field("odom", description="odometry frame: tracks and markers are published in it")
@@ -100,10 +107,7 @@ class FramesConfig(_Section):
     @field_validator("*")
     @classmethod
     def _frame_id(cls, v: str) -> str:
-        problem = frame_id_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+        return _refuse(frame_id_problem(v), v)
 
     @model_validator(mode="after")
     def _distinct(self) -> FramesConfig:
@@ -136,10 +140,7 @@ class TopicsConfig(_Section):
     @field_validator("*")
     @classmethod
     def _topic_name(cls, v: str) -> str:
-        problem = topic_name_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+        return _refuse(topic_name_problem(v), v)
 
 
 class SensorsConfig(_Section):
@@ -165,9 +166,7 @@ class SensorsConfig(_Section):
     @field_validator("lidar_frame_id")
     @classmethod
     def _frame_id(cls, v: str) -> str:
-        if v and (problem := frame_id_problem(v)):
-            raise ValueError(problem)
-        return v
+        return _refuse(frame_id_problem(v) if v else None, v)  # empty: any frame TF connects
 
 
 class LidarInputConfig(_Section):
