@@ -30,6 +30,7 @@ IMPORT_TO_DEPEND = {
     "zstandard": "requirements-vehicle.txt",
     "pyarrow": "requirements-vehicle.txt",
     "mcap": "requirements-vehicle.txt",
+    "numba": "requirements-vehicle.txt",
     "psutil": "python3-psutil",
     "pandas": "python3-pandas",
     "cv2": "python3-opencv",

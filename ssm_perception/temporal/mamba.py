@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_perception.config import ModelConfig
+from ssm_perception.temporal import cpu_kernel
 from ssm_perception.temporal.base import (
     State,
     TemporalCore,
@@ -324,6 +325,11 @@ class MambaCore(TemporalCore):
         out_rows = self._out_rows(out, h)
         h_new = (empty_rows(cells, s, h.dtype) if out_rows is None else out_rows).view(cells, g, hg, p, n)
         y_r = torch.empty(cells, g, hg, p, dtype=h.dtype)
+        if h.dtype == torch.float32 and cpu_kernel.ssm_update(
+                h_rows.reshape(cells, s), taps, reset, decay.view(cells, nh), sx.view(cells, nh, p),
+                b_r.reshape(cells, g, n).contiguous(), c_r.reshape(cells, g, n).contiguous(),
+                h_new.view(cells, nh, p, n), y_r.view(cells, nh, p), hg):
+            return self._finish_cells(y_r, xs_r, z, h_new, bsz, hh, ww, s)  # the compiled loop (cpu_kernel.py)
         tmp = torch.empty(min(CELL_BLOCK, cells), g, hg, p, n, dtype=h.dtype)
         if taps is not None:
             table = h_rows.view(cells, s)
@@ -343,6 +349,12 @@ class MambaCore(TemporalCore):
             t = tmp[: hn.shape[0]]
             torch.mul(hn, c_r[blk], out=t)
             torch.sum(t, -1, out=y_r[blk])  # h' C
+        return self._finish_cells(y_r, xs_r, z, h_new, bsz, hh, ww, s)
+
+    def _finish_cells(self, y_r: Tensor, xs_r: Tensor, z: Tensor, h_new: Tensor, bsz: int, hh: int, ww: int,
+                      s: int) -> tuple[Tensor, Tensor]:
+        """The read-out's skip term and gate, and the new state as [B, S, H, W] channels-last."""
+        g, hg = self.ngroups, self.nheads // self.ngroups
         y_r += self.D.view(1, g, hg, 1) * xs_r.squeeze(-1)  # + D xs (not addcmul: same rounding as the reference)
         y = y_r.view(bsz, hh, ww, self.d_inner).permute(0, 3, 1, 2)  # [B, d_inner, H, W] channels-last
         if not z.is_contiguous(memory_format=torch.channels_last):
