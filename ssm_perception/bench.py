@@ -364,11 +364,17 @@ def bench_pipeline(cells: int, kind: str, backend: str, history: int, device):
 
 
 def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: str, history: int, device,
-                   n_frames: int, warmup: int, profile: bool = False) -> dict:
+                   n_frames: int, warmup: int, profile: bool = False, pipeline=None) -> dict:
     """The node's frame, frame after frame, for one model: decode the messages (io/), assemble the
     frame (frame_assembler), ``PerceptionPipeline.process`` (its own per-stage timers), encode the
     output messages (io.ros_convert.frame_messages). No copy of the step: these are the functions
-    the node calls."""
+    the node calls. ``pipeline``: (PerceptionPipeline, its config, weights note) to run instead of
+    the bench's own (scripts/cpu_default_check.py passes the CPU default's).
+
+    ``grid_ready``: the full step less the tracking stage, i.e. when the node has the occupancy grid
+    (it publishes the grids before it runs tracking, see PerceptionPipeline.track); an upper bound,
+    since it still includes encoding the track messages.
+    ``full_step_process_cpu``: the process's CPU time per frame (time.process_time)."""
     import numpy as np
     import torch
 
@@ -378,7 +384,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
 
     if len(frames) < warmup + n_frames + (1 if profile else 0):
         raise ValueError(f"{len(frames)} simulated frames for {warmup} warm-up + {n_frames} timed frames")
-    pipe, cfg, weights = bench_pipeline(cells, kind, backend, history, device)
+    pipe, cfg, weights = pipeline if pipeline is not None else bench_pipeline(cells, kind, backend, history, device)
     assembler = FrameAssembler(cfg, tf_buffer_for(frames, cfg))
     encode_msgs, encode_note = message_encoder()
     info = SimpleNamespace(K=np.asarray(frames[0].K))
@@ -386,6 +392,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     process_ms: list[float] = []
     totals: list[float] = []
+    grid_ready: list[float] = []
     cpu_totals: list[float] = []  # process CPU time per frame: what the frame cost, whatever the neighbours do
     n_dets: list[int] = []
     n_tracks: list[int] = []
@@ -424,6 +431,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
             if k >= warmup:
                 cpu_totals.append(1e3 * (time.process_time() - c0))
                 totals.append(wall)
+                grid_ready.append(wall - lat["tracking"])
                 process_ms.append(lat["process"])
                 for s in STAGES:
                     if s in lat:
@@ -435,6 +443,7 @@ def full_step_loop(frames: list[SourceFrame], cells: int, kind: str, backend: st
             "history": history if kind == "attention" else None, "weights": weights,
             "stages": {s: percentiles(v) for s, v in samples.items()}, "process": percentiles(process_ms),
             "full_step": percentiles(totals), "full_step_process_cpu": percentiles(cpu_totals),
+            "grid_ready": percentiles(grid_ready),
             "msg_encode_method": encode_note,
             "state_bytes": state_bytes(pipe.state), "parameters": int(sum(p.numel() for p in pipe.model.parameters())),
             "architecture": architecture(pipe.model),

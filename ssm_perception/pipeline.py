@@ -189,6 +189,9 @@ class FrameOutputs:
     evidence_report: EvidenceReport | None = None  # the rule check: network vs evidence, with a level
     shift: ShiftReport | None = None  # input distribution shift (severe weather, changed sensor)
     direct_age_s: np.ndarray | None = None  # [H, W] s since a range sensor last observed the cell; inf: never
+    # True between process(inp, track=False) and PerceptionPipeline.track(out): tracks and
+    # detections_odom are still empty (the node publishes the grid in between)
+    tracking_pending: bool = False
 
 
 def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
@@ -261,6 +264,7 @@ class PerceptionPipeline:
         self._warp_in_step = hasattr(getattr(self.model, "core", None), "warp_step")
         self._spare_state: State | None = None  # buffers for the next state (see process, step 4)
         self._state_finite = True
+        self._pending_tracking: FrameOutputs | None = None  # a frame returned before its tracking step
         self.frames = 0
         # True: each stage timer waits for the device first (CUDA runs asynchronously; the bench sets it,
         # the node does not, since the wait costs latency).
@@ -306,7 +310,12 @@ class PerceptionPipeline:
         return _ms(t0)
 
     @torch.inference_mode()
-    def process(self, inp: FrameInputs) -> FrameOutputs:
+    def process(self, inp: FrameInputs, track: bool = True) -> FrameOutputs:
+        """One frame. ``track`` False: the frame comes back before its tracking step (stage 7,
+        ``tracking_pending``), which ``track(out)`` then runs: the node publishes the grid first, so
+        tracking never delays it. Either way the tracker sees every frame once and in order (a step
+        left pending runs at the start of the next ``process``), with the same code."""
+        self.finish_tracking()
         t_start = time.perf_counter()
         lat: dict[str, float] = {}
         stamp_ns = int(inp.stamp_ns)
@@ -455,25 +464,43 @@ class PerceptionPipeline:
             dets_base = refine_with_radar(dets_base, pts, sensor_xy)
         lat["heads"] = self._ms(t0)
 
-        # 7. Tracking in odom (skipped, with an empty result, when the pose is unusable).
-        t0 = time.perf_counter()
-        if _finite_pose(inp.T_odom_base):
-            dets_odom = detections_to_odom(dets_base, inp.T_odom_base)
-            tracks = self.tracker.update(dets_odom, stamp_ns / NS)
-        else:
-            dets_odom, tracks = [], []
-        lat["tracking"] = self._ms(t0)
+        lat["tracking"] = 0.0  # stage 7 (``track``) adds its time here and to "total"
         lat["total"] = self._ms(t_start)
         self.frames += 1
-        return FrameOutputs(
+        out = FrameOutputs(
             stamp_ns=stamp_ns, occupancy=occ, unknown=unknown, dynamic=dyn, detections_base=dets_base,
-            detections_odom=dets_odom, tracks=tracks, health=report, reset=decision, latency_ms=lat,
+            detections_odom=[], tracks=[], health=report, reset=decision, latency_ms=lat,
             sensors=dict(feats.sensor_mask), input_problems=problems, feature_stats=feats.stats,
             sensor_checks=self.lidar_input.summary(),
             T_odom_base=None if inp.T_odom_base is None else np.asarray(inp.T_odom_base, dtype=np.float64),
             T_map_odom=inp.T_map_odom, evidence=evidence, evidence_report=ev_report, shift=shift,
-            direct_age_s=direct_age,
+            direct_age_s=direct_age, tracking_pending=True,
         )
+        self._pending_tracking = out
+        return self.track(out) if track else out
+
+    def track(self, out: FrameOutputs) -> FrameOutputs:
+        """Stage 7 of the frame ``out`` (the latest ``process`` result): tracking in odom, skipped
+        with an empty result when the pose is unusable. Fills ``tracks`` and ``detections_odom`` and
+        adds its time to ``latency_ms`` ("tracking", "total"). A no-op for a frame already tracked."""
+        if not out.tracking_pending:
+            return out
+        if out is not self._pending_tracking:
+            raise RuntimeError("track(out) must follow the process() call that returned out")
+        t0 = time.perf_counter()
+        if _finite_pose(out.T_odom_base):
+            out.detections_odom = detections_to_odom(out.detections_base, out.T_odom_base)
+            out.tracks = self.tracker.update(out.detections_odom, out.stamp_ns / NS)
+        out.tracking_pending, self._pending_tracking = False, None
+        ms = self._ms(t0)
+        out.latency_ms["tracking"] = ms
+        out.latency_ms["total"] += ms
+        return out
+
+    def finish_tracking(self) -> None:
+        """Run the tracking step a caller left pending (before the next frame, a reset, or shutdown)."""
+        if self._pending_tracking is not None:
+            self.track(self._pending_tracking)
 
 
 def reusable_state(state: State) -> bool:

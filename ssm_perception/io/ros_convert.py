@@ -335,19 +335,31 @@ def int8_grid_msg(values: np.ndarray, grid, frame_id: str, stamp_ns: int):
 
 def frame_messages(out, config) -> tuple:
     """(occupancy OccupancyGrid, observation OccupancyGrid, TrackArray, MarkerArray) of one
-    `pipeline.FrameOutputs`: what the node publishes and what the bench times (one function, so both
-    encode the same way). The grid values come from `evidence.published_grids`, which `evaluate` scores."""
+    `pipeline.FrameOutputs`: what the node publishes and what the bench times (the same functions,
+    so both encode the same way): ``grid_messages`` + ``track_messages``."""
+    return (*grid_messages(out, config), *track_messages(out, config))
+
+
+def grid_messages(out, config) -> tuple:
+    """(occupancy OccupancyGrid, observation OccupancyGrid) of a frame, available before its
+    tracking step. The grid values come from `evidence.published_grids`, which `evaluate` scores."""
     # imported here: keeps this module free of torch
     from ssm_perception.evidence import published_grids
 
     stamp = int(out.stamp_ns)
     pub = published_grids(out, config.evidence)
-    grid = int8_grid_msg(pub.occupancy, config.grid, config.frames.base_link, stamp)
-    observation = int8_grid_msg(pub.observation, config.grid, config.frames.base_link, stamp)
+    return (int8_grid_msg(pub.occupancy, config.grid, config.frames.base_link, stamp),
+            int8_grid_msg(pub.observation, config.grid, config.frames.base_link, stamp))
+
+
+def track_messages(out, config) -> tuple:
+    """(TrackArray, MarkerArray) of a frame whose tracking step has run."""
+    if getattr(out, "tracking_pending", False):
+        raise ValueError("track_messages: the frame's tracking step has not run (PerceptionPipeline.track)")
+    stamp = int(out.stamp_ns)
     published = out.tracks if config.tracking.publish_tentative else \
         [t for t in out.tracks if t.status != "tentative"]
-    return (grid, observation, track_array_msg(published, config.frames.odom, stamp),
-            marker_array_msg(published, config.frames.odom, stamp))
+    return track_array_msg(published, config.frames.odom, stamp), marker_array_msg(published, config.frames.odom, stamp)
 
 
 def occupancy_grid_to_array(msg) -> np.ndarray:
