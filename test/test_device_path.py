@@ -146,3 +146,16 @@ def test_device_path_reads_no_device_value_outside_the_read_back():
                 "index in grid_taps"}  # row gathers of channels-last CPU tensors (CUDA: grid_sample)
     assert "index in fit_ground_plane_tensor" in reads.calls
     assert set(reads.calls) - cpu_only == {"index in fit_ground_plane_tensor"}, reads.calls
+
+
+@pytest.mark.parametrize("motion", [(0.3, 0.01, 0.004), (1.0, -0.5, 0.0), (0.37, 0.0, 0.0), (-2.2, 1.3, -0.2)])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_warp_grid_computed_the_device_way_equals_the_host_grid(motion, mode):
+    from ssm_perception.temporal.warp import sampling_grid
+
+    grid = BevGrid.square(40, 0.5)
+    g_host, m_host = sampling_grid(motion, grid, 1, mode, on_device=False)
+    g_dev, m_dev = sampling_grid(motion, grid, 1, mode, on_device=True)
+    cell_aligned = motion == (1.0, -0.5, 0.0)  # whole cells, no turn: values move exactly
+    assert m_host == m_dev and (m_host == "nearest") == (mode == "nearest" or cell_aligned)
+    assert torch.allclose(g_host, g_dev, atol=1e-6, rtol=0)

@@ -132,3 +132,13 @@ def test_pipeline_reset_for_unrelated_frames_uses_policy_key():
     policy.decide(S, se2_matrix(0, 0, 0))
     d = policy.decide(S + S // 10, se2_matrix(0.1, 0, 0), distribution_shift="distribution shift: rain")
     assert d.full and d.reasons == [rp.DISTRIBUTION_SHIFT] and d.details == ["distribution shift: rain"]
+
+
+def test_median_of_log_intensity_equals_numpy_median_bit_for_bit():
+    from ssm_perception.temporal.shift import _median_log1p
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 10, 1001, 5000):
+        i = (rng.gamma(1.5, 20.0, n) - 5.0).astype(np.float32)  # some negative (clipped to 0), ties at 0
+        i[: n // 7] = 0.0
+        assert _median_log1p(i) == float(np.median(np.log1p(np.clip(i, 0.0, None))))

@@ -10,6 +10,8 @@ can see at all. Lens distortion is ignored (rectified images, or small distortio
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,8 @@ def image_to_tensor(image, factor: int = 1, device=None, on_device: bool | None 
         t = (raw * np.float32(scale / (f * f)))[0]
         t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
         t = t.contiguous().unsqueeze(0)
+        if a.dtype.kind in "ui":
+            return t  # integer sums times scale: finite and within [0, 1] already
         return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
     acc_type = np.uint32 if a.dtype.kind in "ui" else np.float32
     acc = np.zeros((hh, ww, a.shape[2]), dtype=acc_type)
@@ -100,10 +104,16 @@ def project_cells(grid: BevGrid, K, T_base_camera, image_size: tuple[int, int], 
 _PROJECTION_CACHE: dict = {}
 
 
+@functools.lru_cache(maxsize=8)
+def _ground_points(grid: BevGrid, ground_z: float, device: torch.device) -> Tensor:
+    """[HW, 3] float64 cell centres on the ground plane z = ground_z (made once per grid and device)."""
+    c = grid.cell_centers(device).permute(1, 2, 0).reshape(-1, 2).double()  # [HW, 2]
+    return torch.cat([c, torch.full((c.shape[0], 1), float(ground_z), dtype=torch.float64, device=device)], 1)
+
+
 def _project(grid: BevGrid, k: Tensor, t: Tensor, image_size, ground_z: float, max_range: float):
     h_img, w_img = image_size
-    c = grid.cell_centers(k.device).permute(1, 2, 0).reshape(-1, 2).double()  # [HW, 2]
-    p = torch.cat([c, torch.full((c.shape[0], 1), float(ground_z), dtype=torch.float64, device=k.device)], 1)
+    p = _ground_points(grid, float(ground_z), k.device)
     pc = (p - t[:3, 3]) @ t[:3, :3]  # [HW, 3] in the optical frame: R^T (p - t)
     z = pc[:, 2]
     uv = (pc @ k.T)[:, :2] / z.clamp_min(1e-6).unsqueeze(1)

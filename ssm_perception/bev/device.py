@@ -63,7 +63,10 @@ def counters_tensor(stats: dict) -> Tensor | None:
     pend = pending_counters(stats)
     if not pend:
         return None
-    return torch.stack([t.reshape(()).to(torch.float64) for _, _, t in pend])
+    if any(t.dtype.is_floating_point for _, _, t in pend):  # (a float32 would take the integers down with it)
+        return torch.stack([t.reshape(()).to(torch.float64) for _, _, t in pend])
+    # integer and bool counters (the encoders'): one cat (it promotes bool to int) and one cast, two kernels
+    return torch.cat([t.reshape(1) for _, _, t in pend]).to(torch.float64)
 
 
 def fill_counters(stats: dict, values) -> None:

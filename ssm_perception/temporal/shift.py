@@ -59,8 +59,19 @@ def scan_stats(points, near_range_m: float, voxel_m: float = 0.3) -> ScanStats |
         i = np.asarray(points["intensity"], np.float32)[ok]
         i = i[np.isfinite(i)]
         if i.size:
-            inten = float(np.median(np.log1p(np.clip(i, 0.0, None))))
+            inten = _median_log1p(i)
     return ScanStats(n, near, inten)
+
+
+def _median_log1p(i: np.ndarray) -> float:
+    """``np.median(np.log1p(np.clip(i, 0, None)))`` of finite float32 values, bit for bit, without
+    mapping every value: clip and log1p are monotone, so the middle order statistics of the mapped
+    values are the mapped middle order statistics; only those (one or two) are mapped and averaged
+    as np.median does (float32 mean). Half the cost on a 50k-point scan (hot path of every frame)."""
+    n = i.size
+    k = n // 2
+    mid = np.partition(i, k)[k:k + 1] if n % 2 else np.partition(i, [k - 1, k])[k - 1:k + 1]
+    return float(np.mean(np.log1p(np.clip(mid, 0.0, None))))
 
 
 @dataclass

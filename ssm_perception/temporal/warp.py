@@ -114,14 +114,22 @@ def _as_se2_batch(T_prev_cur, batch: int) -> Tensor:
     return se2
 
 
-def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1) -> Tensor:
-    """Fractional (i, j) in the previous grid of every current cell centre: float64 [B, H, W, 2]."""
-    se2 = _as_se2_batch(T_prev_cur, batch)
-    ii = torch.arange(grid.nx, dtype=torch.float64)
-    jj = torch.arange(grid.ny, dtype=torch.float64)
+@functools.lru_cache(maxsize=8)
+def _cell_centres64(grid: BevGrid, device: torch.device) -> tuple[Tensor, Tensor]:
+    """float64 [H, W] x and y of the current cell centres on ``device`` (made once per grid and device)."""
+    ii = torch.arange(grid.nx, dtype=torch.float64, device=device)
+    jj = torch.arange(grid.ny, dtype=torch.float64, device=device)
     gi, gj = torch.meshgrid(ii, jj, indexing="ij")
-    x = grid.x_min + (gi + 0.5) * grid.resolution  # [H, W] current cell centres
-    y = grid.y_min + (gj + 0.5) * grid.resolution
+    return grid.x_min + (gi + 0.5) * grid.resolution, grid.y_min + (gj + 0.5) * grid.resolution
+
+
+def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1, device=None) -> Tensor:
+    """Fractional (i, j) in the previous grid of every current cell centre: float64 [B, H, W, 2],
+    computed on ``device`` (None: the CPU; only the three motion numbers go up)."""
+    se2 = _as_se2_batch(T_prev_cur, batch)
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    x, y = _cell_centres64(grid, dev)  # [H, W] current cell centres
+    se2 = upload(se2.contiguous(), dev)
     c = torch.cos(se2[:, 2]).view(-1, 1, 1)
     s = torch.sin(se2[:, 2]).view(-1, 1, 1)
     xp = c * x - s * y + se2[:, 0].view(-1, 1, 1)  # [B, H, W] in the previous frame
@@ -132,18 +140,32 @@ def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1) -> Tensor:
 
 
 def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "bilinear",
-                  dtype=torch.float32, device=None) -> tuple[Tensor, str]:
+                  dtype=torch.float32, device=None, on_device: bool | None = None) -> tuple[Tensor, str]:
     """The grid_sample grid [B, H, W, 2] for a motion, and the mode to sample with.
 
     Outside handling is folded into the grid so a warp is one grid_sample pass (memory traffic
     is the cost on CPU): sources inside the previous grid's extent are clamped to the edge cell
     centres (no fade at the half-cell rim), sources outside are sent far off the grid where
-    padding_mode='zeros' returns exactly 0."""
+    padding_mode='zeros' returns exactly 0. ``on_device`` None: the device way off the CPU (below);
+    True on the CPU runs that way there (tests)."""
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     h, w = grid.shape
-    src = source_indices(T_prev_cur, grid, batch)  # [B, H, W, 2] float64 (i, j)
-    if mode == "nearest" or bool((np.abs(src.numpy() - np.round(src.numpy())) < _ALIGN_TOL).all()):  # host
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    # Off the CPU the grid is computed on the device (a host float64 grid of every cell cost ~1 ms
+    # per warp, and its upload); whether the motion is cell-aligned is then decided on the host from
+    # the motion's affine (fused_step.warp_params: the same criterion up to ~1e-7 of a cell).
+    on_device = dev.type != "cpu" if on_device is None else on_device
+    src = source_indices(T_prev_cur, grid, batch, dev if on_device else None)  # [B, H, W, 2] float64 (i, j)
+    if mode == "nearest":
+        aligned = True
+    elif on_device:
+        from ssm_perception.temporal.fused_step import warp_params
+
+        aligned = not warp_params(T_prev_cur, grid, batch)[1]
+    else:
+        aligned = bool((np.abs(src.numpy() - np.round(src.numpy())) < _ALIGN_TOL).all())  # host numbers
+    if aligned:
         src, mode = src.round(), "nearest"
     fi, fj = src[..., 0], src[..., 1]
     inside = (fi > -0.5) & (fi < h - 0.5) & (fj > -0.5) & (fj < w - 0.5)
@@ -152,7 +174,7 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     fj = torch.where(inside, fj.clamp(0.0, w - 1.0), far)
     # grid_sample (align_corners=False): last dim is (u along W, v along H) in [-1, 1].
     g = torch.stack([(2.0 * fj + 1.0) / w - 1.0, (2.0 * fi + 1.0) / h - 1.0], -1)
-    return upload(g.to(dtype=dtype), device), mode  # pinned, asynchronous: no wait for the stream on CUDA
+    return (g.to(dtype=dtype) if on_device else upload(g.to(dtype=dtype), device)), mode
 
 
 def is_cell_rows(x: Tensor) -> bool:
