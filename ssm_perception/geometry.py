@@ -10,7 +10,6 @@ TF lookup of target ``a`` and source ``b``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import transforms3d.quaternions as tq
@@ -107,13 +106,3 @@ def interpolate_transform(t0: np.ndarray, t1: np.ndarray, alpha: float) -> np.nd
     q = slerp_xyzw(matrix_to_quat_xyzw(t0), matrix_to_quat_xyzw(t1), alpha)
     p = (1 - alpha) * t0[:3, 3] + alpha * t1[:3, 3]
     return make_transform(p, q)
-
-
-@dataclass(frozen=True)
-class Pose2D:
-    x: float
-    y: float
-    yaw: float
-
-    def matrix(self) -> np.ndarray:
-        return se2_matrix(self.x, self.y, self.yaw)

@@ -33,10 +33,6 @@ MAX_DETECTIONS = 256  # decoder cap per frame (best scores kept): a safety bound
 VEHICLES = (1, 2)
 
 
-def classes_compatible(a: int, b: int) -> bool:
-    return a == b or (a in VEHICLES and b in VEHICLES)
-
-
 @dataclass(frozen=True)
 class Detection:
     """One box. x, y, yaw, vx, vy are in ``frame``; vx/vy may be NaN when no velocity is known."""

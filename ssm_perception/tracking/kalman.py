@@ -141,12 +141,6 @@ class BoxEKF(ABC):
         Rs = np.asarray(R, dtype=np.float64)[idx][:, idx]
         return y, H @ self.P @ H.T + Rs, H, Rs
 
-    def gate_prediction(self) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted (x, y, yaw) and its covariance H P H^T: the track's half of the gating distance."""
-        idx = list(GATE_COMPONENTS)
-        H = self._H(self.x)[idx]
-        return self._h(self.x)[idx], H @ self.P @ H.T
-
     def mahalanobis(self, z: np.ndarray, R: np.ndarray, components=GATE_COMPONENTS) -> float:
         """Squared Mahalanobis distance of a measurement (default: x, y, yaw -> chi2 with 3 dof)."""
         y, S, _ = self.innovation(z, R, components)

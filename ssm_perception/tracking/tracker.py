@@ -304,9 +304,6 @@ class MultiObjectTracker:
                 out.append(d)
         return select_two_stage(out, self.cfg)
 
-    def _measurement(self, d: Detection) -> np.ndarray:
-        return np.array([d.x, d.y, d.yaw, d.vx, d.vy], dtype=np.float64)  # NaN velocity = not measured
-
     def cost_matrix(self, dets) -> np.ndarray:
         """[tracks, detections] squared Mahalanobis distances over (x, y, yaw); inf across
         incompatible classes or beyond the gate. Batched over all pairs (numpy, no Python loop).
