@@ -228,6 +228,16 @@ def analyse(d: dict, node_log: Path, grid_cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------ 4. pictures
+def _paths(tracks_by_stamp: dict, keep=lambda t: True) -> dict[int, np.ndarray]:
+    """[N, 2] odom positions per track number, in stamp order, of the Track messages ``keep`` accepts."""
+    xy: dict[int, list] = {}
+    for s in sorted(tracks_by_stamp):
+        for t in tracks_by_stamp[s]:
+            if keep(t):
+                xy.setdefault(int(t.track_number), []).append((t.pose.pose.position.x, t.pose.pose.position.y))
+    return {k: np.array(v) for k, v in xy.items()}
+
+
 def pictures(out: Path, d: dict, m: dict, grid_cfg) -> list[str]:
     import matplotlib
 
@@ -287,20 +297,10 @@ def pictures(out: Path, d: dict, m: dict, grid_cfg) -> list[str]:
     path = np.array([d["odom"][s] for s in sorted(d["odom"])]) if d["odom"] else np.zeros((0, 2))
     if len(path):
         ax.plot(path[:, 0], path[:, 1], "k-", lw=2, label="ego (odom)")
-    gt_xy: dict[int, list] = {}
-    for s in sorted(d["gt_obj"]):
-        for o in d["gt_obj"][s]:
-            gt_xy.setdefault(int(o.track_number), []).append((o.pose.pose.position.x, o.pose.pose.position.y))
-    for xy in gt_xy.values():
-        xy = np.array(xy)
+    for xy in _paths(d["gt_obj"]).values():
         ax.plot(xy[:, 0], xy[:, 1], color="0.8", lw=1)
-    tr_xy: dict[int, list] = {}
-    for s in sorted(d["tracks"]):
-        for t in d["tracks"][s]:
-            if t.status != 0:
-                tr_xy.setdefault(int(t.track_number), []).append((t.pose.pose.position.x, t.pose.pose.position.y))
+    tr_xy = _paths(d["tracks"], lambda t: t.status != 0)  # not tentative
     for tid, xy in tr_xy.items():
-        xy = np.array(xy)
         ax.plot(xy[:, 0], xy[:, 1], ".-", ms=3, lw=1, label=None)
         ax.annotate(str(tid), xy[-1], fontsize=6)
     if len(path):
