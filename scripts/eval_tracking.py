@@ -41,6 +41,7 @@ from rich.table import Table
 from ssm_perception.config import ConfigError, PerceptionConfig, TrackingConfig
 from ssm_perception.eval.synthetic import crossing_scenario
 from ssm_perception.eval.tracking import (
+    SupportStats,
     bag_sequence,
     cache_sim_detections,
     cache_sim_many,
@@ -127,11 +128,17 @@ def main(
     workers: Annotated[int, typer.Option(help="seeds simulated + detected in parallel processes")] = 1,
     device: Annotated[str, typer.Option(help="where the network runs: cpu | cuda (default: the config's)")] = "",
     cache_only: Annotated[bool, typer.Option(help="only fill the detection cache")] = False,
+    track_rule: Annotated[str, typer.Option(
+        help="the track rule (section track_support, tracking/support.py) after the tracker: on | off | both "
+             "(both: every source twice, the second as '<source> (no track rule)')")] = "on",
     out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("results/tracking_metrics.json"),
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     sources = detections or ["synthetic"]
     seeds = seeds or [0]
+    if track_rule not in ("on", "off", "both"):
+        raise typer.BadParameter(f"--track-rule must be on, off or both, got {track_rule!r}")
+    variants = {"on": [True], "off": [False], "both": [True, False]}[track_rule]
     for s in sources:
         if s not in SOURCES:
             raise typer.BadParameter(f"--detections must be one of {SOURCES}, got {s!r}")
@@ -169,7 +176,7 @@ def main(
         if cache_only:
             return
     results, match_m = {}, None
-    for source_name in sources:
+    for source_name, rule_on in [(s, v) for s in sources for v in variants]:
         src_cfg = cfg.model_copy(deep=True)
         ckpt = checkpoint if source_name == "model" else baseline_checkpoint
         if ckpt is not None:
@@ -202,10 +209,13 @@ def main(
                     model_info = source.model_info
                     sequences.append((_decoded_lazily(path, src_cfg), source))
                 names.append(str(path))
-        evaluator = evaluate_tracking(sequences, tracking_of[source_name], cfg.grid, progress=progress)
+        stats = SupportStats()
+        evaluator = evaluate_tracking(sequences, tracking_of[source_name], cfg.grid, progress=progress,
+                                      support=cfg.track_support if rule_on else None, stats=stats)
         metrics = evaluator.compute()
         match_m = evaluator.max_distance_m
-        results[source_name] = {
+        key = source_name if rule_on or track_rule == "off" else f"{source_name} (no track rule)"
+        results[key] = {
             "synthetic_detections": source_name == "synthetic",
             "note": ("SYNTHETIC detections perturbed from ground truth: these numbers measure the tracker, "
                      "not the perception model") if source_name == "synthetic" else "",
@@ -214,10 +224,17 @@ def main(
             "num_frames": evaluator.num_frames,
             "tracking_config": tracking_of[source_name].model_dump(),
             "frames_at_decoder_cap": saturated,
+            "track_rule": cfg.track_support.model_dump() if rule_on else None,
+            "track_support": stats.summary() if stats.instances else None,
             "metrics": metrics,
             "range_breakdown": evaluator.range_breakdown(),
         }
-        print_table(metrics, f"tracking, detections = {source_name}"
+        if stats.instances:
+            sm = stats.summary()
+            console.print(f"{key}: tracks without returns {sm['unsupported_share']:.3f} of {stats.instances}, "
+                          f"withheld {stats.withheld_unsupported} unsupported + {stats.withheld_static} static, "
+                          f"standing-car recall {sm['standing_car_recall']}")
+        print_table(metrics, f"tracking, detections = {key}"
                     f"{' (SYNTHETIC)' if source_name == 'synthetic' else ''}", console)
         print_ranges(evaluator.range_breakdown(), f"by distance from the ego, detections = {source_name}", console)
 

@@ -401,6 +401,47 @@ class TrackingConfig(_Section):
     )
 
 
+class TrackSupportConfig(_Section):
+    """Rule check of the published tracks (ssm_perception/tracking/support.py; README, "Your own
+    recordings"), the tracks' counterpart of the grid's evidence floor.
+
+    A track is published (confirmed or coasting) only while the current, motion-compensated LiDAR scan
+    supports it: at least ``min_returns`` non-ground returns inside its box grown by ``margin_m`` in
+    at least one of the last ``window_frames`` scans. An unsupported track (an occluded object the
+    network remembers, or one it invents) lives on in the tracker with its id and is published again
+    when returns come back. A track that never moved (``static_move_m`` over ``static_min_s``) while
+    sitting on returns in at least ``static_support`` of its scans (a parked car, or a false track on
+    a wall or building front) is published only if its class is one that stands still and its mean
+    detection score reaches ``static_min_score`` of that class. Scans without LiDAR are not checked.
+    """
+
+    enabled: bool = Field(True, description="withhold tracks the current LiDAR scan does not support")
+    min_returns: int = Field(
+        2, ge=1, description="non-ground returns of the current scan inside the track's footprint that support it"
+    )
+    margin_m: float = Field(0.25, ge=0, le=5, description="the track's box is grown by this for the support test [m]")
+    window_frames: int = Field(
+        1, ge=1, le=100, description="a track is published while it was supported in at least one of the last "
+        "this many LiDAR scans (1: this scan)"
+    )
+    static_rule: bool = Field(True, description="withhold static tracks on long-lived returns unless confident "
+                              "(static_min_score)")
+    static_min_s: float = Field(3.0, gt=0, description="a track younger than this is never judged static [s]")
+    static_move_m: float = Field(
+        1.0, gt=0, description="a track that stayed within this of its first position never moved [m]"
+    )
+    static_support: float = Field(
+        0.8, ge=0, le=1, description="... and sits on long-lived returns when supported in at least this share "
+        "of its scans"
+    )
+    static_min_score: PerClass = Field(
+        default_factory=lambda: PerClass(car=0.4, truck=0.4, cyclist=0.6, pedestrian=0.6),
+        description="a static track on returns is published only if its mean detection score reaches this for "
+        "its class (vehicles park; a value above 1 never publishes static tracks of that class; unknown class "
+        "0: never)",
+    )
+
+
 class DiagnosticsConfig(_Section):
     period_s: float = Field(1.0, gt=0, description="seconds between /diagnostics messages")
     latency_warn_ms: float = Field(100.0, gt=0, description="pipeline latency p50 above this is WARN")
@@ -426,6 +467,7 @@ class PerceptionConfig(_Section):
     model: ModelConfig = ModelConfig()
     reset: ResetConfig = ResetConfig()
     tracking: TrackingConfig = TrackingConfig()
+    track_support: TrackSupportConfig = TrackSupportConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     # a factory: EvidenceConfig's validator imports bev.lidar, which must not run while config is imported
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)

@@ -7,7 +7,8 @@ on the vehicle. One frame:
       -> encode sensors to BEV features (bev.features.encode_frame)
       -> warp the previous state into the current base_link (odom -> base_link motion, SE(2))
       -> temporal step + heads (model.step; reset cells zeroed inside the step)
-      -> occupancy / dynamic grids, detections (base_link -> odom), tracker (odom)
+      -> occupancy / dynamic grids, detections (base_link -> odom), tracker (odom), track rule
+         (tracking.support: a track is published only while the current scan has returns under it)
       -> state health (temporal.health.StateHealthMonitor), the rule check of the network against the
          scan's direct evidence (evidence.EvidenceCheck), input distribution shift (temporal.shift)
 
@@ -71,6 +72,7 @@ from ssm_perception.tracking.detections import (
     detections_to_odom,
     refine_with_radar,
 )
+from ssm_perception.tracking.support import TrackSupportReport, TrackSupportRule
 from ssm_perception.tracking.tracker import MultiObjectTracker, TrackState
 from ssm_perception.weights import SHIPPED_CHECKPOINTS
 from ssm_perception.weights import shipped_checkpoint as _shipped_in
@@ -171,7 +173,7 @@ class FrameOutputs:
     dynamic: np.ndarray  # [H, W] float32 P(occupied and dynamic)
     detections_base: list[Detection]
     detections_odom: list[Detection]
-    tracks: list[TrackState]  # odom
+    tracks: list[TrackState]  # odom; what is published: the tracker's output through the track rule
     health: HealthReport
     reset: ResetDecision
     # reset, encode, warp, temporal (model.step incl. its head convolutions), heads (decoding the
@@ -192,6 +194,8 @@ class FrameOutputs:
     # True between process(inp, track=False) and PerceptionPipeline.track(out): tracks and
     # detections_odom are still empty (the node publishes the grid in between)
     tracking_pending: bool = False
+    # the track rule (tracking/support.py): tracks withheld for lack of LiDAR support, or static on returns
+    track_support: TrackSupportReport | None = None
 
 
 def resolve_model(config: PerceptionConfig) -> tuple[BevPerceptionModel, dict]:
@@ -254,6 +258,7 @@ class PerceptionPipeline:
         # Only enabled sensors are watched: a vehicle without a camera must not report "camera never seen".
         self.health = StateHealthMonitor(self.grid, self.config.reset, sensors=enabled)
         self.tracker = MultiObjectTracker(self.config.tracking)
+        self.track_support = TrackSupportRule(self.config.track_support, self.grid)  # tracks need LiDAR returns
         self.lidar_input = LidarInput(self.config.lidar_input)  # per-sensor normalisation + mounting checks
         self.evidence_check = EvidenceCheck(self.config.evidence)
         self.shift = ShiftDetector(self.config.distribution_shift)
@@ -384,6 +389,7 @@ class PerceptionPipeline:
             self._spare_state = None  # a state of another episode: never written into again
             self.health.reset()
             self.tracker.reset()
+            self.track_support.reset()
             self.evidence_check.reset()
             dt_s, motion, reset_mask = _FIRST_FRAME_DT_S, None, None
         else:
@@ -480,8 +486,9 @@ class PerceptionPipeline:
         return self.track(out) if track else out
 
     def track(self, out: FrameOutputs) -> FrameOutputs:
-        """Stage 7 of the frame ``out`` (the latest ``process`` result): tracking in odom, skipped
-        with an empty result when the pose is unusable. Fills ``tracks`` and ``detections_odom`` and
+        """Stage 7 of the frame ``out`` (the latest ``process`` result): tracking in odom and the track
+        rule (tracking/support.py), skipped with an empty result when the pose is unusable. Fills
+        ``tracks`` (what is published), ``track_support`` and ``detections_odom`` and
         adds its time to ``latency_ms`` ("tracking", "total"). A no-op for a frame already tracked."""
         if not out.tracking_pending:
             return out
@@ -490,7 +497,11 @@ class PerceptionPipeline:
         t0 = time.perf_counter()
         if _finite_pose(out.T_odom_base):
             out.detections_odom = detections_to_odom(out.detections_base, out.T_odom_base)
-            out.tracks = self.tracker.update(out.detections_odom, out.stamp_ns / NS)
+            tracks = self.tracker.update(out.detections_odom, out.stamp_ns / NS)
+            # the track rule: published tracks need returns of the current scan (tracking/support.py)
+            counts = out.evidence.nonground_count if out.evidence is not None and out.sensors.get("lidar") else None
+            out.tracks, out.track_support = self.track_support.apply(tracks, counts, out.T_odom_base,
+                                                                     out.stamp_ns / NS)
         out.tracking_pending, self._pending_tracking = False, None
         ms = self._ms(t0)
         out.latency_ms["tracking"] = ms

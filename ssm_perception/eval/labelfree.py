@@ -9,11 +9,14 @@ Label-free (every bag), from the published values and the scan's own evidence (e
   scan in their footprint (grown by ``SUPPORT_MARGIN_M``), per track instance; tracks that never
   move (``STATIC_MOVE_M`` over at least ``STATIC_MIN_S``) while sitting on returns in most frames:
   parked cars, or false tracks on walls and poles; a share to look at, not an error by itself.
+  The same for confirmed tracks alone, and for the tracker's output before the track rule
+  (tracking/support.py: the published tracks plus those it withheld), with the withheld counts.
 
 With labels (io/labels.py), the simulator evaluation's matching rules (eval/mot.py): per class,
 2 m centre distance, objects and tracks inside the grid, labelled boxes without a LiDAR return
 (``num_points`` 0 or, without it, no non-ground return in the footprint) ignored; MOTA, IDF1, HOTA,
-recall by range; and the share of published tracks more than 2 m from every labelled box.
+recall by range; and the share of published tracks more than 2 m from every labelled box (also
+before the track rule).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 
 from ssm_perception.config import PerceptionConfig
 from ssm_perception.evidence import OCCUPIED_THRESHOLD
+from ssm_perception.tracking.support import footprint_cells as _footprint
+from ssm_perception.tracking.support import to_base as _to_base
 
 SUPPORT_MARGIN_M = 0.25  # a track's footprint grown by this for the support test
 STATIC_MOVE_M = 1.0  # a track whose positions stay within this of its first position never moved ...
@@ -48,28 +53,9 @@ class _TrackLife:
 
 def footprint_cells(grid, x: float, y: float, yaw: float, length: float, width: float,
                     margin: float = SUPPORT_MARGIN_M) -> np.ndarray:
-    """[H, W] bool: cells whose centre lies in the oriented box (base_link), grown by ``margin``."""
-    g = grid
-    hl, hw = 0.5 * max(length, 0.1) + margin, 0.5 * max(width, 0.1) + margin
-    r = math.hypot(hl, hw)
-    i0, i1 = max(0, math.floor((x - r - g.x_min) / g.resolution)), min(g.nx, math.ceil((x + r - g.x_min) / g.resolution))
-    j0, j1 = max(0, math.floor((y - r - g.y_min) / g.resolution)), min(g.ny, math.ceil((y + r - g.y_min) / g.resolution))
-    mask = np.zeros((g.nx, g.ny), bool)
-    if i0 >= i1 or j0 >= j1:
-        return mask
-    cx = g.x_min + (np.arange(i0, i1) + 0.5) * g.resolution - x
-    cy = g.y_min + (np.arange(j0, j1) + 0.5) * g.resolution - y
-    c, s = math.cos(yaw), math.sin(yaw)
-    u = c * cx[:, None] + s * cy[None, :]
-    v = -s * cx[:, None] + c * cy[None, :]
-    mask[i0:i1, j0:j1] = (np.abs(u) <= hl) & (np.abs(v) <= hw)
-    return mask
-
-
-def _to_base(T_base_odom: np.ndarray, x: float, y: float, yaw: float) -> tuple[float, float, float]:
-    bx = T_base_odom[0, 0] * x + T_base_odom[0, 1] * y + T_base_odom[0, 3]
-    by = T_base_odom[1, 0] * x + T_base_odom[1, 1] * y + T_base_odom[1, 3]
-    return bx, by, yaw + math.atan2(T_base_odom[1, 0], T_base_odom[0, 0])
+    """[H, W] bool: cells whose centre lies in the oriented box (base_link), grown by ``margin``
+    (the track rule's own footprint, tracking/support.py)."""
+    return _footprint(grid, x, y, yaw, length, width, margin)
 
 
 class LabelFreeMetrics:
@@ -79,7 +65,10 @@ class LabelFreeMetrics:
         self.cfg = cfg
         self.n = {k: 0 for k in ("frames", "evidence", "evidence_pub", "evidence_net", "nonground", "nonground_pub",
                                  "see_through", "see_through_pub", "track_instances", "track_unsupported",
-                                 "label_frames", "tracks_near_labels", "tracks_far_from_labels")}
+                                 "confirmed_instances", "confirmed_unsupported", "rule_instances",
+                                 "rule_unsupported", "withheld_unsupported", "withheld_static",
+                                 "label_frames", "tracks_near_labels", "tracks_far_from_labels",
+                                 "rule_near_labels", "rule_far_from_labels")}
         self.disagreement: list[float] = []
         self._lives: list[dict[int, _TrackLife]] = []
         self.mot = None
@@ -123,16 +112,36 @@ class LabelFreeMetrics:
         if out.T_odom_base is not None and np.all(np.isfinite(out.T_odom_base)):
             T = invert_transform(np.asarray(out.T_odom_base, np.float64))
         published = [tr for tr in out.tracks if tr.status != "tentative"]
+        # the tracker's output before the track rule (tracking/support.py): published + withheld
+        rule = getattr(out, "track_support", None)
+        withheld = list(rule.withheld_tracks) if rule is not None else []
+        if rule is not None:
+            n["withheld_unsupported"] += len(rule.withheld_unsupported)
+            n["withheld_static"] += len(rule.withheld_static)
+
+        def support(tr) -> bool | None:  # None: outside the grid, or nothing to judge with
+            if T is None or ev is None:
+                return None
+            bx, by, byaw = _to_base(T, tr.x, tr.y, tr.yaw)
+            cells = footprint_cells(c.grid, bx, by, byaw, tr.length, tr.width)
+            return bool((ev.nonground_count[cells] > 0).any()) if cells.any() else None
+
+        for tr in withheld:
+            s = support(tr)
+            if s is not None:
+                n["rule_instances"] += 1
+                n["rule_unsupported"] += not s
         lives = self._lives[-1]
         for tr in published:
-            supported = None
-            if T is not None and ev is not None:
-                bx, by, byaw = _to_base(T, tr.x, tr.y, tr.yaw)
-                cells = footprint_cells(c.grid, bx, by, byaw, tr.length, tr.width)
-                if cells.any():  # inside the grid
-                    supported = bool((ev.nonground_count[cells] > 0).any())
-                    n["track_instances"] += 1
-                    n["track_unsupported"] += not supported
+            supported = support(tr)
+            if supported is not None:
+                n["track_instances"] += 1
+                n["track_unsupported"] += not supported
+                n["rule_instances"] += 1
+                n["rule_unsupported"] += not supported
+                if tr.status == "confirmed":
+                    n["confirmed_instances"] += 1
+                    n["confirmed_unsupported"] += not supported
             life = lives.get(tr.id)
             if life is None:
                 life = lives[tr.id] = _TrackLife(t_s, t_s, tr.x, tr.y)
@@ -142,10 +151,10 @@ class LabelFreeMetrics:
             life.supported += bool(supported)
             life.path.append((float(tr.x), float(tr.y)))
         if labels is not None and T is not None:
-            self._add_labels(labels, published, T, ev)
+            self._add_labels(labels, published, T, ev, withheld)
         return rec
 
-    def _add_labels(self, labels: list, published: list, T: np.ndarray, ev) -> None:
+    def _add_labels(self, labels: list, published: list, T: np.ndarray, ev, withheld: list = ()) -> None:
         from ssm_perception.eval.mot import GroundTruthObject
         from ssm_perception.eval.tracking import in_grid
 
@@ -174,6 +183,11 @@ class LabelFreeMetrics:
         for h in hyp:
             far = all(math.hypot(h.x - o.x, h.y - o.y) > FAR_FROM_LABELS_M for o in boxes)
             self.n["tracks_far_from_labels" if far else "tracks_near_labels"] += 1
+            self.n["rule_far_from_labels" if far else "rule_near_labels"] += 1
+        for t in withheld:  # before the rule: the withheld tracks were there too
+            if in_grid(t.x, t.y, T_odom_base, g):
+                far = all(math.hypot(t.x - o.x, t.y - o.y) > FAR_FROM_LABELS_M for o in boxes)
+                self.n["rule_far_from_labels" if far else "rule_near_labels"] += 1
 
     def summary(self) -> dict:
         n = self.n
@@ -198,6 +212,13 @@ class LabelFreeMetrics:
                 "instances_in_grid": n["track_instances"],
                 "unsupported_instances": n["track_unsupported"],
                 "unsupported_share": share("track_unsupported", "track_instances"),
+                "confirmed_instances_in_grid": n["confirmed_instances"],
+                "confirmed_unsupported_share": share("confirmed_unsupported", "confirmed_instances"),
+                # the tracker's output before the track rule (published + withheld by it)
+                "before_rule_instances_in_grid": n["rule_instances"],
+                "before_rule_unsupported_share": share("rule_unsupported", "rule_instances"),
+                "withheld_unsupported_instances": n["withheld_unsupported"],
+                "withheld_static_instances": n["withheld_static"],
                 "ids": len(lives),
                 "static_on_evidence_ids": len(static),
                 "static_on_evidence_share": len(static) / len(lives) if lives else None,
@@ -206,12 +227,15 @@ class LabelFreeMetrics:
         }
         if self.mot is not None and self.mot.num_frames:
             far = n["tracks_far_from_labels"]
+            far0 = n["rule_far_from_labels"]
             out["labels"] = {
                 "frames": n["label_frames"],
                 "tracking": self.mot.compute(),
                 "recall_by_range": self.mot.range_breakdown(),
                 "tracks_far_from_labels_share": far / (far + n["tracks_near_labels"])
                 if far + n["tracks_near_labels"] else None,
+                "tracks_far_from_labels_share_before_rule": far0 / (far0 + n["rule_near_labels"])
+                if far0 + n["rule_near_labels"] else None,
             }
         return out
 

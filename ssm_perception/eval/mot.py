@@ -71,6 +71,9 @@ class GtFrame:
     T_odom_base: np.ndarray  # [4, 4]
     objects: list[GroundTruthObject] | None  # None: no truth at this stamp (tracked, not scored)
     sensors: Any = None  # what a detection source needs besides the truth (e.g. the simulator's frame)
+    # the scan's non-ground returns per cell, sparse (flat cell indices, counts): the track rule's input
+    # (tracking/support.py), kept in the detection caches; None: not known
+    nonground: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _distances(gt: Sequence[PlanarObject], hyp: Sequence[PlanarObject]) -> np.ndarray:

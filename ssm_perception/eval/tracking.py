@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ssm_perception.config import GridConfig, TrackingConfig
+from ssm_perception.config import GridConfig, TrackingConfig, TrackSupportConfig
 from ssm_perception.eval.mot import GroundTruthObject, GtFrame, MotEvaluator
 from ssm_perception.eval.synthetic import (
     SyntheticDetectionConfig,
@@ -62,6 +62,7 @@ from ssm_perception.tracking.detections import (
     detections_to_odom,
     select_two_stage,
 )
+from ssm_perception.tracking.support import TrackSupportRule, footprint_returns, to_base
 from ssm_perception.tracking.tracker import MultiObjectTracker
 
 DetectionSource = Callable[[GtFrame], list[Detection]]  # frame -> detections in base_link
@@ -131,6 +132,41 @@ def synthetic_source(grid: GridConfig, seed: int, cfg: SyntheticDetectionConfig 
     return lambda frame: synthetic_detections(frame.objects or [], frame.T_odom_base, grid, rng, cfg)
 
 
+PARKED_SPEED_MPS = 0.2  # a ground-truth car slower than this is standing (parked or waiting)
+SUPPORT_MARGIN_M = 0.25  # eval/labelfree.py's footprint growth for "a track without returns"
+
+
+def sparse_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[H, W] per-cell counts -> (flat indices int32, counts uint16) of the non-zero cells."""
+    flat = np.asarray(counts).ravel()
+    idx = np.flatnonzero(flat)
+    return idx.astype(np.int32), np.minimum(flat[idx], 65535).astype(np.uint16)
+
+
+def dense_counts(sparse: tuple[np.ndarray, np.ndarray], grid: GridConfig) -> np.ndarray:
+    out = np.zeros(grid.nx * grid.ny, np.int32)
+    out[sparse[0]] = sparse[1]
+    return out.reshape(grid.nx, grid.ny)
+
+
+@dataclass
+class SupportStats:
+    """Track support and standing-car recall over a tracking evaluation (the track rule's effect)."""
+
+    instances: int = 0  # published (confirmed, coasting) track instances inside the grid with a scan
+    unsupported: int = 0  # ... without a non-ground return in their footprint (eval/labelfree.py's test)
+    withheld_unsupported: int = 0  # instances the rule withheld: no support
+    withheld_static: int = 0  # ... static on returns, not confident
+    standing_cars: int = 0  # counted ground-truth cars (>= 1 return, in the grid) standing still
+    standing_cars_tracked: int = 0  # ... with a published car track within the match distance
+
+    def summary(self) -> dict:
+        return {**self.__dict__,
+                "unsupported_share": self.unsupported / self.instances if self.instances else None,
+                "standing_car_recall": self.standing_cars_tracked / self.standing_cars if self.standing_cars
+                else None}
+
+
 def evaluate_tracking(
     sequences: Iterable[tuple[Iterable[GtFrame], DetectionSource]],
     tracking: TrackingConfig,
@@ -138,6 +174,8 @@ def evaluate_tracking(
     evaluator: MotEvaluator | None = None,
     progress: bool = False,
     min_points: int = MIN_LIDAR_POINTS,
+    support: TrackSupportConfig | None = None,
+    stats: SupportStats | None = None,
 ) -> MotEvaluator:
     """Track every sequence from scratch and accumulate metrics over the grid region.
 
@@ -147,11 +185,19 @@ def evaluate_tracking(
     ``split_ground_truth``): tracks on it are neither rewarded nor punished (MOTChallenge's
     distractors; nuScenes drops such boxes from the truth and would count a track coasting through
     an occlusion as a false positive, which punishes exactly what the planner wants).
+
+    ``support``: the track rule (tracking/support.py), as PerceptionPipeline.process applies it after
+    the tracker, on the scan's non-ground counts (``GtFrame.nonground``, or the pipeline source's
+    last frame); frames without them pass unchanged. ``stats`` accumulates track support and the
+    recall of standing cars (``SupportStats``) when the counts are known.
     """
     evaluator = evaluator or MotEvaluator()
     tracker = MultiObjectTracker(tracking)
+    rule = TrackSupportRule(support, grid) if support is not None else None
     for k, (frames, source) in enumerate(sequences):
         tracker.reset()
+        if rule is not None:
+            rule.reset()
         evaluator.start_sequence()
         for frame in tqdm(frames, desc=f"sequence {k}", unit="frame", disable=not progress, leave=False):
             # The tracker selects (thresholds, NMS) itself; selecting first in base_link gives the same
@@ -159,10 +205,34 @@ def evaluate_tracking(
             strong, weak = select_two_stage(source(frame), tracking)
             dets = detections_to_odom(strong + weak, frame.T_odom_base)
             tracks = tracker.update(dets, frame.stamp_s)
+            counts = None
+            if frame.nonground is not None:
+                counts = dense_counts(frame.nonground, grid)
+            elif getattr(source, "last_nonground", None) is not None:
+                counts = source.last_nonground
+            if rule is not None:
+                tracks, report = rule.apply(tracks, counts, frame.T_odom_base, frame.stamp_s)
+                if stats is not None:
+                    stats.withheld_unsupported += len(report.withheld_unsupported)
+                    stats.withheld_static += len(report.withheld_static)
             hyp = [t for t in tracks if t.status != "tentative" and in_grid(t.x, t.y, frame.T_odom_base, grid)]
+            if stats is not None and counts is not None:
+                T_base_odom = invert_transform(np.asarray(frame.T_odom_base, np.float64))
+                for t in hyp:
+                    n = footprint_returns(counts, grid, *to_base(T_base_odom, t.x, t.y, t.yaw), t.length, t.width,
+                                          SUPPORT_MARGIN_M)
+                    if n is not None:
+                        stats.instances += 1
+                        stats.unsupported += n == 0
             if frame.objects is None:  # no truth at this stamp: tracked (state continuity), not scored
                 continue
             gt, ignored = split_ground_truth(frame.objects, frame.T_odom_base, grid, min_points)
+            if stats is not None:
+                for o in gt:
+                    if o.cls == 1 and math.hypot(o.vx, o.vy) < PARKED_SPEED_MPS:
+                        stats.standing_cars += 1
+                        stats.standing_cars_tracked += any(
+                            t.cls == 1 and math.hypot(t.x - o.x, t.y - o.y) <= evaluator.max_distance_m for t in hyp)
             evaluator.update(gt, hyp, ignored, ego_xy=(float(frame.T_odom_base[0, 3]), float(frame.T_odom_base[1, 3])))
     return evaluator
 
@@ -242,16 +312,23 @@ def pipeline_source(config, kind: str) -> DetectionSource:
         if frame.sensors is None:
             raise ValueError(f"--detections {kind} needs sensor data: frames from sim_sequence or bag_sequence")
         if isinstance(frame.sensors, FrameInputs):  # decoded from a bag
-            return pipeline.process(frame.sensors).detections_base
-        sc, fr = frame.sensors
-        return pipeline.process(FrameInputs.from_sim(sc, fr, assembler)).detections_base
+            out = pipeline.process(frame.sensors)
+        else:
+            sc, fr = frame.sensors
+            out = pipeline.process(FrameInputs.from_sim(sc, fr, assembler))
+        # the scan's non-ground counts, for the track rule of a tracker run outside the pipeline
+        source.last_nonground = out.evidence.nonground_count \
+            if out.evidence is not None and out.sensors.get("lidar") else None  # type: ignore[attr-defined]
+        return out.detections_base
+
+    source.last_nonground = None  # type: ignore[attr-defined]
 
     source.model_info = pipeline.model_info  # type: ignore[attr-defined]  # for the results file
     return source
 
 
 # ------------------------------------------------------------------------------ cached detections
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: frames keep the scan's non-ground counts (the track rule's input)
 
 
 @dataclass
@@ -330,7 +407,9 @@ def cache_detections(
     for frame in tqdm(frames(), desc=f"detections {name}", unit="frame", disable=not progress, leave=False):
         for s, src in srcs.items():
             dets[s].append(src(frame))
-        kept.append(replace(frame, sensors=None))
+        # the scan's counts come from the encoder, the same for every source: the first one's
+        counts = srcs[next(iter(srcs))].last_nonground if srcs else None
+        kept.append(replace(frame, sensors=None, nonground=None if counts is None else sparse_counts(counts)))
     out = CachedSequence(name=name, frames=kept, detections=dets, floor=float(floor), model_info=infos)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,14 +457,16 @@ def cache_sim_many(preset: str, seeds: Sequence[int], duration_s: float | None, 
 
 
 def evaluate_cached(caches: Sequence[CachedSequence], source: str, tracking: TrackingConfig, grid: GridConfig,
-                    min_points: int = MIN_LIDAR_POINTS) -> MotEvaluator:
+                    min_points: int = MIN_LIDAR_POINTS, support: TrackSupportConfig | None = None,
+                    stats: SupportStats | None = None) -> MotEvaluator:
     """``evaluate_tracking`` on cached detections: a fresh tracker per sequence with ``tracking``."""
     lowest = min(tracking.score_threshold.of(k, 1.0) for k in (1, 2, 3, 4))
     floor = max((c.floor for c in caches), default=0.0)
     if lowest < floor - 1e-9:
         raise ValueError(f"a score threshold of {lowest} is below the cached detections' floor {floor}: "
                          "re-cache with a lower floor")
-    return evaluate_tracking([c.sequence(source) for c in caches], tracking, grid, min_points=min_points)
+    return evaluate_tracking([c.sequence(source) for c in caches], tracking, grid, min_points=min_points,
+                             support=support, stats=stats)
 
 
 # ------------------------------------------------------------------------------ bags

@@ -1,0 +1,189 @@
+"""The track rule (tracking/support.py): a track is published only while the current LiDAR scan has
+returns under it; static tracks on long-lived returns only when the model is confident of a class
+that stands still (a parked car stays, a wall track goes); through PerceptionPipeline.process."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ssm_perception.config import GridConfig, PerceptionConfig, TrackSupportConfig
+from ssm_perception.geometry import make_transform, se2_matrix
+from ssm_perception.heads import HEAD_CHANNELS
+from ssm_perception.io.pointcloud2 import LIDAR_DTYPE
+from ssm_perception.model import BevPerceptionModel
+from ssm_perception.pipeline import FrameInputs, PerceptionPipeline
+from ssm_perception.temporal.warp import warp_state
+from ssm_perception.tracking.support import TrackSupportRule, footprint_returns
+
+GRID = GridConfig(length_x=20.0, length_y=20.0, resolution=0.5)  # 40 x 40 cells, x_min = y_min = -10
+T_BASE_LIDAR = make_transform((0.0, 0.0, 1.8))
+S = 1_000_000_000
+DT = S // 10
+
+
+def _track(tid, x, y, cls=1, score=0.8, status="confirmed", length=4.5, width=1.9):
+    return SimpleNamespace(id=tid, cls=cls, status=status, x=x, y=y, yaw=0.0, length=length, width=width,
+                           score=score, class_probs={cls: 1.0})
+
+
+def _counts(*boxes) -> np.ndarray:
+    """[H, W] non-ground counts: 5 returns in every cell of each base_link box (x0, x1, y0, y1)."""
+    c = np.zeros((GRID.nx, GRID.ny), np.int32)
+    for x0, x1, y0, y1 in boxes:
+        i0, i1 = int((x0 - GRID.x_min) / GRID.resolution), int((x1 - GRID.x_min) / GRID.resolution)
+        j0, j1 = int((y0 - GRID.y_min) / GRID.resolution), int((y1 - GRID.y_min) / GRID.resolution)
+        c[i0:i1, j0:j1] = 5
+    return c
+
+
+def _published_ids(rule, tracks, counts, k, ego_x=0.0):
+    out, rep = rule.apply(tracks, counts, se2_matrix(ego_x, 0, 0), 1.0 + 0.1 * k)
+    assert rep.checked
+    return [t.id for t in out], rep
+
+
+def test_unsupported_track_is_withheld_and_comes_back_with_its_id():
+    rule = TrackSupportRule(TrackSupportConfig(), GRID)
+    car = (3.0, 6.0, -1.0, 1.0)  # returns of a car at base_link x 4.5
+    ghost = _track(2, -5.0, -6.0)  # a confirmed track on empty ground
+    ids, rep = _published_ids(rule, [_track(1, 4.5, 0.0), ghost], _counts(car), 0)
+    assert ids == [1] and rep.withheld_unsupported == [2] and rep.returns[2] == 0 and rep.returns[1] > 0
+    # occluded for a scan: withheld (the tracker keeps it); returns again: published, same id
+    ids, rep = _published_ids(rule, [_track(1, 4.5, 0.0)], _counts(), 1)
+    assert ids == [] and rep.withheld_unsupported == [1]
+    ids, _ = _published_ids(rule, [_track(1, 4.5, 0.0)], _counts(car), 2)
+    assert ids == [1]
+    # a coasting track with returns under it is published (as coasting); without, it is not
+    ids, _ = _published_ids(rule, [_track(1, 4.5, 0.0, status="coasting")], _counts(car), 3)
+    assert ids == [1]
+    ids, _ = _published_ids(rule, [_track(1, 4.5, 0.0, status="coasting")], _counts(), 4)
+    assert ids == []
+
+
+def test_support_window_and_min_returns():
+    rule = TrackSupportRule(TrackSupportConfig(window_frames=3, min_returns=2), GRID)
+    car = (3.0, 6.0, -1.0, 1.0)
+    assert _published_ids(rule, [_track(1, 4.5, 0.0)], _counts(car), 0)[0] == [1]
+    assert _published_ids(rule, [_track(1, 4.5, 0.0)], _counts(), 1)[0] == [1]  # 1 scan without: in the window
+    assert _published_ids(rule, [_track(1, 4.5, 0.0)], _counts(), 2)[0] == [1]
+    assert _published_ids(rule, [_track(1, 4.5, 0.0)], _counts(), 3)[0] == []  # 3 scans without
+    one = np.zeros((GRID.nx, GRID.ny), np.int32)
+    one[29, 20] = 1  # a single return under the box: below min_returns
+    assert footprint_returns(one, GRID, 4.5, 0.0, 0.0, 4.5, 1.9, 0.25) == 1
+    assert _published_ids(rule, [_track(1, 4.5, 0.0)], one, 4)[0] == []
+    # tentative tracks are not the rule's business (published only with publish_tentative, flagged)
+    assert _published_ids(rule, [_track(7, -5.0, -6.0, status="tentative")], _counts(), 5)[0] == [7]
+
+
+def test_moving_track_kept_parked_car_kept_static_wall_track_withheld():
+    rule = TrackSupportRule(TrackSupportConfig(), GRID)
+    published = {1: 0, 2: 0, 3: 0}
+    frames = 45  # 4.5 s: past static_min_s (3 s)
+    for k in range(frames):
+        ego_x = 0.0
+        mover_x = -6.0 + 0.25 * k  # 2.5 m/s along x
+        tracks = [_track(1, mover_x, 5.0, score=0.5),  # moving car
+                  _track(2, 4.5, -5.0, score=0.8),  # parked car, confidently a car
+                  _track(3, -5.0, -5.0, cls=4, score=0.45, length=0.8, width=0.8)]  # a "pedestrian" on a wall
+        counts = _counts((mover_x - 2, mover_x + 2, 4.5, 5.5), (3.0, 6.0, -6.0, -4.0), (-5.5, -4.5, -7.0, -3.0))
+        ids, rep = _published_ids(rule, tracks, counts, k, ego_x)
+        for i in ids:
+            published[i] += 1
+        if k == frames - 1:
+            assert rep.withheld_static == [3]
+    assert published[1] == frames  # moving with returns: always published
+    assert published[2] == frames  # parked car: static on returns, confident car: kept
+    assert published[3] == 30  # the wall track: published until it is 3 s old, then withheld
+    # the same parked car with a weak score is withheld once judged static
+    weak = TrackSupportRule(TrackSupportConfig(), GRID)
+    for k in range(frames):
+        ids, _ = _published_ids(weak, [_track(2, 4.5, -5.0, score=0.3)], _counts((3.0, 6.0, -6.0, -4.0)), k)
+    assert ids == []
+    # the rule off: everything passes
+    off = TrackSupportRule(TrackSupportConfig(enabled=False), GRID)
+    out, rep = off.apply([_track(2, -5.0, -6.0)], _counts(), se2_matrix(0, 0, 0), 1.0)
+    assert [t.id for t in out] == [2] and not rep.checked
+
+
+def test_without_lidar_tracks_are_not_checked():
+    rule = TrackSupportRule(TrackSupportConfig(), GRID)
+    out, rep = rule.apply([_track(2, -5.0, -6.0)], None, se2_matrix(0, 0, 0), 1.0)
+    assert [t.id for t in out] == [2] and not rep.checked
+
+
+# ------------------------------------------------------------------------------ through the pipeline
+class _PeaksModel(nn.Module):
+    """Test double of BevPerceptionModel: car centre peaks at the cells in ``peaks``, nothing else."""
+
+    kind = "fake"
+
+    def __init__(self, config):
+        super().__init__()
+        self.grid = BevPerceptionModel(config).grid
+        self.peaks: list[tuple[int, int]] = []
+        self.w = nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def init_state(self, batch=1, device=None):
+        return {"h": torch.zeros(batch, 1, *self.grid.shape)}
+
+    def warp(self, state, T_prev_cur, mode="bilinear"):
+        return warp_state(state, T_prev_cur, self.grid, mode)
+
+    def step(self, x, state, dt, reset_mask=None):
+        b, _, h, w = x.shape
+        out = {k: torch.zeros(b, c, h, w) for k, c in HEAD_CHANNELS.items()}
+        out["center_logit"] -= 20.0
+        out["occupancy_logit"] += 5.0  # the detections' occupancy gate passes everywhere
+        out["box_yaw"][:, 1] = 1.0
+        out["box_size"] += torch.log(torch.tensor([4.5, 1.9, 1.6])).view(1, 3, 1, 1)
+        for i, j in self.peaks:
+            out["center_logit"][0, 0, i, j] = 5.0  # a car
+        return out, {"h": state["h"] + 1}
+
+
+def _car_cloud(with_car: bool, seed: int) -> np.ndarray:
+    """Ground returns around the ego, plus (``with_car``) a car body at base_link x 3.5..5.5, |y| < 1."""
+    rng = np.random.default_rng(seed)
+    n_car, n_ground = (400 if with_car else 0), 2000
+    a = np.zeros(n_car + n_ground, LIDAR_DTYPE)
+    a["x"][:n_car] = rng.uniform(3.5, 5.5, n_car)
+    a["y"][:n_car] = rng.uniform(-1.0, 1.0, n_car)
+    a["z"][:n_car] = rng.uniform(0.4, 1.5, n_car) - 1.8
+    r, th = rng.uniform(2, 9.5, n_ground), rng.uniform(-np.pi, np.pi, n_ground)
+    a["x"][n_car:], a["y"][n_car:] = r * np.cos(th), r * np.sin(th)
+    a["z"][n_car:] = -1.8 + rng.normal(0, 0.01, n_ground)
+    a["intensity"] = 10.0
+    return a
+
+
+@pytest.mark.parametrize("rule_on", [True, False])
+def test_pipeline_publishes_only_supported_tracks(rule_on):
+    cfg = PerceptionConfig(grid=GRID, model={"kind": "logodds"}, track_support={"enabled": rule_on})
+    model = _PeaksModel(cfg)
+    p = PerceptionPipeline(cfg, model=model)
+    car, ghost = (29, 20), (10, 8)  # cells: base_link (4.75, 0.25) on the car's returns, (-4.75, -5.75) empty
+    model.peaks = [car, ghost]
+    for k in range(3):
+        out = p.process(FrameInputs(S + k * DT, se2_matrix(0, 0, 0), lidar=_car_cloud(True, k),
+                                    T_base_lidar=T_BASE_LIDAR))
+    xs = sorted(round(t.x) for t in out.tracks)
+    if not rule_on:  # the tracker alone publishes the ghost
+        assert xs == [-5, 5] and not out.track_support.checked
+        return
+    assert xs == [5] and all(t.status == "confirmed" for t in out.tracks)
+    assert len(out.track_support.withheld_unsupported) == 1 and out.track_support.published == 1
+    car_id = out.tracks[0].id
+    # the car's returns vanish (occluded) while the network still reports it: withheld, not deleted
+    out = p.process(FrameInputs(S + 3 * DT, se2_matrix(0, 0, 0), lidar=_car_cloud(False, 3),
+                                T_base_lidar=T_BASE_LIDAR))
+    assert out.tracks == [] and car_id in out.track_support.withheld_unsupported
+    out = p.process(FrameInputs(S + 4 * DT, se2_matrix(0, 0, 0), lidar=_car_cloud(True, 4),
+                                T_base_lidar=T_BASE_LIDAR))
+    assert [t.id for t in out.tracks] == [car_id]
