@@ -18,13 +18,13 @@ import platform
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssm_perception.bench import sample_ms
 from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.ground import fit_ground_plane, fit_ground_plane_open3d
@@ -73,15 +73,9 @@ LAST_MIN: dict[str, float] = {}  # min of the last median_ms call (the least-con
 
 
 def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    LAST_MIN["ms"] = 1e3 * min(ts)
-    return 1e3 * statistics.median(ts)
+    ts = sample_ms(fn, repeats, warmup)
+    LAST_MIN["ms"] = min(ts)
+    return statistics.median(ts)
 
 
 def bench_encoders(grid: BevGrid, lidar, radar, camera, repeats: int) -> dict:

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssm_perception.bench import percentiles, sample_ms
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import ModelConfig
 from ssm_perception.temporal.mamba import MambaCore
@@ -36,16 +36,8 @@ MOTION = (0.43, 0.12, 0.03)  # one 10 Hz frame at ~4.5 m/s with a gentle turn (b
 
 
 def latency(fn, iters: int, warmup: int = 3) -> dict:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    t = torch.tensor(ts)
-    return {"p50_ms": round(float(t.quantile(0.5)), 2), "p99_ms": round(float(t.quantile(0.99)), 2),
-            "min_ms": round(float(t.min()), 2), "iters": iters}
+    p = percentiles(sample_ms(fn, iters, warmup))
+    return {"p50_ms": round(p["p50"], 2), "p99_ms": round(p["p99"], 2), "min_ms": round(p["min"], 2), "iters": iters}
 
 
 def bench_size(core: MambaCore, n: int, iters: int, seq_len: int) -> dict:

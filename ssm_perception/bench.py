@@ -97,6 +97,19 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
             "n": int(a.size)}
 
 
+def sample_ms(fn, repeats: int, warmup: int) -> list[float]:
+    """Wall times [ms] of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CPU micro-benchmarks
+    of single stages: scripts/bench_core_cpu.py, scripts/bench_mamba_cpu.py)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
 class _Timer:
     """Wall time of a block with the device drained at both ends (CUDA launches are asynchronous)."""
 
