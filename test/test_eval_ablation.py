@@ -78,6 +78,9 @@ def test_ablation_rows_gains_and_sensors_really_off(bag):
     assert "| `lidar+camera` |" in md and "trained with all three sensors" in md
     assert "## Sensor ablation" in (out / "report.md").read_text()
     assert json.loads((out / "ablation.json").read_text())["ablation"]["sets"] == ab["sets"]
+    from ssm_perception.eval.ablation import plot
+
+    assert plot(ab, out / "ablation.png") and (out / "ablation.png").stat().st_size > 0
 
 
 def test_paired_bootstrap_interval():

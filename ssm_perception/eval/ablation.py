@@ -330,8 +330,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot(ab: dict, path) -> bool:
-    """Bars per sensor set: IoU, moving IoU, car MOTA, car IDF1 (left); process p50 and the encode
-    parts p50 (right). One figure per evaluation (the first model with rows)."""
+    """Left: each set's gain over LiDAR only (IoU and moving IoU with their 95 % intervals, car MOTA
+    and IDF1); right: the encode stage's parts per sensor (p50), the process p50 written above.
+    One figure per evaluation (the first model with rows)."""
     spec = next((s for s, m in ab["models"].items() if m["rows"]), None)
     if spec is None:
         return False
@@ -341,30 +342,43 @@ def plot(ab: dict, path) -> bool:
     import matplotlib.pyplot as plt
 
     rows = ab["models"][spec]["rows"]
-    names = [r["set"] for r in rows]
-    x = np.arange(len(rows))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    metrics = [("IoU", lambda r: r["iou"]), ("moving IoU", lambda r: r["moving_iou"]),
-               ("car MOTA", lambda r: _car(r, "mota")), ("car IDF1", lambda r: _car(r, "idf1"))]
+    gains = [r for r in rows if r["gain_over_lidar"]]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    metrics = [("IoU", "iou", "iou_ci95"), ("moving IoU", "moving_iou", "moving_iou_ci95"),
+               ("car MOTA", ("car", "mota"), None), ("car IDF1", ("car", "idf1"), None)]
+    x = np.arange(len(gains))
     w = 0.8 / len(metrics)
-    for k, (label, get) in enumerate(metrics):
-        v = [np.nan if get(r) is None else get(r) for r in rows]
-        ax.bar(x + (k - (len(metrics) - 1) / 2) * w, v, w, label=label)
-    ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{spec}: quality per sensor set", fontsize=9)
+    for k, (label, key, ci_key) in enumerate(metrics):
+        vals, err = [], [[], []]
+        for r in gains:
+            g = r["gain_over_lidar"]
+            v = (g["tracking"].get(key[0]) or {}).get(key[1]) if isinstance(key, tuple) else g.get(key)
+            v = np.nan if v is None else v
+            ci = g.get(ci_key) if ci_key else None
+            vals.append(v)
+            err[0].append(v - ci[0] if ci else 0.0)
+            err[1].append(ci[1] - v if ci else 0.0)
+        ax.bar(x + (k - (len(metrics) - 1) / 2) * w, vals, w, label=label, yerr=err if ci_key else None, capsize=3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x, [r["set"] for r in gains], fontsize=8)
+    ax.set_ylabel("gain over LiDAR only")
+    ax.set_title(f"{spec}: gain over LiDAR only (bars: 95 % bootstrap interval)", fontsize=9)
     ax.legend(fontsize=7)
+    xs = np.arange(len(rows))
     bottom = np.zeros(len(rows))
     for s in SENSORS:
         v = np.array([(r["latency_ms"]["encode_parts"].get(s) or {}).get("p50", 0.0) for r in rows])
-        bx.bar(x, v, 0.5, bottom=bottom, label=f"encode: {s}")
+        bx.bar(xs, v, 0.5, bottom=bottom, label=f"encode: {s}")
         bottom += v
-    total = [(r["latency_ms"]["process"] or {}).get("p50", np.nan) for r in rows]
-    bx.plot(x, total, "k_", ms=30, mew=2, label="process p50 (all stages)")
-    bx.set_xticks(x, names, fontsize=8)
-    bx.set_ylabel("ms per frame (p50)")
-    bx.set_title("latency per sensor set", fontsize=9)
-    bx.legend(fontsize=7)
+    for i, r in enumerate(rows):
+        p50 = (r["latency_ms"]["process"] or {}).get("p50")
+        if p50 is not None:
+            bx.text(i, bottom[i], f"process\n{p50:.0f} ms", ha="center", va="bottom", fontsize=7)
+    bx.set_ylim(0, max(bottom.max(), 1.0) * 1.35)
+    bx.set_xticks(xs, [r["set"] for r in rows], fontsize=8)
+    bx.set_ylabel("encode parts, p50 [ms per frame]")
+    bx.set_title("latency: encode stage per sensor (process p50 above)", fontsize=9)
+    bx.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

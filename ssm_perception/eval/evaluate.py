@@ -37,13 +37,22 @@ scores the published grid, version 1 scored the raw probability, now ``occupancy
                      labels: null | {frames, tracking {class: {...}}, recall_by_range {class: [rows]},
                      tracks_far_from_labels_share}}
         track_paths: {bag: {track id: [[x, y] odom, ...]}}
-        latency_ms: {stage: {p50, p99, mean, max, n}}
+        latency_ms: {stage: {p50, p99, mean, max, n}}  (stages of process; encode.<sensor>: the encode stage's
+                    part per sensor the run uses, from bev.features timings)
+        sensor_frames: {lidar, radar, camera: frames the sensor was encoded in (FrameOutputs.sensors)}
         resets: {count, by_reason {reason: n}, events [{bag, t_s, reasons}]}
         recovery: [{bag, type, start_s, end_s, iou_before, iou_during, iou_after, recovery_s}]
         health: {OK: n, WARN: n, ERROR: n}; evidence_health: the rule check's levels, same form
         distribution_shifts: [{bag, t_s, message}]
         lidar_input: {bag: {check: {level, message}}}  (intensity, time, ego_footprint, mounting, heading)
         per_bag: {bag name: {frames, iou_all, iou_static, iou_dynamic, iou_occluded, ece, raw_iou_all, raw_ece}}}}
+    with --ablate (eval/ablation.py): models are named <model>@<sensor set> (each also has sensors, load_avg), and
+    ablation: {sets, baseline_set, command, failed {run: error}, bootstrap {block_frames, samples, level},
+               models {model: {rows [{set, sensors, iou, iou_occluded, ece, moving_iou, raw_iou, tracking {class:
+               {mota, idf1, id_switches}}, per_bag, latency_ms {process, encode, encode_parts {sensor}}, sensor_frames,
+               frames, gain_over_lidar null | {iou, iou_ci95, moving_iou, moving_iou_ci95, tracking, per_bag,
+               process_p50_ms, process_p99_ms, encode_p50_ms}}], contributions [{sensor, added_to, giving, gain,
+               encode_part_ms}]}}}
 See eval/occupancy.py for the metric definitions (splits, threshold: occupied when P > 0.5, ECE).
 """
 
