@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssm_perception.bev.device import counters_tensor, fill_counters
+from ssm_perception.bev.device import GraphCache, counters_tensor, fill_counters
 from ssm_perception.bev.features import (
     CameraFrame,
     LidarScan,
@@ -283,6 +283,9 @@ class PerceptionPipeline:
             else trk.detection_threshold
         self._graph, self.graph_status = make_graph_step(self.model, self.config.grid, self._floor,
                                                          self.config.model.cuda_graph)
+        # The BEV encoders' CUDA graphs (bev.device.GraphCache; model.cuda_graph on a CUDA device):
+        # fixed-capacity clouds, one replay per encoder half instead of tens of launches.
+        self.encoder_graphs = GraphCache(enabled=self.config.model.cuda_graph and self.device.type == "cuda")
 
     def _graph_step(self, x, motion, dt_s: float, reset_mask):
         """The temporal step through the CUDA graph (pipeline_graph.CudaGraphStep); None if it
@@ -367,6 +370,7 @@ class PerceptionPipeline:
                 CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
                 ego_twist=twist, device=self.device,  # LiDAR deskew (bev.lidar.deskew, the only one)
                 resolve=False,  # counters and sensor flags come with the frame's one read-back (step 6)
+                graphs=self.encoder_graphs,
             )
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
             # Last line of defence: input the checks above did not foresee must not stop the node.

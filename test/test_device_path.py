@@ -11,7 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssm_perception.bev.camera import image_to_tensor
-from ssm_perception.bev.features import LidarScan, RadarScan, encode_frame
+from ssm_perception.bev.device import GraphCache, graph_capacity, resolve_stats
+from ssm_perception.bev.features import CameraFrame, LidarScan, RadarScan, encode_frame
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import GridConfig, PerceptionConfig
 from ssm_perception.evidence import evidence_grids, evidence_planes, grids_from_planes
@@ -43,6 +44,7 @@ def _device_like(pipe: PerceptionPipeline) -> PerceptionPipeline:
     """The CUDA pipeline's host-side choices, on the CPU."""
     pipe.policy.defer_cells = True
     pipe.packed_read_back = True
+    pipe.encoder_graphs = GraphCache(pad_on_cpu=True)  # the graphed encoders' padded inputs (run eagerly here)
     return pipe
 
 
@@ -83,6 +85,27 @@ def test_device_path_gives_the_cpu_paths_outputs():
         assert np.array_equal(a.direct_age_s, b.direct_age_s)
     assert cpu.reset_counts == dev.reset_counts
     assert saw["full"] >= 2 and saw["partial"] >= 1 and saw["dets"] > 0, saw  # the paths this must cover
+
+
+def test_graphed_encoders_inputs_padded_to_capacity_give_the_same_features():
+    """What the CUDA graphs replay (fixed-capacity clouds with a live row, per-frame numbers as
+    tensors, the camera projection inside), run eagerly: bit-equal features and counters."""
+    grid_cfg, clip = _clip(seconds=0.3, size=40.0)
+    grid = BevGrid.from_config(grid_cfg)
+    for inp in clip[-2:]:
+        for twist in ((4.0, 0.1, 0.05), None):
+            scans = (LidarScan(inp.lidar, inp.T_base_lidar), RadarScan(inp.radar, inp.T_base_radar),
+                     CameraFrame(inp.image, inp.K, inp.T_base_camera))
+            plain = encode_frame(grid, *scans, ego_twist=twist)
+            padded = encode_frame(grid, *scans, ego_twist=twist, graphs=GraphCache(pad_on_cpu=True))
+            assert torch.equal(plain.features, padded.features)
+            drop = ("timings_ms", "lidar_stage_ms")
+            assert {k: v for k, v in plain.stats.items() if k not in drop} == \
+                   {k: v for k, v in padded.stats.items() if k not in drop}
+            n_lidar, n_radar = plain.stats["lidar_points"], plain.stats["radar_points"]
+            assert graph_capacity(n_lidar) > n_lidar and graph_capacity(n_radar) > n_radar  # padding was there
+    empty = encode_frame(grid, LidarScan(inp.lidar[:0], inp.T_base_lidar), graphs=GraphCache(pad_on_cpu=True))
+    assert resolve_stats(empty.stats)["lidar_points"] == 0 and not empty.sensor_mask["lidar"]
 
 
 @pytest.mark.parametrize(("shape", "factor"), [((96, 160, 3), 1), ((97, 161, 3), 3), ((60, 80), 2)])

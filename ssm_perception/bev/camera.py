@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm_perception.bev.device import as_device, constant, upload
+from ssm_perception.bev.device import GraphCache, as_device, constant, upload
 from ssm_perception.bev.grid import BevGrid
 
 CAMERA_CHANNELS = [
@@ -124,26 +124,52 @@ def _project(grid: BevGrid, k: Tensor, t: Tensor, image_size, ground_z: float, m
 
 
 def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
-                  max_range: float = 80.0, device=None) -> tuple[Tensor, dict]:
+                  max_range: float = 80.0, device=None, graphs: GraphCache | None = None) -> tuple[Tensor, dict]:
     """-> (features [len(CAMERA_CHANNELS), H, W] float32 on ``device``, stats). The image is
-    area-downsampled on the host (integer sums, cheap), uploaded small, and sampled on the device."""
+    area-downsampled on the host (integer sums, cheap; on a GPU on the device), uploaded small, and
+    sampled on the device. With ``graphs`` (CUDA) the projection of the cells (the camera moves
+    with the ego motion, so it changes every frame) and the sampling replay as one CUDA graph."""
     dev = as_device(device)
     h, w = grid.shape
-    feats = torch.zeros(len(CAMERA_CHANNELS), h * w, device=dev)
     stats = {"camera_visible_cells": 0}
     if image is None:
-        return feats.view(-1, h, w), stats
+        return torch.zeros(len(CAMERA_CHANNELS), h, w, device=dev), stats
     a = np.asarray(image)
     if a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
-        return feats.view(-1, h, w), stats
+        return torch.zeros(len(CAMERA_CHANNELS), h, w, device=dev), stats
     h_img, w_img = a.shape[:2]
-    uv, visible, n_visible = project_cells(grid, K, T_base_camera, (h_img, w_img), ground_z, max_range, dev)
     factor = max(1, h_img // _WORK_HEIGHT)
-    small = image_to_tensor(a, factor, dev)  # [1, 3, h, w]
+    if graphs is not None and graphs.pads(dev):
+        k = np.asarray(K, dtype=np.float64).reshape(3, 3)
+        t = np.asarray(T_base_camera, dtype=np.float64)
+        if t.shape != (4, 4) or not np.isfinite(t).all() or not np.isfinite(k).all():
+            raise ValueError("camera K must be 3x3 and T_base_camera a 4x4 transform, all finite")
+        small = image_to_tensor(a, factor, dev)  # [1, 3, h, w]
+        fn = functools.partial(_camera_graphed, grid=grid, image_size=(h_img, w_img), factor=factor,
+                               ground_z=float(ground_z), max_range=float(max_range))
+        feats, n_visible = graphs.run("camera", (grid, h_img, w_img, factor, float(ground_z), float(max_range)), fn,
+                                      small, upload(k, dev), upload(t, dev))
+    else:
+        uv, visible, n_visible = project_cells(grid, K, T_base_camera, (h_img, w_img), ground_z, max_range, dev)
+        feats = _camera_sample(image_to_tensor(a, factor, dev), uv, visible, factor)
+    stats["camera_visible_cells"] = n_visible
+    return feats.view(-1, h, w), stats
+
+
+def _camera_graphed(small: Tensor, k: Tensor, t: Tensor, *, grid: BevGrid, image_size, factor: int, ground_z: float,
+                    max_range: float):
+    """Projection + sampling from device tensors (float64 K and T): a pure tensor function (CUDA graph)."""
+    uv, visible = _project(grid, k, t, image_size, ground_z, max_range)
+    return _camera_sample(small, uv, visible, factor), visible.sum()
+
+
+def _camera_sample(small: Tensor, uv: Tensor, visible: Tensor, factor: int) -> Tensor:
+    """The reduced image [1, 3, h, w] sampled at the cells' pixels -> CAMERA_CHANNELS x [H*W]."""
+    dev = small.device
+    feats = torch.zeros(len(CAMERA_CHANNELS), uv.shape[0], device=dev)
     hc, wc = small.shape[2] * factor, small.shape[3] * factor  # pixels covered (crop to a multiple)
     gray = small.mean(1, keepdim=True)  # [1, 1, h, w]
-    sobel = constant(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), torch.float32, dev) / 8.0
-    kern = torch.stack([sobel, sobel.T]).unsqueeze(1)  # [2, 1, 3, 3]
+    kern = _sobel(dev)  # [2, 1, 3, 3]
     g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kern)
     grad = torch.hypot(g[:, 0:1], g[:, 1:2])
     src = torch.cat([small, grad], 1)  # [1, 4, h, w]
@@ -157,5 +183,11 @@ def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
     feats[1:4] = (sampled[:3] - 0.5) * vis
     feats[4] = sampled[3] * vis
     feats[5] = vis
-    stats["camera_visible_cells"] = n_visible
-    return feats.view(-1, h, w), stats
+    return feats
+
+
+@functools.lru_cache(maxsize=8)
+def _sobel(device: torch.device) -> Tensor:
+    """[2, 1, 3, 3] Sobel kernels (x, y), / 8, on ``device`` (made once)."""
+    sobel = constant(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), torch.float32, device) / 8.0
+    return torch.stack([sobel, sobel.T]).unsqueeze(1)

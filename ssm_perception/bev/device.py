@@ -87,3 +87,103 @@ def resolve_stats(stats: dict) -> dict:
     if vec is not None:
         fill_counters(stats, vec.cpu().tolist())
     return stats
+
+
+def cloud_block(points, fields: tuple[str, ...], capacity: int | None = None) -> tuple[np.ndarray, tuple[bool, ...], int]:
+    """A decoded cloud (structured array, or float [N, >=3] with columns in ``fields`` order) ->
+    (float32 [len(fields) + 1, capacity] host block, which fields are present, N). Row k holds field k
+    (zeros where the field is absent), the last row 1 for a point and 0 for padding: a device
+    encoder with a static shape (CUDA graph) reads the cloud from one fixed-size upload.
+    ``capacity`` None: exactly N columns (no padding)."""
+    arr = np.asarray(points)
+    if arr.dtype.names is not None:
+        arr = arr.reshape(-1)
+        n = arr.shape[0]
+        present = tuple(f in arr.dtype.names for f in fields)
+    else:
+        if arr.size == 0:
+            arr = arr.reshape(0, len(fields))
+        if arr.ndim != 2 or arr.shape[1] < 3:
+            raise ValueError(f"point array must be structured or [N, >=3], got shape {arr.shape}")
+        n = arr.shape[0]
+        present = tuple(k < arr.shape[1] for k in range(len(fields)))
+    cap = n if capacity is None else max(int(capacity), n)
+    block = np.empty((len(fields) + 1, cap), dtype=np.float32)
+    for k, f in enumerate(fields):
+        if not present[k]:
+            block[k, :n] = 0.0
+        elif arr.dtype.names is not None:
+            block[k, :n] = arr[f]
+        else:
+            block[k, :n] = arr[:, k]
+    block[-1, :n] = 1.0
+    block[:, n:] = 0.0
+    return block, present, n
+
+
+def graph_capacity(n: int) -> int:
+    """Padded point count for a CUDA-graphed encoder: the next power of two (at least 256), so a
+    stream of clouds of varying size replays one or two graphs."""
+    return max(256, 1 << max(0, int(n) - 1).bit_length())
+
+
+class GraphCache:
+    """Pure tensor functions replayed from CUDA graphs, one graph per (name, key, input shapes).
+
+    ``run(name, key, fn, *inputs)``: with capture on and the inputs on CUDA, the first call captures
+    ``fn(*static copies of the inputs)`` (after warm-up runs on a side stream); later calls copy the
+    inputs into those buffers and replay the graph: tens of kernel launches for one. ``key`` must
+    hold every host value ``fn`` depends on (flags, the sensor mounting, ...): per-frame numbers go
+    in as tensors. Returns ``fn``'s outputs (a tuple of tensors); for a graph these are its static
+    outputs, overwritten by its next replay: consume them within the frame. Anything else (the
+    CPU, capture off, a capture that failed) runs ``fn`` eagerly: the same function, so the CPU
+    tests cover what the GPU replays. ``status``: per name, 'captured' or why it runs eagerly."""
+
+    WARMUP = 2
+
+    def __init__(self, enabled: bool = True, pad_on_cpu: bool = False):
+        self.enabled = enabled
+        self.pad_on_cpu = pad_on_cpu  # tests: the padded static-shape inputs on the CPU too
+        self.status: dict[str, str] = {}
+        self.replays = 0
+        self._graphs: dict = {}
+
+    def pads(self, device: torch.device) -> bool:
+        """Whether encoders pad their inputs to graph capacities on ``device``."""
+        return self.enabled and (device.type == "cuda" or self.pad_on_cpu)
+
+    def run(self, name: str, key, fn, *inputs: Tensor):
+        if not (self.enabled and inputs and inputs[0].is_cuda) or self.status.get(name, "").startswith("failed"):
+            return fn(*inputs)
+        k = (name, key, tuple((tuple(x.shape), x.dtype) for x in inputs))
+        entry = self._graphs.get(k)
+        if entry is None:
+            try:
+                entry = self._capture(fn, inputs)
+            except Exception as exc:  # noqa: BLE001 - a capture the driver or an op refuses: eager from now on
+                import logging
+
+                logging.getLogger(__name__).warning("CUDA graph of %s failed (%s); running it eagerly", name, exc)
+                self.status[name] = f"failed, eager: {type(exc).__name__}: {exc}"[:300]
+                return fn(*inputs)
+            self._graphs[k] = entry
+            self.status[name] = "captured"
+        graph, static_in, outputs = entry
+        for s, x in zip(static_in, inputs, strict=True):
+            s.copy_(x, non_blocking=True)
+        graph.replay()
+        self.replays += 1
+        return outputs
+
+    def _capture(self, fn, inputs):
+        static_in = [x.clone() for x in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: lazy caches (constants, tables) are made outside the capture
+            for _ in range(self.WARMUP):
+                fn(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = fn(*static_in)
+        return graph, static_in, outputs

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ssm_perception.bev.camera import CAMERA_CHANNELS, encode_camera
-from ssm_perception.bev.device import resolve_stats
+from ssm_perception.bev.device import GraphCache, resolve_stats
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.lidar import LIDAR_CHANNELS, encode_lidar
 from ssm_perception.bev.radar import RADAR_CHANNELS, encode_radar
@@ -66,6 +66,7 @@ def encode_frame(
     ground: str = "ransac",
     device=None,
     resolve: bool = True,
+    graphs: GraphCache | None = None,
 ) -> BevFeatures:
     """Encode the sensors present this frame, on ``device`` (None = CPU: the features are built
     where the model runs, so a CUDA pipeline uploads only the raw clouds and a small image).
@@ -74,7 +75,8 @@ def encode_frame(
     over ground (frame_assembler.radar_over_ground). Bad points are dropped and counted, never NaN.
     The sensor mask and every counter in ``stats`` come back from the device in one copy at the end;
     ``resolve=False`` leaves them 0-d device tensors for a caller that reads them with its own copy
-    (``bev.device.counters_tensor`` / ``fill_counters``: the pipeline's one read-back per frame)."""
+    (``bev.device.counters_tensor`` / ``fill_counters``: the pipeline's one read-back per frame).
+    ``graphs``: a CUDA pipeline's GraphCache (the encoders replay CUDA graphs; see encode_lidar)."""
     if ego_twist is not None:
         ego_twist = tuple(float(v) for v in ego_twist)
         if len(ego_twist) != 3 or not all(np.isfinite(ego_twist)):
@@ -83,19 +85,20 @@ def encode_frame(
     parts = []
     t0 = time.perf_counter()
     f, s = encode_lidar(grid, None if lidar is None else lidar.points,
-                        None if lidar is None else lidar.T_base_sensor, ego_twist, ground, device=device)
+                        None if lidar is None else lidar.T_base_sensor, ego_twist, ground, device=device,
+                        graphs=graphs)
     parts.append(f)
     stats.update(s)
     t1 = time.perf_counter()
     f, s = encode_radar(grid, None if radar is None else radar.points,
-                        None if radar is None else radar.T_base_sensor, device=device)
+                        None if radar is None else radar.T_base_sensor, device=device, graphs=graphs)
     parts.append(f)
     stats.update(s)
     t2 = time.perf_counter()
     if camera is None:
         f, s = encode_camera(grid, None, None, None, device=device)
     else:
-        f, s = encode_camera(grid, camera.image, camera.K, camera.T_base_sensor, device=device)
+        f, s = encode_camera(grid, camera.image, camera.K, camera.T_base_sensor, device=device, graphs=graphs)
     parts.append(f)
     stats.update(s)
     t3 = time.perf_counter()

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_perception.bev.device import as_device, constant, upload
+from ssm_perception.bev.device import (
+    GraphCache,
+    as_device,
+    cloud_block,
+    constant,
+    graph_capacity,
+    upload,
+)
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.bev.ground import fit_ground_plane_tensor
 
@@ -77,7 +84,8 @@ def deskew(xyz: Tensor, t: Tensor, ego_twist) -> Tensor:
 
     The base at time t, seen from the base at the stamp: yaw w t, translation V(w t) v t with
     V the exact SE(2) integration matrix (sin(th)/th, (1 - cos(th))/th)."""
-    vx, vy, wz = (float(v) for v in ego_twist)
+    # numbers, or 0-d tensors (the graphed encoder: no host read of a device value)
+    vx, vy, wz = (v if isinstance(v, Tensor) else float(v) for v in ego_twist)
     th = wz * t  # [N]
     c, s = _rot2(th)
     small = th.abs() < 1e-6
@@ -145,6 +153,7 @@ def encode_lidar(
     n_beams: int = 720,
     max_range: float = 250.0,
     device=None,
+    graphs: GraphCache | None = None,
 ) -> tuple[Tensor, dict]:
     """-> (features [len(LIDAR_CHANNELS), H, W] float32 on ``device`` (None = CPU), stats).
 
@@ -156,11 +165,13 @@ def encode_lidar(
     The same code runs on any device: points are filtered by masks, not compacted (every scatter
     sends a dropped point to a spare slot past the grid), so on a GPU the only wait for the device
     is the ground fit's candidate count. Counters in ``stats`` are 0-d tensors on the device;
-    ``bev.device.resolve_stats`` (or ``encode_frame``) turns them into numbers."""
+    ``bev.device.resolve_stats`` (or ``encode_frame``) turns them into numbers.
+
+    ``graphs`` (a CUDA pipeline's GraphCache): the cloud is padded to a fixed capacity and the two
+    halves around the ground fit (``_lidar_prepare``, ``_lidar_rasterize``: pure tensor functions
+    of static shapes) replay as CUDA graphs; without it they run eagerly on the unpadded cloud."""
     dev = as_device(device)
     h, w = grid.shape
-    hw = h * w
-    feats = torch.zeros(len(LIDAR_CHANNELS), hw, device=dev)
     stats = {"lidar_points": 0, "lidar_used": 0, "lidar_nonfinite": 0, "lidar_out_of_height": 0,
              "lidar_out_of_grid": 0, "lidar_out_of_range": 0, "lidar_ground_fallback": True,
              "lidar_stage_ms": {}}
@@ -172,60 +183,109 @@ def encode_lidar(
         tick[0] = now
 
     if points is None:
-        return feats.view(-1, h, w), stats
+        return torch.zeros(len(LIDAR_CHANNELS), h, w, device=dev), stats
     t_np = np.asarray(T_base_lidar, dtype=np.float32)
     if t_np.shape != (4, 4) or not np.isfinite(t_np).all():
         raise ValueError("T_base_lidar must be a finite 4x4 transform")
-    cloud = cloud_to_tensors(points, ("x", "y", "z", "intensity", "t"), dev)
-    xyz = torch.stack([cloud["x"], cloud["y"], cloud["z"]], 1)  # [N, 3] lidar frame
-    n = xyz.shape[0]
+    graphed = graphs is not None and graphs.pads(dev)
+    arr = np.asarray(points)
+    n_pts = arr.reshape(-1).shape[0] if arr.dtype.names is not None else (arr.shape[0] if arr.ndim else 0)
+    block, present, n = cloud_block(arr, LIDAR_FIELDS, graph_capacity(n_pts) if graphed else None)
     stats["lidar_points"] = n
     if n == 0:
-        return feats.view(-1, h, w), stats  # empty: no information, lidar_valid stays 0
-    finite = torch.isfinite(xyz).all(1)
-    t = cloud.get("t")
-    if t is not None:
-        finite &= torch.isfinite(t)
-    n_finite = finite.sum()
-    stats["lidar_nonfinite"] = n - n_finite
-    # zero the bad rows so the math below stays finite; they are dropped by `keep`
-    xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
-    t = None if t is None else torch.where(finite, t, 0.0)
-    inten = cloud.get("intensity")
-    inten = torch.zeros(n, device=dev) if inten is None else inten
-    inten = torch.log1p(torch.nan_to_num(inten, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0))
-
-    far = (xyz * xyz).sum(1) > max_range * max_range  # range in the sensor frame
-    stats["lidar_out_of_range"] = (far & finite).sum()
-    finite &= ~far
-    t_bl = upload(t_np, dev)
-    xyz = torch.addmm(t_bl[:3, 3], xyz, t_bl[:3, :3].T)  # [N, 3] base_link
+        return torch.zeros(len(LIDAR_CHANNELS), h, w, device=dev), stats  # empty: no information, lidar_valid stays 0
     if ego_twist is not None and not all(math.isfinite(float(v)) for v in ego_twist):
         ego_twist = None  # a corrupt twist must not poison the cloud: leave it skewed
-    stats["lidar_deskewed"] = ego_twist is not None and t is not None
-    if ego_twist is not None and t is not None:
-        xyz = deskew(xyz, t, ego_twist)
-    in_h = (xyz[:, 2] >= grid.z_min) & (xyz[:, 2] <= grid.z_max)
-    stats["lidar_out_of_height"] = (~in_h & finite).sum()
-    keep = in_h & finite  # the points that count (a mask: no compaction, no wait for the device)
-
+    has_t = present[4]
+    deskewed = ego_twist is not None and has_t
+    stats["lidar_deskewed"] = deskewed
+    # per-frame numbers as one small upload: the 4x4 transform and the twist
+    params = np.zeros(19, dtype=np.float32)
+    params[:16] = t_np.reshape(-1)
+    if deskewed:
+        params[16:] = [float(v) for v in ego_twist]
+    run = graphs.run if graphed else _eager
+    prep = functools.partial(_lidar_prepare, has_t=has_t, has_intensity=present[3], deskew_on=deskewed,
+                             max_range=float(max_range), z_min=grid.z_min, z_max=grid.z_max)
+    xyz, keep, inten, n_finite, nonfinite, out_of_range, out_of_height = run(
+        "lidar_prepare", (has_t, present[3], deskewed, float(max_range), grid.z_min, grid.z_max), prep,
+        upload(block, dev), upload(params, dev))
+    stats["lidar_nonfinite"] = nonfinite
+    stats["lidar_out_of_range"] = out_of_range
+    stats["lidar_out_of_height"] = out_of_height
     lap("prepare")
     if ground == "ransac":
         normal, offset, _, fallback = fit_ground_plane_tensor(xyz, keep)
-        height = xyz @ normal.float() + offset.float()  # [N] above ground
         stats["lidar_ground_fallback"] = fallback
     else:
-        height = xyz[:, 2].clone()
+        normal = offset = torch.zeros((), device=dev)  # unused: heights are base_link z
         stats["lidar_ground_fallback"] = True
+    lap("ground")
+    ox, oy = (float(v) for v in t_np[:2, 3])
+    raster = functools.partial(_lidar_rasterize, grid=grid, flat=ground != "ransac", n_beams=int(n_beams), ox=ox, oy=oy)
+    feats, out_of_grid, used = run("lidar_rasterize", (grid, ground != "ransac", int(n_beams), ox, oy), raster,
+                                   xyz, keep, inten, n_finite, normal, offset)
+    stats["lidar_out_of_grid"] = out_of_grid
+    stats["lidar_used"] = used
+    lap("raster")  # cell statistics and free space (one graph on CUDA)
+    return feats.view(-1, h, w), stats
+
+
+LIDAR_FIELDS = ("x", "y", "z", "intensity", "t")
+
+
+def _eager(name, key, fn, *inputs):  # GraphCache.run's signature, without a graph
+    return fn(*inputs)
+
+
+def _lidar_prepare(block: Tensor, params: Tensor, *, has_t: bool, has_intensity: bool, deskew_on: bool,
+                   max_range: float, z_min: float, z_max: float):
+    """The cloud block (``cloud_block`` rows x, y, z, intensity, t, live) -> base_link points and
+    masks. A pure tensor function (CUDA graph): every per-frame number comes in ``params`` (T_base_lidar
+    row-major, then the twist vx, vy, yaw rate)."""
+    live = block[5] > 0.5
+    xyz = block[:3].T.contiguous()  # [N, 3] lidar frame
+    finite = torch.isfinite(xyz).all(1) & live
+    t = block[4] if has_t else None
+    if t is not None:
+        finite &= torch.isfinite(t)
+    n_finite = finite.sum()
+    nonfinite = live.sum() - n_finite
+    # zero the bad rows so the math below stays finite; they are dropped by `keep`
+    xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
+    t = None if t is None else torch.where(finite, t, 0.0)
+    inten = block[3] if has_intensity else torch.zeros_like(block[3])
+    inten = torch.log1p(torch.nan_to_num(inten, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0))
+    far = (xyz * xyz).sum(1) > max_range * max_range  # range in the sensor frame
+    out_of_range = (far & finite).sum()
+    finite &= ~far
+    t_bl = params[:16].view(4, 4)
+    xyz = torch.addmm(t_bl[:3, 3], xyz, t_bl[:3, :3].T)  # [N, 3] base_link
+    if deskew_on:
+        xyz = deskew(xyz, t, (params[16], params[17], params[18]))
+    in_h = (xyz[:, 2] >= z_min) & (xyz[:, 2] <= z_max)
+    out_of_height = (~in_h & finite).sum()
+    keep = in_h & finite  # the points that count (a mask: no compaction, no wait for the device)
+    return xyz, keep, inten, n_finite, nonfinite, out_of_range, out_of_height
+
+
+def _lidar_rasterize(xyz: Tensor, keep: Tensor, inten: Tensor, n_finite: Tensor, normal: Tensor, offset: Tensor, *,
+                     grid: BevGrid, flat: bool, n_beams: int, ox: float, oy: float):
+    """Points (base_link), their masks and the ground plane -> LIDAR_CHANNELS x [H*W] features,
+    (points outside the grid, points used). A pure tensor function (CUDA graph)."""
+    dev = xyz.device
+    h, w = grid.shape
+    hw = h * w
+    feats = torch.zeros(len(LIDAR_CHANNELS), hw, device=dev)
+    height = xyz[:, 2].clone() if flat else xyz @ normal.float() + offset.float()  # [N] above ground
     above = height > GROUND_THRESHOLD
     obstacle = above & (height < OVERHANG_HEIGHT)  # blocks rays (free space / occlusion)
-    lap("ground")
     feats[0] = (n_finite > 0).float()  # the LiDAR delivered (finite) points this frame
-    flat, valid = grid.points_to_cells(xyz[:, :2])
-    stats["lidar_out_of_grid"] = (~valid & keep).sum()
+    flat_idx, valid = grid.points_to_cells(xyz[:, :2])
+    out_of_grid = (~valid & keep).sum()
     valid &= keep
-    stats["lidar_used"] = valid.sum()
-    idx = torch.where(valid, flat, hw)  # dropped points land in the spare slot hw
+    used = valid.sum()
+    idx = torch.where(valid, flat_idx, hw)  # dropped points land in the spare slot hw
     vf = valid.float()
     count = torch.zeros(hw + 1, device=dev).index_add_(0, idx, vf)[:hw]
     has = count > 0
@@ -241,11 +301,8 @@ def encode_lidar(
     feats[5 : 5 + nb] = torch.log1p(bins.T)
     nonground = torch.zeros(hw + 1, device=dev).index_add_(0, idx, (above & valid).float())[:hw]
     feats[5 + nb] = torch.log1p(nonground)
-    lap("scatter")
-
-    free, occluded = polar_free_space(grid, t_np[:2, 3], xyz[:, :2], obstacle, n_beams, use=keep)
+    free, occluded = polar_free_space(grid, (ox, oy), xyz[:, :2], obstacle, n_beams, use=keep)
     hit = (nonground > 0).view(h, w)
     feats[6 + nb] = (free.view(-1) > 0).float() * (~hit.view(-1)).float()
     feats[7 + nb] = occluded.view(-1) * (count == 0).float()
-    lap("free_space")
-    return feats.view(-1, h, w), stats
+    return feats, out_of_grid, used

@@ -8,13 +8,20 @@ reads ~0 whatever the ego speed; this module only rasterizes.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_perception.bev.device import as_device, upload
+from ssm_perception.bev.device import (
+    GraphCache,
+    as_device,
+    cloud_block,
+    graph_capacity,
+    upload,
+)
 from ssm_perception.bev.grid import BevGrid
-from ssm_perception.bev.lidar import cloud_to_tensors
 
 VELOCITY_SCALE = 10.0  # radar velocity channels are in units of 10 m/s
 RCS_SCALE = 20.0  # RCS channel is dBsm / 20, clamped to [-3, 3]
@@ -28,42 +35,60 @@ RADAR_CHANNELS = [
 ]
 
 
-def encode_radar(grid: BevGrid, points, T_base_radar, device=None) -> tuple[Tensor, dict]:
+def encode_radar(grid: BevGrid, points, T_base_radar, device=None, graphs: GraphCache | None = None
+                 ) -> tuple[Tensor, dict]:
     """-> (features [len(RADAR_CHANNELS), H, W] float32 on ``device``, stats). ``radial_velocity``
     is over ground (see the module doc). Non-finite detections are dropped; detections outside the
     grid are counted. Masks instead of compaction, counters as 0-d tensors (see encode_lidar):
-    nothing waits for the device."""
+    nothing waits for the device; with ``graphs`` (CUDA) the detections are padded to a fixed
+    capacity and ``_radar_rasterize`` replays as a CUDA graph."""
     dev = as_device(device)
     h, w = grid.shape
-    hw = h * w
-    feats = torch.zeros(len(RADAR_CHANNELS), hw, device=dev)
     stats = {"radar_points": 0, "radar_used": 0, "radar_nonfinite": 0, "radar_out_of_grid": 0}
     if points is None:
-        return feats.view(-1, h, w), stats
+        return torch.zeros(len(RADAR_CHANNELS), h, w, device=dev), stats
     t_np = np.asarray(T_base_radar, dtype=np.float32)
-    c = cloud_to_tensors(points, ("x", "y", "z", "radial_velocity", "rcs"), dev)
-    n = c["x"].shape[0]
+    arr = np.asarray(points)
+    graphed = graphs is not None and graphs.pads(dev)
+    n_pts = arr.reshape(-1).shape[0] if arr.dtype.names is not None else (arr.shape[0] if arr.ndim else 0)
+    block, _, n = cloud_block(arr, RADAR_FIELDS, graph_capacity(n_pts) if graphed else None)
     stats["radar_points"] = n
     if n == 0:
-        return feats.view(-1, h, w), stats
+        return torch.zeros(len(RADAR_CHANNELS), h, w, device=dev), stats
     if t_np.shape != (4, 4) or not np.isfinite(t_np).all():
         raise ValueError("T_base_radar must be a finite 4x4 transform")
-    zeros = torch.zeros(n, device=dev)
-    xyz = torch.stack([c["x"], c["y"], c["z"]], 1)
-    vr, rcs = c.get("radial_velocity", zeros), c.get("rcs", zeros)
-    finite = torch.isfinite(xyz).all(1) & torch.isfinite(vr) & torch.isfinite(rcs)
-    stats["radar_nonfinite"] = n - finite.sum()
+    fn = functools.partial(_radar_rasterize, grid=grid)
+    args = (upload(block, dev), upload(t_np, dev))
+    feats, nonfinite, out_of_grid, used = graphs.run("radar", grid, fn, *args) if graphed else fn(*args)
+    stats.update(radar_nonfinite=nonfinite, radar_out_of_grid=out_of_grid, radar_used=used)
+    return feats.view(-1, h, w), stats
+
+
+RADAR_FIELDS = ("x", "y", "z", "radial_velocity", "rcs")
+
+
+def _radar_rasterize(block: Tensor, t: Tensor, *, grid: BevGrid):
+    """The detection block (``cloud_block`` rows x, y, z, radial_velocity, rcs, live) and
+    T_base_radar -> (RADAR_CHANNELS x [H*W], non-finite, outside the grid, used). A pure tensor
+    function (CUDA graph)."""
+    dev = block.device
+    hw = grid.nx * grid.ny
+    feats = torch.zeros(len(RADAR_CHANNELS), hw, device=dev)
+    live = block[5] > 0.5
+    xyz = block[:3].T.contiguous()
+    vr, rcs = block[3], block[4]
+    finite = torch.isfinite(xyz).all(1) & torch.isfinite(vr) & torch.isfinite(rcs) & live
+    nonfinite = live.sum() - finite.sum()
     xyz = torch.where(finite.unsqueeze(1), xyz, 0.0)
     vr, rcs = torch.where(finite, vr, 0.0), torch.where(finite, rcs, 0.0)
-    t = upload(t_np, dev)
     xyz = xyz @ t[:3, :3].T + t[:3, 3]
     ray = xyz[:, :2] - t[:2, 3]  # unit line of sight from the sensor, base_link axes
     u = ray / torch.hypot(ray[:, 0], ray[:, 1]).clamp_min(1e-3).unsqueeze(1)
     feats[0] = finite.any().float()
     flat, valid = grid.points_to_cells(xyz[:, :2])
-    stats["radar_out_of_grid"] = (~valid & finite).sum()
+    out_of_grid = (~valid & finite).sum()
     valid &= finite
-    stats["radar_used"] = valid.sum()
+    used = valid.sum()
     idx = torch.where(valid, flat, hw)  # dropped detections land in the spare slot hw
     vr = vr / VELOCITY_SCALE
     vf = valid.float()
@@ -74,4 +99,4 @@ def encode_radar(grid: BevGrid, points, T_base_radar, device=None) -> tuple[Tens
     vals = torch.stack([vr, vr * u[:, 0], vr * u[:, 1], (rcs / RCS_SCALE).clamp(-3.0, 3.0)], 1)
     sums = torch.zeros(hw + 1, 4, device=dev).index_add_(0, idx, vals * vf.unsqueeze(1))[:hw]
     feats[2:6] = (sums / denom.unsqueeze(1)).T
-    return feats.view(-1, h, w), stats
+    return feats, nonfinite, out_of_grid, used
