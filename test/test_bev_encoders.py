@@ -194,8 +194,10 @@ def _camera():
 def test_camera_ipm_visibility_and_colour():
     k, t = _camera()
     img = np.zeros((240, 320, 3), dtype=np.uint8)
-    img[:, :160] = (255, 0, 0)  # left half red (y > 0 side), right half blue
-    img[:, 160:] = (0, 0, 255)
+    # left yellow (y > 0 side), right blue: an intensity edge at u = 154, where the ground point of the
+    # cell at (8.25, 0.25) lands (u ~ 153.1). (Red against blue would have one grey level: no edge.)
+    img[:, :154] = (255, 255, 0)
+    img[:, 154:] = (0, 0, 255)
     f, stats = encode_camera(GRID, img, k, t)
     vis = ch(f, "camera_visible", CAMERA_CHANNELS)
 
@@ -206,7 +208,8 @@ def test_camera_ipm_visibility_and_colour():
     assert ch(f, "camera_r", CAMERA_CHANNELS)[at(8.0, 2.0)].item() == pytest.approx(0.5)
     assert ch(f, "camera_b", CAMERA_CHANNELS)[at(8.0, -2.0)].item() == pytest.approx(0.5)
     assert ch(f, "camera_r", CAMERA_CHANNELS)[at(-5.0, 0.0)].item() == 0.0  # outside the frustum
-    assert ch(f, "camera_grad", CAMERA_CHANNELS)[at(8.25, 0.25)] > 0  # the colour edge on the axis
+    grad = ch(f, "camera_grad", CAMERA_CHANNELS)
+    assert grad[at(8.25, 0.25)] > 0.1 and grad[at(8.0, 2.0)] == 0.0  # the edge, and only there
     assert stats["camera_visible_cells"] == int(vis.sum())
     mono = np.full((240, 320), 0.5, dtype=np.float32)
     f2, _ = encode_camera(GRID, mono, k, t)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm_perception.bev.device import GraphCache, as_device, constant, upload
+from ssm_perception.bev.device import GraphCache, as_device, upload
 from ssm_perception.bev.grid import BevGrid
 
 CAMERA_CHANNELS = [
@@ -169,9 +169,7 @@ def _camera_sample(small: Tensor, uv: Tensor, visible: Tensor, factor: int) -> T
     feats = torch.zeros(len(CAMERA_CHANNELS), uv.shape[0], device=dev)
     hc, wc = small.shape[2] * factor, small.shape[3] * factor  # pixels covered (crop to a multiple)
     gray = small.mean(1, keepdim=True)  # [1, 1, h, w]
-    kern = _sobel(dev)  # [2, 1, 3, 3]
-    g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kern)
-    grad = torch.hypot(g[:, 0:1], g[:, 1:2])
+    grad = sobel_magnitude(gray)
     src = torch.cat([small, grad], 1)  # [1, 4, h, w]
     # Pixel coordinates -> grid_sample's [-1, 1] (align_corners=False): resolution independent.
     norm = torch.stack([(uv[:, 0] + 0.5) / wc * 2 - 1, (uv[:, 1] + 0.5) / hc * 2 - 1], 1)
@@ -186,8 +184,14 @@ def _camera_sample(small: Tensor, uv: Tensor, visible: Tensor, factor: int) -> T
     return feats
 
 
-@functools.lru_cache(maxsize=8)
-def _sobel(device: torch.device) -> Tensor:
-    """[2, 1, 3, 3] Sobel kernels (x, y), / 8, on ``device`` (made once)."""
-    sobel = constant(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), torch.float32, device) / 8.0
-    return torch.stack([sobel, sobel.T]).unsqueeze(1)
+def sobel_magnitude(gray: Tensor) -> Tensor:
+    """|Sobel gradient| / 8 of gray [1, 1, h, w] (replicated border) -> [1, 1, h, w]: the separable
+    form (differences of shifted views, then the 1-2-1 smoothing), the same sums as a 3x3 conv2d up
+    to float rounding (~1e-7) at a fraction of its cost on one CPU core (the 2-output-channel conv
+    took 2-6 ms for a 384 x 640 image there, this ~1 ms); any device, graph-capturable."""
+    p = F.pad(gray, (1, 1, 1, 1), mode="replicate")[0, 0]  # [h + 2, w + 2]
+    dx = p[:, 2:] - p[:, :-2]  # [h + 2, w]
+    dy = p[2:] - p[:-2]  # [h, w + 2]
+    gx = (dx[:-2] + 2.0 * dx[1:-1] + dx[2:]) / 8.0
+    gy = (dy[:, :-2] + 2.0 * dy[:, 1:-1] + dy[:, 2:]) / 8.0
+    return torch.hypot(gx, gy)[None, None]
