@@ -26,6 +26,8 @@
 #                                         (e.g. ssm_perception/checkpoints: continue the shipped weights)
 #          --lr LR                        peak learning rate (default: the config's optim.lr)
 #          --train-seeds N                training sequences (default: the config's data.train_seeds.count)
+#          --train-seed-start S           first training seed (default: the config's; a continued run
+#                                         on new sequences starts past the seeds already used)
 #          --min-ready N                  start training once N sequences exist and keep generating the
 #                                         rest meanwhile (default: the config's data.min_ready)
 # A trainable kind needs minutes > 0 (0 = no wall-clock limit, run.max_steps only); logodds=0 only
@@ -40,6 +42,7 @@ INIT_FROM=""
 LR=""
 TRAIN_SEEDS=""
 MIN_READY=""
+SEED_START=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) MINUTES=$2; shift 2 ;;
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --lr) LR=$2; shift 2 ;;
     --train-seeds) TRAIN_SEEDS=$2; shift 2 ;;
     --min-ready) MIN_READY=$2; shift 2 ;;
+    --train-seed-start) SEED_START=$2; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "train_gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -105,6 +109,7 @@ for item in "${ITEMS[@]}"; do
   [ -n "$LR" ] && extra+=(--lr "$LR")
   [ -n "$TRAIN_SEEDS" ] && extra+=(--train-seeds "$TRAIN_SEEDS")
   [ -n "$MIN_READY" ] && extra+=(--min-ready "$MIN_READY")
+  [ -n "$SEED_START" ] && extra+=(--train-seed-start "$SEED_START")
   $PY -m ssm_perception.train.cli --config "$CONFIG" --out "$RUNS/$kind" --kind "$kind" \
       --max-minutes "$mins" --workers "$WORKERS" "${extra[@]}" 2>&1 | tee -a "$LOG"
   echo "=== $kind: done in $(( $(date +%s) - start )) s ===" | tee -a "$LOG"

@@ -31,6 +31,9 @@ def train(
                                           "unpinned weights are allowed here (with a warning)"),
     lr: float = typer.Option(-1.0, "--lr", callback=finite(), help="override optim.lr (peak learning rate); -1 = keep"),
     train_seeds: int = typer.Option(-1, "--train-seeds", min=-1, help="override data.train_seeds.count; -1 = keep"),
+    train_seed_start: int = typer.Option(-1, "--train-seed-start", min=-1,
+                                         help="override data.train_seeds.start (a continued run on new sequences); "
+                                              "-1 = keep"),
     min_ready: int = typer.Option(-1, "--min-ready", min=-1,
                                   help="override data.min_ready: start training once this many sequences exist "
                                        "while the rest are generated (0 = all first); -1 = keep"),
@@ -60,6 +63,8 @@ def train(
         cfg.optim.lr = lr
     if train_seeds != -1:
         cfg.data.train_seeds.count = train_seeds
+    if train_seed_start != -1:
+        cfg.data.train_seeds.start = train_seed_start
     if min_ready != -1:
         cfg.data.min_ready = min_ready
     cfg = TrainConfig.model_validate(cfg.model_dump())  # re-check the overrides
