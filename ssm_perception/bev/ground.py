@@ -8,12 +8,15 @@ scripts/bench_core_cpu.py measures both (results/bench_core_cpu.json).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ssm_perception.bev.device import constant
 
 # Flat ground at base_link z = 0 (REP-103 base_link sits on the ground under the vehicle):
 # the fallback when too few points support a plane.
@@ -64,6 +67,7 @@ def fit_ground_plane_tensor(
     sample: int = 4096,
     min_inliers: int = 50,
     seed: int = 0,
+    graphs=None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``fit_ground_plane`` without reading anything back except the candidate count: returns
     (unit normal [3] float64, d float64, inlier fraction float64, fallback bool), 0-d tensors on
@@ -72,7 +76,9 @@ def fit_ground_plane_tensor(
     The hypotheses are drawn with a CPU generator on the candidate count (the one host round trip,
     so every device draws the same points), the scoring, the choice of the best hypothesis, the
     inlier selection and the refit (weighted normal equations, ``solve_ex``: no error raised for a
-    singular system, it falls back instead) stay on the device."""
+    singular system, it falls back instead) stay on the device. ``graphs`` (bev.device.GraphCache of
+    a CUDA pipeline): with a full sample (the usual case: static shapes) the scoring up to the normal
+    equations (``_ransac_normal_equations``) replays as a CUDA graph."""
     xyz = xyz.float()
     dev = xyz.device
     sel = xyz[:, 2].abs() < max_height
@@ -80,10 +86,10 @@ def fit_ground_plane_tensor(
         sel &= mask
     cand = xyz[sel]  # the one synchronising step: its size picks the random draw
     m = cand.shape[0]
-    flat_n = torch.tensor(FLAT_GROUND[:3], dtype=torch.float64, device=dev)
+    flat_n = constant(FLAT_GROUND[:3], torch.float64, dev)  # cached per device: no upload (and wait) per frame
     flat_d = torch.zeros((), dtype=torch.float64, device=dev)
     if m < max(3, min_inliers):
-        return flat_n, flat_d, torch.zeros((), dtype=torch.float64, device=dev), torch.ones((), dtype=torch.bool,
+        return flat_n.clone(), flat_d, torch.zeros((), dtype=torch.float64, device=dev), torch.ones((), dtype=torch.bool,
                                                                                          device=dev)
     gen = torch.Generator().manual_seed(seed)
     if m > sample:
@@ -91,11 +97,35 @@ def fit_ground_plane_tensor(
         cand = cand[pick if dev.type == "cpu" else pick.pin_memory().to(dev, non_blocking=True)]
         m = sample
     tri_idx = torch.randint(0, m, (iterations, 3), generator=gen)
-    tri = cand[tri_idx if dev.type == "cpu" else tri_idx.pin_memory().to(dev, non_blocking=True)]  # [K, 3, 3]
+    tri_idx = tri_idx if dev.type == "cpu" else tri_idx.pin_memory().to(dev, non_blocking=True)
+    cos_tilt = math.cos(math.radians(max_tilt_deg))
+    fn = functools.partial(_ransac_normal_equations, distance_threshold=float(distance_threshold), cos_tilt=cos_tilt)
+    if graphs is not None and m == sample:
+        ata, atb, ok_any, count = graphs.run("ground", (m, float(distance_threshold), cos_tilt), fn, cand, tri_idx)
+    else:
+        ata, atb, ok_any, count = fn(cand, tri_idx)
+    frac = count.double() / m
+    sol, info = torch.linalg.solve_ex(ata, atb)
+    sol = sol[:, 0]
+    normal = torch.stack([-sol[0], -sol[1], torch.ones((), dtype=torch.float64, device=dev)])
+    scale = normal.norm()
+    normal = normal / scale
+    good = ok_any & (count >= min_inliers) & (info == 0) & torch.isfinite(normal).all() & (normal[2] >= cos_tilt)
+    fallback = ~good
+    frac = torch.where(ok_any, frac, torch.zeros_like(frac))
+    return (torch.where(good, normal, flat_n), torch.where(good, -sol[2] / scale, flat_d), frac, fallback)
+
+
+def _ransac_normal_equations(cand: Tensor, tri_idx: Tensor, *, distance_threshold: float, cos_tilt: float):
+    """Candidates [M, 3] and hypothesis triples [K, 3] -> the best hypothesis' inliers as weighted
+    normal equations (A^T W A [3, 3], A^T W z [3, 1], float64), whether any hypothesis was admissible,
+    the inlier count. A pure tensor function of static shapes (CUDA graph)."""
+    dev = cand.device
+    m = cand.shape[0]
+    tri = cand[tri_idx]  # [K, 3, 3]
     n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # [K, 3]
     norm = n.norm(dim=1, keepdim=True)
     n = torch.where(n[:, 2:3] < 0, -n, n) / norm.clamp_min(1e-9)
-    cos_tilt = math.cos(math.radians(max_tilt_deg))
     ok = (norm[:, 0] > 1e-6) & (n[:, 2] > cos_tilt)
     d = -(n * tri[:, 0]).sum(1)  # [K]
     dist = (cand @ n.T + d).abs()  # [M, K]: all hypotheses scored in one matmul
@@ -103,20 +133,11 @@ def fit_ground_plane_tensor(
     best = score.argmax().view(1)
     inl = (dist.index_select(1, best)[:, 0] < distance_threshold)  # [M]
     count = inl.sum()
-    frac = count.double() / m
     # Least squares z = a x + b y + c on the inliers (well-conditioned for near-horizontal planes),
     # as weighted normal equations so that the inlier set keeps its static shape.
     a_mat = torch.cat([cand[:, :2], torch.ones(m, 1, device=dev)], 1).double()
     w = inl.double().unsqueeze(1)
-    sol, info = torch.linalg.solve_ex((a_mat * w).T @ a_mat, (a_mat * w).T @ cand[:, 2:3].double())
-    sol = sol[:, 0]
-    normal = torch.stack([-sol[0], -sol[1], torch.ones((), dtype=torch.float64, device=dev)])
-    scale = normal.norm()
-    normal = normal / scale
-    good = ok.any() & (count >= min_inliers) & (info == 0) & torch.isfinite(normal).all() & (normal[2] >= cos_tilt)
-    fallback = ~good
-    frac = torch.where(ok.any(), frac, torch.zeros_like(frac))
-    return (torch.where(good, normal, flat_n), torch.where(good, -sol[2] / scale, flat_d), frac, fallback)
+    return (a_mat * w).T @ a_mat, (a_mat * w).T @ cand[:, 2:3].double(), ok.any(), count
 
 
 def fit_ground_plane_open3d(

@@ -215,7 +215,7 @@ def encode_lidar(
     stats["lidar_out_of_height"] = out_of_height
     lap("prepare")
     if ground == "ransac":
-        normal, offset, _, fallback = fit_ground_plane_tensor(xyz, keep)
+        normal, offset, _, fallback = fit_ground_plane_tensor(xyz, keep, graphs=graphs if graphed else None)
         stats["lidar_ground_fallback"] = fallback
     else:
         normal = offset = torch.zeros((), device=dev)  # unused: heights are base_link z

@@ -308,7 +308,11 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
         aff, bilinear = torch.zeros(bsz, 6, device=dev), False
     else:
         aff, bilinear = warp
-        aff = aff.to(device=dev, dtype=torch.float32).reshape(bsz, 6).contiguous()
+        if aff.device != dev:  # a host affine (eager step): pinned, asynchronous (a pageable copy waits for the stream)
+            from ssm_perception.bev.device import upload
+
+            aff = upload(aff.to(torch.float32).contiguous(), dev)
+        aff = aff.to(dtype=torch.float32).reshape(bsz, 6).contiguous()
     reset = None if reset_mask is None else reset_mask.to(device=dev).reshape(bsz, hw).to(torch.uint8).contiguous()
     args = (
         h_prev, h_new, y, xs, z, b, c, step, A.float().contiguous(), D.float().contiguous(), aff,

@@ -139,6 +139,9 @@ def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1, device=None) -> Te
     return torch.stack([fi, fj], -1)
 
 
+_LAST_SOURCE: list = [None, None]  # (motion key, source indices) of the latest device warp grid
+
+
 def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "bilinear",
                   dtype=torch.float32, device=None, on_device: bool | None = None) -> tuple[Tensor, str]:
     """The grid_sample grid [B, H, W, 2] for a motion, and the mode to sample with.
@@ -156,7 +159,15 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     # per warp, and its upload); whether the motion is cell-aligned is then decided on the host from
     # the motion's affine (fused_step.warp_params: the same criterion up to ~1e-7 of a cell).
     on_device = dev.type != "cpu" if on_device is None else on_device
-    src = source_indices(T_prev_cur, grid, batch, dev if on_device else None)  # [B, H, W, 2] float64 (i, j)
+    if on_device:  # the health maps and the reset policy's ages warp with the same motion: computed once
+        key = (np.asarray(T_prev_cur.cpu() if isinstance(T_prev_cur, Tensor) else T_prev_cur, np.float64).tobytes(),
+               grid, batch, dev)
+        src = _LAST_SOURCE[1] if _LAST_SOURCE[0] == key else None
+        if src is None:
+            src = source_indices(T_prev_cur, grid, batch, dev)
+            _LAST_SOURCE[:] = [key, src]
+    else:
+        src = source_indices(T_prev_cur, grid, batch)  # [B, H, W, 2] float64 (i, j)
     if mode == "nearest":
         aligned = True
     elif on_device:
