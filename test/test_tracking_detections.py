@@ -178,3 +178,46 @@ def test_shipped_floor_is_below_every_class_threshold():
 
     t = TrackingConfig()
     assert t.detection_threshold <= min(t.score_threshold.of(c, 1.0) for c in (1, 2, 3, 4))
+
+
+def _refine_one_box_at_a_time(dets, pts, sensor_xy, margin_m=0.5, min_points=2):
+    """refine_with_radar as it was before it scored all boxes at once (the reference)."""
+    import math
+    from dataclasses import replace
+
+    pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    out = []
+    for d in dets:
+        c, s = math.cos(d.yaw), math.sin(d.yaw)
+        dx, dy = pts[:, 0] - d.x, pts[:, 1] - d.y
+        along, across = c * dx + s * dy, -s * dx + c * dy
+        inside = (np.abs(along) <= d.length / 2 + margin_m) & (np.abs(across) <= d.width / 2 + margin_m)
+        ray = np.array([d.x - sensor_xy[0], d.y - sensor_xy[1]])
+        rng = float(np.linalg.norm(ray))
+        if int(inside.sum()) < min_points or rng < 1e-3:
+            out.append(d)
+            continue
+        u = ray / rng
+        vr = float(np.median(pts[inside, 2]))
+        v = np.array([d.vx, d.vy]) if d.has_velocity else np.zeros(2)
+        v = v + (vr - float(v @ u)) * u
+        out.append(replace(d, vx=float(v[0]), vy=float(v[1])))
+    return out
+
+
+def test_radar_refinement_of_all_boxes_at_once_equals_one_box_at_a_time():
+    from ssm_perception.tracking.detections import Detection, refine_with_radar
+
+    rng = np.random.default_rng(4)
+    dets = [Detection(x=float(x), y=float(y), yaw=float(a), length=4.5, width=1.9, height=1.6, vx=float(vx), vy=0.3,
+                      cls=1, score=0.8) for x, y, a, vx in rng.uniform([-20, -20, -3, -5], [20, 20, 3, 5], (40, 4))]
+    dets.append(Detection(x=float("nan"), y=0.0, yaw=0.0, length=4.0, width=2.0, height=1.5, vx=0.0, vy=0.0, cls=1,
+                          score=0.5))
+    pts = np.concatenate([rng.uniform(-22, 22, (300, 2)), rng.normal(0, 3, (300, 1))], 1)
+    pts[5] = np.nan
+    for d in dets[:10]:  # returns on some boxes for sure
+        pts = np.concatenate([pts, [[d.x + 0.3, d.y - 0.2, 2.0], [d.x - 0.5, d.y + 0.1, 2.4], [d.x, d.y, 1.9]]])
+    got, ref = refine_with_radar(dets, pts, (1.0, 0.0)), _refine_one_box_at_a_time(dets, pts, (1.0, 0.0))
+    assert [(d.vx, d.vy) for d in got[:-1]] == [(d.vx, d.vy) for d in ref[:-1]]
+    assert sum(g.vx != d.vx for g, d in zip(got, dets, strict=True)) >= 10  # refinement happened

@@ -170,7 +170,10 @@ class LidarInput:
         if t is not None:
             out["t"] = col(t)
         if rfield is not None:
-            out["ring"] = np.clip(np.nan_to_num(col(src[rfield]).astype(np.float64)), 0, 65535)
+            ring = col(src[rfield])
+            # u8/u16 rings (the usual) fit as they are; anything else is cleaned and clipped
+            out["ring"] = ring if ring.dtype.kind == "u" and ring.dtype.itemsize <= 2 else \
+                np.clip(np.nan_to_num(ring.astype(np.float64)), 0, 65535)
         has_intensity = "intensity" in names
         if has_intensity:
             out["intensity"] = np.nan_to_num(col(src["intensity"]).astype(np.float32), nan=0.0, posinf=0.0,

@@ -258,15 +258,22 @@ def refine_with_radar(
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if pts.shape[0] == 0:
         return list(dets)
+    if any(d.frame != "base_link" for d in dets):
+        raise ValueError("refine_with_radar needs detections in base_link (radar points are in base_link)")
+    if not dets:
+        return []
+    # All boxes against all returns at once ([D, N], the same float64 arithmetic as one box at a
+    # time; cos/sin from math as before); only boxes with enough returns go through the loop below.
+    box = np.array([(d.x, d.y, d.length / 2 + margin_m, d.width / 2 + margin_m) for d in dets], np.float64)
+    cs = np.array([(math.cos(d.yaw), math.sin(d.yaw)) for d in dets], np.float64)
+    dx, dy = pts[None, :, 0] - box[:, :1], pts[None, :, 1] - box[:, 1:2]
+    c, s = cs[:, :1], cs[:, 1:]
+    along, across = c * dx + s * dy, -s * dx + c * dy  # box frame
+    inside_all = (np.abs(along) <= box[:, 2:3]) & (np.abs(across) <= box[:, 3:4])
+    supported = inside_all.sum(1) >= min_points
     out = []
-    for d in dets:
-        if d.frame != "base_link":
-            raise ValueError("refine_with_radar needs detections in base_link (radar points are in base_link)")
-        c, s = math.cos(d.yaw), math.sin(d.yaw)
-        dx, dy = pts[:, 0] - d.x, pts[:, 1] - d.y
-        along, across = c * dx + s * dy, -s * dx + c * dy  # box frame
-        inside = (np.abs(along) <= d.length / 2 + margin_m) & (np.abs(across) <= d.width / 2 + margin_m)
-        if int(inside.sum()) < min_points:
+    for d, inside, ok in zip(dets, inside_all, supported, strict=True):
+        if not ok:
             out.append(d)
             continue
         ray = np.array([d.x - sensor_xy[0], d.y - sensor_xy[1]])
