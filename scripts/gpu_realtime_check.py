@@ -173,14 +173,24 @@ def count_transfers(pipe, inputs) -> dict:
         pipe.process(inputs[3])
         torch.cuda.synchronize()
     names: dict[str, int] = {}
+    top_level_aten = 0
     for e in prof.events():
         n = e.name
         if "Memcpy" in n or "Synchronize" in n or n in ("cudaMemcpyAsync", "cudaStreamSynchronize", "aten::_local_scalar_dense",
-                                                       "aten::item", "aten::nonzero", "cudaGraphLaunch"):
+                                                       "aten::item", "aten::nonzero", "cudaGraphLaunch", "cudaLaunchKernel",
+                                                       "cuLaunchKernel", "cuLaunchKernelEx"):
             names[n] = names.get(n, 0) + 1
-    return {"counts": dict(sorted(names.items())),
+        if n.startswith("aten::") and getattr(e, "cpu_parent", None) is None:
+            top_level_aten += 1
+    # where the host time goes: the eager ops that cost the most CPU time in this frame
+    avg = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    return {"counts": dict(sorted(names.items())), "eager_torch_ops": top_level_aten,
+            "top_cpu_ops": [{"name": e.key, "calls": int(e.count), "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3)}
+                            for e in avg],
             "note": "'Memcpy DtoH' are device-to-host copies (kernel-side); aten::_local_scalar_dense are "
-                    "host reads of a device scalar (each waits for the device)"}
+                    "host reads of a device scalar (each waits for the device); cudaLaunchKernel / cuLaunchKernel: "
+                    "eager kernel launches (the CUDA graphs are one cudaGraphLaunch each); eager_torch_ops: "
+                    "top-level aten ops issued by Python this frame"}
 
 
 def count_syncs(pipe, inputs) -> dict:
@@ -302,7 +312,10 @@ def main(argv=None) -> int:
             result["host_syncs"] = count_syncs(pipe, inputs[4:])
             print(f"host syncs per frame {result['host_syncs']['per_frame']} at {result['host_syncs']['sites']}",
                   flush=True)
-            print(f"transfers one frame: {result['transfers_one_frame']['counts']}", flush=True)
+            tr = result["transfers_one_frame"]
+            print(f"transfers one frame: {tr['counts']}; eager torch ops {tr['eager_torch_ops']}", flush=True)
+            print("top host ops: " + ", ".join(f"{o['name']} x{o['calls']} {o['self_cpu_ms']} ms"
+                                               for o in tr["top_cpu_ops"][:10]), flush=True)
         except Exception as exc:  # noqa: BLE001
             result["transfers_one_frame"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     best = result["configs"].get(timed_configs(device)[0][0], {})
