@@ -565,19 +565,25 @@ class Trainer:
             from ssm_perception.model import save_checkpoint
 
             cfg = self.cfg
+            # The sequences training could sample: with data.min_ready the rest of the planned seeds
+            # were still being generated when training stopped, so the plan overstates the data.
+            used = list(self.store.ready_specs[: len(self.store.sequences)])
             if not self.store.started:
                 self.store.start()
             self.store.wait_validation()
             self.store.stop()  # the rest of the training data is no longer needed
             val = validate(self.model, self.store.val_sequences, cfg.perception, self.device, cfg.run.val_frames,
                            amp=self.window.amp_dtype)
-            hours = sum(float(s.duration_s) for s in make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(),
-                                                                  cfg.data.duration_s)) / 3600.0
+            planned = make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(), cfg.data.duration_s)
+            if self.d.world > 1 or not used:  # other ranks' shares are not known here: the plan
+                used = planned
+            hours = sum(float(s.duration_s) for s in used) / 3600.0
             meta = {
                 "kind": cfg.perception.model.kind,
                 "perception_config": json.loads(cfg.perception.model_dump_json()),
                 "presets": list(cfg.data.presets),
-                "train_seeds": cfg.data.train_seeds.seeds(),
+                "train_seeds": sorted(int(s.seed) for s in used),
+                "planned_train_seeds": len(planned),
                 "val_seeds": cfg.data.val_seeds.seeds(),
                 "sequence_duration_s": cfg.data.duration_s,
                 "train_hours": hours,
@@ -587,7 +593,7 @@ class Trainer:
                 "train_time_s": round(train_time_s, 1),
                 "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
                 "world_size": self.d.world,
-                "data_summary": data_summary(cfg),
+                "data_summary": data_summary(cfg, used),
             }
             if self.init_from:
                 meta["init_from"] = self.init_from
@@ -651,9 +657,10 @@ def validate(model: nn.Module, sequences: list[dict], cfg: PerceptionConfig, dev
     return out
 
 
-def data_summary(cfg: TrainConfig) -> dict | None:
-    """Sensor models, layouts, weather and objects per class of the training sequences, from the
-    cache entries' info.json (written by train/dataset.py); None without a cache."""
+def data_summary(cfg: TrainConfig, specs=None) -> dict | None:
+    """Sensor models, layouts, weather and objects per class of the training sequences (``specs``,
+    default: all planned), from the cache entries' info.json (written by train/dataset.py); None
+    without a cache."""
     from collections import Counter
 
     from ssm_perception.train.dataset import cache_path
@@ -661,7 +668,9 @@ def data_summary(cfg: TrainConfig) -> dict | None:
     if not cfg.data.cache_dir:
         return None
     infos = []
-    for spec in make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(), cfg.data.duration_s):
+    if specs is None:
+        specs = make_specs(cfg.data.presets, cfg.data.train_seeds.seeds(), cfg.data.duration_s)
+    for spec in specs:
         f = cache_path(cfg.data.cache_dir, spec, cfg.perception) / "info.json"
         if f.is_file():
             info = json.loads(f.read_text())
