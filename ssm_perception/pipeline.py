@@ -20,6 +20,7 @@ as unknown cells rather than published as numbers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ssm_perception.bev.device import GraphCache, counters_tensor, fill_counters
 from ssm_perception.bev.features import (
@@ -44,6 +46,7 @@ from ssm_perception.evidence import (
     EvidenceGrids,
     EvidenceReport,
     direct_now,
+    evidence_channels,
     evidence_planes,
     grids_from_planes,
 )
@@ -51,10 +54,12 @@ from ssm_perception.frame_assembler import ego_twist, radar_over_ground
 from ssm_perception.geometry import transform_points
 from ssm_perception.model import BevPerceptionModel, load_checkpoint
 from ssm_perception.pipeline_graph import (
+    copy_to_host,
     device_outputs,
     make_graph_step,
-    packed_read_back,
+    pack_frame,
     read_back,
+    unpack_frame,
 )
 from ssm_perception.temporal.base import State
 from ssm_perception.temporal.health import (
@@ -439,9 +444,6 @@ class PerceptionPipeline:
         t0 = time.perf_counter()
         if frame is None:
             frame = device_outputs(heads, self.config.grid, floor)
-        never = self.health.observed[0, 0] <= 0.5
-        if self.infers_unobserved:
-            never = torch.zeros_like(never)
         # Everything the host needs from this frame, in one device-to-host copy (on the CPU: views):
         # grids, unknown mask, detection table, the scan's evidence planes and the direct-observation
         # age, and one float64 vector of scalars: the health monitor's five, the stale-cell count of a
@@ -452,8 +454,22 @@ class PerceptionPipeline:
         scalars = [health_scalars, (health_scalars.new_zeros(()) if cells is None else cells.double()).reshape(1)]
         if counters is not None:
             scalars.append(counters.to(health_scalars.device))
-        host = (packed_read_back if self.packed_read_back else read_back)(frame, never, {"evidence": evidence_planes(feats.features, self.config.evidence),
-                                        "direct_age": self.health.direct_age_s()[0]}, torch.cat(scalars))
+        scalars = torch.cat(scalars)
+        h = self.health
+        if self.packed_read_back:  # one packed copy; its device half replays as a CUDA graph on CUDA
+            packed = self.encoder_graphs.run(
+                "read_back", (self.infers_unobserved, tuple(evidence_channels(self.config.evidence))),
+                functools.partial(_frame_for_host, infers_unobserved=self.infers_unobserved,
+                                  evidence_cfg=self.config.evidence),
+                frame.p_occ, frame.p_dyn, frame.table, h.observed, feats.features, h.direct_seen,
+                h.direct_unobserved_s, scalars)
+            host = unpack_frame(copy_to_host(packed), self.grid.shape, frame.table.shape[0],
+                                {"evidence": (4, *self.grid.shape), "direct_age": self.grid.shape}, scalars.numel())
+        else:
+            never = torch.zeros_like(h.observed[0, 0], dtype=torch.bool) if self.infers_unobserved \
+                else h.observed[0, 0] <= 0.5
+            host = read_back(frame, never, {"evidence": evidence_planes(feats.features, self.config.evidence),
+                                            "direct_age": h.direct_age_s()[0]}, scalars)
         values = host.scalars.tolist()
         if counters is not None:
             fill_counters(pending, values[6:])
@@ -516,6 +532,17 @@ class PerceptionPipeline:
         """Run the tracking step a caller left pending (before the next frame, a reset, or shutdown)."""
         if self._pending_tracking is not None:
             self.track(self._pending_tracking)
+
+
+def _frame_for_host(p_occ: Tensor, p_dyn: Tensor, table: Tensor, observed: Tensor, features: Tensor,
+                    direct_seen: Tensor, direct_unobserved_s: Tensor, scalars: Tensor, *, infers_unobserved: bool,
+                    evidence_cfg) -> Tensor:
+    """What the host needs from a frame, packed (pipeline_graph.pack_frame): a pure tensor function
+    of the health monitor's maps, the features and the heads' outputs (a CUDA graph on CUDA)."""
+    never = torch.zeros_like(observed[0, 0], dtype=torch.bool) if infers_unobserved else observed[0, 0] <= 0.5
+    age = torch.where(direct_seen[0, 0] > 0.5, direct_unobserved_s[0, 0],
+                      torch.full_like(direct_unobserved_s[0, 0], math.inf))  # StateHealthMonitor.direct_age_s
+    return pack_frame(p_occ, p_dyn, table, never, scalars, evidence_planes(features, evidence_cfg), age)
 
 
 def reusable_state(state: State) -> bool:

@@ -96,43 +96,73 @@ def _host_buffer(nbytes: int, device: torch.device) -> Tensor:
 
 def packed_read_back(frame: DeviceFrame, never_observed: Tensor, extras: dict[str, Tensor] | None = None,
                      scalars: Tensor | None = None) -> HostFrame:
-    """The packed single copy of ``read_back`` (used off the CPU; callable anywhere, for tests)."""
-    occ, dyn = frame.p_occ[0].float(), frame.p_dyn[0].float()
+    """The packed single copy of ``read_back`` (used off the CPU; callable anywhere, for tests):
+    ``pack_frame`` on the device, one copy into a pinned buffer, ``unpack_frame`` on the host."""
+    occ = frame.p_occ[0]
     extras = {k: v.float().contiguous().to(occ.device) for k, v in (extras or {}).items()}
     scalars = torch.zeros(0, dtype=torch.float64, device=occ.device) if scalars is None else \
         scalars.reshape(-1).to(occ.device, torch.float64)
+    packed = pack_frame(frame.p_occ, frame.p_dyn, frame.table, never_observed.to(occ.device), scalars,
+                        *extras.values())
+    return unpack_frame(copy_to_host(packed), tuple(occ.shape), frame.table.shape[0],
+                        {k: tuple(v.shape) for k, v in extras.items()}, scalars.numel())
+
+
+def pack_frame(p_occ: Tensor, p_dyn: Tensor, table: Tensor, never_observed: Tensor, scalars: Tensor,
+               *extras: Tensor) -> Tensor:
+    """The device half of the packed read-back, a pure tensor function (a CUDA pipeline replays it as
+    a graph): one uint8 buffer of occupancy and dynamic probabilities (round(p * 255)), the unknown
+    mask (never observed, or occupancy not finite), the detection table and the float32 ``extras``
+    (4-byte aligned), the float64 ``scalars`` (8-byte aligned)."""
+    occ, dyn = p_occ[0].float(), p_dyn[0].float()
+    dev = occ.device
     h, w = occ.shape
-    # The health monitor may keep its per-cell bookkeeping on the host; the mask is small (H*W bools).
-    unknown = never_observed.to(occ.device, non_blocking=True) | ~torch.isfinite(occ)
+    unknown = never_observed | ~torch.isfinite(occ)
     occ_q = (torch.nan_to_num(occ, nan=0.5, posinf=1.0, neginf=0.0).clamp(0, 1) * _Q).round().to(torch.uint8)
     dyn_q = (torch.nan_to_num(dyn, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1) * _Q).round().to(torch.uint8)
-    table = frame.table.float().contiguous().to(occ.device)
+    table = table.float().contiguous()
     n = h * w
     pad = (-3 * n) % 4  # the float32 parts start 4-byte aligned
     parts = [occ_q.reshape(-1), dyn_q.reshape(-1), unknown.reshape(-1).to(torch.uint8),
-             torch.zeros(pad, dtype=torch.uint8, device=occ.device), table.reshape(-1).view(torch.uint8)]
-    parts += [v.reshape(-1).view(torch.uint8) for v in extras.values()]
-    n_float = table.numel() + sum(v.numel() for v in extras.values())
+             torch.zeros(pad, dtype=torch.uint8, device=dev), table.reshape(-1).view(torch.uint8)]
+    extras = [v.float().contiguous() for v in extras]
+    parts += [v.reshape(-1).view(torch.uint8) for v in extras]
+    n_float = table.numel() + sum(v.numel() for v in extras)
     pad8 = (-(3 * n + pad + 4 * n_float)) % 8  # the float64 scalars start 8-byte aligned
-    parts += [torch.zeros(pad8, dtype=torch.uint8, device=occ.device), scalars.view(torch.uint8)]
-    packed = torch.cat(parts)
-    buf = _host_buffer(packed.numel(), occ.device)
+    parts += [torch.zeros(pad8, dtype=torch.uint8, device=dev), scalars.reshape(-1).to(torch.float64).view(torch.uint8)]
+    return torch.cat(parts)
+
+
+def copy_to_host(packed: Tensor) -> np.ndarray:
+    """The frame's one device-to-host copy, into a reused pinned buffer, and the one wait for it."""
+    buf = _host_buffer(packed.numel(), packed.device)
     buf.copy_(packed, non_blocking=True)
-    if occ.device.type == "cuda":
-        torch.cuda.current_stream(occ.device).synchronize()  # the frame's one device-to-host copy and wait
-    host = buf.numpy()
+    if packed.device.type == "cuda":
+        torch.cuda.current_stream(packed.device).synchronize()
+    return buf.numpy()
+
+
+def unpack_frame(host: np.ndarray, shape: tuple[int, int], table_rows: int, extras: dict[str, tuple],
+                 n_scalars: int) -> HostFrame:
+    """The host half: ``pack_frame``'s bytes -> HostFrame (every array copied out of ``host``)."""
+    h, w = shape
+    n = h * w
+    pad = (-3 * n) % 4
+    n_table = table_rows * len(DET_COLUMNS)
+    sizes = {k: int(np.prod(v)) for k, v in extras.items()}
+    n_float = n_table + sum(sizes.values())
     floats = host[3 * n + pad:3 * n + pad + 4 * n_float].view(np.float32)
-    at8 = 3 * n + pad + 4 * n_float + pad8
+    at8 = 3 * n + pad + 4 * n_float + (-(3 * n + pad + 4 * n_float)) % 8
     out = {}
-    at = table.numel()
+    at = n_table
     for k, v in extras.items():
-        out[k] = floats[at:at + v.numel()].reshape(tuple(v.shape)).copy()
-        at += v.numel()
+        out[k] = floats[at:at + sizes[k]].reshape(v).copy()
+        at += sizes[k]
     return HostFrame(host[:n].reshape(h, w).astype(np.float32) / np.float32(_Q),
                      host[n:2 * n].reshape(h, w).astype(np.float32) / np.float32(_Q),
                      host[2 * n:3 * n].reshape(h, w).astype(bool),
-                     floats[:table.numel()].reshape(-1, len(DET_COLUMNS)).copy(), 1, out,
-                     host[at8:at8 + 8 * scalars.numel()].view(np.float64).copy())
+                     floats[:n_table].reshape(-1, len(DET_COLUMNS)).copy(), 1, out,
+                     host[at8:at8 + 8 * n_scalars].view(np.float64).copy())
 
 
 def graph_support(model, device: torch.device) -> str | None:
