@@ -287,8 +287,10 @@ def test_mamba_pipeline_reuses_two_state_buffers_and_changes_no_number():
         b = plain.process(_frame(k, rng_b, stamp=stamp, ego_x=0.37 * k))
         assert a.reset.reasons == b.reset.reasons
         partial += a.reset.cell_mask is not None
-        np.testing.assert_array_equal(a.occupancy, b.occupancy)
-        np.testing.assert_array_equal(a.dynamic, b.dynamic)
+        # Warp-in-step may run as the compiled CPU loop (temporal/cpu_kernel.py), whose float32
+        # sums are ordered differently from torch's: equal to a few ulp, not bit for bit.
+        np.testing.assert_allclose(a.occupancy, b.occupancy, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.dynamic, b.dynamic, rtol=0, atol=1e-6)
     assert partial >= 4
     # frames 0-1 of each episode allocate (zeros, then the first channels-last state), then never
     assert reused == [False, False] + [True] * 6 + [False, False] + [True] * 6
