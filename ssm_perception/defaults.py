@@ -1,7 +1,7 @@
 """Which shipped parameter file a node starts with when none is given: the CPU or the GPU default.
 
     config/ssm_perception_gpu.yaml   200 x 200 cells (100 m), CUDA, fused Mamba kernel, CUDA graph
-    config/ssm_perception_cpu.yaml   100 x 100 cells (50 m), CPU: what keeps up with a 10 Hz LiDAR on
+    config/ssm_perception_cpu.yaml   80 x 80 cells (40 m), CPU: what keeps up with a 10 Hz LiDAR on
                                      2 cores (scripts/cpu_default_check.py, README "Benchmarks")
     config/ssm_perception.yaml       the schema's defaults written out (reference; the drift test keeps
                                      it equal to config.py)

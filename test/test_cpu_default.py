@@ -37,7 +37,7 @@ def test_cpu_default_check_writes_latency_and_the_grid_table(tmp_path):
     r = json.loads(out.read_text())
     assert r["config"] == "config/ssm_perception_cpu.yaml" and r["machine"]["cpu_count"] >= 1
     lat = r["latency"]
-    assert lat["grid_cells"] == [100, 100]  # the CPU default file's grid, not a bench grid
+    assert lat["grid_cells"] == [80, 80]  # the CPU default file's grid, not a bench grid
     for stage in ("decode", "assemble", "reset", "encode", "temporal", "heads", "tracking", "health", "msg_encode"):
         assert lat["stages_wall_ms"][stage]["n"] == 2, stage
     assert lat["full_step_process_cpu_ms"]["n"] == 2 and "p99" in lat["full_step_wall_ms"]
