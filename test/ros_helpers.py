@@ -339,8 +339,14 @@ def scene_points(rng: np.random.Generator) -> np.ndarray:
     for y in (-9.0, 9.0):
         x = rng.uniform(-30, 90, 6000)
         walls.append(np.stack([x, np.full_like(x, y), rng.uniform(0.0, 2.5, x.size)], 1))
-    bx = rng.uniform(20, 24.5, 1500)
-    walls.append(np.stack([bx, np.full_like(bx, 4.0), rng.uniform(0.0, 1.6, bx.size)], 1))
+    # a parked car: the surfaces of a 4.5 x 1.8 x 1.5 m box (a flat plate is no car to a trained model)
+    u = rng.uniform(0.0, 1.0, (1500, 3))
+    car = np.stack([20.0 + 4.5 * u[:, 0], 3.1 + 1.8 * u[:, 1], 0.3 + 1.2 * u[:, 2]], 1)
+    face = rng.integers(0, 5, 1500)
+    car[face == 0, 1], car[face == 1, 1] = 3.1, 4.9          # sides
+    car[face == 2, 0], car[face == 3, 0] = 20.0, 24.5        # rear, front
+    car[face == 4, 2] = 1.5                                  # roof
+    walls.append(car)
     g = rng.uniform(-30, 90, (6000, 2))
     g[:, 1] = rng.uniform(-9, 9, 6000)
     walls.append(np.concatenate([g, np.zeros((6000, 1))], 1))
