@@ -291,6 +291,7 @@ class PerceptionPipeline:
         # The BEV encoders' CUDA graphs (bev.device.GraphCache; model.cuda_graph on a CUDA device):
         # fixed-capacity clouds, one replay per encoder half instead of tens of launches.
         self.encoder_graphs = GraphCache(enabled=self.config.model.cuda_graph and self.device.type == "cuda")
+        self.health.graphs = self.encoder_graphs  # its per-cell step too ("health")
 
     def _graph_step(self, x, motion, dt_s: float, reset_mask):
         """The temporal step through the CUDA graph (pipeline_graph.CudaGraphStep); None if it

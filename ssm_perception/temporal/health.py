@@ -9,18 +9,20 @@ stale-cell reset mask; the reset policy decides what to do.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ssm_perception.bev.features import channel_index
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import ResetConfig
 from ssm_perception.temporal.base import State
-from ssm_perception.temporal.warp import warp_tensor
+from ssm_perception.temporal.warp import sampling_grid
 
 
 class Level(IntEnum):
@@ -78,6 +80,7 @@ class StateHealthMonitor:
         # the camera's view): the published observation grid (evidence.published_grids) reads them.
         self.direct_seen: Tensor | None = None
         self.direct_unobserved_s: Tensor | None = None
+        self.graphs = None  # a CUDA pipeline's bev.device.GraphCache: the per-cell step replays as a graph
 
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget cells (mask [B, H, W] bool) or everything (None), in step with a state reset."""
@@ -129,24 +132,45 @@ class StateHealthMonitor:
                 direct: Tensor | None = None) -> Tensor:
         """The device half of ``update``: move the per-cell maps (on the state's device) and return
         the frame's scalars as one float64 vector on that device, nothing read back:
-        (non-finite cells, norm mean, norm max, never-observed fraction, stale cells)."""
+        (non-finite cells, norm mean, norm max, never-observed fraction, stale cells).
+        The per-cell part (``_cells_step``) is a pure tensor function: with ``graphs`` set (a CUDA
+        pipeline's bev.device.GraphCache) it replays as a CUDA graph."""
         tensors = [v for v in state.values() if v.numel()]
         dev = tensors[0].device if tensors else (observed.device if observed is not None else torch.device("cpu"))
+        b = next((v.shape[0] for v in state.values()), 1) if observed is None else observed.shape[0]
         if tensors:
             # One pass over the (large) state: the per-cell squared norm [B, H, W] is non-finite exactly
             # where a cell holds a NaN/inf (or overflows), so non-finite cells are counted on the small
             # map instead of scanning every state value twice.
             with torch.no_grad():
                 sq = sum(torch.linalg.vector_norm(v.float(), dim=1) ** 2 for v in tensors)
-            bad = ~torch.isfinite(sq)
-            cell_norm = torch.where(bad, torch.zeros_like(sq), sq).sqrt()
-            norms = [bad.sum().double(), cell_norm.mean().double(), cell_norm.amax().double()]
         else:
-            norms = [torch.zeros((), dtype=torch.float64, device=dev)] * 3
-        self._track_cells(observed, T_prev_cur, dt, state, direct, dev)
-        never = (self.observed <= 0.5).float().mean().double()
-        n_stale = self.stale_mask().sum().double()
-        return torch.stack([*norms, never.to(dev), n_stale.to(dev)])
+            sq = torch.zeros(b, self.grid.nx, self.grid.ny, device=dev)
+        if self.observed is None or self.observed.shape[0] != b or self.observed.device != torch.device(dev):
+            # The maps live where the state does (a CUDA pipeline never copies them to the host).
+            zeros = torch.zeros(b, 1, self.grid.nx, self.grid.ny, device=dev)
+            self.observed, self.unobserved_s = zeros, zeros.clone()
+            self.direct_seen, self.direct_unobserved_s = zeros.clone(), zeros.clone()
+        maps = torch.cat([self.observed, self.unobserved_s, self.direct_seen, self.direct_unobserved_s], 1)
+        inputs = [sq, maps]
+        mode = None
+        if T_prev_cur is not None:
+            # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
+            # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
+            g, mode = sampling_grid(T_prev_cur, self.grid, b, "bilinear", maps.dtype, dev)
+            inputs.append(g)
+        inputs.append(torch.full((), float(max(dt, 0.0)), dtype=maps.dtype, device=dev))  # a fill: no upload
+        if observed is not None:
+            inputs.append(observed.bool())
+        if direct is not None:
+            inputs.append(direct.bool())
+        fn = functools.partial(_cells_step, warp_mode=mode, has_observed=observed is not None,
+                               has_direct=direct is not None, stale_s=float(self.cfg.unobserved_cell_reset_s))
+        key = (mode, observed is not None, direct is not None, float(self.cfg.unobserved_cell_reset_s))
+        scalars, maps = fn(*inputs) if self.graphs is None else self.graphs.run("health", key, fn, *inputs)
+        self.observed, self.unobserved_s = maps[:, :1], maps[:, 1:2]
+        self.direct_seen, self.direct_unobserved_s = maps[:, 2:3], maps[:, 3:]
+        return scalars
 
     def finish(self, values, stamp: float, sensors_seen: dict[str, bool] | None = None) -> HealthReport:
         """The host half of ``update``: ``values`` are ``measure``'s five numbers (read back)."""
@@ -185,31 +209,35 @@ class StateHealthMonitor:
         return HealthReport(Level(level), msgs, nonfinite, norm_mean, norm_max, self.baseline, ratio, never,
                             n_stale, ages)
 
-    def _track_cells(self, observed: Tensor | None, T_prev_cur, dt: float, state: State,
-                     direct: Tensor | None = None, device=None) -> None:
-        b = next((v.shape[0] for v in state.values()), 1) if observed is None else observed.shape[0]
-        if self.observed is None or self.observed.shape[0] != b or (device is not None
-                                                                    and self.observed.device != torch.device(device)):
-            # The maps live where the state does (a CUDA pipeline never copies them to the host).
-            zeros = torch.zeros(b, 1, self.grid.nx, self.grid.ny, device=device)
-            self.observed, self.unobserved_s = zeros, zeros.clone()
-            self.direct_seen, self.direct_unobserved_s = zeros.clone(), zeros.clone()
-        if T_prev_cur is not None:
-            # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
-            # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
-            maps = torch.cat([self.observed, self.unobserved_s, self.direct_seen, self.direct_unobserved_s], 1)
-            maps = warp_tensor(maps, T_prev_cur, self.grid)
-            self.observed, self.unobserved_s = maps[:, :1], maps[:, 1:2]
-            self.direct_seen, self.direct_unobserved_s = maps[:, 2:3], maps[:, 3:]
-        step = float(max(dt, 0.0))
-        self.unobserved_s = self.unobserved_s + step
-        self.direct_unobserved_s = self.direct_unobserved_s + step
-        if observed is not None:
-            obs = observed.bool().unsqueeze(1).to(self.observed.device)
-            self.observed = torch.where(obs, torch.ones_like(self.observed), self.observed)
-            self.unobserved_s = torch.where(obs, torch.zeros_like(self.unobserved_s), self.unobserved_s)
-        if direct is not None:
-            d = direct.bool().unsqueeze(1).to(self.direct_seen.device)
-            self.direct_seen = torch.where(d, torch.ones_like(self.direct_seen), self.direct_seen)
-            self.direct_unobserved_s = torch.where(d, torch.zeros_like(self.direct_unobserved_s),
-                                                   self.direct_unobserved_s)
+
+def _cells_step(sq: Tensor, maps: Tensor, *rest: Tensor, warp_mode: str | None, has_observed: bool, has_direct: bool,
+                stale_s: float) -> tuple[Tensor, Tensor]:
+    """One frame of the monitor's per-cell bookkeeping, a pure tensor function (CUDA graph):
+    per-cell squared state norm sq [B, H, W] and the maps [B, 4, H, W] (observed, unobserved_s,
+    direct_seen, direct_unobserved_s) -> (the five scalars of ``measure``, the new maps). ``rest``:
+    the sampling grid (when ``warp_mode``), the elapsed time (0-d), observed and direct masks
+    [B, H, W] (when present)."""
+    it = iter(rest)
+    g = next(it) if warp_mode is not None else None
+    step = next(it)
+    observed = next(it) if has_observed else None
+    direct = next(it) if has_direct else None
+    bad = ~torch.isfinite(sq)
+    cell_norm = torch.where(bad, torch.zeros_like(sq), sq).sqrt()
+    norms = [bad.sum().double(), cell_norm.mean().double(), cell_norm.amax().double()]
+    if g is not None:
+        maps = F.grid_sample(maps, g, mode=warp_mode, padding_mode="zeros", align_corners=False)
+    seen, unseen_s, direct_seen, direct_unseen_s = maps[:, :1], maps[:, 1:2], maps[:, 2:3], maps[:, 3:]
+    unseen_s = unseen_s + step
+    direct_unseen_s = direct_unseen_s + step
+    if observed is not None:
+        obs = observed.unsqueeze(1)
+        seen = torch.where(obs, torch.ones_like(seen), seen)
+        unseen_s = torch.where(obs, torch.zeros_like(unseen_s), unseen_s)
+    if direct is not None:
+        d = direct.unsqueeze(1)
+        direct_seen = torch.where(d, torch.ones_like(direct_seen), direct_seen)
+        direct_unseen_s = torch.where(d, torch.zeros_like(direct_unseen_s), direct_unseen_s)
+    never = (seen <= 0.5).float().mean().double()
+    n_stale = ((seen > 0.5) & (unseen_s > stale_s))[:, 0].sum().double()
+    return torch.stack([*norms, never, n_stale]), torch.cat([seen, unseen_s, direct_seen, direct_unseen_s], 1)
