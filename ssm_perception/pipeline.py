@@ -253,6 +253,10 @@ class PerceptionPipeline:
             self.model_info = {"kind": model.kind, "source": "given"}
         self.model = model.eval()
         self.device = self.model.device
+        if self.device.type == "cpu" and self.model.kind == "mamba":
+            from ssm_perception.temporal import cpu_kernel
+
+            cpu_kernel.warm()  # compile/load the CPU state update now, not in the first frame
         self.grid = BevGrid.from_config(self.config.grid)
         if self.model.grid.shape != self.grid.shape:
             raise ValueError(f"model grid {self.model.grid.shape} != config grid {self.grid.shape}")

@@ -78,3 +78,15 @@ def test_a_failing_compiler_falls_back_to_the_torch_path(monkeypatch):
     with torch.no_grad():
         y, _ = core.step(x, {"ssm": h}, torch.tensor([0.1]))
     assert torch.isfinite(y).all() and not cpu_kernel.available()
+
+
+def test_warm_compiles_the_update_and_the_pipeline_warms_it_before_its_first_frame(monkeypatch):
+    from ssm_perception.config import GridConfig, PerceptionConfig
+    from ssm_perception.pipeline import PerceptionPipeline
+
+    assert cpu_kernel.warm() is True
+    assert len(cpu_kernel._kernel().signatures) >= 1  # compiled (or loaded) for the C-contiguous layouts
+    calls = []
+    monkeypatch.setattr(cpu_kernel, "warm", lambda: calls.append(1) or True)
+    PerceptionPipeline(PerceptionConfig(grid=GridConfig(length_x=8.0, length_y=8.0)))
+    assert calls == [1]
