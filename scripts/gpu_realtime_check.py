@@ -196,8 +196,8 @@ def count_transfers(pipe, inputs) -> dict:
 def count_syncs(pipe, inputs) -> dict:
     """Host synchronisations per frame, as torch reports them (``torch.cuda.set_sync_debug_mode``
     'warn': every implicit wait for the device: item / bool / int of a device tensor, nonzero and
-    boolean indexing, a copy from pageable memory). The pipeline's one deliberate wait (the packed
-    read-back's stream synchronise) is explicit and not counted. Sites: file:line of each warning."""
+    boolean indexing, a copy from pageable memory; also the explicit stream synchronise of the packed
+    read-back, the frame's one deliberate wait). Sites: file:line of each warning."""
     import collections
     import warnings
 
@@ -216,8 +216,8 @@ def count_syncs(pipe, inputs) -> dict:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     return {"per_frame": per_frame, "sites": dict(sites.most_common(20)), "graph_status": pipe.graph_status,
-            "note": "implicit host waits per frame (target: 0 besides the read-back; the ground fit's "
-                    "candidate count is one known)"}
+            "note": "host waits per frame; expected 2: the read-back (pipeline_graph.copy_to_host) and the "
+                    "ground fit's candidate count (bev/ground.py); any other site is a wait to remove"}
 
 
 def print_stages(label: str, r: dict) -> None:

@@ -164,3 +164,56 @@ def test_training_features_use_the_same_normalisation():
     a, b = feats[255.0], feats[1.0]
     assert a.max() > 2.0  # log(1 + intensity) of a 0..255 scale
     assert np.abs(a - b).mean() < 0.05 * a[a > 0].mean()
+
+
+def _full_box_test(xs, ys, zs, T, c):
+    """The ego-box test on every return (the reference for the pre-filtered one)."""
+    R, tr = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
+    inside = None
+    with np.errstate(invalid="ignore"):
+        for k, (lo, hi) in enumerate(((c.ego_x_min, c.ego_x_max), (c.ego_y_min, c.ego_y_max),
+                                      (c.ego_z_min, c.ego_z_max))):
+            v = R[k, 0] * xs + R[k, 1] * ys + R[k, 2] * zs + tr[k]
+            m = (v >= lo) & (v <= hi)
+            inside = m if inside is None else inside & m
+    return inside
+
+
+@pytest.mark.parametrize("yaw_deg", [0.0, 37.0, 90.0])
+def test_ego_box_prefilter_and_own_layout_copy_give_the_general_paths_output(yaw_deg):
+    """The per-frame shortcuts (returns tested exactly only near the box's extent in LiDAR x; a cloud
+    already in the output layout copied whole) change no value and no dropped return."""
+    rng = np.random.default_rng(1)
+    T = np.eye(4)
+    T[:3, :3] = t3.euler.euler2mat(0.02, -0.03, np.radians(yaw_deg))
+    T[:3, 3] = (0.4, 0.1, 1.9)
+    n = 20000
+    pts = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4"), ("t", "<f4"),
+                             ("ring", "<u2")])
+    xyz = rng.uniform(-6, 6, (n, 3)).astype(np.float32)
+    xyz[:50] = [np.nan, 1.0, 0.0]
+    xyz[50:60] = [0.0, np.inf, 0.0]
+    pts["x"], pts["y"], pts["z"] = xyz.T
+    pts["intensity"] = rng.uniform(0, 90, n)
+    pts["intensity"][:7] = np.nan
+    pts["t"] = rng.uniform(-0.05, 0.05, n)
+    pts["ring"] = rng.integers(0, 64, n)
+    cfg = LidarInputConfig(intensity_mode="fixed", intensity_scale=1.0, mount_check=False)
+
+    def widened(a):  # the same cloud with one more field: the general path
+        w = np.zeros(len(a), dtype=pts.dtype.descr + [("extra", "<f4")])
+        for f in pts.dtype.names:
+            w[f] = a[f]
+        return w
+
+    ref = _full_box_test(xyz[:, 0], xyz[:, 1], xyz[:, 2], T, cfg)
+    assert 50 < int(ref.sum()) < n // 2
+    for cloud in (pts, pts[~ref]):  # with returns inside the box (dropped), and without (copied whole)
+        step_a, step_b = LidarInput(cfg), LidarInput(cfg)
+        a, b = step_a(cloud, T, None, 0), step_b(widened(cloud), T, None, 0)
+        assert step_a.dropped_ego == step_b.dropped_ego == (int(ref.sum()) if len(cloud) == n else 0)
+        assert a.dtype == b.dtype and len(a) == len(b) == n - int(ref.sum())
+        for f in a.dtype.names:
+            assert np.array_equal(a[f], b[f], equal_nan=True), f
+        assert np.array_equal(a["x"], pts["x"][~ref], equal_nan=True)
+        assert np.array_equal(a["intensity"], np.nan_to_num(pts["intensity"][~ref], nan=0.0))

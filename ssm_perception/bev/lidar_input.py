@@ -139,15 +139,24 @@ class LidarInput:
         if self.cfg.ego_footprint:  # the box test per coordinate in float32 (no [N, 3] temporaries)
             c = self.cfg
             R, tr = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
-            inside = None
+            bounds = ((c.ego_x_min, c.ego_x_max), (c.ego_y_min, c.ego_y_max), (c.ego_z_min, c.ego_z_max))
+            # Only returns whose LiDAR-frame x lies within the box's extent along that axis (the
+            # transformed box's bounding interval, 1 cm wider than float32 rounding could ever need)
+            # can be inside: the exact test below runs on those few, with the same float32 arithmetic.
+            corners = np.array(np.meshgrid(*bounds, indexing="ij"), dtype=np.float64).reshape(3, -1)
+            x_lidar = (T[:3, :3].T @ (corners - T[:3, 3:4]))[0]
+            near = np.flatnonzero((xs >= x_lidar.min() - 0.01) & (xs <= x_lidar.max() + 0.01))
+            inside = np.zeros(len(xs), dtype=bool)
+            sub = None
             # Drivers mark missing returns as NaN/inf: those compare False here (kept, dropped by
             # the encoder's finite test), so numpy's inf*0 warning is noise.
             with np.errstate(invalid="ignore"):
-                for k, (lo, hi) in enumerate(((c.ego_x_min, c.ego_x_max), (c.ego_y_min, c.ego_y_max),
-                                              (c.ego_z_min, c.ego_z_max))):
-                    v = R[k, 0] * xs + R[k, 1] * ys + R[k, 2] * zs + tr[k]
+                px, py, pz = xs[near], ys[near], zs[near]
+                for k, (lo, hi) in enumerate(bounds):
+                    v = R[k, 0] * px + R[k, 1] * py + R[k, 2] * pz + tr[k]
                     m = (v >= lo) & (v <= hi)
-                    inside = m if inside is None else inside & m
+                    sub = m if sub is None else sub & m
+            inside[near] = sub
             n_in = int(np.count_nonzero(inside))
             self.dropped_ego = n_in
             if n_in:
@@ -165,6 +174,20 @@ class LidarInput:
         dtype += [("t", "f4")] if t is not None else []
         dtype += [("ring", "u2")] if rfield is not None else []
         n = len(src) if rows is None else len(rows)
+        has_intensity = "intensity" in names
+        if rows is None and src.dtype == np.dtype(dtype) and has_intensity and rfield == "ring":
+            # The cloud already has the output layout (our own decoder's, the simulator's): one copy,
+            # then only the values that can change (times read relative, non-finite intensities).
+            out = np.empty_like(src)
+            if src.flags.c_contiguous:
+                out.view(np.uint8)[:] = src.view(np.uint8)  # a byte copy (a record copy is 20x slower)
+            else:
+                out[:] = src
+            if t is not None and not np.may_share_memory(t, src):
+                out["t"] = t  # times were converted (nanoseconds, absolute)
+            if not np.isfinite(out["intensity"]).all():
+                np.nan_to_num(out["intensity"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            return self._finish(out, has_intensity, T, T_odom_base, frame_id)
         out = np.empty(n, dtype=dtype)
         out["x"], out["y"], out["z"] = col(xs), col(ys), col(zs)
         if t is not None:
@@ -174,10 +197,12 @@ class LidarInput:
             # u8/u16 rings (the usual) fit as they are; anything else is cleaned and clipped
             out["ring"] = ring if ring.dtype.kind == "u" and ring.dtype.itemsize <= 2 else \
                 np.clip(np.nan_to_num(ring.astype(np.float64)), 0, 65535)
-        has_intensity = "intensity" in names
         if has_intensity:
             out["intensity"] = np.nan_to_num(col(src["intensity"]).astype(np.float32), nan=0.0, posinf=0.0,
                                              neginf=0.0)
+        return self._finish(out, has_intensity, T, T_odom_base, frame_id)
+
+    def _finish(self, out: np.ndarray, has_intensity: bool, T: np.ndarray, T_odom_base, frame_id: str) -> np.ndarray:
         self._intensity(out, has_intensity)
         if self.cfg.mount_check and (len(self._fits) < _MOUNT_FITS or len(self._pairs) < _HEADING_PAIRS):
             xyz = np.stack([out["x"], out["y"], out["z"]], 1).astype(np.float64) @ T[:3, :3].T + T[:3, 3]
