@@ -142,3 +142,21 @@ def test_median_of_log_intensity_equals_numpy_median_bit_for_bit():
         i = (rng.gamma(1.5, 20.0, n) - 5.0).astype(np.float32)  # some negative (clipped to 0), ties at 0
         i[: n // 7] = 0.0
         assert _median_log1p(i) == float(np.median(np.log1p(np.clip(i, 0.0, None))))
+
+
+def test_near_clutter_share_equals_the_stacked_int64_voxel_keys():
+    from ssm_perception.temporal.shift import scan_stats
+
+    rng = np.random.default_rng(5)
+    pts = np.zeros(6000, dtype=LIDAR_DTYPE)
+    xyz = np.concatenate([rng.uniform(-12, 12, (3000, 3)), rng.normal(0, 0.05, (3000, 3)) + [3.0, 1.0, 0.5]])
+    pts["x"], pts["y"], pts["z"] = xyz.T.astype(np.float32)
+    x, y, z = (pts[f] for f in ("x", "y", "z"))
+    r2 = x * x + y * y + z * z
+    close = np.isfinite(r2) & (r2 > 1e-6) & (r2 < 10.0 * 10.0)
+    v = np.floor(np.stack([x[close], y[close], z[close]], 1) / 0.3).astype(np.int64)  # the former keys
+    span = int(2 * 10.0 / 0.3) + 3
+    key = ((v[:, 0] + span) * (2 * span) + (v[:, 1] + span)) * (2 * span) + (v[:, 2] + span)
+    _, counts = np.unique(key, return_counts=True)
+    expected = float(np.count_nonzero(counts == 1)) / int((np.isfinite(r2) & (r2 > 1e-6)).sum())
+    assert 0.0 < expected < 1.0 and scan_stats(pts, 10.0, 0.3).near_share == expected

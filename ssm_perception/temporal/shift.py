@@ -49,9 +49,12 @@ def scan_stats(points, near_range_m: float, voxel_m: float = 0.3) -> ScanStats |
     near = 0.0
     if close.any():
         # Isolated returns: alone in their voxel (one sort of the near points, a few ms per scan).
-        v = np.floor(np.stack([x[close], y[close], z[close]], 1) / voxel_m).astype(np.int64)
         span = int(2 * near_range_m / voxel_m) + 3
-        key = ((v[:, 0] + span) * (2 * span) + (v[:, 1] + span)) * (2 * span) + (v[:, 2] + span)
+        kt = np.int32 if (2 * span) ** 3 < 2**31 else np.int64  # int32 keys sort faster (hot path)
+        key = None
+        for a in (x, y, z):  # ((vx + span) * 2 span + (vy + span)) * 2 span + (vz + span)
+            v = np.floor(a[close] / voxel_m).astype(kt) + kt(span)
+            key = v if key is None else key * kt(2 * span) + v
         _, counts = np.unique(key, return_counts=True)
         near = float(np.count_nonzero(counts == 1)) / n
     inten = None
