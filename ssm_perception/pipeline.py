@@ -296,6 +296,7 @@ class PerceptionPipeline:
         # fixed-capacity clouds, one replay per encoder half instead of tens of launches.
         self.encoder_graphs = GraphCache(enabled=self.config.model.cuda_graph and self.device.type == "cuda")
         self.health.graphs = self.encoder_graphs  # its per-cell step too ("health")
+        self.policy.graphs = self.encoder_graphs  # and the warp grids ("warp_grid")
 
     def _graph_step(self, x, motion, dt_s: float, reset_mask):
         """The temporal step through the CUDA graph (pipeline_graph.CudaGraphStep); None if it

@@ -157,7 +157,7 @@ class StateHealthMonitor:
         if T_prev_cur is not None:
             # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
             # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
-            g, mode = sampling_grid(T_prev_cur, self.grid, b, "bilinear", maps.dtype, dev)
+            g, mode = sampling_grid(T_prev_cur, self.grid, b, "bilinear", maps.dtype, dev, graphs=self.graphs)
             inputs.append(g)
         inputs.append(torch.full((), float(max(dt, 0.0)), dtype=maps.dtype, device=dev))  # a fill: no upload
         if observed is not None:

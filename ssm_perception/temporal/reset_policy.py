@@ -86,6 +86,7 @@ class ResetPolicy:
         self.grid = _as_bev_grid(grid) if grid is not None else None
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.defer_cells = self.device.type != "cpu"
+        self.graphs = None  # a CUDA pipeline's bev.device.GraphCache: the age warp's grid replays as a graph
         self.counts: Counter[str] = Counter()
         self.last_decision: ResetDecision | None = None
         self._pending: list[str] = []  # explicit requests since the last frame
@@ -277,7 +278,7 @@ class ResetPolicy:
             return age
         # 'nearest': an age must not be averaged into a younger one. Cells entering the grid get 0:
         # their state is the initial state as well, so there is no stale memory to clear.
-        return warp_tensor(age, motion, self.grid, mode="nearest")
+        return warp_tensor(age, motion, self.grid, mode="nearest", graphs=self.graphs)
 
     def _log(self, stamp_ns: int, d: ResetDecision) -> None:
         if d.full:

@@ -139,18 +139,16 @@ def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1, device=None) -> Te
     return torch.stack([fi, fj], -1)
 
 
-_LAST_SOURCE: list = [None, None]  # (motion key, source indices) of the latest device warp grid
-
-
 def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "bilinear",
-                  dtype=torch.float32, device=None, on_device: bool | None = None) -> tuple[Tensor, str]:
+                  dtype=torch.float32, device=None, on_device: bool | None = None, graphs=None) -> tuple[Tensor, str]:
     """The grid_sample grid [B, H, W, 2] for a motion, and the mode to sample with.
 
     Outside handling is folded into the grid so a warp is one grid_sample pass (memory traffic
     is the cost on CPU): sources inside the previous grid's extent are clamped to the edge cell
     centres (no fade at the half-cell rim), sources outside are sent far off the grid where
     padding_mode='zeros' returns exactly 0. ``on_device`` None: the device way off the CPU (below);
-    True on the CPU runs that way there (tests)."""
+    True on the CPU runs that way there (tests). ``graphs`` (a CUDA pipeline's GraphCache): the
+    device way replays as a CUDA graph (only the three motion numbers go up)."""
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     h, w = grid.shape
@@ -159,33 +157,44 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     # per warp, and its upload); whether the motion is cell-aligned is then decided on the host from
     # the motion's affine (fused_step.warp_params: the same criterion up to ~1e-7 of a cell).
     on_device = dev.type != "cpu" if on_device is None else on_device
-    if on_device:  # the health maps and the reset policy's ages warp with the same motion: computed once
-        key = (np.asarray(T_prev_cur.cpu() if isinstance(T_prev_cur, Tensor) else T_prev_cur, np.float64).tobytes(),
-               grid, batch, dev)
-        src = _LAST_SOURCE[1] if _LAST_SOURCE[0] == key else None
-        if src is None:
-            src = source_indices(T_prev_cur, grid, batch, dev)
-            _LAST_SOURCE[:] = [key, src]
-    else:
-        src = source_indices(T_prev_cur, grid, batch)  # [B, H, W, 2] float64 (i, j)
-    if mode == "nearest":
-        aligned = True
-    elif on_device:
+    if on_device:
         from ssm_perception.temporal.fused_step import warp_params
 
-        aligned = not warp_params(T_prev_cur, grid, batch)[1]
-    else:
-        aligned = bool((np.abs(src.numpy() - np.round(src.numpy())) < _ALIGN_TOL).all())  # host numbers
-    if aligned:
+        aligned = mode == "nearest" or not warp_params(T_prev_cur, grid, batch)[1]
+        se2 = upload(_as_se2_batch(T_prev_cur, batch).contiguous(), dev)
+        fn = functools.partial(_grid_from_motion, grid=grid, nearest=aligned, dtype=dtype)
+        g = fn(se2) if graphs is None else graphs.run("warp_grid", (grid, aligned, dtype), fn, se2)
+        return g, "nearest" if aligned else mode
+    src = source_indices(T_prev_cur, grid, batch)  # [B, H, W, 2] float64 (i, j)
+    if mode == "nearest" or bool((np.abs(src.numpy() - np.round(src.numpy())) < _ALIGN_TOL).all()):  # host
         src, mode = src.round(), "nearest"
+    return upload(_grid_from_source(src, h, w).to(dtype=dtype), device), mode
+
+
+def _grid_from_motion(se2: Tensor, *, grid: BevGrid, nearest: bool, dtype) -> Tensor:
+    """``sampling_grid`` from the motion (dx, dy, dyaw) [B, 3] float64 on its device: a pure tensor
+    function (a CUDA graph), the arithmetic of ``source_indices``."""
+    x, y = _cell_centres64(grid, se2.device)  # [H, W] current cell centres
+    c = torch.cos(se2[:, 2]).view(-1, 1, 1)
+    s = torch.sin(se2[:, 2]).view(-1, 1, 1)
+    xp = c * x - s * y + se2[:, 0].view(-1, 1, 1)  # [B, H, W] in the previous frame
+    yp = s * x + c * y + se2[:, 1].view(-1, 1, 1)
+    fi = (xp - grid.x_min) / grid.resolution - 0.5
+    fj = (yp - grid.y_min) / grid.resolution - 0.5
+    src = torch.stack([fi, fj], -1)
+    if nearest:
+        src = src.round()
+    return _grid_from_source(src, *grid.shape).to(dtype=dtype)
+
+
+def _grid_from_source(src: Tensor, h: int, w: int) -> Tensor:
     fi, fj = src[..., 0], src[..., 1]
     inside = (fi > -0.5) & (fi < h - 0.5) & (fj > -0.5) & (fj < w - 0.5)
     far = -8.0  # cells, off the grid: bilinear taps at -8/-7 are both padding zeros
     fi = torch.where(inside, fi.clamp(0.0, h - 1.0), far)
     fj = torch.where(inside, fj.clamp(0.0, w - 1.0), far)
     # grid_sample (align_corners=False): last dim is (u along W, v along H) in [-1, 1].
-    g = torch.stack([(2.0 * fj + 1.0) / w - 1.0, (2.0 * fi + 1.0) / h - 1.0], -1)
-    return (g.to(dtype=dtype) if on_device else upload(g.to(dtype=dtype), device)), mode
+    return torch.stack([(2.0 * fj + 1.0) / w - 1.0, (2.0 * fi + 1.0) / h - 1.0], -1)
 
 
 def is_cell_rows(x: Tensor) -> bool:
@@ -277,12 +286,13 @@ class _Sampler:
         return F.grid_sample(x, self.g, mode=self.mode, padding_mode="zeros", align_corners=False)
 
 
-def warp_tensor(x: Tensor, T_prev_cur, grid: BevGrid, mode: str = "bilinear") -> Tensor:
-    """Resample one cell-aligned tensor x [B, C, H, W] into the current frame."""
+def warp_tensor(x: Tensor, T_prev_cur, grid: BevGrid, mode: str = "bilinear", graphs=None) -> Tensor:
+    """Resample one cell-aligned tensor x [B, C, H, W] into the current frame (``graphs``: see
+    ``sampling_grid``)."""
     b, _, h, w = x.shape
     if (h, w) != grid.shape:
         raise ValueError(f"tensor grid {h}x{w} does not match BevGrid {grid.nx}x{grid.ny}")
-    g, mode = sampling_grid(T_prev_cur, grid, b, mode, x.dtype, x.device)
+    g, mode = sampling_grid(T_prev_cur, grid, b, mode, x.dtype, x.device, graphs=graphs)
     return _Sampler(g, mode, h, w)(x)
 
 
