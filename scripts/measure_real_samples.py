@@ -239,6 +239,8 @@ def _summary(lf: dict) -> dict:
     if lab:
         out["far_from_labels_share"] = lab["tracks_far_from_labels_share"]
         out["far_from_labels_share_before_rule"] = lab["tracks_far_from_labels_share_before_rule"]
+        out["tracks_compared_with_labels"] = lab["tracks_compared_with_labels"]
+        out["tracks_compared_with_labels_before_rule"] = lab["tracks_compared_with_labels_before_rule"]
         hit = n = 0
         for cls in ("car", "truck"):
             for row in lab["recall_by_range"].get(cls, []):
@@ -329,10 +331,12 @@ def main(
         results[name] = rec
         typer.echo(f"{name}: {json.dumps(rec['with_rule']['as recorded'])}")
 
-    def pooled(key_n: str, key_share: str, variant: str = "as recorded", which: str = "with_rule") -> float | None:
+    def pooled(key_n: str, key_share: str, names=None) -> float | None:
         num = den = 0.0
-        for r in results.values():
-            v = r[which] if which == "without_rule" else r[which][variant]
+        for name, r in results.items():
+            if names is not None and name not in names:
+                continue
+            v = r["with_rule"]["as recorded"]
             if v.get(key_share) is not None and v.get(key_n):
                 num += v[key_share] * v[key_n]
                 den += v[key_n]
@@ -345,6 +349,16 @@ def main(
         "track_instances": sum(r["with_rule"]["as recorded"]["track_instances"] for r in results.values()),
         "track_instances_before_rule": sum(r["with_rule"]["as recorded"]["track_instances_before_rule"]
                                            for r in results.values()),
+        "far_from_labels_share": pooled("tracks_compared_with_labels", "far_from_labels_share"),
+        "far_from_labels_share_before_rule": pooled("tracks_compared_with_labels_before_rule",
+                                                    "far_from_labels_share_before_rule"),
+        "tracks_compared_with_labels": sum(r["with_rule"]["as recorded"].get("tracks_compared_with_labels", 0)
+                                           for r in results.values()),
+        "vehicle_recall_within_50m": pooled("vehicles_within_50m", "vehicle_recall_within_50m"),
+        "vehicles_within_50m": sum(r["with_rule"]["as recorded"].get("vehicles_within_50m", 0)
+                                   for r in results.values()),
+        "argoverse2_far_from_labels_share": pooled("tracks_compared_with_labels", "far_from_labels_share",
+                                                   names=("av2_7fab2350", "av2_adcf7d18")),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

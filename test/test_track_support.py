@@ -187,3 +187,25 @@ def test_pipeline_publishes_only_supported_tracks(rule_on):
     out = p.process(FrameInputs(S + 4 * DT, se2_matrix(0, 0, 0), lidar=_car_cloud(True, 4),
                                 T_base_lidar=T_BASE_LIDAR))
     assert [t.id for t in out.tracks] == [car_id]
+
+
+def test_node_reports_the_track_rule_in_diagnostics(rclpy_context):
+    import rclpy  # noqa: F401  (CI must fail, not skip, when ROS 2 did not install)
+    from rclpy.parameter import Parameter
+
+    from ssm_perception.evidence import EvidenceReport
+    from ssm_perception.nodes.perception_node import PerceptionNode
+    from ssm_perception.tracking.support import TrackSupportReport
+
+    n = PerceptionNode(context=rclpy_context, parameter_overrides=[
+        Parameter("grid.length_x", value=20.0), Parameter("grid.length_y", value=20.0),
+        Parameter("model.kind", value="logodds"), Parameter("sensors.use_camera", value=False)])
+    try:
+        n.last_evidence = EvidenceReport(0, "network agrees with the scan's evidence", 10, 0, 0.0, 0.0, 0, 5)
+        n.last_track_support = TrackSupportReport(True, published=3, withheld_unsupported=[5, 6], withheld_static=[7])
+        (ev,) = [s for s in n.diagnostics().status if s.name.endswith(": evidence")]
+        values = {kv.key: kv.value for kv in ev.values}
+        assert values["tracks_published"] == "3" and values["tracks_withheld_no_returns"] == "2"
+        assert values["tracks_withheld_static_on_returns"] == "1" and values["track_rule_checked"] == "True"
+    finally:
+        n.destroy_node()

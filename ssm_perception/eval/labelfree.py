@@ -236,6 +236,8 @@ class LabelFreeMetrics:
                 if far + n["tracks_near_labels"] else None,
                 "tracks_far_from_labels_share_before_rule": far0 / (far0 + n["rule_near_labels"])
                 if far0 + n["rule_near_labels"] else None,
+                "tracks_compared_with_labels": far + n["tracks_near_labels"],
+                "tracks_compared_with_labels_before_rule": far0 + n["rule_near_labels"],
             }
         return out
 

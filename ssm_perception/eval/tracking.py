@@ -391,7 +391,9 @@ def cache_detections(
         "version": CACHE_VERSION, "name": name, "floor": float(floor),
         "checkpoints": {s: _file_digest(i["source"]) for s, i in infos.items()},
         # where the network runs (cpu/cuda, threads) does not change what it detects beyond fp32 noise
-        "config": cfg.model_dump(mode="json", exclude={"tracking": True, "diagnostics": True, "topics": True,
+        # (the track rule runs after the tracker, on the cached counts: it does not change what is cached)
+        "config": cfg.model_dump(mode="json", exclude={"tracking": True, "track_support": True, "diagnostics": True,
+                                                       "topics": True,
                                                        "model": {"device", "cpu_threads", "allow_untrusted_weights"}}),
     }
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -237,6 +237,7 @@ class PerceptionNode(Node):
         self.last_health = None  # temporal.health.HealthReport of the last frame
         self.sensor_checks: dict = {}  # LiDAR input checks of the last frame (bev/lidar_input.py)
         self.last_evidence = None  # evidence.EvidenceReport of the last frame
+        self.last_track_support = None  # tracking.support.TrackSupportReport of the last frame
         self.last_shift = None  # temporal.shift.ShiftReport of the last frame
         self._shift_detected_at: float | None = None  # steady time of the last detected shift
         self._shift_detected_msg = ""
@@ -698,6 +699,7 @@ class PerceptionNode(Node):
         self.last_health = out.health
         self.sensor_checks = out.sensor_checks
         self.last_evidence = out.evidence_report
+        self.last_track_support = out.track_support
         self.last_shift = out.shift
         if out.shift is not None and out.shift.detected:
             self._shift_detected_at, self._shift_detected_msg = time.monotonic(), out.shift.message
@@ -713,6 +715,15 @@ class PerceptionNode(Node):
             self.partial_resets += 1  # stale cells: routine (grid edges), counted apart from full resets
 
     # ------------------------------------------------------------------ diagnostics
+    def _track_rule_values(self) -> dict:
+        """The track rule of the last frame (tracking/support.py): tracks published and withheld."""
+        t = self.last_track_support
+        if t is None:
+            return {}
+        return {"track_rule_checked": t.checked, "tracks_published": t.published,
+                "tracks_withheld_no_returns": len(t.withheld_unsupported),
+                "tracks_withheld_static_on_returns": len(t.withheld_static)}
+
     def publish_diagnostics(self) -> None:
         with self._stats_lock:  # the timer (executor) and the worker (after a reset) both publish
             msg = self.diagnostics()
@@ -762,6 +773,7 @@ class PerceptionNode(Node):
                 "see_through_cells": e.free_cells, "see_through_called_occupied": e.contradictions,
                 "warn": cfg.evidence.disagreement_warn, "error": cfg.evidence.disagreement_error,
                 "floor_applied": cfg.evidence.enabled,
+                **self._track_rule_values(),
             })
 
         # input distribution shift (severe weather, changed sensor): WARN while a detection is recent
