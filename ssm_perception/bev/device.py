@@ -184,6 +184,12 @@ class GraphCache:
                 fn(*static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = fn(*static_in)
+        prev = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph):
+                outputs = fn(*static_in)
+        except Exception:
+            if torch.cuda.current_stream() != prev:  # a failed capture must not leave its stream current
+                torch.cuda.set_stream(prev)
+            raise
         return graph, static_in, outputs
