@@ -669,8 +669,6 @@ def evaluate(bags: list[str | Path], cfg: PerceptionConfig, out_dir: str | Path,
     ab_entries: list[dict] = []
     ab_counts: dict[str, dict] = {}
     ab_failed: dict[str, str] = {}
-    if sets:
-        metrics["ablation_command"] = command
     bar = None
     if sets and progress:
         from tqdm import tqdm
