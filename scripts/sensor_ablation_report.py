@@ -7,8 +7,8 @@
 Per run: the evaluation's ablation (ablation.json, with its command), the published ECE and the load
 average per set (metrics.json), and the camera's contribution where the configurations use it (added
 to LiDAR + radar): gains, whether each lies outside its 95 % bootstrap interval, per-bag signs, and its
-encode part. The verdict follows RULE (stated in the output); the latency cost is reported beside it
-for a person to weigh (it depends on the machine).
+encode part. The verdict per run follows RULE (stated in the output); the latency cost is reported
+beside it (it depends on the machine).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from pathlib import Path
 NOTE = ("The shipped checkpoint was trained with LiDAR, radar and camera: a set without a sensor measures what "
         "that sensor contributes to this model (what it loses when the input is absent), not what a model trained "
         "without the sensor would reach.")
-RULE = ("the camera earns its cost when, added to LiDAR + radar, its published IoU gain or its moving-IoU gain "
-        "lies above noise (95 % bootstrap interval above 0) and its IoU gain is positive on every bag, in every run; "
-        "otherwise it is a candidate to switch off")
+RULE = ("per configuration: the camera earns its cost when, added to LiDAR + radar, it improves a published output "
+        "beyond noise: the published-grid IoU gain's 95 % bootstrap interval lies above 0 and the gain is positive on "
+        "every bag, or the car MOTA gain is at least +0.01 and positive on every bag; otherwise it is switched off there "
+        "(the moving IoU scores the network's moving output, which is not published, and is reported beside it)")
 BAGS = {  # how the held-out bags of a run are made, by label prefix (the truth grid must match the config's grid)
     "schema_default": ["ssm-perception simulate --scenario urban --seed {seed} --duration 20 -o {path}"],
     "cpu_default": [("PYTHONPATH=$PWD .venv/bin/python scripts/simulate_for_config.py "
@@ -35,14 +36,16 @@ def camera_given(ab: dict, base: str = "lidar+radar") -> dict | None:
     for c in ab["models"]["model"]["contributions"]:
         if c["sensor"] == "camera" and c["added_to"] == base:
             g = c["gain"]
-            above = {k: bool(g.get(f"{k}_ci95") and g[f"{k}_ci95"][0] > 0) for k in ("iou", "moving_iou")}
-            signs = {b: x["iou"] for b, x in g["per_bag"].items()}
+            bags = {b: {"iou": x["iou"], "car_mota": x["car_mota"]} for b, x in g["per_bag"].items()}
+            car = (g["tracking"].get("car") or {})
+            iou_ok = bool(g.get("iou_ci95") and g["iou_ci95"][0] > 0
+                          and all((x["iou"] or 0) > 0 for x in bags.values()))
+            mota_ok = bool((car.get("mota") or 0) >= 0.01 and all((x["car_mota"] or 0) > 0 for x in bags.values()))
             return {"added_to": base, "iou": g["iou"], "iou_ci95": g.get("iou_ci95"), "moving_iou": g["moving_iou"],
-                    "moving_iou_ci95": g.get("moving_iou_ci95"),
-                    "car_mota": (g["tracking"].get("car") or {}).get("mota"),
-                    "car_idf1": (g["tracking"].get("car") or {}).get("idf1"),
-                    "per_bag_iou": signs, "above_noise": above,
-                    "same_sign_every_bag": all(v is not None and v > 0 for v in signs.values()),
+                    "moving_iou_ci95": g.get("moving_iou_ci95"), "car_mota": car.get("mota"),
+                    "car_idf1": car.get("idf1"), "per_bag": bags,
+                    "earns": {"published_iou": iou_ok, "car_mota": mota_ok},
+                    "verdict": "kept on" if iou_ok or mota_ok else "switched off",
                     "encode_part_p50_ms": (c["encode_part_ms"] or {}).get("p50")}
     return None
 
@@ -76,10 +79,8 @@ def main(argv=None) -> None:
             shutil.copy(plot, out.parent / "plots" / f"{out.name}_{label}.png")
         md_runs.append((label, runs[label], (d / "ablation.md").read_text().split("\n", 3)[3]))
     cams = {k: r["camera_given_lidar_radar"] for k, r in runs.items()}
-    earns = all(c and c["same_sign_every_bag"] and (c["above_noise"]["iou"] or c["above_noise"]["moving_iou"])
-                for c in cams.values())
-    verdict = ("the camera earns its cost: kept on" if earns else
-               "the camera's gain is within noise in at least one run: a candidate to switch off")
+    verdict = "; ".join(f"{k}: camera {c['verdict'] if c else 'not measured with LiDAR + radar'}"
+                        for k, c in cams.items())
     result = {"note": NOTE, "rule": RULE, "verdict": verdict, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
 
@@ -89,17 +90,17 @@ def main(argv=None) -> None:
     lines = ["# Sensor ablation: what each sensor contributes to the shipped model (issue 16)", "",
              (f"Written by `scripts/sensor_ablation_report.py` from {len(runs)} `ssm-perception evaluate --ablate` "
              "runs on the held-out urban seeds 200000 and 200002 (20 s each, the README's held-out length)."), "",
-             f"**{NOTE}**", "", f"**Verdict: {verdict}** (rule: {RULE}).", "",
+             f"**{NOTE}**", "", f"**Verdict: {verdict}** (rule, {RULE}).", "",
              ("| run | camera added to LiDAR + radar: IoU [95 %] | moving IoU [95 %] | car MOTA / IDF1 | per bag IoU "
-             "| camera encode part p50 |"), "|---|---|---|---|---|---|"]
+             "| camera encode part p50 | verdict |"), "|---|---|---|---|---|---|---|"]
     for label, c in cams.items():
         if c:
             ci = c["iou_ci95"] or [None, None]
             mi = c["moving_iou_ci95"] or [None, None]
             lines.append(f"| {label} | {f(c['iou'])} [{f(ci[0])}, {f(ci[1])}] | {f(c['moving_iou'])} [{f(mi[0])}, "
                          f"{f(mi[1])}] | {f(c['car_mota'])} / {f(c['car_idf1'])} | "
-                         + ", ".join(f"{b} {f(v)}" for b, v in c["per_bag_iou"].items())
-                         + f" | {c['encode_part_p50_ms'] or 0:.1f} ms |")
+                         + ", ".join(f"{b} {f(v['iou'])}" for b, v in c["per_bag"].items())
+                         + f" | {c['encode_part_p50_ms'] or 0:.1f} ms | {c['verdict']} |")
     for label, r, md in md_runs:
         g = r["grid"]
         lines += ["", f"## {label} ({g['nx']} x {g['ny']} cells at {g['resolution']} m)", "", "```bash",
