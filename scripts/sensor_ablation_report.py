@@ -71,17 +71,22 @@ def main(argv=None) -> None:
                 for b in ab_file["bags"]]
         templates = next((v for k, v in BAGS.items() if label.startswith(k)), [])
         make = [t.format(seed=b["name"].rsplit("_", 1)[-1], path=b["path"]) for t in templates for b in bags]
+        weights = sorted({m.get("sha256") or str(m.get("source")) for m in metrics["models"].values()})
         runs[label] = {"grid": ab_file["grid"], "commands": [*make, ab["command"]], "bags": bags, "ablation": ab,
+                       "weights_sha256": weights,
                        "per_set": per_set, "camera_given_lidar_radar": camera_given(ab)}
         plot = d / "ablation.png"
         if plot.is_file():
             (out.parent / "plots").mkdir(parents=True, exist_ok=True)
             shutil.copy(plot, out.parent / "plots" / f"{out.name}_{label}.png")
         md_runs.append((label, runs[label], (d / "ablation.md").read_text().split("\n", 3)[3]))
+    used = {w for r in runs.values() for w in r["weights_sha256"]}
+    if len(used) > 1:  # e.g. a checkpoint shipped between two runs: the runs would not describe one model
+        raise SystemExit(f"the runs used different weights {sorted(used)}; re-run them with the same checkpoint")
     cams = {k: r["camera_given_lidar_radar"] for k, r in runs.items()}
     verdict = "; ".join(f"{k}: camera {c['verdict'] if c else 'not measured with LiDAR + radar'}"
                         for k, c in cams.items())
-    result = {"note": NOTE, "rule": RULE, "verdict": verdict, "runs": runs}
+    result = {"note": NOTE, "weights_sha256": sorted(used), "rule": RULE, "verdict": verdict, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
 
     def f(x, d=3):
@@ -90,7 +95,7 @@ def main(argv=None) -> None:
     lines = ["# Sensor ablation: what each sensor contributes to the shipped model (issue 16)", "",
              (f"Written by `scripts/sensor_ablation_report.py` from {len(runs)} `ssm-perception evaluate --ablate` "
              "runs on the held-out urban seeds 200000 and 200002 (20 s each, the README's held-out length)."), "",
-             f"**{NOTE}**", "", f"**Verdict: {verdict}** (rule, {RULE}).", "",
+             f"**{NOTE}**", "", f"Weights: sha256 {', '.join(w[:16] for w in sorted(used))}.", "", f"**Verdict: {verdict}** (rule, {RULE}).", "",
              ("| run | camera added to LiDAR + radar: IoU [95 %] | moving IoU [95 %] | car MOTA / IDF1 | per bag IoU "
              "| camera encode part p50 | verdict |"), "|---|---|---|---|---|---|---|"]
     for label, c in cams.items():
