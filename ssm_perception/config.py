@@ -421,8 +421,8 @@ class TrackSupportConfig(_Section):
     )
     margin_m: float = Field(
         0.5, ge=0, le=5, description="the track's box is grown by this for the support test [m] (the detector's "
-        "position error; on validation seeds 100000-100001 0.25 cost 0.016 car and 0.156 pedestrian MOTA, 0.5 cost "
-        "0.001 and 0.023)")
+        "position error; on validation seeds 100000-100001, checkpoint before #20, 0.25 cost 0.016 car and 0.156 "
+        "pedestrian MOTA, 0.5 cost 0.001 and 0.023)")
     window_frames: int = Field(
         1, ge=1, le=100, description="a track is published while it was supported in at least one of the last "
         "this many LiDAR scans (1: this scan)"
