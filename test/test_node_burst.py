@@ -115,7 +115,9 @@ def test_burst_keeps_newest_frame_warns_and_recovers(tmp_path):
     scene = scene_points(np.random.default_rng(0))
     clouds = {k: _cloud(scene, _stamp(k)) for k in range(N_BEFORE + K_BURST + N_AFTER)}  # built before the burst
     burst = range(N_BEFORE, N_BEFORE + K_BURST)
-    with running_node(tmp_path, drv, {"sensors.use_radar": False}) as node:
+    # Scans thinned to ~1000 points leave a passing car's surfaces one return per clutter voxel, which
+    # the weather detector rightly reads as near-range clutter: not what this test is about.
+    with running_node(tmp_path, drv, {"sensors.use_radar": False, "distribution_shift.reset": False}) as node:
         drv.connect(node, T_BASE_LIDAR, T0_NS)  # then waits 1 s, as the replay does: the first samples are often lost
 
         def lockstep(k: int) -> None:
