@@ -155,9 +155,10 @@ def verify_checkpoint(path: str | Path, *, allow_untrusted: bool = False, expect
     from ssm_perception.config import PerceptionConfig, describe_validation_error
 
     path = Path(path)
+    if not path.is_file():  # before the sidecar's name: a directory such as '/' has none
+        raise CheckpointError(f"checkpoint not found: {path}" + (" (a directory, not a .safetensors file)"
+                                                                 if path.is_dir() else ""))
     side = sidecar_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     if not side.is_file():
         raise CheckpointError(f"checkpoint sidecar not found: {side}")
     info = _read_sidecar(side)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -180,6 +180,7 @@ def config_documents(draw):
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(doc=config_documents())
+@example(doc={"model": {"checkpoint": "/"}})  # found by this test: a directory as the checkpoint was an internal error
 def test_generated_configs_are_accepted_or_refused_in_one_line(tmp_path, doc):
     p = tmp_path / "gen.yaml"
     try:
