@@ -128,8 +128,13 @@ def source_indices(T_prev_cur, grid: BevGrid, batch: int = 1, device=None) -> Te
     computed on ``device`` (None: the CPU; only the three motion numbers go up)."""
     se2 = _as_se2_batch(T_prev_cur, batch)
     dev = torch.device("cpu") if device is None else torch.device(device)
-    x, y = _cell_centres64(grid, dev)  # [H, W] current cell centres
-    se2 = upload(se2.contiguous(), dev)
+    return _source_from_motion(upload(se2.contiguous(), dev), grid)
+
+
+def _source_from_motion(se2: Tensor, grid: BevGrid) -> Tensor:
+    """Fractional (i, j) in the previous grid of every current cell centre [B, H, W, 2], from the
+    motion (dx, dy, dyaw) [B, 3] float64 on its device (pure tensor arithmetic: graph-capturable)."""
+    x, y = _cell_centres64(grid, se2.device)  # [H, W] current cell centres
     c = torch.cos(se2[:, 2]).view(-1, 1, 1)
     s = torch.sin(se2[:, 2]).view(-1, 1, 1)
     xp = c * x - s * y + se2[:, 0].view(-1, 1, 1)  # [B, H, W] in the previous frame
@@ -174,14 +179,7 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
 def _grid_from_motion(se2: Tensor, *, grid: BevGrid, nearest: bool, dtype) -> Tensor:
     """``sampling_grid`` from the motion (dx, dy, dyaw) [B, 3] float64 on its device: a pure tensor
     function (a CUDA graph), the arithmetic of ``source_indices``."""
-    x, y = _cell_centres64(grid, se2.device)  # [H, W] current cell centres
-    c = torch.cos(se2[:, 2]).view(-1, 1, 1)
-    s = torch.sin(se2[:, 2]).view(-1, 1, 1)
-    xp = c * x - s * y + se2[:, 0].view(-1, 1, 1)  # [B, H, W] in the previous frame
-    yp = s * x + c * y + se2[:, 1].view(-1, 1, 1)
-    fi = (xp - grid.x_min) / grid.resolution - 0.5
-    fj = (yp - grid.y_min) / grid.resolution - 0.5
-    src = torch.stack([fi, fj], -1)
+    src = _source_from_motion(se2, grid)
     if nearest:
         src = src.round()
     return _grid_from_source(src, *grid.shape).to(dtype=dtype)
