@@ -8,6 +8,7 @@ Each module owns the meaning of its section; this file only declares the fields 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -71,6 +72,9 @@ class GridConfig(_Section):
             raise ValueError("grid.z_max must be greater than grid.z_min")
         for name in ("length_x", "length_y"):
             cells = getattr(self, name) / self.resolution
+            if not math.isfinite(cells) or cells > MAX_GRID_CELLS:  # a 1e-308 m cell: round() would overflow
+                raise ValueError(f"grid.{name} / grid.resolution = {cells:.6g} cells, more than an "
+                                 f"OccupancyGrid holds ({MAX_GRID_CELLS}); use a coarser grid.resolution")
             if abs(cells - round(cells)) > 1e-6:
                 raise ValueError(f"grid.{name} must be a multiple of grid.resolution")
         return self

@@ -4,9 +4,13 @@ documents and command lines (>= 1,000 cases in all), run in-process with typer's
 
 In the generated command lines the expensive work behind a *valid* command (simulating, training,
 replaying over DDS, benchmarking, evaluating) is replaced by stubs: what is tested is that every
-argument is validated; the work itself has its own tests."""
+argument is validated; the work itself has its own tests.
+
+The generated cases are the same on every run (CI must not fail on a case no one has seen); set
+SSM_FUZZ_EXPLORE=1 to draw new ones, and pin what they find with @example."""
 
 import math
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +24,7 @@ from ssm_perception.cli import app
 from ssm_perception.config import PerceptionConfig
 
 runner = CliRunner()
+REPRODUCIBLE = not os.environ.get("SSM_FUZZ_EXPLORE")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -177,10 +182,11 @@ def config_documents(draw):
     return doc
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=500, deadline=None, derandomize=REPRODUCIBLE, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(doc=config_documents())
 @example(doc={"model": {"checkpoint": "/"}})  # found by this test: a directory as the checkpoint was an internal error
+@example(doc={"grid": {"resolution": 1e-308}})  # found by this test in CI: round(inf) in the grid check
 def test_generated_configs_are_accepted_or_refused_in_one_line(tmp_path, doc):
     p = tmp_path / "gen.yaml"
     try:
@@ -190,7 +196,7 @@ def test_generated_configs_are_accepted_or_refused_in_one_line(tmp_path, doc):
     event(f"exit code {check_outcome(runner.invoke(app, ['config', str(p)])).exit_code}")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=REPRODUCIBLE, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
 def test_generated_raw_files_are_accepted_or_refused_in_one_line(tmp_path, raw):
     p = tmp_path / "raw.yaml"
@@ -334,7 +340,7 @@ def command_lines(draw, files):
     return [cmd, *opts]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=400, deadline=None, derandomize=REPRODUCIBLE, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(data=st.data())
 def test_generated_command_lines_are_accepted_or_refused_in_one_line(files, data):
