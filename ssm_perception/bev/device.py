@@ -29,7 +29,13 @@ def as_device(device) -> torch.device:
 def upload(a, device=None) -> Tensor:
     """numpy (or a host tensor) -> tensor on ``device``: pinned + asynchronous on CUDA (no wait for
     the stream), zero-copy on the CPU."""
-    t = a if isinstance(a, Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    if isinstance(a, Tensor):
+        t = a
+    else:
+        arr = np.ascontiguousarray(a)
+        if not arr.flags.writeable:  # torch has no read-only tensors: share only what may be written
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
     dev = as_device(device)
     if dev.type == "cpu":
         return t
