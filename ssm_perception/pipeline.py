@@ -74,9 +74,9 @@ from ssm_perception.threads import configure_threads
 from ssm_perception.tracking.detections import (
     Detection,
     detections_from_table,
-    detections_to_odom,
     refine_with_radar,
 )
+from ssm_perception.tracking.stage import tracking_stage
 from ssm_perception.tracking.support import TrackSupportReport, TrackSupportRule
 from ssm_perception.tracking.tracker import MultiObjectTracker, TrackState
 from ssm_perception.weights import SHIPPED_CHECKPOINTS
@@ -522,12 +522,10 @@ class PerceptionPipeline:
             raise RuntimeError("track(out) must follow the process() call that returned out")
         t0 = time.perf_counter()
         if _finite_pose(out.T_odom_base):
-            out.detections_odom = detections_to_odom(out.detections_base, out.T_odom_base)
-            tracks = self.tracker.update(out.detections_odom, out.stamp_ns / NS)
             # the track rule: published tracks need returns of the current scan (tracking/support.py)
             counts = out.evidence.nonground_count if out.evidence is not None and out.sensors.get("lidar") else None
-            out.tracks, out.track_support = self.track_support.apply(tracks, counts, out.T_odom_base,
-                                                                     out.stamp_ns / NS)
+            out.detections_odom, _, out.tracks, out.track_support = tracking_stage(
+                self.tracker, self.track_support, out.detections_base, out.T_odom_base, out.stamp_ns / NS, counts)
         out.tracking_pending, self._pending_tracking = False, None
         ms = self._ms(t0)
         out.latency_ms["tracking"] = ms
