@@ -216,8 +216,8 @@ def count_syncs(pipe, inputs) -> dict:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     return {"per_frame": per_frame, "sites": dict(sites.most_common(20)), "graph_status": pipe.graph_status,
-            "note": "host waits per frame; expected 2: the read-back (pipeline_graph.copy_to_host) and the "
-                    "ground fit's candidate count (bev/ground.py); any other site is a wait to remove"}
+            "note": "host waits per frame; expected 1: the read-back (pipeline_graph.copy_to_host); any other "
+                    "site is a wait to remove"}
 
 
 def print_stages(label: str, r: dict) -> None:

@@ -153,9 +153,9 @@ class _HostReads(TorchDispatchMode):
 
 
 def test_device_path_reads_no_device_value_outside_the_read_back():
-    """Apart from the BEV encoder's ground fit (its candidate count decides the random draw: the one
-    known wait before the read-back) the frame step reads no device value: everything the host needs
-    (health, reset flags, counters, sensor flags) comes in the one packed copy."""
+    """The frame step reads no device value: everything the host needs (health, reset flags,
+    counters, sensor flags) comes in the one packed copy, and the ground fit draws its sample
+    without compacting the candidates (no data-dependent shape)."""
     grid, clip = _clip(seconds=0.3)
     cfg = PerceptionConfig()
     cfg.grid = grid
@@ -167,8 +167,7 @@ def test_device_path_reads_no_device_value_outside_the_read_back():
         pipe.process(frames[2])
     cpu_only = {"is_nonzero in _check_dt",  # BevPerceptionModel checks dt only when it is a CPU tensor
                 "index in grid_taps"}  # row gathers of channels-last CPU tensors (CUDA: grid_sample)
-    assert "index in fit_ground_plane_tensor" in reads.calls
-    assert set(reads.calls) - cpu_only == {"index in fit_ground_plane_tensor"}, reads.calls
+    assert not set(reads.calls) - cpu_only, reads.calls
 
 
 @pytest.mark.parametrize("motion", [(0.3, 0.01, 0.004), (1.0, -0.5, 0.0), (0.37, 0.0, 0.0), (-2.2, 1.3, -0.2)])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_perception.bev.device import constant
+from ssm_perception.bev.device import constant, upload
 
 # Flat ground at base_link z = 0 (REP-103 base_link sits on the ground under the vehicle):
 # the fallback when too few points support a plane.
@@ -69,57 +69,97 @@ def fit_ground_plane_tensor(
     seed: int = 0,
     graphs=None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``fit_ground_plane`` without reading anything back except the candidate count: returns
-    (unit normal [3] float64, d float64, inlier fraction float64, fallback bool), 0-d tensors on
-    xyz's device, FLAT_GROUND where the fit fails. ``mask`` [N] bool: points to consider.
+    """``fit_ground_plane`` without reading anything back: returns (unit normal [3] float64,
+    d float64, inlier fraction float64, fallback bool), 0-d tensors on xyz's device, FLAT_GROUND
+    where the fit fails. ``mask`` [N] bool: points to consider.
 
-    The hypotheses are drawn with a CPU generator on the candidate count (the one host round trip,
-    so every device draws the same points), the scoring, the choice of the best hypothesis, the
-    inlier selection and the refit (weighted normal equations, ``solve_ex``: no error raised for a
-    singular system, it falls back instead) stay on the device. ``graphs`` (bev.device.GraphCache of
-    a CUDA pipeline): with a full sample (the usual case: static shapes) the scoring up to the normal
-    equations (``_ransac_normal_equations``) replays as a CUDA graph."""
-    xyz = xyz.float()
+    Static shapes throughout, so nothing waits for the device and the whole fit is one pure tensor
+    function (``_ground_fit``); ``graphs`` (bev.device.GraphCache of a CUDA pipeline): it replays as
+    one CUDA graph. The candidates are not compacted: ``sample`` slots pick candidates by rank
+    through the running count of the candidate mask (cumsum + searchsorted), stratified (slot j
+    takes a random rank in the j-th of ``sample`` equal parts of the candidate order: every candidate
+    has the same chance sample / M to be in the sample, as with a random subset), or every candidate
+    once when there are at most ``sample``; the hypotheses' three slots are drawn in [0, used slots).
+    The random numbers are fixed per (seed, sample, iterations) (made once, with a CPU generator, so
+    every device draws the same points); only where they land depends on the candidate count, on the
+    device. Padding (points outside ``mask``) does not change the result."""
     dev = xyz.device
+    if xyz.shape[0] == 0:  # (a host fact: no points, no fit)
+        return (constant(FLAT_GROUND[:3], torch.float64, dev).clone(), torch.zeros((), dtype=torch.float64, device=dev),
+                torch.zeros((), dtype=torch.float64, device=dev), torch.ones((), dtype=torch.bool, device=dev))
+    fn = functools.partial(_ground_fit, distance_threshold=float(distance_threshold), iterations=int(iterations),
+                           cos_tilt=math.cos(math.radians(max_tilt_deg)), max_height=float(max_height),
+                           sample=int(sample), min_inliers=int(min_inliers), seed=int(seed))
+    inputs = (xyz.float(),) if mask is None else (xyz.float(), mask.bool())
+    if graphs is not None:
+        key = (float(distance_threshold), int(iterations), float(max_tilt_deg), float(max_height), int(sample),
+               int(min_inliers), int(seed))
+        return graphs.run("ground", key, fn, *inputs)
+    return fn(*inputs)
+
+
+@functools.lru_cache(maxsize=16)
+def _draws(sample: int, iterations: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The fit's fixed random numbers on ``device`` (made once): slot indices [S] float64, the
+    stratum offsets u [S] in [0, 1), the hypotheses' slot fractions v [K, 3] in [0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(sample, generator=gen, dtype=torch.float64)
+    v = torch.rand(iterations, 3, generator=gen, dtype=torch.float64)
+    return (upload(torch.arange(sample, dtype=torch.float64), device), upload(u, device), upload(v, device))
+
+
+def _ground_fit(xyz: Tensor, mask: Tensor | None = None, *, distance_threshold: float, iterations: int,
+                cos_tilt: float, max_height: float, sample: int, min_inliers: int, seed: int):
+    """The whole fit (see ``fit_ground_plane_tensor``) as a pure tensor function of static shapes
+    (a CUDA graph): xyz [N, 3] float32 (N >= 1), mask [N] bool or None -> (normal, d, frac, fallback)."""
+    dev = xyz.device
+    n = xyz.shape[0]
     sel = xyz[:, 2].abs() < max_height
     if mask is not None:
-        sel &= mask
-    cand = xyz[sel]  # the one synchronising step: its size picks the random draw
-    m = cand.shape[0]
-    flat_n = constant(FLAT_GROUND[:3], torch.float64, dev)  # cached per device: no upload (and wait) per frame
-    flat_d = torch.zeros((), dtype=torch.float64, device=dev)
-    if m < max(3, min_inliers):
-        return flat_n.clone(), flat_d, torch.zeros((), dtype=torch.float64, device=dev), torch.ones((), dtype=torch.bool,
-                                                                                         device=dev)
-    gen = torch.Generator().manual_seed(seed)
-    if m > sample:
-        pick = torch.randperm(m, generator=gen)[:sample]
-        cand = cand[pick if dev.type == "cpu" else pick.pin_memory().to(dev, non_blocking=True)]
-        m = sample
-    tri_idx = torch.randint(0, m, (iterations, 3), generator=gen)
-    tri_idx = tri_idx if dev.type == "cpu" else tri_idx.pin_memory().to(dev, non_blocking=True)
-    cos_tilt = math.cos(math.radians(max_tilt_deg))
-    fn = functools.partial(_ransac_normal_equations, distance_threshold=float(distance_threshold), cos_tilt=cos_tilt)
-    if graphs is not None and m == sample:
-        ata, atb, ok_any, count = graphs.run("ground", (m, float(distance_threshold), cos_tilt), fn, cand, tri_idx)
-    else:
-        ata, atb, ok_any, count = fn(cand, tri_idx)
-    frac = count.double() / m
-    sol, info = torch.linalg.solve_ex(ata, atb)
-    sol = sol[:, 0]
-    normal = torch.stack([-sol[0], -sol[1], torch.ones((), dtype=torch.float64, device=dev)])
+        sel = sel & mask
+    csum = torch.cumsum(sel, 0)  # [N] int64: candidates up to and including each point
+    m = csum[-1]  # the candidate count, a 0-d device tensor (never read on the host)
+    slot, u, v = _draws(sample, iterations, seed, dev)
+    m_f = m.double()
+    spread = torch.floor((slot + u) * (m_f / sample)).clamp_max(m_f - 1)  # one rank per stratum (M > S)
+    rank = torch.where(m > sample, spread, slot)  # else slot j -> the j-th candidate
+    used = slot < m_f  # [S] slots holding a candidate
+    idx = torch.searchsorted(csum, rank.long() + 1).clamp_max(n - 1)  # first point whose count reaches rank + 1
+    cand = torch.where(used.unsqueeze(1), xyz.index_select(0, idx), 0.0)  # [S, 3]
+    m_used = torch.clamp(m_f, max=float(sample))
+    tri_idx = torch.floor(v * m_used).long().clamp(0, sample - 1)  # [K, 3] slots in [0, used)
+    ata, atb, ok_any, count = _ransac_normal_equations(cand, tri_idx, used, distance_threshold=distance_threshold,
+                                                       cos_tilt=cos_tilt)
+    sol, det_ok = _solve3(ata, atb[:, 0])
+    one = torch.ones((), dtype=torch.float64, device=dev)
+    normal = torch.stack([-sol[0], -sol[1], one])
     scale = normal.norm()
     normal = normal / scale
-    good = ok_any & (count >= min_inliers) & (info == 0) & torch.isfinite(normal).all() & (normal[2] >= cos_tilt)
-    fallback = ~good
-    frac = torch.where(ok_any, frac, torch.zeros_like(frac))
-    return (torch.where(good, normal, flat_n), torch.where(good, -sol[2] / scale, flat_d), frac, fallback)
+    enough = m >= max(3, min_inliers)
+    good = (enough & ok_any & (count >= min_inliers) & det_ok & torch.isfinite(normal).all()
+            & (normal[2] >= cos_tilt))
+    frac = torch.where(enough & ok_any, count.double() / m_used.clamp_min(1.0), torch.zeros_like(m_f))
+    flat_n = constant(FLAT_GROUND[:3], torch.float64, dev)
+    return (torch.where(good, normal, flat_n), torch.where(good, -sol[2] / scale, torch.zeros_like(scale)), frac,
+            ~good)
 
 
-def _ransac_normal_equations(cand: Tensor, tri_idx: Tensor, *, distance_threshold: float, cos_tilt: float):
-    """Candidates [M, 3] and hypothesis triples [K, 3] -> the best hypothesis' inliers as weighted
-    normal equations (A^T W A [3, 3], A^T W z [3, 1], float64), whether any hypothesis was admissible,
-    the inlier count. A pure tensor function of static shapes (CUDA graph)."""
+def _solve3(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """a [3, 3] x = b [3] by Cramer's rule (float64), and whether a is non-singular: a handful of
+    elementwise ops, no LAPACK call (capturable in a CUDA graph without a solver handle, no info read)."""
+    c0, c1, c2 = a[:, 0], a[:, 1], a[:, 2]
+    x12 = torch.linalg.cross(c1, c2)
+    det = (c0 * x12).sum()
+    num = torch.stack([(b * x12).sum(), (c0 * torch.linalg.cross(b, c2)).sum(), (c0 * torch.linalg.cross(c1, b)).sum()])
+    ok = det != 0
+    return num / torch.where(ok, det, torch.ones_like(det)), ok
+
+
+def _ransac_normal_equations(cand: Tensor, tri_idx: Tensor, used: Tensor, *, distance_threshold: float,
+                             cos_tilt: float):
+    """Candidate slots [S, 3] (``used`` [S] bool: slots holding a candidate) and hypothesis triples
+    [K, 3] -> the best hypothesis' inliers as weighted normal equations (A^T W A [3, 3], A^T W z [3, 1],
+    float64), whether any hypothesis was admissible, the inlier count."""
     dev = cand.device
     m = cand.shape[0]
     tri = cand[tri_idx]  # [K, 3, 3]
@@ -128,10 +168,10 @@ def _ransac_normal_equations(cand: Tensor, tri_idx: Tensor, *, distance_threshol
     n = torch.where(n[:, 2:3] < 0, -n, n) / norm.clamp_min(1e-9)
     ok = (norm[:, 0] > 1e-6) & (n[:, 2] > cos_tilt)
     d = -(n * tri[:, 0]).sum(1)  # [K]
-    dist = (cand @ n.T + d).abs()  # [M, K]: all hypotheses scored in one matmul
-    score = (dist < distance_threshold).sum(0).masked_fill(~ok, -1)
+    near = ((cand @ n.T + d).abs() < distance_threshold) & used.unsqueeze(1)  # [S, K]: all hypotheses in one matmul
+    score = near.sum(0).masked_fill(~ok, -1)
     best = score.argmax().view(1)
-    inl = (dist.index_select(1, best)[:, 0] < distance_threshold)  # [M]
+    inl = near.index_select(1, best)[:, 0]  # [S]
     count = inl.sum()
     # Least squares z = a x + b y + c on the inliers (well-conditioned for near-horizontal planes),
     # as weighted normal equations so that the inlier set keeps its static shape.

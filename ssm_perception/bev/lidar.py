@@ -163,13 +163,13 @@ def encode_lidar(
     or outside the grid do not enter the cell statistics (all counted in stats); never NaN.
 
     The same code runs on any device: points are filtered by masks, not compacted (every scatter
-    sends a dropped point to a spare slot past the grid), so on a GPU the only wait for the device
-    is the ground fit's candidate count. Counters in ``stats`` are 0-d tensors on the device;
+    sends a dropped point to a spare slot past the grid, and the ground fit samples without
+    compacting), so on a GPU nothing waits for the device. Counters in ``stats`` are 0-d tensors on the device;
     ``bev.device.resolve_stats`` (or ``encode_frame``) turns them into numbers.
 
-    ``graphs`` (a CUDA pipeline's GraphCache): the cloud is padded to a fixed capacity and the two
-    halves around the ground fit (``_lidar_prepare``, ``_lidar_rasterize``: pure tensor functions
-    of static shapes) replay as CUDA graphs; without it they run eagerly on the unpadded cloud."""
+    ``graphs`` (a CUDA pipeline's GraphCache): the cloud is padded to a fixed capacity and the
+    encoder (``_lidar_prepare``, the ground fit, ``_lidar_rasterize``: pure tensor functions of static
+    shapes) replays as one CUDA graph ('lidar'); without it they run eagerly on the unpadded cloud."""
     dev = as_device(device)
     h, w = grid.shape
     stats = {"lidar_points": 0, "lidar_used": 0, "lidar_nonfinite": 0, "lidar_out_of_height": 0,
@@ -204,38 +204,51 @@ def encode_lidar(
     params[:16] = t_np.reshape(-1)
     if deskewed:
         params[16:] = [float(v) for v in ego_twist]
-    run = graphs.run if graphed else _eager
     prep = functools.partial(_lidar_prepare, has_t=has_t, has_intensity=present[3], deskew_on=deskewed,
                              max_range=float(max_range), z_min=grid.z_min, z_max=grid.z_max)
-    xyz, keep, inten, n_finite, nonfinite, out_of_range, out_of_height = run(
-        "lidar_prepare", (has_t, present[3], deskewed, float(max_range), grid.z_min, grid.z_max), prep,
-        upload(block, dev), upload(params, dev))
-    stats["lidar_nonfinite"] = nonfinite
-    stats["lidar_out_of_range"] = out_of_range
-    stats["lidar_out_of_height"] = out_of_height
-    lap("prepare")
-    if ground == "ransac":
-        normal, offset, _, fallback = fit_ground_plane_tensor(xyz, keep, graphs=graphs if graphed else None)
-        stats["lidar_ground_fallback"] = fallback
-    else:
-        normal = offset = torch.zeros((), device=dev)  # unused: heights are base_link z
-        stats["lidar_ground_fallback"] = True
-    lap("ground")
     ox, oy = (float(v) for v in t_np[:2, 3])
-    raster = functools.partial(_lidar_rasterize, grid=grid, flat=ground != "ransac", n_beams=int(n_beams), ox=ox, oy=oy)
-    feats, out_of_grid, used = run("lidar_rasterize", (grid, ground != "ransac", int(n_beams), ox, oy), raster,
-                                   xyz, keep, inten, n_finite, normal, offset)
-    stats["lidar_out_of_grid"] = out_of_grid
-    stats["lidar_used"] = used
-    lap("raster")  # cell statistics and free space (one graph on CUDA)
+    ransac = ground == "ransac"
+    raster = functools.partial(_lidar_rasterize, grid=grid, flat=not ransac, n_beams=int(n_beams), ox=ox, oy=oy)
+    if graphed:  # the whole encoder, ground fit included, as one CUDA graph (static shapes, no host read)
+        key = (has_t, present[3], deskewed, float(max_range), grid, ransac, int(n_beams), ox, oy)
+        feats, out_of_grid, used, nonfinite, out_of_range, out_of_height, fallback = graphs.run(
+            "lidar", key, functools.partial(_lidar_all, prep=prep, raster=raster, ransac=ransac),
+            upload(block, dev), upload(params, dev))
+        lap("graph")
+    else:  # the same three steps, eagerly, timed each (scripts/bench_core_cpu.py)
+        xyz, keep, inten, n_finite, nonfinite, out_of_range, out_of_height = prep(upload(block, dev),
+                                                                                  upload(params, dev))
+        lap("prepare")
+        normal, offset, fallback = _lidar_ground(xyz, keep, ransac)
+        lap("ground")
+        feats, out_of_grid, used = raster(xyz, keep, inten, n_finite, normal, offset)
+        lap("raster")  # cell statistics and free space
+    stats.update(lidar_nonfinite=nonfinite, lidar_out_of_range=out_of_range, lidar_out_of_height=out_of_height,
+                 lidar_ground_fallback=fallback if ransac else True, lidar_out_of_grid=out_of_grid, lidar_used=used)
     return feats.view(-1, h, w), stats
 
 
 LIDAR_FIELDS = ("x", "y", "z", "intensity", "t")
 
 
-def _eager(name, key, fn, *inputs):  # GraphCache.run's signature, without a graph
-    return fn(*inputs)
+def _lidar_ground(xyz: Tensor, keep: Tensor, ransac: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(normal, offset, fallback) of the ground under the kept points: the RANSAC plane (bev/ground.py),
+    or unused zeros for a flat ground (heights are then base_link z; fallback None)."""
+    if not ransac:
+        zero = torch.zeros((), device=xyz.device)
+        return zero, zero, None
+    normal, offset, _, fallback = fit_ground_plane_tensor(xyz, keep)
+    return normal, offset, fallback
+
+
+def _lidar_all(block: Tensor, params: Tensor, *, prep, raster, ransac: bool):
+    """Prepare, ground fit and rasterize in one pure tensor function (the CUDA graph 'lidar')."""
+    xyz, keep, inten, n_finite, nonfinite, out_of_range, out_of_height = prep(block, params)
+    normal, offset, fallback = _lidar_ground(xyz, keep, ransac)
+    feats, out_of_grid, used = raster(xyz, keep, inten, n_finite, normal, offset)
+    if fallback is None:
+        fallback = torch.ones((), dtype=torch.bool, device=block.device)
+    return feats, out_of_grid, used, nonfinite, out_of_range, out_of_height, fallback
 
 
 def _lidar_prepare(block: Tensor, params: Tensor, *, has_t: bool, has_intensity: bool, deskew_on: bool,

@@ -35,6 +35,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,13 +60,34 @@ def warp_params(T_prev_cur, grid, batch: int, mode: str = "bilinear") -> tuple[T
     """SE(2) motion -> (affine [B, 6] float32 on CPU, bilinear?) for ``fused_warp_step``.
 
     The affine maps a current cell index (i, j) to its fractional source index in the previous
-    grid: fi = a0 i + a1 j + a2, fj = a3 i + a4 j + a5 (same geometry as warp.source_indices)."""
-    from ssm_perception.temporal.warp import _as_se2_batch
-
+    grid: fi = a0 i + a1 j + a2, fj = a3 i + a4 j + a5 (same geometry as warp.source_indices).
+    A frame asks for the same motion's parameters several times (reset policy, health monitor,
+    temporal step): for a numpy motion the last few results are kept (host torch ops, ~40 each);
+    treat the returned tensor as read-only."""
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     if grid is None:
         raise ValueError("warp_params needs the BevGrid the state lives on")
+    key = None
+    if isinstance(T_prev_cur, np.ndarray):
+        key = (T_prev_cur.dtype.str, T_prev_cur.shape, T_prev_cur.tobytes(), grid, batch, mode)
+        hit = _WARP_PARAMS.get(key)
+        if hit is not None:
+            return hit
+    out = _warp_params(T_prev_cur, grid, batch, mode)
+    if key is not None:
+        if len(_WARP_PARAMS) >= 8:
+            _WARP_PARAMS.pop(next(iter(_WARP_PARAMS)))
+        _WARP_PARAMS[key] = out
+    return out
+
+
+_WARP_PARAMS: dict = {}
+
+
+def _warp_params(T_prev_cur, grid, batch: int, mode: str) -> tuple[Tensor, bool]:
+    from ssm_perception.temporal.warp import _as_se2_batch
+
     se2 = _as_se2_batch(T_prev_cur, batch)  # [B, 3] float64 (dx, dy, dyaw)
     c, s = torch.cos(se2[:, 2]), torch.sin(se2[:, 2])
     r, x0, y0 = grid.resolution, grid.x_min, grid.y_min

@@ -91,7 +91,25 @@ def se2_between(T_odom_base_prev, T_odom_base_cur) -> tuple[float, float, float]
 
 
 def _as_se2_batch(T_prev_cur, batch: int) -> Tensor:
-    """Accepts (dx, dy, dyaw), a 4x4, [B, 4, 4], or [B, 3] -> float64 [B, 3] (dx, dy, dyaw)."""
+    """Accepts (dx, dy, dyaw), a 4x4, [B, 4, 4], or [B, 3] -> float64 [B, 3] (dx, dy, dyaw).
+    A frame converts the same numpy motion several times (reset policy, health monitor, temporal
+    step): the last few results are kept; treat the returned tensor as read-only."""
+    if not isinstance(T_prev_cur, np.ndarray):
+        return _se2_batch(T_prev_cur, batch)
+    key = (T_prev_cur.dtype.str, T_prev_cur.shape, T_prev_cur.tobytes(), batch)
+    hit = _SE2.get(key)
+    if hit is None:
+        hit = _se2_batch(T_prev_cur, batch)
+        if len(_SE2) >= 8:
+            _SE2.pop(next(iter(_SE2)))
+        _SE2[key] = hit
+    return hit
+
+
+_SE2: dict = {}
+
+
+def _se2_batch(T_prev_cur, batch: int) -> Tensor:
     if isinstance(T_prev_cur, tuple | list) and len(T_prev_cur) == 3 and np.ndim(T_prev_cur[0]) == 0:
         se2 = torch.tensor([T_prev_cur], dtype=torch.float64)
     else:
