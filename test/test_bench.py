@@ -206,6 +206,26 @@ def test_gpu_sweep_config_list():
     assert sw.config_label({"BLOCK": 64, "P_PER": 2, "PREV_EVICT": "", "NEW_CACHE": ".cs"}) == "B=64 P=2 st=.cs"
 
 
+def test_gpu_sweep_variant_list():
+    """Stage 'variants': the new kernels before the old shapes, likely winners first, every key a
+    launch key, no duplicates, and labels that name the kernel."""
+    from ssm_perception.temporal.fused_step import LAUNCH_KEYS, VARIANTS
+
+    sw = _sweep_module()
+    vs = sw.variant_configs()
+    keys = [tuple(sorted(c.items())) for c in vs]
+    assert len(keys) == len(set(keys)) and 40 <= len(vs) <= sw.MAX_VARIANTS
+    assert all(set(c) <= set(LAUNCH_KEYS) and c["VARIANT"] in VARIANTS for c in vs)
+    assert {c["VARIANT"] for c in vs[:10]} == {"rows", "cells"}
+    first_cells = next(c for c in vs if c["VARIANT"] == "cells")
+    assert first_cells["LANES"] == 1 and first_cells["HEADS_PER"] == 1 and "PERSIST" not in first_cells
+    assert any(c.get("PERSIST") for c in vs[:40]) and any(c.get("HEADS_PER") == 4 for c in vs[:12])
+    assert sw.config_label(first_cells).startswith("cells B=")
+    assert sw.config_label({"VARIANT": "rows", "BLOCK": 64, "LANES": 1}) == "B=64 L=1"
+    hints = sw.hint_configs([first_cells])  # the hints keep the variant's own keys
+    assert all(h["VARIANT"] == "cells" and h["HEADS_PER"] == 1 for h in hints)
+
+
 def test_gpu_sweep_arguments_and_output_path(monkeypatch, capsys):
     sw = _sweep_module()
     a = sw.parse_args([])
@@ -260,18 +280,23 @@ def test_gpu_sweep_runs_under_the_triton_interpreter(tmp_path):
         sys.path.insert(0, {str(REPO / "scripts")!r})
         import gpu_fused_sweep as sw
         s = sw.Sweep(6, "cpu", 1, 1e-3)
-        rows = [s.measure(c) for c in (None, {{"BLOCK": 96, "P_PER": 16}}, {{"BLOCK": 64, "P_PER": 4}})]
-        print(json.dumps([{{k: r.get(k) for k in ("status", "error", "max_err_state")}} for r in rows]))
+        rows = [s.measure(c) for c in (None, {{"BLOCK": 96, "P_PER": 16}}, {{"BLOCK": 64, "P_PER": 4}},
+                                       {{"VARIANT": "cells", "BLOCK": 96, "HEADS_PER": 4}})]
+        print(json.dumps([{{k: r.get(k) for k in ("status", "error", "max_err_state", "variant")}} for r in rows]))
         sys.exit(sw.main(["--device", "cpu", "--size", "6", "--max-configs", "1", "--iters", "1", "-o", {str(out)!r}]))
     """)
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                          check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert res.returncode == 1, res.stderr[-2000:]  # 1: the autotuned baseline only, so no explicit best
     rows = json.loads(res.stdout.splitlines()[0])
-    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
-    assert "power of 2" in rows[1]["error"] and rows[2]["max_err_state"] < 1e-5
+    assert [r["status"] for r in rows] == ["ok", "error", "ok", "error"]  # the variants are tested in test_mamba_fused
+    assert "power of 2" in rows[1]["error"] and rows[2]["max_err_state"] < 1e-5 and "power of 2" in rows[3]["error"]
+    assert [r["variant"] for r in rows] == ["rows", "rows", "rows", "cells"]
     result = json.loads(out.read_text())
     assert result["format"] == "ssm_perception.gpu_fused_sweep/1" and result["meta"]["size"] == 6
+    io = result["meta"]["bytes_per_cell_all_io"]  # default model: 4 heads x 16 rows x d_state 8, fp32
+    assert io["state_read"] == io["state_write"] == 2048 and sum(io.values()) == 4944
+    assert result["meta"]["bound_all_io_bytes"] == 4944 * 36
     assert [r["label"] for r in result["configs"]] == ["autotuned"] and len(result["skipped"]) > 20
     assert result["env"]["triton_interpret"] == "1" and "autotuned" in res.stdout
 

@@ -152,3 +152,63 @@ def test_fused_kernel_cache_hints_and_launch_options_keep_the_result():
     assert (h1 - h2).abs().max().item() < 1e-6 and (y1 - y2).abs().max().item() < 1e-6
     assert (s_r["ssm"] - h2).abs().max().item() < BILINEAR_TOL  # and it is the reference's warp + step
     assert set(fused_step.LAUNCH_KEYS) >= {"BLOCK", "P_PER", "num_warps", "num_stages"}
+
+
+# The kernel variants the sweep tries (scripts/gpu_fused_sweep.py stage 'variants'; the pipeline
+# runs one when fused_launch.json names it for the GPU). Each case covers what its launch adds: the
+# 'cells' kernel striding over cell blocks (persistent: fewer programs than blocks), a headdim
+# loop whose last iteration is partly masked (P_PER 6 does not divide 16), heads in pairs, the
+# reset mask, several batch items, no motion; LANES=1 in both kernels. A smaller model (4 heads of
+# 8 rows) keeps the interpreter's time down.
+SMALL = {"d_model": 16, "headdim": 8}
+VARIANT_CASES = [
+    ("cells, persistent, 2 heads, masked rows", {"VARIANT": "cells", "BLOCK": 64, "P_PER": 3, "HEADS_PER": 2,
+                                                  "LANES": 1, "PERSIST": 1}, (0.73, 0.31, 0.2), "bilinear", 1),
+    ("cells, all heads, no motion, 2 items", {"VARIANT": "cells", "BLOCK": 128, "P_PER": 8, "HEADS_PER": 4},
+     None, "bilinear", 2),
+    ("rows, one cell per lane, nearest", {"VARIANT": "rows", "BLOCK": 128, "P_PER": 8, "LANES": 1},
+     (0.73, 0.31, 0.2), "nearest", 1),
+]
+
+
+@pytest.mark.parametrize("name,cfg,motion,mode,bsz", VARIANT_CASES, ids=[c[0] for c in VARIANT_CASES])
+def test_fused_kernel_variants_match_reference(name, cfg, motion, mode, bsz):
+    """Every kernel variant gives the reference's warped + updated state (the parity tolerance of
+    the tests above) and the default kernel's gated output; rounding-level apart when compiled."""
+    from ssm_perception.temporal import fused_step
+
+    ref, _ = pair(**SMALL)
+    assert (ref.nheads, ref.headdim, ref.ngroups) == (4, 8, 1)  # what the cases above are written for
+    grid = BevGrid.square(N, 0.5)
+    x, st, mask = inputs(ref, bsz, N, seed=7)
+    dt = torch.tensor([0.2, 0.05][:bsz], device=DEVICE)
+    with torch.no_grad():
+        z, xs, b, c, step = ref._project(ref._pre(x), dt)
+        warp = None if motion is None else fused_step.warp_params(motion, grid, bsz, mode)
+        common = (st["ssm"], z, xs, b, c, step, ref.A(), ref.D, ref.nheads, ref.headdim, ref.d_state, ref.ngroups, warp,
+                  mask)
+        y1, h1 = fused_step.fused_warp_step(*common, config={"BLOCK": 128, "P_PER": ref.headdim})
+        y2, h2 = fused_step.fused_warp_step(*common, config=cfg)
+        if motion is None:
+            _, s_r = ref.step(x, {"ssm": st["ssm"]}, dt, mask)
+        else:
+            _, s_r = ref.warp_step(x, st, motion, dt, mask, grid, mode)
+    tol = BILINEAR_TOL if mode == "bilinear" and motion is not None else EXACT_TOL
+    assert (s_r["ssm"] - h2).abs().max().item() < tol, name
+    assert (h1 - h2).abs().max().item() < 1e-6 and (y1 - y2).abs().max().item() < 1e-6, name
+
+
+def test_fused_kernel_variant_configs_are_checked():
+    from ssm_perception.temporal import fused_step
+
+    ref, _ = pair()
+    x, st, _ = inputs(ref, 1, 4)
+    with torch.no_grad():
+        z, xs, b, c, step = ref._project(ref._pre(x), torch.tensor([0.1], device=DEVICE))
+        common = (st["ssm"], z, xs, b, c, step, ref.A(), ref.D, ref.nheads, ref.headdim, ref.d_state, ref.ngroups)
+        for cfg, words in (({"VARIANT": "tiles"}, "unknown fused-step VARIANT"),
+                           ({"VARIANT": "cells", "HEADS_PER": 3}, "HEADS_PER must divide"),
+                           ({"HEADS_PER": 2}, "need VARIANT 'cells'"), ({"PERSIST": 4}, "need VARIANT 'cells'")):
+            with pytest.raises(ValueError, match=words):
+                fused_step.fused_warp_step(*common, config=cfg)
+    assert set(fused_step.VARIANTS) == {"rows", "cells"} and "VARIANT" in fused_step.LAUNCH_KEYS

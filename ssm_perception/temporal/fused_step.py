@@ -24,6 +24,14 @@ state once at the measured 2.9 TB/s copy bandwidth (1.7x at 256x256); one progra
 back); the cache hints (PREV_EVICT, IN_EVICT, NEW_CACHE) and num_stages change it by < 3 %, noise
 level. Its winners lead the autotuning list below.
 
+Two kernels (``config["VARIANT"]``, per GPU model in fused_launch.json): "rows" (above; the
+default and the autotuned one) and "cells" (a program per cell block and HEADS_PER heads loops over
+the headdim rows, so B, C, step and the warp's taps are read and computed once per cell instead of
+once per row; optionally persistent), both with LANES=1 (one cell per thread: a bilinear gather
+instruction covers ~1 cache line instead of ~4). Why, and what the H200 sweep should show: README,
+"Fused update kernel on the H200"; scripts/fused_static_check.py compiles any launch for sm_90
+without a GPU and reports registers, layouts and load widths.
+
 On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before importing triton),
 which the tests use to check it against the reference warp + step.
 """
@@ -49,7 +57,12 @@ _ALIGN_TOL = 1e-4  # same tolerance as temporal/warp.py: sources this close to c
 BLOCK_CELLS = 128
 # Everything a fixed launch may set (``fused_warp_step(config=...)``): the kernel's block shape and
 # cache hints, and Triton's launch options.
-LAUNCH_KEYS = ("BLOCK", "P_PER", "PREV_EVICT", "IN_EVICT", "NEW_CACHE", "num_warps", "num_stages")
+# VARIANT picks the kernel: "rows" (default; programs of BLOCK cells x P_PER headdim rows of one
+# head) or "cells" (programs of BLOCK cells x HEADS_PER whole heads, optionally persistent: PERSIST
+# programs per SM); LANES=1 gives every thread one cell (both kernels).
+LAUNCH_KEYS = ("VARIANT", "BLOCK", "P_PER", "HEADS_PER", "LANES", "PERSIST", "PREV_EVICT", "IN_EVICT", "NEW_CACHE",
+               "num_warps", "num_stages")
+VARIANTS = ("rows", "cells")
 
 
 def available() -> bool:
@@ -120,7 +133,7 @@ if triton is not None:
         NHEADS: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr, NGROUPS: tl.constexpr,
         WARP: tl.constexpr, BILINEAR: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK: tl.constexpr,
         P_PER: tl.constexpr, PREV_EVICT: tl.constexpr = "", IN_EVICT: tl.constexpr = "",
-        NEW_CACHE: tl.constexpr = "",
+        NEW_CACHE: tl.constexpr = "", LANES: tl.constexpr = 0,
     ):
         # PREV_EVICT: L2 eviction hint of the previous-state loads (read once: "evict_first" may keep
         # the re-read inputs cached); IN_EVICT: the same for step/B/C/x/z, which every (head, p)
@@ -134,6 +147,8 @@ if triton is not None:
         p0 = (tl.program_id(1) % n_slices) * P_PER
         bi = tl.program_id(2).to(tl.int64)
         offs = pid * BLOCK + tl.arange(0, BLOCK)  # cell index i * W + j
+        if LANES:  # one cell per thread, consecutive lanes = consecutive cells (see _cells_kernel)
+            offs = tl.max_contiguous(offs, 1)
         m = offs < HW
         n = tl.arange(0, DSTATE)
         g = h // (NHEADS // NGROUPS)
@@ -223,6 +238,128 @@ if triton is not None:
             zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0, eviction_policy=IN_EVICT)
             yp = yp * zp * tl.sigmoid(zp)
             tl.store(y_ptr + bi * s_y_b + (h * HEADDIM + p) * HW + offs, yp, mask=mp)
+
+    @triton.jit
+    def _fused_cells_kernel(
+        prev_ptr, new_ptr, y_ptr, x_ptr, z_ptr, b_ptr, c_ptr, step_ptr, a_ptr, d_ptr, aff_ptr, reset_ptr,
+        H, W, HW,
+        s_prev_b, s_new_b, s_y_b, s_x_b, s_z_b, s_b_b, s_c_b, s_step_b, nprog,
+        NHEADS: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr, NGROUPS: tl.constexpr,
+        WARP: tl.constexpr, BILINEAR: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK: tl.constexpr,
+        P_PER: tl.constexpr, HEADS_PER: tl.constexpr = 1, LANES: tl.constexpr = 0, NITER: tl.constexpr = 1,
+        PREV_EVICT: tl.constexpr = "", IN_EVICT: tl.constexpr = "", NEW_CACHE: tl.constexpr = "",
+    ):
+        # Variant "cells": a program owns a block of cells and HEADS_PER heads (all their headdim rows,
+        # P_PER rows per iteration of a loop that is not unrolled) instead of one headdim row. What the
+        # "rows" kernel repeats in each of its NHEADS*HEADDIM/P_PER programs per cell block is done once
+        # here: the warp's source indices and bilinear weights, the loads of B and C (64 B per cell that
+        # the rows kernel re-reads 64 times at P_PER 1, as many bytes from L2 as the state itself) and of
+        # step. Axis 0 (nprog programs) may be smaller than the number of cell blocks (persistent
+        # launch: each program then strides over the blocks). LANES=1 tells the compiler that no cell run is contiguous,
+        # which makes it give every thread one cell (consecutive lanes = consecutive cells) instead of
+        # 4 consecutive cells loaded by 4 scalar loads whose lanes lie 16 B apart: one gather
+        # instruction then spans ~1 cache line instead of ~4.
+        h_first = tl.program_id(1) * HEADS_PER
+        bi = tl.program_id(2).to(tl.int64)
+        g = h_first // (NHEADS // NGROUPS)  # HEADS_PER divides NHEADS // NGROUPS (checked by the caller)
+        n = tl.arange(0, DSTATE)
+        for it in tl.range(0, NITER):  # NITER = ceil(cell blocks / nprog); past the last block all is masked
+            offs = (tl.program_id(0) + it * nprog) * BLOCK + tl.arange(0, BLOCK)
+            if LANES:
+                offs = tl.max_contiguous(offs, 1)
+            m = offs < HW
+            bt = tl.load(b_ptr + bi * s_b_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None],
+                         other=0.0, eviction_policy=IN_EVICT)
+            ct = tl.load(c_ptr + bi * s_c_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None],
+                         other=0.0, eviction_policy=IN_EVICT)
+            if WARP:
+                a0 = tl.load(aff_ptr + bi * 6 + 0)
+                a1 = tl.load(aff_ptr + bi * 6 + 1)
+                a2 = tl.load(aff_ptr + bi * 6 + 2)
+                a3 = tl.load(aff_ptr + bi * 6 + 3)
+                a4 = tl.load(aff_ptr + bi * 6 + 4)
+                a5 = tl.load(aff_ptr + bi * 6 + 5)
+                fi_ = (offs // W).to(tl.float32)
+                fj_ = (offs % W).to(tl.float32)
+                fi = a0 * fi_ + a1 * fj_ + a2
+                fj = a3 * fi_ + a4 * fj_ + a5
+                hf = H * 1.0
+                wf = W * 1.0
+                if BILINEAR:
+                    inside = m & (fi > -0.5) & (fi < hf - 0.5) & (fj > -0.5) & (fj < wf - 0.5)
+                    fi = tl.minimum(tl.maximum(fi, 0.0), hf - 1.0)
+                    fj = tl.minimum(tl.maximum(fj, 0.0), wf - 1.0)
+                    i0f = tl.floor(fi)
+                    j0f = tl.floor(fj)
+                    wi1 = fi - i0f
+                    wj1 = fj - j0f
+                    i0 = i0f.to(tl.int32)
+                    j0 = j0f.to(tl.int32)
+                    ok_i1 = (i0 + 1) < H
+                    ok_j1 = (j0 + 1) < W
+                    m00 = inside
+                    m01 = inside & ok_j1
+                    m10 = inside & ok_i1
+                    m11 = inside & ok_i1 & ok_j1
+                    w00 = (1.0 - wi1) * (1.0 - wj1)
+                    w01 = (1.0 - wi1) * wj1
+                    w10 = wi1 * (1.0 - wj1)
+                    w11 = wi1 * wj1
+                    src00 = i0 * W + j0
+                    src01 = src00 + 1
+                    src10 = src00 + W
+                    src11 = src10 + 1
+                else:
+                    ri = _round_half_even(fi)
+                    rj = _round_half_even(fj)
+                    inside = m & (ri > -0.5) & (ri < hf - 0.5) & (rj > -0.5) & (rj < wf - 0.5)
+                    src = tl.where(inside, ri.to(tl.int32) * W + rj.to(tl.int32), 0)
+            if HAS_RESET:
+                rst = tl.load(reset_ptr + bi * HW + offs, mask=m, other=0) != 0
+            for hh in tl.static_range(HEADS_PER):
+                h = h_first + hh
+                step = tl.load(step_ptr + bi * s_step_b + h * HW + offs, mask=m, other=0.0,
+                               eviction_policy=IN_EVICT)
+                a = tl.load(a_ptr + h)
+                dd = tl.load(d_ptr + h)
+                decay = tl.exp(step * a)
+                prev_base = prev_ptr + bi * s_prev_b + h * HEADDIM * DSTATE * HW
+                new_base = new_ptr + bi * s_new_b + h * HEADDIM * DSTATE * HW
+                for p0 in tl.range(0, HEADDIM, P_PER):
+                    for pp in tl.static_range(P_PER):
+                        p = p0 + pp
+                        mp = m & (p < HEADDIM)
+                        ch = ((p * DSTATE + n) * HW)[None, :]
+                        if WARP:
+                            if BILINEAR:
+                                old = w00[:, None] * tl.load(prev_base + ch + src00[:, None], mask=(m00 & mp)[:, None],
+                                                             other=0.0, eviction_policy=PREV_EVICT)
+                                old += w01[:, None] * tl.load(prev_base + ch + src01[:, None],
+                                                              mask=(m01 & mp)[:, None], other=0.0,
+                                                              eviction_policy=PREV_EVICT)
+                                old += w10[:, None] * tl.load(prev_base + ch + src10[:, None],
+                                                              mask=(m10 & mp)[:, None], other=0.0,
+                                                              eviction_policy=PREV_EVICT)
+                                old += w11[:, None] * tl.load(prev_base + ch + src11[:, None],
+                                                              mask=(m11 & mp)[:, None], other=0.0,
+                                                              eviction_policy=PREV_EVICT)
+                            else:
+                                old = tl.load(prev_base + ch + src[:, None], mask=(inside & mp)[:, None], other=0.0,
+                                              eviction_policy=PREV_EVICT)
+                        else:
+                            old = tl.load(prev_base + ch + offs[:, None], mask=mp[:, None], other=0.0,
+                                          eviction_policy=PREV_EVICT)
+                        if HAS_RESET:
+                            old = tl.where(rst[:, None], 0.0, old)
+                        xp = tl.load(x_ptr + bi * s_x_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0,
+                                     eviction_policy=IN_EVICT)
+                        new = old * decay[:, None] + (step * xp)[:, None] * bt
+                        tl.store(new_base + ch + offs[:, None], new, mask=mp[:, None], cache_modifier=NEW_CACHE)
+                        yp = tl.sum(new * ct, axis=1) + dd * xp
+                        zp = tl.load(z_ptr + bi * s_z_b + (h * HEADDIM + p) * HW + offs, mask=mp, other=0.0,
+                                     eviction_policy=IN_EVICT)
+                        yp = yp * zp * tl.sigmoid(zp)
+                        tl.store(y_ptr + bi * s_y_b + (h * HEADDIM + p) * HW + offs, yp, mask=mp)
 
     # Block shapes are picked per problem size on the GPU (the kernel writes only its outputs, so
     # the autotuner's repeated launches are harmless); the interpreter uses one fixed shape.
@@ -354,8 +491,27 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
         unknown = set(cfg) - set(LAUNCH_KEYS)
         if unknown:
             raise ValueError(f"unknown fused-step config keys {sorted(unknown)}; known: {list(LAUNCH_KEYS)}")
-        grid = (math.ceil(hw / cfg["BLOCK"]), nheads * math.ceil(headdim / cfg["P_PER"]), bsz)
-        _fused_warp_step_kernel[grid](*args, **meta, **cfg)
+        variant = cfg.pop("VARIANT", "rows")
+        if variant == "rows":
+            extra = {"HEADS_PER", "PERSIST"} & set(cfg)
+            if extra:
+                raise ValueError(f"fused-step config keys {sorted(extra)} need VARIANT 'cells'")
+            grid = (math.ceil(hw / cfg["BLOCK"]), nheads * math.ceil(headdim / cfg["P_PER"]), bsz)
+            _fused_warp_step_kernel[grid](*args, **meta, **cfg)
+        elif variant == "cells":
+            hp = cfg.setdefault("HEADS_PER", 1)
+            if hp < 1 or (nheads // ngroups) % hp:
+                raise ValueError(f"HEADS_PER must divide the heads per group ({nheads // ngroups}), got {hp}")
+            persist = cfg.pop("PERSIST", 0)
+            nblocks = math.ceil(hw / cfg["BLOCK"])
+            nprog = nblocks
+            if persist:  # about PERSIST programs per SM in all: each strides over the cell blocks
+                sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 2
+                nprog = min(nblocks, max(1, math.ceil(persist * sms / (nheads // hp * bsz))))
+            _fused_cells_kernel[(nprog, nheads // hp, bsz)](*args, nprog, **meta, **cfg,
+                                                               NITER=math.ceil(nblocks / nprog))
+        else:
+            raise ValueError(f"unknown fused-step VARIANT {variant!r}; known: {list(VARIANTS)}")
     else:
         def grid(cfg):
             return (triton.cdiv(hw, cfg["BLOCK"]), nheads * triton.cdiv(headdim, cfg["P_PER"]), bsz)
