@@ -78,10 +78,9 @@ def main(argv=None) -> int:
               "what": "MambaCore.warp_step (projections, warp gathered in the update, SSM update, output "
                       "block), shipped sizes, 1 torch thread, out buffer; the two paths interleaved",
               "load_avg_1min": {"min": round(min(loads), 2), "max": round(max(loads), 2)}, "rows": rows}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    from ssm_perception.bench import write_result
+
+    write_result(args.output, result)
     return 0
 
 

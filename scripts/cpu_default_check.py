@@ -229,10 +229,9 @@ def main(argv=None) -> int:
     if sizes:
         result["seconds"] = args.seconds
         result["grids"] = grid_part(base, args, sizes)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    from ssm_perception.bench import write_result
+
+    write_result(args.output, result)
     return 0
 
 

@@ -85,6 +85,15 @@ class BenchSettings:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def write_result(path, result: dict) -> Path:
+    """A benchmark's results file: JSON, parent folders made, one line to say where it went."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     """p50/p99/mean/min/max of latencies in ms (p99 of few samples is close to the max: see n)."""
     import numpy as np
@@ -875,11 +884,9 @@ def bench_main(device: str, grid: str, history: str, output: str, models: str, b
     if 16 not in s.histories:
         s.main_history = max(s.histories)
     result = run_bench(s, progress=not quiet)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
     print(summary_table(result))
-    print(f"\nwrote {out} ({result['wall_s']} s)")
+    write_result(output, result)
+    print(f"({result['wall_s']} s)")
     return 0
 
 
