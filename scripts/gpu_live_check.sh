@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The node live over DDS on the GPU machine (no ROS 2 installed there, no internet): drops, self
+# resets and latency on a simulated 10 Hz drive replayed in real time (scripts/gpu_live_check.py).
+#
+#   bash scripts/gpu_live_check.sh [gpu_live_check.py options, e.g. --duration 20 --seed 200000]
+#
+# Needs, carried in the working tree (git-ignored; build them here first):
+#   .gpu_ros/   bash scripts/build_gpu_ros_bundle.sh  (ROS 2 Kilted runtime + our messages, cp312)
+#   .whl/       pydantic, transforms3d, rosbags, ... (README, "GPU": the wheels the image lacks)
+# Through the device tool: carry [".gpu_ros", ".whl"]; it writes results/gpu_live_check_h200.json
+# (RESULT=path to change) and copies it, with the log, into $OUT when that is set.
+# Environment: PYTHON (default python3: the GPU image's Python 3.12 with CUDA torch), RESULT,
+# CONFIG (default config/ssm_perception_gpu.yaml; config/ssm_perception_cpu.yaml for a CPU trial).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+PY=${PYTHON:-python3}
+RESULT=${RESULT:-results/gpu_live_check_h200.json}
+CONFIG=${CONFIG:-config/ssm_perception_gpu.yaml}
+BUNDLE=${GPU_ROS_BUNDLE:-$ROOT/.gpu_ros/ros_kilted_cp312.tar.xz}
+PREFIX=${GPU_ROS_PREFIX:-/tmp/ssm_gpu_ros}
+SITE=${GPU_SITE:-/tmp/ssm_site}
+LOG=$(mktemp /tmp/gpu_live_check.XXXXXX.log)
+
+say() { printf '\033[1m[gpu-live]\033[0m %s\n' "$*" | tee -a "$LOG"; }
+copy_out() {
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    [ -f "$RESULT" ] && cp "$RESULT" "$OUT/" || true
+    cp "$LOG" "$OUT/gpu_live_check.log" || true
+  fi
+}
+die() {
+  printf '\033[31m[gpu-live] error:\033[0m %s\n' "$*" | tee -a "$LOG" >&2
+  copy_out
+  exit 2
+}
+trap 'copy_out' EXIT
+
+# ------------------------------------------------------------------ 1. what must be here
+command -v "$PY" >/dev/null || die "no '$PY' (set PYTHON to the Python 3.12 that has torch)"
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else 1)' \
+  || die "$PY is Python $("$PY" -c 'import platform; print(platform.python_version())'); the bundle is for 3.12 (cp312)"
+[ -f "$BUNDLE" ] || die "missing $BUNDLE: run 'bash scripts/build_gpu_ros_bundle.sh' here and carry .gpu_ros"
+if [ -f "$(dirname "$BUNDLE")/MANIFEST.json" ]; then
+  want=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$(dirname "$BUNDLE")/MANIFEST.json")
+  have=$(sha256sum "$BUNDLE" | cut -d' ' -f1)
+  [ "$want" = "$have" ] || die "$BUNDLE does not match its MANIFEST.json (sha256 $have, expected $want): carried incompletely?"
+fi
+
+# ------------------------------------------------------------------ 2. unpack the ROS bundle, install the wheels
+t0=$(date +%s)
+rm -rf "$PREFIX"; mkdir -p "$PREFIX"
+"$PY" - "$BUNDLE" "$PREFIX" <<'EOF' || die "could not unpack $BUNDLE"
+import sys, tarfile
+with tarfile.open(sys.argv[1], "r:xz") as tar:
+    tar.extractall(sys.argv[2], filter="tar")  # relative symlinks between identical libraries
+EOF
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    >> "$LOG" 2>&1 || die "pip could not install the carried wheels from .whl/ (log: $LOG)"
+fi
+say "ROS 2 bundle unpacked to $PREFIX, wheels in $SITE ($(( $(date +%s) - t0 )) s)"
+
+# ------------------------------------------------------------------ 3. the environment a ROS install would set
+libs=$PREFIX/lib
+for d in "$PREFIX"/site/ros_*.libs; do libs=$libs:$d; done
+export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONPATH=$ROOT:$PREFIX/site:$SITE${PYTHONPATH:+:$PYTHONPATH}
+export AMENT_PREFIX_PATH=$PREFIX
+export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( 120 + RANDOM % 100 ))}
+export PYTHONUNBUFFERED=1
+unset ROS_AUTOMATIC_DISCOVERY_RANGE ROS_LOCALHOST_ONLY || true
+# Keep NVLink multicast off (machine rule).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG" || die "the environment is incomplete (above)"
+import sys
+try:
+    import rclpy, torch
+    from nav_msgs.msg import OccupancyGrid  # noqa: F401
+    from ssm_perception.msg import TrackArray  # noqa: F401
+    from tf2_msgs.msg import TFMessage  # noqa: F401
+    import ssm_perception.nodes.perception_node  # noqa: F401
+except Exception as exc:  # noqa: BLE001
+    sys.exit(f"import failed: {type(exc).__name__}: {exc}")
+rclpy.init()
+rclpy.try_shutdown()
+print(f"[gpu-live] python {sys.version.split()[0]}, torch {torch.__version__}, cuda "
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}, rclpy + Fast DDS + messages import")
+EOF
+
+# ------------------------------------------------------------------ 4. the check
+say "node config $CONFIG, ROS_DOMAIN_ID=$ROS_DOMAIN_ID -> $RESULT"
+set +e
+"$PY" scripts/gpu_live_check.py --config "$CONFIG" -o "$RESULT" "$@" 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}
+set -e
+say "exit code $rc (0 target met, 1 measured but missed, 2 could not measure); total $(( $(date +%s) - t0 )) s"
+exit "$rc"
