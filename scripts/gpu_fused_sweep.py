@@ -80,23 +80,31 @@ def variant_configs() -> list[dict]:
     """Stage 'variants' (see temporal/fused_step.py): the 'rows' kernel with one cell per thread
     (LANES=1), and the 'cells' kernel (a program per cell block and HEADS_PER heads, looping over
     the headdim rows P_PER at a time; B, C, step and the warp's taps once per cell instead of once
-    per row) x LANES x BLOCK x num_warps x HEADS_PER x P_PER x persistent grid (PERSIST programs per
-    SM) x num_stages, ordered by distance from the configuration expected to win (one cell per
-    thread, 256 cells, 4 warps, one head, one row per iteration, not persistent, 1 stage), so a
-    sweep cut short by its budget keeps the likely winners."""
+    per row) x LANES x BLOCK and num_warps x TILE_W (2-D tiles; 0 = consecutive cells) x HEADS_PER x
+    P_PER x RSPLIT (a head's rows over RSPLIT programs) x persistent grid (PERSIST programs per SM)
+    (num_stages 1: compiled for sm_90, 3 stages give the same SASS, the row loop is not pipelined;
+    the hints stage tries the others on the winners), ordered by distance from the configuration
+    expected to win (one cell per thread, 256 cells, 4 warps, one head, one row per iteration, rows
+    not split, not persistent; consecutive cells and 32-wide tiles alike), so a sweep cut short by
+    its budget keeps the likely winners. At most MAX_VARIANTS."""
     out = [{"VARIANT": "rows", "BLOCK": b, "P_PER": 1, "LANES": 1, "num_warps": w, "num_stages": 1}
-           for b, w in ((512, 4), (256, 2), (256, 4), (128, 4), (128, 2), (512, 8))]
+           for b, w in ((512, 4), (256, 2), (128, 4), (256, 4))]
+    shapes = [(256, 4), (128, 4), (256, 2), (128, 2), (512, 8), (512, 4), (256, 8), (64, 2)]
     cells = []
-    for lanes, (block, warps), hp, p_per, persist, stages in itertools.product(
-            (1, 0), ((256, 4), (128, 4), (256, 2), (128, 2), (512, 8), (512, 4), (256, 8), (64, 2)), (1, 4, 2),
-            (1, 2, 4), (0, 4), (1, 3)):
-        cfg = {"VARIANT": "cells", "BLOCK": block, "P_PER": p_per, "HEADS_PER": hp, "LANES": lanes,
-               "num_warps": warps, "num_stages": stages}
+    for lanes, shape, hp, p_per, persist, stages, rsplit, tile_w in itertools.product(
+            (1, 0), shapes, (1, 4, 2), (1, 2, 4), (0, 4), (1,), (1, 2, 4), (0, 32, 16)):
+        if tile_w and not lanes:  # a tile's cell indices are never provably contiguous: LANES changes nothing
+            continue
+        cfg = {"VARIANT": "cells", "BLOCK": shape[0], "P_PER": p_per, "HEADS_PER": hp, "LANES": lanes,
+               "num_warps": shape[1], "num_stages": stages}
+        if tile_w:
+            cfg["TILE_W"] = tile_w
+        if rsplit > 1:
+            cfg["RSPLIT"] = rsplit
         if persist:
             cfg["PERSIST"] = persist
-        score = ((1 - lanes) * 2 + [(256, 4), (128, 4), (256, 2), (128, 2), (512, 8), (512, 4), (256, 8),
-                                    (64, 2)].index((block, warps)) // 2 + (1, 4, 2).index(hp) + (1, 2, 4).index(p_per)
-                 + (2 if persist else 0) + (2 if stages == 3 else 0))
+        score = ((1, 2, 4).index(rsplit) + (1 - lanes) + shapes.index(shape) // 2 + (1, 4, 2).index(hp) + (1, 2, 4).index(p_per)
+                 + (2 if persist else 0) + (2 if stages == 3 else 0) + (0, 0, 1)[(0, 32, 16).index(tile_w)])
         cells.append((score, len(cells), cfg))
     return (out + [c for _, _, c in sorted(cells, key=lambda t: t[:2])])[:MAX_VARIANTS]
 
@@ -117,7 +125,8 @@ def config_label(cfg: dict | None) -> str:
     if cfg is None:
         return "autotuned"
     short = {"BLOCK": "B", "P_PER": "P", "num_warps": "w", "num_stages": "s", "PREV_EVICT": "prev",
-             "IN_EVICT": "in", "NEW_CACHE": "st", "HEADS_PER": "hp", "LANES": "L", "PERSIST": "pk"}
+             "IN_EVICT": "in", "NEW_CACHE": "st", "HEADS_PER": "hp", "LANES": "L", "PERSIST": "pk", "TILE_W": "tw",
+             "RSPLIT": "rs"}
     return " ".join(str(v) if k == "VARIANT" else f"{short.get(k, k)}={v}" for k, v in cfg.items()
                     if v != "" and not (k == "VARIANT" and v == "rows"))
 

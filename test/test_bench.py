@@ -219,7 +219,10 @@ def test_gpu_sweep_variant_list():
     assert {c["VARIANT"] for c in vs[:10]} == {"rows", "cells"}
     first_cells = next(c for c in vs if c["VARIANT"] == "cells")
     assert first_cells["LANES"] == 1 and first_cells["HEADS_PER"] == 1 and "PERSIST" not in first_cells
-    assert any(c.get("PERSIST") for c in vs[:40]) and any(c.get("HEADS_PER") == 4 for c in vs[:12])
+    assert any(c.get("PERSIST") for c in vs[:40]) and any(c.get("HEADS_PER") == 4 for c in vs[:16])
+    assert vs[5] == {**first_cells, "TILE_W": 32}  # 2-D tiles right beside consecutive cells
+    assert any(c["VARIANT"] == "cells" and c["LANES"] == 0 for c in vs[:30])  # the LANES control
+    assert any(c.get("RSPLIT") == 2 for c in vs[:12])
     assert sw.config_label(first_cells).startswith("cells B=")
     assert sw.config_label({"VARIANT": "rows", "BLOCK": 64, "LANES": 1}) == "B=64 L=1"
     hints = sw.hint_configs([first_cells])  # the hints keep the variant's own keys

@@ -156,14 +156,18 @@ def test_fused_kernel_cache_hints_and_launch_options_keep_the_result():
 
 # The kernel variants the sweep tries (scripts/gpu_fused_sweep.py stage 'variants'; the pipeline
 # runs one when fused_launch.json names it for the GPU). Each case covers what its launch adds: the
-# 'cells' kernel striding over cell blocks (persistent: fewer programs than blocks), a headdim
-# loop whose last iteration is partly masked (P_PER 6 does not divide 16), heads in pairs, the
-# reset mask, several batch items, no motion; LANES=1 in both kernels. A smaller model (4 heads of
+# 'cells' kernel striding over 2-D tiles (persistent: fewer programs than tiles; 16x8 tiles on an
+# 11x11 grid: masked columns and rows), a headdim loop whose last iteration is partly masked (P_PER 3
+# does not divide 8 nor 4), heads in pairs, blocks of consecutive cells, each head's rows split over
+# 2 programs, the reset mask, several batch items, no motion; LANES=1 in both kernels. A smaller model (4 heads of
 # 8 rows) keeps the interpreter's time down.
 SMALL = {"d_model": 16, "headdim": 8}
 VARIANT_CASES = [
-    ("cells, persistent, 2 heads, masked rows", {"VARIANT": "cells", "BLOCK": 64, "P_PER": 3, "HEADS_PER": 2,
-                                                  "LANES": 1, "PERSIST": 1}, (0.73, 0.31, 0.2), "bilinear", 1),
+    ("cells, 2-D tiles, persistent, 2 heads, masked rows", {
+        "VARIANT": "cells", "BLOCK": 128, "TILE_W": 16, "P_PER": 3, "HEADS_PER": 2, "LANES": 1, "PERSIST": 1},
+     (0.73, 0.31, 0.2), "bilinear", 1),
+    ("cells, consecutive cells, rows split in 2, nearest", {
+        "VARIANT": "cells", "BLOCK": 64, "P_PER": 3, "HEADS_PER": 2, "RSPLIT": 2}, (0.73, 0.31, 0.2), "nearest", 1),
     ("cells, all heads, no motion, 2 items", {"VARIANT": "cells", "BLOCK": 128, "P_PER": 8, "HEADS_PER": 4},
      None, "bilinear", 2),
     ("rows, one cell per lane, nearest", {"VARIANT": "rows", "BLOCK": 128, "P_PER": 8, "LANES": 1},
@@ -208,7 +212,10 @@ def test_fused_kernel_variant_configs_are_checked():
         common = (st["ssm"], z, xs, b, c, step, ref.A(), ref.D, ref.nheads, ref.headdim, ref.d_state, ref.ngroups)
         for cfg, words in (({"VARIANT": "tiles"}, "unknown fused-step VARIANT"),
                            ({"VARIANT": "cells", "HEADS_PER": 3}, "HEADS_PER must divide"),
-                           ({"HEADS_PER": 2}, "need VARIANT 'cells'"), ({"PERSIST": 4}, "need VARIANT 'cells'")):
+                           ({"VARIANT": "cells", "BLOCK": 64, "TILE_W": 24}, "TILE_W must be a power of two"),
+                           ({"VARIANT": "cells", "BLOCK": 16, "TILE_W": 32}, "TILE_W must be a power of two"),
+                           ({"VARIANT": "cells", "RSPLIT": 3}, "RSPLIT must divide"),
+                           ({"HEADS_PER": 2}, "need VARIANT 'cells'"), ({"TILE_W": 8}, "need VARIANT 'cells'")):
             with pytest.raises(ValueError, match=words):
                 fused_step.fused_warp_step(*common, config=cfg)
     assert set(fused_step.VARIANTS) == {"rows", "cells"} and "VARIANT" in fused_step.LAUNCH_KEYS

@@ -59,9 +59,10 @@ BLOCK_CELLS = 128
 # cache hints, and Triton's launch options.
 # VARIANT picks the kernel: "rows" (default; programs of BLOCK cells x P_PER headdim rows of one
 # head) or "cells" (programs of BLOCK cells x HEADS_PER whole heads, optionally persistent: PERSIST
-# programs per SM); LANES=1 gives every thread one cell (both kernels).
-LAUNCH_KEYS = ("VARIANT", "BLOCK", "P_PER", "HEADS_PER", "LANES", "PERSIST", "PREV_EVICT", "IN_EVICT", "NEW_CACHE",
-               "num_warps", "num_stages")
+# programs per SM, 2-D tiles TILE_W cells wide, each head's rows split over RSPLIT programs); LANES=1
+# gives every thread one cell (both kernels).
+LAUNCH_KEYS = ("VARIANT", "BLOCK", "P_PER", "HEADS_PER", "LANES", "PERSIST", "TILE_W", "RSPLIT", "PREV_EVICT",
+               "IN_EVICT", "NEW_CACHE", "num_warps", "num_stages")
 VARIANTS = ("rows", "cells")
 
 
@@ -246,7 +247,8 @@ if triton is not None:
         s_prev_b, s_new_b, s_y_b, s_x_b, s_z_b, s_b_b, s_c_b, s_step_b, nprog,
         NHEADS: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr, NGROUPS: tl.constexpr,
         WARP: tl.constexpr, BILINEAR: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK: tl.constexpr,
-        P_PER: tl.constexpr, HEADS_PER: tl.constexpr = 1, LANES: tl.constexpr = 0, NITER: tl.constexpr = 1,
+        P_PER: tl.constexpr, HEADS_PER: tl.constexpr = 1, LANES: tl.constexpr = 0, TILE_W: tl.constexpr = 0,
+        RSPLIT: tl.constexpr = 1, NITER: tl.constexpr = 1,
         PREV_EVICT: tl.constexpr = "", IN_EVICT: tl.constexpr = "", NEW_CACHE: tl.constexpr = "",
     ):
         # Variant "cells": a program owns a block of cells and HEADS_PER heads (all their headdim rows,
@@ -258,16 +260,32 @@ if triton is not None:
         # launch: each program then strides over the blocks). LANES=1 tells the compiler that no cell run is contiguous,
         # which makes it give every thread one cell (consecutive lanes = consecutive cells) instead of
         # 4 consecutive cells loaded by 4 scalar loads whose lanes lie 16 B apart: one gather
-        # instruction then spans ~1 cache line instead of ~4.
-        h_first = tl.program_id(1) * HEADS_PER
+        # instruction then spans ~1 cache line instead of ~4. TILE_W > 0: blocks are 2-D tiles of
+        # BLOCK // TILE_W grid rows x TILE_W columns instead of BLOCK consecutive cells, so the
+        # bilinear taps of the next row (src10, src11) are mostly the same lines as the taps of the
+        # tile's next row (L1 hits instead of L2 reads), and no integer division by W per cell.
+        # RSPLIT > 1 splits each head's rows over RSPLIT programs (more, shorter programs: a smaller
+        # last wave; B, C and step are then read RSPLIT times per head).
+        h_first = (tl.program_id(1) // RSPLIT) * HEADS_PER
+        p_first = (tl.program_id(1) % RSPLIT) * (HEADDIM // RSPLIT)  # RSPLIT divides HEADDIM (checked)
         bi = tl.program_id(2).to(tl.int64)
         g = h_first // (NHEADS // NGROUPS)  # HEADS_PER divides NHEADS // NGROUPS (checked by the caller)
         n = tl.arange(0, DSTATE)
         for it in tl.range(0, NITER):  # NITER = ceil(cell blocks / nprog); past the last block all is masked
-            offs = (tl.program_id(0) + it * nprog) * BLOCK + tl.arange(0, BLOCK)
+            blk = tl.program_id(0) + it * nprog
+            if TILE_W > 0:  # a tile of BLOCK // TILE_W rows x TILE_W columns of cells
+                n_tj = tl.cdiv(W, TILE_W)
+                ci = (blk // n_tj) * (BLOCK // TILE_W) + tl.arange(0, BLOCK) // TILE_W
+                cj = (blk % n_tj) * TILE_W + tl.arange(0, BLOCK) % TILE_W
+                m = (ci < H) & (cj < W)
+                offs = ci * W + cj
+            else:  # BLOCK consecutive cells (row-major)
+                offs = blk * BLOCK + tl.arange(0, BLOCK)
+                m = offs < HW
+                ci = offs // W
+                cj = offs % W
             if LANES:
                 offs = tl.max_contiguous(offs, 1)
-            m = offs < HW
             bt = tl.load(b_ptr + bi * s_b_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None],
                          other=0.0, eviction_policy=IN_EVICT)
             ct = tl.load(c_ptr + bi * s_c_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None],
@@ -279,8 +297,8 @@ if triton is not None:
                 a3 = tl.load(aff_ptr + bi * 6 + 3)
                 a4 = tl.load(aff_ptr + bi * 6 + 4)
                 a5 = tl.load(aff_ptr + bi * 6 + 5)
-                fi_ = (offs // W).to(tl.float32)
-                fj_ = (offs % W).to(tl.float32)
+                fi_ = ci.to(tl.float32)
+                fj_ = cj.to(tl.float32)
                 fi = a0 * fi_ + a1 * fj_ + a2
                 fj = a3 * fi_ + a4 * fj_ + a5
                 hf = H * 1.0
@@ -325,10 +343,10 @@ if triton is not None:
                 decay = tl.exp(step * a)
                 prev_base = prev_ptr + bi * s_prev_b + h * HEADDIM * DSTATE * HW
                 new_base = new_ptr + bi * s_new_b + h * HEADDIM * DSTATE * HW
-                for p0 in tl.range(0, HEADDIM, P_PER):
+                for p0 in tl.range(0, HEADDIM // RSPLIT, P_PER):
                     for pp in tl.static_range(P_PER):
-                        p = p0 + pp
-                        mp = m & (p < HEADDIM)
+                        p = p_first + p0 + pp
+                        mp = m & (p0 + pp < HEADDIM // RSPLIT)
                         ch = ((p * DSTATE + n) * HW)[None, :]
                         if WARP:
                             if BILINEAR:
@@ -493,7 +511,7 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
             raise ValueError(f"unknown fused-step config keys {sorted(unknown)}; known: {list(LAUNCH_KEYS)}")
         variant = cfg.pop("VARIANT", "rows")
         if variant == "rows":
-            extra = {"HEADS_PER", "PERSIST"} & set(cfg)
+            extra = {"HEADS_PER", "PERSIST", "TILE_W", "RSPLIT"} & set(cfg)
             if extra:
                 raise ValueError(f"fused-step config keys {sorted(extra)} need VARIANT 'cells'")
             grid = (math.ceil(hw / cfg["BLOCK"]), nheads * math.ceil(headdim / cfg["P_PER"]), bsz)
@@ -503,12 +521,21 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
             if hp < 1 or (nheads // ngroups) % hp:
                 raise ValueError(f"HEADS_PER must divide the heads per group ({nheads // ngroups}), got {hp}")
             persist = cfg.pop("PERSIST", 0)
-            nblocks = math.ceil(hw / cfg["BLOCK"])
+            rsplit = cfg.setdefault("RSPLIT", 1)
+            if rsplit < 1 or headdim % rsplit:
+                raise ValueError(f"RSPLIT must divide headdim ({headdim}), got {rsplit}")
+            tile_w = cfg.get("TILE_W", 0)
+            if tile_w:
+                if tile_w & (tile_w - 1) or cfg["BLOCK"] % tile_w:
+                    raise ValueError(f"TILE_W must be a power of two dividing BLOCK, got {tile_w}")
+                nblocks = math.ceil(hh / (cfg["BLOCK"] // tile_w)) * math.ceil(ww / tile_w)
+            else:
+                nblocks = math.ceil(hw / cfg["BLOCK"])
             nprog = nblocks
             if persist:  # about PERSIST programs per SM in all: each strides over the cell blocks
                 sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 2
-                nprog = min(nblocks, max(1, math.ceil(persist * sms / (nheads // hp * bsz))))
-            _fused_cells_kernel[(nprog, nheads // hp, bsz)](*args, nprog, **meta, **cfg,
+                nprog = min(nblocks, max(1, math.ceil(persist * sms / (nheads // hp * rsplit * bsz))))
+            _fused_cells_kernel[(nprog, nheads // hp * rsplit, bsz)](*args, nprog, **meta, **cfg,
                                                                NITER=math.ceil(nblocks / nprog))
         else:
             raise ValueError(f"unknown fused-step VARIANT {variant!r}; known: {list(VARIANTS)}")
