@@ -38,6 +38,7 @@ which the tests use to check it against the reference warp + step.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -440,6 +441,11 @@ def best_config() -> str | None:
     return str(_fused_warp_step_autotuned.best_config)
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _cell_aligned(t: Tensor) -> Tensor:
     """The kernel wants channel stride H*W and cell stride 1 (any batch stride): channel slices of
     a contiguous [B, C, H, W] tensor already are; anything else is made contiguous."""
@@ -533,7 +539,8 @@ def fused_warp_step(h_prev: Tensor, z: Tensor, xs: Tensor, b: Tensor, c: Tensor,
                 nblocks = math.ceil(hw / cfg["BLOCK"])
             nprog = nblocks
             if persist:  # about PERSIST programs per SM in all: each strides over the cell blocks
-                sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 2
+                sms = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device()) \
+                    if dev.type == "cuda" else 2
                 nprog = min(nblocks, max(1, math.ceil(persist * sms / (nheads // hp * rsplit * bsz))))
             _fused_cells_kernel[(nprog, nheads // hp * rsplit, bsz)](*args, nprog, **meta, **cfg,
                                                                NITER=math.ceil(nblocks / nprog))
