@@ -90,6 +90,31 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def transport_limits() -> dict:
+    """What bounds Fast DDS between processes here: the shared-memory file system and the socket
+    buffer caps (config/fastdds_profile.xml asks for 16 MiB segments and 4 MiB buffers)."""
+    out: dict = {}
+    try:
+        out["dev_shm_mib"] = round(shutil.disk_usage("/dev/shm").total / 2**20)
+    except OSError:
+        out["dev_shm_mib"] = None
+    for key in ("rmem_max", "wmem_max"):
+        try:
+            out[f"net_core_{key}"] = int(Path(f"/proc/sys/net/core/{key}").read_text())
+        except (OSError, ValueError):
+            out[f"net_core_{key}"] = None
+    return out
+
+
+def source_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
 def pcts(xs) -> dict:
     import numpy as np
 
@@ -344,6 +369,7 @@ def run(args) -> dict:
     stages = sorted({k.rsplit("_ms.", 1)[0] for k in latency if k.endswith("_ms.p50")})
     lat = {
         "stamp_to_listener_wall_ms": pcts(e2e),
+        "first_grid_ms": round(e2e[0], 1) if e2e else None,  # includes the node's lazy start (graph capture)
         "node_stamp_to_publication_ms": {"p50": fnum("pipeline_latency_ms.p50"), "p99": fnum("pipeline_latency_ms.p99"),
                                          "clock": "node clock = sim time from /clock (quantised by its rate)"},
         "node_stages_ms": {st: {"p50": fnum(f"{st}_ms.p50"), "p99": fnum(f"{st}_ms.p99")} for st in stages
@@ -358,7 +384,7 @@ def run(args) -> dict:
 
     device = torch.device(cfg.model.device if not cfg.model.device.startswith("cuda") or torch.cuda.is_available()
                           else "cpu")
-    machine = environment(device) | {"hostname": os.uname().nodename}
+    machine = environment(device) | {"hostname": os.uname().nodename, **transport_limits()}
     passed = dropped <= args.max_drop_pct / 100.0 * n_sent and not self_resets
     result = {
         "format": "ssm_perception.live_check/1",
@@ -386,14 +412,13 @@ def run(args) -> dict:
         "timings_s": {"simulate": round(sim_s, 1), "total": round(time.monotonic() - t_start, 1)},
         "machine": machine,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": source_commit(),
     }
+    result["log_tail"] = {name: p.read_text().strip().splitlines()[-15:] for name, p in logs.items()}
     if args.keep_logs:
         result["logs"] = {n: str(p) for n, p in logs.items()}
-    else:
-        for name, p in logs.items():  # the tail of each log goes into the result, the folder away
-            result.setdefault("log_tail", {})[name] = p.read_text().strip().splitlines()[-15:]
-        if not args.work and not args.bag:
-            shutil.rmtree(work, ignore_errors=True)
+    elif not args.work:
+        shutil.rmtree(work, ignore_errors=True)  # the simulated bag (~450 MB for 20 s) and the logs
     return result
 
 

@@ -7,8 +7,9 @@
 # Needs, carried in the working tree (git-ignored; build them here first):
 #   .gpu_ros/   bash scripts/build_gpu_ros_bundle.sh  (ROS 2 Kilted runtime + our messages, cp312)
 #   .whl/       pydantic, transforms3d, rosbags, ... (README, "GPU": the wheels the image lacks)
-# Through the device tool: carry [".gpu_ros", ".whl"]; it writes results/gpu_live_check_h200.json
-# (RESULT=path to change) and copies it, with the log, into $OUT when that is set.
+# Through the device tool: carry [".gpu_ros", ".whl"]; it writes results/gpu_live_check_<gpu>.json
+# (h200, h100, ...; RESULT=path to change) and copies it, with this script's log and the node's and
+# the replay's logs, into $OUT when that is set. Bag and logs are simulated into /tmp/ssm_live_check.
 # Environment: PYTHON (default python3: the GPU image's Python 3.12 with CUDA torch), RESULT,
 # CONFIG (default config/ssm_perception_gpu.yaml; config/ssm_perception_cpu.yaml for a CPU trial).
 set -euo pipefail
@@ -16,7 +17,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 PY=${PYTHON:-python3}
-RESULT=${RESULT:-results/gpu_live_check_h200.json}
+# results/gpu_live_check_<gpu>.json: h200, h100, ... from nvidia-smi; "cpu" without a GPU
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+TAG=$(printf '%s' "$GPU_NAME" | grep -oiE '[A-Z][0-9]{2,4}' | head -1 | tr 'A-Z' 'a-z' || true)
+RESULT=${RESULT:-results/gpu_live_check_${TAG:-cpu}.json}
+WORK=${GPU_LIVE_WORK:-/tmp/ssm_live_check}
 CONFIG=${CONFIG:-config/ssm_perception_gpu.yaml}
 BUNDLE=${GPU_ROS_BUNDLE:-$ROOT/.gpu_ros/ros_kilted_cp312.tar.xz}
 PREFIX=${GPU_ROS_PREFIX:-/tmp/ssm_gpu_ros}
@@ -28,6 +33,7 @@ copy_out() {
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
     [ -f "$RESULT" ] && cp "$RESULT" "$OUT/" || true
+    for f in "$WORK"/node.log "$WORK"/replay.log; do [ -f "$f" ] && cp "$f" "$OUT/gpu_live_check_$(basename "$f")"; done
     cp "$LOG" "$OUT/gpu_live_check.log" || true
   fi
 }
@@ -72,6 +78,7 @@ export AMENT_PREFIX_PATH=$PREFIX
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( 120 + RANDOM % 100 ))}
 export PYTHONUNBUFFERED=1
+export ROS_LOG_DIR=${ROS_LOG_DIR:-/tmp/ssm_ros_log}  # rcl's log files: not in a HOME that may be read-only
 unset ROS_AUTOMATIC_DISCOVERY_RANGE ROS_LOCALHOST_ONLY || true
 # Keep NVLink multicast off (machine rule).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -95,7 +102,8 @@ EOF
 # ------------------------------------------------------------------ 4. the check
 say "node config $CONFIG, ROS_DOMAIN_ID=$ROS_DOMAIN_ID -> $RESULT"
 set +e
-"$PY" scripts/gpu_live_check.py --config "$CONFIG" -o "$RESULT" "$@" 2>&1 | tee -a "$LOG"
+rm -rf "$WORK"
+"$PY" scripts/gpu_live_check.py --config "$CONFIG" -o "$RESULT" --work "$WORK" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 say "exit code $rc (0 target met, 1 measured but missed, 2 could not measure); total $(( $(date +%s) - t0 )) s"
