@@ -296,7 +296,7 @@ class PerceptionPipeline:
         # fixed-capacity clouds, one replay per encoder half instead of tens of launches.
         self.encoder_graphs = GraphCache(enabled=self.config.model.cuda_graph and self.device.type == "cuda")
         self.health.graphs = self.encoder_graphs  # its per-cell step too ("health")
-        self.policy.graphs = self.encoder_graphs  # and the warp grids ("warp_grid")
+        self.policy.graphs = self.encoder_graphs  # and the age step ("age")
 
     def _graph_step(self, x, motion, dt_s: float, reset_mask):
         """The temporal step through the CUDA graph (pipeline_graph.CudaGraphStep); None if it
@@ -381,7 +381,7 @@ class PerceptionPipeline:
                 CameraFrame(inp.image, inp.K, inp.T_base_camera) if camera_ok else None,
                 ego_twist=twist, device=self.device,  # LiDAR deskew (bev.lidar.deskew, the only one)
                 resolve=False,  # counters and sensor flags come with the frame's one read-back (step 6)
-                graphs=self.encoder_graphs,
+                graphs=self.encoder_graphs, derived=_frame_masks,
             )
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
             # Last line of defence: input the checks above did not foresee must not stop the node.
@@ -389,10 +389,11 @@ class PerceptionPipeline:
             log.exception("BEV encoding failed at %.3f s; frame treated as having no sensor data", stamp_ns / NS)
             problems.append(f"encoder failed: {type(exc).__name__}: {exc}")
             lidar = radar = None
-            feats = encode_frame(self.grid, ego_twist=twist, device=self.device, resolve=False)
+            feats = encode_frame(self.grid, ego_twist=twist, device=self.device, resolve=False, derived=_frame_masks)
         x = feats.features.unsqueeze(0)  # [1, C_in, H, W], encoded on the model's device
-        observed = observed_from_features(x)  # [1, H, W] bool
-        direct = direct_now(feats.features)  # [H, W] on the device; the evidence grids come with the read-back
+        # [1, H, W] bool: observed by any sensor (health, reset policy), and directly by a range sensor
+        # (the evidence grids come with the read-back); computed with the features (_frame_masks)
+        observed, direct = feats.derived
         lat["encode"] = self._ms(t0) + input_ms
 
         # 3. Warp (or restart) the state. The Mamba core gathers the warp inside its step (one pass
@@ -439,10 +440,9 @@ class PerceptionPipeline:
         # 5. Health and per-cell bookkeeping (ages for the next partial reset, unknown cells) on the
         # device; its scalars, the unknown mask and the ages travel in the frame's one read-back (step 6).
         t0 = time.perf_counter()
+        # (cells of a partial reset are forgotten by the monitor too, unless observed now: forget=)
         health_scalars = self.health.measure(self.state, observed, motion, 0.0 if decision.full else dt_s,
-                                             direct=direct.unsqueeze(0))
-        if reset_mask is not None:
-            self.health.reset(reset_mask & ~observed)
+                                             direct=direct, forget=reset_mask)
         self.policy.observe(observed[0])
         lat["health"] = self._ms(t0)
 
@@ -536,6 +536,12 @@ class PerceptionPipeline:
         """Run the tracking step a caller left pending (before the next frame, a reset, or shutdown)."""
         if self._pending_tracking is not None:
             self.track(self._pending_tracking)
+
+
+def _frame_masks(features: Tensor) -> tuple[Tensor, Tensor]:
+    """features [C, H, W] -> (observed, direct) [1, H, W] bool (observed_from_features, direct_now):
+    computed inside encode_frame's assembly step (one CUDA graph with it on CUDA)."""
+    return observed_from_features(features.unsqueeze(0)), direct_now(features).unsqueeze(0)
 
 
 def _frame_for_host(p_occ: Tensor, p_dyn: Tensor, table: Tensor, observed: Tensor, features: Tensor,

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ssm_perception.bev.ground import fit_ground_plane, fit_ground_plane_open3d
+from ssm_perception.bev.ground import (
+    fit_ground_plane,
+    fit_ground_plane_open3d,
+    fit_ground_plane_tensor,
+)
 
 
 def _scene(seed=0, slope=0.05, offset=-0.2):
@@ -48,3 +52,22 @@ def test_fallback_on_too_few_points():
     wall_only = np.c_[np.full(500, 3.0), np.random.default_rng(0).uniform(-5, 5, (500, 2))].astype(np.float32)
     wall_only[:, 2] = np.clip(wall_only[:, 2], -0.9, 0.9)
     assert fit_ground_plane(torch.from_numpy(wall_only)).fallback
+
+
+def test_sample_depends_only_on_the_candidates_not_on_other_points():
+    """The fit draws its sample by rank among the candidates (no compaction, no host read): points
+    outside the mask, wherever they sit in the cloud (a CUDA graph's padding, dropped returns),
+    change nothing, bit for bit; with fewer candidates than the sample size each is used once."""
+    pts = torch.from_numpy(_scene())
+    rng = np.random.default_rng(3)
+    junk = torch.from_numpy(rng.uniform(-20, 20, (4000, 3)).astype(np.float32))
+    mask = torch.zeros(len(pts) + len(junk), dtype=torch.bool)
+    mask[torch.from_numpy(rng.choice(len(mask), len(pts), replace=False))] = True  # the points, in order,
+    cloud = torch.empty(len(mask), 3)  # spread among the others
+    cloud[mask], cloud[~mask] = pts, junk
+    for sample in (4096, 20000):  # fewer candidates than the sample, and more
+        ref = fit_ground_plane_tensor(pts, sample=sample)
+        got = fit_ground_plane_tensor(cloud, mask, sample=sample)
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+        assert not bool(got[3])
+    assert not torch.equal(fit_ground_plane_tensor(pts, sample=4096)[0], fit_ground_plane_tensor(pts, sample=20000)[0])

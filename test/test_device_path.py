@@ -43,8 +43,11 @@ def _frames(clip, n=12):
 def _device_like(pipe: PerceptionPipeline) -> PerceptionPipeline:
     """The CUDA pipeline's host-side choices, on the CPU."""
     pipe.policy.defer_cells = True
+    pipe.policy.age_on_device = True  # the age step as one function, warp grid from the motion inside
+    pipe.health.grid_on_device = True  # likewise the monitor's per-cell step
     pipe.packed_read_back = True
     pipe.encoder_graphs = GraphCache(pad_on_cpu=True)  # the graphed encoders' padded inputs (run eagerly here)
+    pipe.health.graphs = pipe.policy.graphs = pipe.encoder_graphs
     return pipe
 
 

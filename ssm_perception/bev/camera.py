@@ -56,15 +56,8 @@ def image_to_tensor(image, factor: int = 1, device=None, on_device: bool | None 
         # The raw image goes up as it is (uint8: a quarter of the float bytes) and the same sums run
         # on the device: integer-valued float32 sums (exact below 2^24) times the same float32
         # factor as below, so the values equal the host path's.
-        raw = upload(a[: hh * f, : ww * f], device).permute(2, 0, 1).unsqueeze(0).float()
-        if f > 1:
-            raw = F.avg_pool2d(raw, f, stride=f, divisor_override=1)
-        t = (raw * np.float32(scale / (f * f)))[0]
-        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
-        t = t.contiguous().unsqueeze(0)
-        if a.dtype.kind in "ui":
-            return t  # integer sums times scale: finite and within [0, 1] already
-        return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+        return reduce_on_device(upload(a[: hh * f, : ww * f], device), f, float(np.float32(scale / (f * f))),
+                                a.dtype.kind in "ui")
     acc_type = np.uint32 if a.dtype.kind in "ui" else np.float32
     acc = np.zeros((hh, ww, a.shape[2]), dtype=acc_type)
     for i in range(f):  # f*f strided adds over the image, not a per-pixel loop
@@ -74,6 +67,21 @@ def image_to_tensor(image, factor: int = 1, device=None, on_device: bool | None 
     t = upload(acc.astype(np.float32) * np.float32(scale / (f * f)), device).permute(2, 0, 1)
     t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
     t = t.contiguous().unsqueeze(0)
+    return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def reduce_on_device(raw: Tensor, factor: int, scale: float, integer: bool) -> Tensor:
+    """``image_to_tensor``'s device half: the raw HWC image [H, W, C] (cropped to a multiple of
+    ``factor``) -> float32 [1, 3, h, w]; ``scale`` is the float32 factor per summed value. A pure
+    tensor function (part of the camera's CUDA graph)."""
+    x = raw.permute(2, 0, 1).unsqueeze(0).float()
+    if factor > 1:
+        x = F.avg_pool2d(x, factor, stride=factor, divisor_override=1)
+    t = (x * scale)[0]
+    t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
+    t = t.contiguous().unsqueeze(0)
+    if integer:
+        return t  # integer sums times scale: finite and within [0, 1] already
     return torch.nan_to_num(t, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
 
 
@@ -144,11 +152,20 @@ def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
         t = np.asarray(T_base_camera, dtype=np.float64)
         if t.shape != (4, 4) or not np.isfinite(t).all() or not np.isfinite(k).all():
             raise ValueError("camera K must be 3x3 and T_base_camera a 4x4 transform, all finite")
-        small = image_to_tensor(a, factor, dev)  # [1, 3, h, w]
+        img = a[:, :, None] if a.ndim == 2 else a
+        raw_in = img.ndim == 3 and img.shape[2] in (1, 3, 4) and img.dtype != np.uint16 and \
+            img.shape[0] >= factor and img.shape[1] >= factor
+        if raw_in:  # the raw image goes into the graph, reduced there (image_to_tensor's device way)
+            hh, ww = img.shape[0] // factor, img.shape[1] // factor
+            scale = {np.dtype(np.uint8): 1 / 255.0}.get(img.dtype, 1.0)
+            src = upload(img[: hh * factor, : ww * factor, :3], dev)
+            reduce = (factor, float(np.float32(scale / (factor * factor))), img.dtype.kind in "ui")
+        else:  # (uint16 images are reduced on the host; odd shapes get image_to_tensor's error)
+            src, reduce = image_to_tensor(a, factor, dev), None  # [1, 3, h, w]
         fn = functools.partial(_camera_graphed, grid=grid, image_size=(h_img, w_img), factor=factor,
-                               ground_z=float(ground_z), max_range=float(max_range))
-        feats, n_visible = graphs.run("camera", (grid, h_img, w_img, factor, float(ground_z), float(max_range)), fn,
-                                      small, upload(k, dev), upload(t, dev))
+                               ground_z=float(ground_z), max_range=float(max_range), reduce=reduce)
+        feats, n_visible = graphs.run("camera", (grid, h_img, w_img, factor, float(ground_z), float(max_range),
+                                                 reduce), fn, src, upload(k, dev), upload(t, dev))
     else:
         uv, visible, n_visible = project_cells(grid, K, T_base_camera, (h_img, w_img), ground_z, max_range, dev)
         feats = _camera_sample(image_to_tensor(a, factor, dev), uv, visible, factor)
@@ -157,8 +174,11 @@ def encode_camera(grid: BevGrid, image, K, T_base_camera, ground_z: float = 0.0,
 
 
 def _camera_graphed(small: Tensor, k: Tensor, t: Tensor, *, grid: BevGrid, image_size, factor: int, ground_z: float,
-                    max_range: float):
-    """Projection + sampling from device tensors (float64 K and T): a pure tensor function (CUDA graph)."""
+                    max_range: float, reduce=None):
+    """Projection + sampling from device tensors (float64 K and T): a pure tensor function (CUDA graph).
+    ``reduce`` (factor, scale, integer): ``small`` is the raw HWC image, reduced here first."""
+    if reduce is not None:
+        small = reduce_on_device(small, *reduce)
     uv, visible = _project(grid, k, t, image_size, ground_z, max_range)
     return _camera_sample(small, uv, visible, factor), visible.sum()
 

@@ -6,6 +6,7 @@ channel layout (``FEATURE_CHANNELS``) never changes and models know C_in statica
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class BevFeatures:
     features: Tensor  # [C, H, W] float32, C = len(FEATURE_CHANNELS)
     sensor_mask: dict[str, bool]  # {'lidar': bool, 'radar': bool, 'camera': bool}
     stats: dict = field(default_factory=dict)  # points used / dropped, per-stage times [ms]
+    derived: tuple = ()  # the outputs of encode_frame's ``derived`` function of the features
 
 
 def encode_frame(
@@ -67,6 +69,7 @@ def encode_frame(
     device=None,
     resolve: bool = True,
     graphs: GraphCache | None = None,
+    derived=None,
 ) -> BevFeatures:
     """Encode the sensors present this frame, on ``device`` (None = CPU: the features are built
     where the model runs, so a CUDA pipeline uploads only the raw clouds and a small image).
@@ -76,7 +79,11 @@ def encode_frame(
     The sensor mask and every counter in ``stats`` come back from the device in one copy at the end;
     ``resolve=False`` leaves them 0-d device tensors for a caller that reads them with its own copy
     (``bev.device.counters_tensor`` / ``fill_counters``: the pipeline's one read-back per frame).
-    ``graphs``: a CUDA pipeline's GraphCache (the encoders replay CUDA graphs; see encode_lidar)."""
+    ``graphs``: a CUDA pipeline's GraphCache (the encoders replay CUDA graphs; see encode_lidar; the
+    assembly of their outputs, ``_assemble``, is one more graph: its outputs are then overwritten by
+    the next frame's). ``derived``: a pure tensor function of the features [C, H, W] returning a
+    tuple of tensors (the pipeline's observed / direct masks), computed in the same step: its
+    outputs are ``BevFeatures.derived``."""
     if ego_twist is not None:
         ego_twist = tuple(float(v) for v in ego_twist)
         if len(ego_twist) != 3 or not all(np.isfinite(ego_twist)):
@@ -103,11 +110,29 @@ def encode_frame(
     stats.update(s)
     t3 = time.perf_counter()
     stats["timings_ms"] = {"lidar": 1e3 * (t1 - t0), "radar": 1e3 * (t2 - t1), "camera": 1e3 * (t3 - t2)}
-    feats = torch.cat(parts, 0)
-    # Defence in depth: the encoders already drop non-finite input; this guarantees the contract.
-    stats["nonfinite_features"] = (~torch.isfinite(feats)).sum()
-    feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
-    mask = {name: feats[channel_index(f"{name}_valid"), 0, 0] > 0 for name in ("lidar", "radar", "camera")}
+    fn = functools.partial(_assemble, derived=derived)
+    feats, nonfinite, flags, *extra = _eager(fn, *parts) if graphs is None else \
+        graphs.run("features", derived, fn, *parts)
+    stats["nonfinite_features"] = nonfinite
+    mask = {name: flags[k] for k, name in enumerate(SENSORS)}
     if resolve:
         resolve_stats({"mask": mask, "stats": stats})  # one device-to-host copy for all of them
-    return BevFeatures(feats.contiguous(), mask, stats)
+    return BevFeatures(feats, mask, stats, tuple(extra))
+
+
+SENSORS = ("lidar", "radar", "camera")
+
+
+def _eager(fn, *inputs):
+    return fn(*inputs)
+
+
+def _assemble(*parts: Tensor, derived=None) -> tuple[Tensor, ...]:
+    """The encoders' outputs -> (features [C, H, W], non-finite values (0-d), the sensors' valid
+    flags [3] bool, *derived(features)): a pure tensor function (a CUDA graph)."""
+    feats = torch.cat(parts, 0)
+    # Defence in depth: the encoders already drop non-finite input; this guarantees the contract.
+    nonfinite = (~torch.isfinite(feats)).sum()
+    feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
+    flags = torch.stack([feats[channel_index(f"{name}_valid"), 0, 0] for name in SENSORS]) > 0
+    return (feats, nonfinite, flags, *(derived(feats) if derived is not None else ()))

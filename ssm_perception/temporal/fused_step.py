@@ -110,9 +110,9 @@ def _warp_params(T_prev_cur, grid, batch: int, mode: str) -> tuple[Tensor, bool]
     a2 = 0.5 * c - 0.5 * s + (c * x0 - s * y0 + se2[:, 0] - x0) / r - 0.5
     a5 = 0.5 * s + 0.5 * c + (s * x0 + c * y0 + se2[:, 1] - y0) / r - 0.5
     aff = torch.stack([c, -s, a2, s, c, a5], 1)  # float64 [B, 6]
-    lin = aff[:, [0, 1, 3, 4]]
-    off = aff[:, [2, 5]]
-    aligned = bool(((lin - lin.round()).abs() < 1e-9).all() and ((off - off.round()).abs() < _ALIGN_TOL).all())
+    a = aff.numpy()  # (host numbers: decided in numpy, no tensor read)
+    lin, off = a[:, [0, 1, 3, 4]], a[:, [2, 5]]
+    aligned = bool((np.abs(lin - np.round(lin)) < 1e-9).all() and (np.abs(off - np.round(off)) < _ALIGN_TOL).all())
     if aligned:  # integer coefficients: every source is a cell centre -> move values exactly
         aff = aff.round()
     return aff.to(torch.float32), (mode == "bilinear" and not aligned)

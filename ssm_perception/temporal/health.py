@@ -14,15 +14,21 @@ import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssm_perception.bev.device import upload
 from ssm_perception.bev.features import channel_index
 from ssm_perception.bev.grid import BevGrid
 from ssm_perception.config import ResetConfig
 from ssm_perception.temporal.base import State
-from ssm_perception.temporal.warp import sampling_grid
+from ssm_perception.temporal.warp import (
+    grid_from_motion,
+    motion_for_grid,
+    sampling_grid,
+)
 
 
 class Level(IntEnum):
@@ -81,9 +87,15 @@ class StateHealthMonitor:
         self.direct_seen: Tensor | None = None
         self.direct_unobserved_s: Tensor | None = None
         self.graphs = None  # a CUDA pipeline's bev.device.GraphCache: the per-cell step replays as a graph
+        # The warp grid built from the motion inside the per-cell step (warp.sampling_grid's device
+        # way, one graph with the step); None: off the CPU. False: the host grid (the CPU's way).
+        self.grid_on_device: bool | None = None
+        self._maps: Tensor | None = None  # [B, 4, H, W]: the four maps above are its channels (views)
+        self._views: tuple = ()
 
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget cells (mask [B, H, W] bool) or everything (None), in step with a state reset."""
+        self._maps = None
         if mask is None or self.observed is None:
             self.observed = self.unobserved_s = self.direct_seen = self.direct_unobserved_s = None
             self.frames, self.baseline = 0, 0.0
@@ -129,21 +141,26 @@ class StateHealthMonitor:
         return self.finish(self.measure(state, observed, T_prev_cur, dt, direct).tolist(), stamp, sensors_seen)
 
     def measure(self, state: State, observed: Tensor | None = None, T_prev_cur=None, dt: float = 0.0,
-                direct: Tensor | None = None) -> Tensor:
+                direct: Tensor | None = None, forget: Tensor | None = None) -> Tensor:
         """The device half of ``update``: move the per-cell maps (on the state's device) and return
         the frame's scalars as one float64 vector on that device, nothing read back:
         (non-finite cells, norm mean, norm max, never-observed fraction, stale cells).
+        ``forget`` [B, H, W] bool: cells the state step reset this frame (a partial reset); after
+        measuring, those not observed now are forgotten (``reset(forget & ~observed)``, in the same step).
         The per-cell part (``_cells_step``) is a pure tensor function: with ``graphs`` set (a CUDA
-        pipeline's bev.device.GraphCache) it replays as a CUDA graph."""
+        pipeline's bev.device.GraphCache) it replays as a CUDA graph, the warp grid built inside it."""
         tensors = [v for v in state.values() if v.numel()]
         dev = tensors[0].device if tensors else (observed.device if observed is not None else torch.device("cpu"))
         b = next((v.shape[0] for v in state.values()), 1) if observed is None else observed.shape[0]
+        sq = None
         if tensors:
             # One pass over the (large) state: the per-cell squared norm [B, H, W] is non-finite exactly
             # where a cell holds a NaN/inf (or overflows), so non-finite cells are counted on the small
             # map instead of scanning every state value twice.
             with torch.no_grad():
-                sq = sum(torch.linalg.vector_norm(v.float(), dim=1) ** 2 for v in tensors)
+                for v in tensors:
+                    v2 = torch.linalg.vector_norm(v.float(), dim=1) ** 2
+                    sq = v2 if sq is None else sq + v2
         else:
             sq = torch.zeros(b, self.grid.nx, self.grid.ny, device=dev)
         if self.observed is None or self.observed.shape[0] != b or self.observed.device != torch.device(dev):
@@ -151,25 +168,45 @@ class StateHealthMonitor:
             zeros = torch.zeros(b, 1, self.grid.nx, self.grid.ny, device=dev)
             self.observed, self.unobserved_s = zeros, zeros.clone()
             self.direct_seen, self.direct_unobserved_s = zeros.clone(), zeros.clone()
-        maps = torch.cat([self.observed, self.unobserved_s, self.direct_seen, self.direct_unobserved_s], 1)
+            self._maps = None
+        four = (self.observed, self.unobserved_s, self.direct_seen, self.direct_unobserved_s)
+        if self._maps is not None and all(a is b for a, b in zip(four, self._views, strict=True)):
+            maps = self._maps  # still the last step's output: no concatenation
+        else:
+            maps = torch.cat(four, 1)
         inputs = [sq, maps]
-        mode = None
-        if T_prev_cur is not None:
-            # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
-            # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
-            g, mode = sampling_grid(T_prev_cur, self.grid, b, "bilinear", maps.dtype, dev, graphs=self.graphs)
-            inputs.append(g)
-        inputs.append(torch.full((), float(max(dt, 0.0)), dtype=maps.dtype, device=dev))  # a fill: no upload
+        mode, motion_in = None, False
+        step = float(max(dt, 0.0))
+        on_device = dev.type != "cpu" if self.grid_on_device is None else self.grid_on_device
+        if T_prev_cur is not None and on_device:
+            # sampling_grid's device way, inside the step: the motion and dt go up as four numbers
+            se2, nearest = motion_for_grid(T_prev_cur, self.grid, b, "bilinear")
+            params = np.concatenate([se2.numpy(), np.full((b, 1), step)], 1)
+            inputs.append(upload(params, dev))
+            mode, motion_in = ("nearest" if nearest else "bilinear"), True
+        else:
+            if T_prev_cur is not None:
+                # Same (bilinear) warp as the state, so the maps stay attached to the same world cells;
+                # cells entering the grid start unobserved (0). 'observed' is thresholded at 0.5.
+                g, mode = sampling_grid(T_prev_cur, self.grid, b, "bilinear", maps.dtype, dev, graphs=self.graphs)
+                inputs.append(g)
+            inputs.append(torch.full((), step, dtype=maps.dtype, device=dev))  # a fill: no upload
         if observed is not None:
             inputs.append(observed.bool())
         if direct is not None:
             inputs.append(direct.bool())
-        fn = functools.partial(_cells_step, warp_mode=mode, has_observed=observed is not None,
-                               has_direct=direct is not None, stale_s=float(self.cfg.unobserved_cell_reset_s))
-        key = (mode, observed is not None, direct is not None, float(self.cfg.unobserved_cell_reset_s))
+        if forget is not None:
+            inputs.append(forget.bool().reshape(b, self.grid.nx, self.grid.ny))
+        flags = {"warp_mode": mode, "motion_in": motion_in, "has_observed": observed is not None,
+                     "has_direct": direct is not None, "has_forget": forget is not None,
+                     "stale_s": float(self.cfg.unobserved_cell_reset_s), "grid": self.grid}
+        fn = functools.partial(_cells_step, **flags)
+        key = tuple(flags.values())
         scalars, maps = fn(*inputs) if self.graphs is None else self.graphs.run("health", key, fn, *inputs)
+        self._maps = maps
         self.observed, self.unobserved_s = maps[:, :1], maps[:, 1:2]
         self.direct_seen, self.direct_unobserved_s = maps[:, 2:3], maps[:, 3:]
+        self._views = (self.observed, self.unobserved_s, self.direct_seen, self.direct_unobserved_s)
         return scalars
 
     def finish(self, values, stamp: float, sensors_seen: dict[str, bool] | None = None) -> HealthReport:
@@ -210,18 +247,26 @@ class StateHealthMonitor:
                             n_stale, ages)
 
 
-def _cells_step(sq: Tensor, maps: Tensor, *rest: Tensor, warp_mode: str | None, has_observed: bool, has_direct: bool,
-                stale_s: float) -> tuple[Tensor, Tensor]:
+def _cells_step(sq: Tensor, maps: Tensor, *rest: Tensor, warp_mode: str | None, motion_in: bool, has_observed: bool,
+                has_direct: bool, has_forget: bool, stale_s: float, grid: BevGrid) -> tuple[Tensor, Tensor]:
     """One frame of the monitor's per-cell bookkeeping, a pure tensor function (CUDA graph):
     per-cell squared state norm sq [B, H, W] and the maps [B, 4, H, W] (observed, unobserved_s,
     direct_seen, direct_unobserved_s) -> (the five scalars of ``measure``, the new maps). ``rest``:
-    the sampling grid (when ``warp_mode``), the elapsed time (0-d), observed and direct masks
-    [B, H, W] (when present)."""
+    with ``motion_in`` the motion and elapsed time [B, 4] float64 (dx, dy, dyaw, dt; the warp grid is
+    built here), else the sampling grid (when ``warp_mode``) and the elapsed time (0-d); then the
+    observed and direct masks [B, H, W] (when present), the cells to forget unless observed (when
+    ``has_forget``)."""
     it = iter(rest)
-    g = next(it) if warp_mode is not None else None
-    step = next(it)
+    if motion_in:
+        params = next(it)
+        step = params[0, 3].to(maps.dtype)
+        g = grid_from_motion(params[:, :3], grid=grid, nearest=warp_mode == "nearest", dtype=maps.dtype)
+    else:
+        g = next(it) if warp_mode is not None else None
+        step = next(it)
     observed = next(it) if has_observed else None
     direct = next(it) if has_direct else None
+    forget = next(it) if has_forget else None
     bad = ~torch.isfinite(sq)
     cell_norm = torch.where(bad, torch.zeros_like(sq), sq).sqrt()
     norms = [bad.sum().double(), cell_norm.mean().double(), cell_norm.amax().double()]
@@ -240,4 +285,8 @@ def _cells_step(sq: Tensor, maps: Tensor, *rest: Tensor, warp_mode: str | None, 
         direct_unseen_s = torch.where(d, torch.zeros_like(direct_unseen_s), direct_unseen_s)
     never = (seen <= 0.5).float().mean().double()
     n_stale = ((seen > 0.5) & (unseen_s > stale_s))[:, 0].sum().double()
-    return torch.stack([*norms, never, n_stale]), torch.cat([seen, unseen_s, direct_seen, direct_unseen_s], 1)
+    out = torch.cat([seen, unseen_s, direct_seen, direct_unseen_s], 1)
+    if forget is not None:  # StateHealthMonitor.reset(forget & ~observed), after measuring
+        gone = forget & ~observed if observed is not None else forget
+        out = out * (~gone).unsqueeze(1).to(out.dtype)
+    return torch.stack([*norms, never, n_stale]), out

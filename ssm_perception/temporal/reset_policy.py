@@ -17,6 +17,7 @@ Every reset is logged with its reasons (std ``logging``) and counted per reason 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
@@ -25,6 +26,7 @@ from itertools import pairwise
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ssm_perception.config import GridConfig, ResetConfig
@@ -54,7 +56,9 @@ FULL_RESET_REASONS = (ROUTE_START, TIME_BACKWARDS, TIME_NOT_ADVANCING, TIME_GAP,
 class ResetDecision:
     full: bool  # reset every cell (and drop the previous frame's pose for the warp)
     reasons: list[str] = field(default_factory=list)  # keys above; empty when nothing happens
-    cell_mask: Tensor | None = None  # [H, W] bool, cells to reset (only when not full)
+    # [H, W] bool, cells to reset (only when not full). With a CUDA pipeline's graphs this is a graph's
+    # output, valid until the next frame's decision: copy it to keep it longer.
+    cell_mask: Tensor | None = None
     details: list[str] = field(default_factory=list)  # one human-readable line per reason
     dt_s: float | None = None  # seconds since the previous frame (None on a full reset)
     T_prev_cur: np.ndarray | None = None  # 4x4 motion of base_link since the previous frame
@@ -86,7 +90,11 @@ class ResetPolicy:
         self.grid = _as_bev_grid(grid) if grid is not None else None
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.defer_cells = self.device.type != "cpu"
-        self.graphs = None  # a CUDA pipeline's bev.device.GraphCache: the age warp's grid replays as a graph
+        self.graphs = None  # a CUDA pipeline's bev.device.GraphCache: the deferred age step replays as a graph
+        # The deferred check's whole age step (warp grid from the motion, warp, ageing, stale mask and
+        # count) as one pure tensor function (``_age_step``, a graph); None: off the CPU. False: the
+        # CPU's way (host warp grid). Tests set it on the CPU.
+        self.age_on_device: bool | None = None
         self.counts: Counter[str] = Counter()
         self.last_decision: ResetDecision | None = None
         self._pending: list[str] = []  # explicit requests since the last frame
@@ -191,7 +199,10 @@ class ResetPolicy:
             self._age = None if self.grid is None else self._zero_age()
             dt_s, motion = None, None
         else:
-            if cell_age_s is None and self._age is not None:
+            fused = self.device.type != "cpu" if self.age_on_device is None else self.age_on_device
+            if cell_age_s is None and self._age is not None and self.defer_cells and fused:
+                self._age, cell_mask, pending = self._age_step(motion, dt_s)  # (no host read)
+            elif cell_age_s is None and self._age is not None:
                 self._age = self._warp_age(self._age, motion) + dt_s
                 cell_age_s = self._age[0, 0]
             if cell_age_s is not None and self.defer_cells:
@@ -271,6 +282,20 @@ class ResetPolicy:
     def _zero_age(self) -> Tensor:
         return torch.zeros(1, 1, *self.grid.shape, dtype=torch.float32, device=self.device)
 
+    def _age_step(self, motion: np.ndarray | None, dt_s: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The deferred check's age step on the device: (new age grid, stale mask [H, W], stale count),
+        the stale cells' ages already restarted; the motion and dt go up as four numbers."""
+        from ssm_perception.bev.device import upload
+        from ssm_perception.temporal.warp import motion_for_grid
+
+        se2 = np.zeros((1, 3)) if motion is None else motion_for_grid(motion, self.grid, 1, "nearest")[0].numpy()
+        params = upload(np.concatenate([se2, [[float(dt_s)]]], 1), self.device)
+        stale_s = float(self.cfg.unobserved_cell_reset_s)
+        fn = functools.partial(_age_step, grid=self.grid, stale_s=stale_s)
+        if self.graphs is None:
+            return fn(self._age, params)
+        return self.graphs.run("age", (self.grid, stale_s), fn, self._age, params)
+
     def _warp_age(self, age: Tensor, motion: np.ndarray | None) -> Tensor:
         from ssm_perception.temporal.warp import warp_tensor
 
@@ -288,6 +313,18 @@ class ResetPolicy:
         elif d.cell_mask is not None:
             # Every frame has some never-seen cells at the grid's edges: keep this at DEBUG.
             log.debug("partial state reset at %.3f s: %s", stamp_ns / NS, "; ".join(d.details))
+
+
+def _age_step(age: Tensor, params: Tensor, *, grid, stale_s: float) -> tuple[Tensor, Tensor, Tensor]:
+    """age [1, 1, H, W], params [1, 4] float64 (dx, dy, dyaw, dt) -> (the age warped ('nearest', as
+    ``_warp_age`` off the CPU) plus dt with the stale cells restarted at 0, the stale mask [H, W], the
+    stale count): a pure tensor function (a CUDA graph)."""
+    from ssm_perception.temporal.warp import grid_from_motion
+
+    g = grid_from_motion(params[:, :3], grid=grid, nearest=True, dtype=age.dtype)
+    age = F.grid_sample(age, g, mode="nearest", padding_mode="zeros", align_corners=False) + params[0, 3].to(age.dtype)
+    stale = age[0, 0] > stale_s
+    return age.masked_fill(stale, 0.0), stale, stale.sum()
 
 
 def _largest_hole(since_ns: int, stamp_ns: int, skipped_ns) -> int:

@@ -181,10 +181,8 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     # the motion's affine (fused_step.warp_params: the same criterion up to ~1e-7 of a cell).
     on_device = dev.type != "cpu" if on_device is None else on_device
     if on_device:
-        from ssm_perception.temporal.fused_step import warp_params
-
-        aligned = mode == "nearest" or not warp_params(T_prev_cur, grid, batch)[1]
-        se2 = upload(_as_se2_batch(T_prev_cur, batch).contiguous(), dev)
+        se2, aligned = motion_for_grid(T_prev_cur, grid, batch, mode)
+        se2 = upload(se2, dev)
         fn = functools.partial(_grid_from_motion, grid=grid, nearest=aligned, dtype=dtype)
         g = fn(se2) if graphs is None else graphs.run("warp_grid", (grid, aligned, dtype), fn, se2)
         return g, "nearest" if aligned else mode
@@ -192,6 +190,22 @@ def sampling_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "biline
     if mode == "nearest" or bool((np.abs(src.numpy() - np.round(src.numpy())) < _ALIGN_TOL).all()):  # host
         src, mode = src.round(), "nearest"
     return upload(_grid_from_source(src, h, w).to(dtype=dtype), device), mode
+
+
+def motion_for_grid(T_prev_cur, grid: BevGrid, batch: int = 1, mode: str = "bilinear") -> tuple[Tensor, bool]:
+    """The host half of ``sampling_grid``'s device way: (the motion (dx, dy, dyaw) [B, 3] float64 on the
+    host, contiguous; whether the grid is the nearest one: mode 'nearest', or a cell-aligned motion as
+    fused_step.warp_params decides it). ``grid_from_motion`` on the device builds the grid from them."""
+    from ssm_perception.temporal.fused_step import warp_params
+
+    aligned = mode == "nearest" or not warp_params(T_prev_cur, grid, batch)[1]
+    return _as_se2_batch(T_prev_cur, batch).contiguous(), aligned
+
+
+def grid_from_motion(se2: Tensor, *, grid: BevGrid, nearest: bool, dtype) -> Tensor:
+    """``sampling_grid``'s device way from ``motion_for_grid``'s motion on the device (pure tensor
+    arithmetic, graph-capturable; sample with mode 'nearest' when ``nearest``)."""
+    return _grid_from_motion(se2, grid=grid, nearest=nearest, dtype=dtype)
 
 
 def _grid_from_motion(se2: Tensor, *, grid: BevGrid, nearest: bool, dtype) -> Tensor:
