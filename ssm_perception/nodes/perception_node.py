@@ -191,6 +191,14 @@ class PerceptionNode(Node):
         from ssm_perception.tf_buffer import TfBuffer
 
         self.pipeline = PerceptionPipeline(cfg)
+        if self.pipeline.device.type == "cuda":
+            # Triton compiles, cuBLAS/cuDNN handles and the allocator pool now, before the sensor
+            # subscriptions: else the first frame takes seconds and ten scans a second are skipped.
+            from ssm_perception.warmup import warm_up
+
+            w = warm_up(cfg, self.pipeline.model)
+            self.get_logger().info(f"warm-up on {self.pipeline.device}: {w['frames']} simulated frames through a "
+                                   f"scratch pipeline in {w['seconds']:.1f} s")
         self.tf = TfBuffer(cfg.sensors.tf_cache_s)
         # Pairing, TF lookups, ego twist and motion compensation: the same assembler evaluate,
         # the simulator, the trainer and the bench use. Its message slots are guarded by _lock.
