@@ -189,11 +189,21 @@ def _selection_arrays(dets: list[Detection]) -> dict[str, np.ndarray]:
     return {"a": a, "cls": np.array([d.cls for d in dets], np.int64).reshape(len(dets))}
 
 
-def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfig) -> np.ndarray:
+def nonzero2(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a 2-D mask, through the flat index (an order of magnitude faster for the
+    small masks here with numpy 2.4)."""
+    return np.divmod(mask.ravel().nonzero()[0], mask.shape[1])
+
+
+def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfig,
+                 detection_threshold: float | None = None) -> np.ndarray:
     """The selection of ``select_detections`` as a boolean mask over the detections, in numpy: the
     candidates by masks, then the greedy circle NMS over a precomputed conflict matrix (one pass in
-    score order; a kept detection blocks its conflicts)."""
+    score order; a kept detection blocks its conflicts). A candidate without a conflict is kept
+    without the pass (nothing can block it, it blocks nothing). ``detection_threshold``: instead of
+    the config's (the weak stage)."""
     a, cls = arr["a"], arr["cls"]
+    det_thr = cfg.detection_threshold if detection_threshold is None else detection_threshold
     n = a.shape[0]
     keep = np.zeros(n, bool)
     if n == 0:
@@ -203,7 +213,7 @@ def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfi
     score, evidence = a[:, 6], a[:, 7]
     with np.errstate(invalid="ignore"):
         cand = np.isfinite(a[:, :7]).all(1) & (a[:, 3:6].min(1) > 0.0)
-        cand &= score >= np.where(known, thr[c], cfg.detection_threshold)
+        cand &= score >= np.where(known, thr[c], det_thr)
         cand &= ~(np.isfinite(evidence) & (evidence < cfg.min_evidence))
     idx = np.flatnonzero(cand)
     if idx.size == 0:
@@ -211,30 +221,53 @@ def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfi
     radius = _thresholds(cfg.nms_radius_m, 0.0)
     r = np.where(known[idx], radius[c[idx]], 0.0)
     ci = cls[idx]
-    veh = np.isin(ci, VEHICLES)
-    compatible = (ci[:, None] == ci[None, :]) | (veh[:, None] & veh[None, :])
-    dist = np.hypot(a[idx, 0][:, None] - a[idx, 0][None, :], a[idx, 1][:, None] - a[idx, 1][None, :])
-    conflict = compatible & (dist < np.maximum(r[:, None], r[None, :]))
-    blocked = np.zeros(idx.size, bool)
-    for i in np.argsort(-score[idx], kind="stable").tolist():  # best first, ties in input order
-        if not blocked[i]:
-            keep[idx[i]] = True
-            blocked |= conflict[i]
+    veh = (ci == VEHICLES[0]) | (ci == VEHICLES[1])
+    # Conflicts: compatible classes closer than the larger radius. hypot(dx, dy) >= |dx|, so only
+    # pairs within the largest radius along x can conflict: the [n, n] work is that one test, the
+    # rest runs on those pairs only.
+    xs, ys = a[idx, 0], a[idx, 1]
+    dx = xs[:, None] - xs[None, :]
+    pi, pj = nonzero2(np.abs(dx) < r.max())
+    pair = pi != pj  # blocking itself changes nothing: it is kept or blocked before
+    pi, pj = pi[pair], pj[pair]
+    rr = np.maximum(r[pi], r[pj])
+    hit = ((ci[pi] == ci[pj]) | (veh[pi] & veh[pj])) & (np.abs(ys[pi] - ys[pj]) < rr)
+    pi, pj, rr = pi[hit], pj[hit], rr[hit]
+    hit = np.hypot(dx[pi, pj], ys[pi] - ys[pj]) < rr
+    pi, pj = pi[hit], pj[hit]
+    busy = np.zeros(idx.size, bool)
+    busy[pi] = True
+    keep[idx[~busy]] = True
+    sub = np.flatnonzero(busy)
+    if sub.size:
+        at = np.full(idx.size, -1)
+        at[sub] = np.arange(sub.size)
+        conflict = np.zeros((sub.size, sub.size), bool)
+        conflict[at[pi], at[pj]] = True
+        blocked = np.zeros(sub.size, bool)
+        for i in np.argsort(-score[idx[sub]], kind="stable").tolist():  # best first, ties in input order
+            if not blocked[i]:
+                keep[idx[sub[i]]] = True
+                blocked |= conflict[i]
     return keep
+
+
+def select_two_stage_masks(arr: dict[str, np.ndarray], cfg: TrackingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``select_two_stage`` as two boolean masks over the rows of ``arr`` (``_selection_arrays``)."""
+    thr = _thresholds(cfg.score_threshold, cfg.detection_threshold)
+    strong = _select_mask(arr, thr, cfg)
+    low = cfg.low_score_threshold
+    if low <= 0.0:
+        return strong, np.zeros_like(strong)
+    weak = _select_mask(arr, np.minimum(thr, low), cfg, min(low, cfg.detection_threshold)) & ~strong
+    return strong, weak
 
 
 def select_two_stage(dets: list[Detection], cfg: TrackingConfig) -> tuple[list[Detection], list[Detection]]:
     """(strong, weak): ``select_detections`` as configured, and for the tracker's second association
     stage the detections that the same selection keeps at ``low_score_threshold`` but that are not
     strong (weak is empty when the stage is off). A strong detection suppresses weak ones near it."""
-    arr = _selection_arrays(dets)
-    thr = _thresholds(cfg.score_threshold, cfg.detection_threshold)
-    strong = _select_mask(arr, thr, cfg)
-    low = cfg.low_score_threshold
-    if low <= 0.0:
-        return [d for d, k in zip(dets, strong, strict=True) if k], []
-    weak_cfg = cfg.model_copy(update={"detection_threshold": min(low, cfg.detection_threshold)})
-    weak = _select_mask(arr, np.minimum(thr, low), weak_cfg) & ~strong
+    strong, weak = select_two_stage_masks(_selection_arrays(dets), cfg)
     return ([d for d, k in zip(dets, strong, strict=True) if k], [d for d, k in zip(dets, weak, strict=True) if k])
 
 
@@ -290,19 +323,23 @@ def refine_with_radar(
 
 
 def detections_to_odom(dets: list[Detection], T_odom_base: np.ndarray) -> list[Detection]:
-    """Move base_link detections into odom: rotate+translate positions, add the heading, rotate velocities."""
+    """Move base_link detections into odom: rotate+translate positions, add the heading, rotate velocities.
+    All detections at once (numpy), then one Detection per row."""
     T = np.asarray(T_odom_base, dtype=np.float64)
     if T.shape != (4, 4) or not np.all(np.isfinite(T)):
         raise ValueError("T_odom_base must be a finite 4x4 transform")
-    yaw0 = yaw_of(T)
-    c, s = math.cos(yaw0), math.sin(yaw0)
-    out = []
     for d in dets:
         if d.frame != "base_link":
             raise ValueError(f"detection already in {d.frame!r}; detections_to_odom expects base_link")
-        p = T[:3, :3] @ np.array([d.x, d.y, 0.0]) + T[:3, 3]
-        out.append(replace(
-            d, x=float(p[0]), y=float(p[1]), yaw=float(wrap_angle(d.yaw + yaw0)),
-            vx=c * d.vx - s * d.vy, vy=s * d.vx + c * d.vy, frame="odom",
-        ))
-    return out
+    if not dets:
+        return []
+    yaw0 = yaw_of(T)
+    c, s = math.cos(yaw0), math.sin(yaw0)
+    a = np.array([(d.x, d.y, d.yaw, d.vx, d.vy) for d in dets], np.float64)
+    x, y, vx, vy = a[:, 0], a[:, 1], a[:, 3], a[:, 4]
+    px = T[0, 0] * x + T[0, 1] * y + T[0, 3]  # z = 0 in base_link
+    py = T[1, 0] * x + T[1, 1] * y + T[1, 3]
+    cols = zip(px.tolist(), py.tolist(), wrap_angle(a[:, 2] + yaw0).tolist(), (c * vx - s * vy).tolist(),
+               (s * vx + c * vy).tolist(), strict=True)
+    return [Detection(ox, oy, oyaw, d.length, d.width, d.height, ovx, ovy, d.cls, d.score, "odom", d.evidence)
+            for d, (ox, oy, oyaw, ovx, ovy) in zip(dets, cols, strict=True)]

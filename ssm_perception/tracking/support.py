@@ -83,6 +83,54 @@ def footprint_returns(counts: np.ndarray, grid: GridConfig, x: float, y: float, 
     return int(counts[i0:i1, j0:j1][m].sum())
 
 
+_GROUP_CELLS = (8, 16, 32)  # boxes are counted in groups of similar window size (pedestrian, car, truck)
+
+
+def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: np.ndarray, cos_yaw: np.ndarray,
+                       sin_yaw: np.ndarray, length: np.ndarray, width: np.ndarray, margin: float) -> np.ndarray:
+    """``footprint_returns`` for many boxes at once (base_link centres, cos/sin of the headings): [N]
+    int64 returns, -1 where it says None. The same float operations per cell as ``_box_mask``, so the
+    same cells count (tested); boxes of similar window size share one [n, wi, wj] broadcast."""
+    g = grid
+    n = x.shape[0]
+    out = np.full(n, -1, np.int64)
+    if n == 0:
+        return out
+    hl = 0.5 * np.maximum(length, 0.1) + margin
+    hw = 0.5 * np.maximum(width, 0.1) + margin
+    r = np.array([math.hypot(a, b) for a, b in zip(hl.tolist(), hw.tolist(), strict=True)])  # math, as _box_mask
+    i0 = np.maximum(0, np.floor((x - r - g.x_min) / g.resolution)).astype(np.int64)
+    i1 = np.minimum(g.nx, np.ceil((x + r - g.x_min) / g.resolution)).astype(np.int64)
+    j0 = np.maximum(0, np.floor((y - r - g.y_min) / g.resolution)).astype(np.int64)
+    j1 = np.minimum(g.ny, np.ceil((y + r - g.y_min) / g.resolution)).astype(np.int64)
+    ni, nj = i1 - i0, j1 - j0
+    live = (ni > 0) & (nj > 0)
+    size = np.maximum(ni, nj)
+    cx_all = g.x_min + (np.arange(g.nx) + 0.5) * g.resolution  # cell centres, as _box_mask computes them
+    cy_all = g.y_min + (np.arange(g.ny) + 0.5) * g.resolution
+    lo = 0
+    for hi in (*_GROUP_CELLS, None):
+        sel = np.flatnonzero(live & (size > lo) & (True if hi is None else size <= hi))
+        lo = hi if hi is not None else lo
+        if sel.size == 0:
+            continue
+        wi, wj = int(ni[sel].max()), int(nj[sel].max())
+        ii = i0[sel, None] + np.arange(wi)  # [k, wi]
+        jj = j0[sel, None] + np.arange(wj)
+        ok_i, ok_j = ii < i1[sel, None], jj < j1[sel, None]
+        ii, jj = np.minimum(ii, g.nx - 1), np.minimum(jj, g.ny - 1)
+        cx = cx_all[ii] - x[sel, None]
+        cy = cy_all[jj] - y[sel, None]
+        c, s = cos_yaw[sel, None, None], sin_yaw[sel, None, None]
+        u = c * cx[:, :, None] + s * cy[:, None, :]
+        v = -s * cx[:, :, None] + c * cy[:, None, :]
+        inside = (np.abs(u) <= hl[sel, None, None]) & (np.abs(v) <= hw[sel, None, None]) \
+            & ok_i[:, :, None] & ok_j[:, None, :]
+        got = np.where(inside, counts[ii[:, :, None], jj[:, None, :]], 0).sum((1, 2))
+        out[sel] = np.where(inside.any((1, 2)), got, -1)
+    return out
+
+
 def to_base(T_base_odom: np.ndarray, x: float, y: float, yaw: float) -> tuple[float, float, float]:
     """An odom pose (x, y, yaw) in base_link."""
     bx = T_base_odom[0, 0] * x + T_base_odom[0, 1] * y + T_base_odom[0, 3]
@@ -102,20 +150,17 @@ class TrackSupportReport:
     withheld_tracks: list = field(default_factory=list)  # the TrackStates withheld (both reasons)
 
 
-@dataclass
-class _Life:
-    first_s: float
-    x0: float
-    y0: float
-    last_seen_s: float
-    max_move: float = 0.0
-    frames: int = 0
-    supported: int = 0
-    last_supported: int = -(10**9)  # frame index of the last supported scan
+_LIFE = {"ids": np.int64, "first_s": np.float64, "x0": np.float64, "y0": np.float64, "last_seen_s": np.float64,
+         "max_move": np.float64, "frames": np.int64, "supported": np.int64, "last_supported": np.int64}
 
 
 class TrackSupportRule:
-    """Filters the tracker's output to the tracks the current scan supports (module docstring)."""
+    """Filters the tracker's output to the tracks the current scan supports (module docstring).
+
+    Per track id it keeps (as arrays, one row per id, ``_row`` maps id -> row): first time and
+    position, last time seen, largest distance from the first position, scans seen and supported,
+    the frame of the last supported scan. All tracks of a frame are checked at once
+    (``footprints_returns``)."""
 
     def __init__(self, cfg: TrackSupportConfig, grid: GridConfig):
         self.cfg = cfg
@@ -123,13 +168,41 @@ class TrackSupportRule:
         self.reset()
 
     def reset(self) -> None:
-        self._lives: dict[int, _Life] = {}
+        self._row: dict[int, int] = {}
+        self._life = {k: np.zeros(64, t) for k, t in _LIFE.items()}
         self._frame = 0
 
-    def static_on_evidence(self, life: _Life, now_s: float) -> bool:
-        c = self.cfg
-        return (now_s - life.first_s >= c.static_min_s - 1e-6 and life.max_move < c.static_move_m
-                and life.supported >= c.static_support * life.frames)
+    def _rows(self, tracks: list, x: np.ndarray, y: np.ndarray, stamp_s: float) -> np.ndarray:
+        """Rows of the tracks' ids, new ones started at (stamp_s, x, y)."""
+        rows = [self._row.get(t.id, -1) for t in tracks]
+        new = [k for k, r in enumerate(rows) if r < 0]
+        if new:
+            lf, used = self._life, len(self._row)
+            if used + len(new) > lf["ids"].shape[0]:
+                cap = max(2 * lf["ids"].shape[0], used + len(new))
+                for key, arr in lf.items():
+                    grown = np.zeros(cap, arr.dtype)
+                    grown[:used] = arr[:used]
+                    lf[key] = grown
+            for m, k in enumerate(new):
+                rows[k] = self._row[tracks[k].id] = used + m
+            fresh = np.arange(used, used + len(new))
+            nk = np.array(new)
+            lf["ids"][fresh] = [tracks[k].id for k in new]
+            lf["first_s"][fresh] = stamp_s
+            lf["x0"][fresh], lf["y0"][fresh] = x[nk], y[nk]
+            lf["max_move"][fresh] = 0.0
+            lf["frames"][fresh] = lf["supported"][fresh] = 0
+            lf["last_supported"][fresh] = -(10**9)
+        return np.array(rows, np.int64)
+
+    def _forget(self, stamp_s: float) -> None:
+        """Drop the rows of ids not seen for _FORGET_S (the tracker never reuses an id)."""
+        lf, used = self._life, len(self._row)
+        keep = np.flatnonzero(np.abs(stamp_s - lf["last_seen_s"][:used]) <= _FORGET_S)
+        for key in lf:
+            lf[key][:keep.size] = lf[key][keep]
+        self._row = {i: r for r, i in enumerate(lf["ids"][:keep.size].tolist())}
 
     def confident_static(self, track) -> bool:
         """Is the model confident enough of this static track's class (``static_min_score``)?"""
@@ -153,32 +226,45 @@ class TrackSupportRule:
         k = self._frame
         report = TrackSupportReport(True)
         out = []
-        for tr in tracks:
-            life = self._lives.get(tr.id)
-            if life is None:
-                life = self._lives[tr.id] = _Life(stamp_s, tr.x, tr.y, stamp_s)
-            bx, by, byaw = to_base(T, tr.x, tr.y, tr.yaw)
-            n = footprint_returns(nonground_count, self.grid, bx, by, byaw, tr.length, tr.width, c.margin_m)
-            supported = n is not None and n >= c.min_returns
-            life.last_seen_s = stamp_s
-            life.frames += 1
-            life.supported += supported
-            life.max_move = max(life.max_move, math.hypot(tr.x - life.x0, tr.y - life.y0))
-            if supported:
-                life.last_supported = k
-            if tr.status == "tentative":
-                out.append(tr)
-                continue
-            report.returns[tr.id] = 0 if n is None else n
-            if k - life.last_supported >= c.window_frames:
-                report.withheld_unsupported.append(tr.id)
-                report.withheld_tracks.append(tr)
-            elif c.static_rule and self.static_on_evidence(life, stamp_s) and not self.confident_static(tr):
-                report.withheld_static.append(tr.id)
-                report.withheld_tracks.append(tr)
-            else:
-                out.append(tr)
-                report.published += 1
+        if tracks:
+            a = np.array([(t.x, t.y, t.yaw, t.length, t.width) for t in tracks], np.float64)
+            x, y = a[:, 0], a[:, 1]
+            rows = self._rows(tracks, x, y, stamp_s)
+            # to_base for all tracks (the same operations)
+            bx = T[0, 0] * x + T[0, 1] * y + T[0, 3]
+            by = T[1, 0] * x + T[1, 1] * y + T[1, 3]
+            byaw = (a[:, 2] + math.atan2(T[1, 0], T[0, 0])).tolist()
+            cos = np.array([math.cos(v) for v in byaw])  # math, as footprint_returns (numpy's may differ in the last bit)
+            sin = np.array([math.sin(v) for v in byaw])
+            n = footprints_returns(nonground_count, self.grid, bx, by, cos, sin, a[:, 3], a[:, 4], c.margin_m)
+            supported = n >= c.min_returns  # n is -1 where nothing can be said
+            lf = self._life
+            lf["last_seen_s"][rows] = stamp_s
+            lf["frames"][rows] += 1
+            lf["supported"][rows] += supported
+            moved = [math.hypot(u, v) for u, v in zip((x - lf["x0"][rows]).tolist(), (y - lf["y0"][rows]).tolist(),
+                                                      strict=True)]
+            lf["max_move"][rows] = np.maximum(lf["max_move"][rows], moved)
+            last = np.where(supported, k, lf["last_supported"][rows])
+            lf["last_supported"][rows] = last
+            unsupported = (k - last >= c.window_frames).tolist()
+            static = (c.static_rule & (stamp_s - lf["first_s"][rows] >= c.static_min_s - 1e-6)
+                      & (lf["max_move"][rows] < c.static_move_m)
+                      & (lf["supported"][rows] >= c.static_support * lf["frames"][rows])).tolist()
+            for tr, ni, un, st in zip(tracks, np.maximum(n, 0).tolist(), unsupported, static, strict=True):
+                if tr.status == "tentative":
+                    out.append(tr)
+                    continue
+                report.returns[tr.id] = ni
+                if un:
+                    report.withheld_unsupported.append(tr.id)
+                    report.withheld_tracks.append(tr)
+                elif st and not self.confident_static(tr):
+                    report.withheld_static.append(tr.id)
+                    report.withheld_tracks.append(tr)
+                else:
+                    out.append(tr)
+            report.published = len(out) - sum(t.status == "tentative" for t in out)
         if k % 50 == 0:  # forget ids long gone (the tracker never reuses an id)
-            self._lives = {i: lf for i, lf in self._lives.items() if abs(stamp_s - lf.last_seen_s) <= _FORGET_S}
+            self._forget(stamp_s)
         return out, report

@@ -27,7 +27,12 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ssm_perception.config import TrackingConfig
-from ssm_perception.tracking.detections import VEHICLES, Detection, select_two_stage
+from ssm_perception.tracking.detections import (
+    VEHICLES,
+    Detection,
+    nonzero2,
+    select_two_stage_masks,
+)
 from ssm_perception.tracking.kalman import (
     CTRVEKF,
     GATE_COMPONENTS,
@@ -152,6 +157,8 @@ class _TrackView:
                                                           bank.max_pos_std[i], model.noise.max_speed))
 
 
+_GATE = list(GATE_COMPONENTS)
+assert _GATE == [0, 1, 2]  # x, y, yaw: the rows of h and H that select state entries (cost_matrix)
 _STATUS_NAMES = ("tentative", "confirmed", "coasting")
 _TENTATIVE, _CONFIRMED, _COASTING = 0, 1, 2
 _NCLS = 5  # class ids 0..4 (votes are kept per class id)
@@ -251,7 +258,7 @@ class MultiObjectTracker:
                 return self.tracks()
             if dt < 0.0:
                 self.reset()
-        dets, weak = self._valid(detections_in_odom)
+        zd, zw = self._valid(detections_in_odom)
         b = self._bank
         if self._stamp is not None:
             # Tracks unseen for longer than max_coast_s by now (a gap in the data) are gone before
@@ -261,13 +268,12 @@ class MultiObjectTracker:
                                      b.max_pos_std)
         self._stamp = stamp_s
 
-        zd, zw = _det_arrays(dets), _det_arrays(weak)
         matches, lone_tracks, lone_dets = self._associate(zd)
         # Second stage (ByteTrack): established tracks left over try the weak detections, which an
         # occluded or distant object often still produces; they never start a track.
         kept = lone_tracks[b.status[lone_tracks] != _TENTATIVE]
         rescued = np.zeros((0, 2), np.int64)
-        if len(weak) and kept.size:
+        if zw["z"].shape[0] and kept.size:
             m2 = self._associate(zw, kept)[0]
             rescued = np.stack([kept[m2[:, 0]], m2[:, 1]], 1) if len(m2) else rescued
         self._hit(np.concatenate([matches[:, 0], rescued[:, 0]]),
@@ -290,55 +296,74 @@ class MultiObjectTracker:
         return self._states(rows, now)
 
     # ------------------------------------------------------------------ steps
-    def _valid(self, dets: list[Detection]) -> tuple[list[Detection], list[Detection]]:
+    def _valid(self, dets: list[Detection]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Detections of a known class through the detection pre-processing of SimpleTrack's
-        decomposition (``select_detections``): finite, per-class score threshold, evidence gate,
+        decomposition (``select_two_stage``): finite, per-class score threshold, evidence gate,
         circle NMS. Returns (detections, weak ones for the second stage: at least
-        low_score_threshold but below their class threshold, and not near a kept detection)."""
-        out = []
+        low_score_threshold but below their class threshold, and not near a kept detection) as the
+        arrays of ``_det_arrays``, in input order."""
         for d in dets:
             if d.frame != "odom":
                 raise ValueError(f"MultiObjectTracker.update expects detections in odom, got {d.frame!r} "
                                  "(use detections_to_odom)")
-            if d.cls in self.models:
-                out.append(d)
-        return select_two_stage(out, self.cfg)
+        n = len(dets)
+        # x, y, yaw, length, width, height, score, evidence (the selection's columns), then vx, vy
+        a = np.array([(d.x, d.y, d.yaw, d.length, d.width, d.height, d.score, d.evidence, d.vx, d.vy) for d in dets],
+                     dtype=np.float64).reshape(n, 10)
+        cls_list = [d.cls for d in dets]
+        cls = np.array(cls_list, np.int64).reshape(n)
+        models = self.models
+        if not all(c in models for c in cls_list):
+            known = np.array([c in models for c in cls_list], bool)
+            a, cls = a[known], cls[known]
+        strong, weak = select_two_stage_masks({"a": a[:, :8], "cls": cls}, self.cfg)
+        return _rows_arrays(a, cls, strong), _rows_arrays(a, cls, weak)
 
-    def cost_matrix(self, dets) -> np.ndarray:
+    def cost_matrix(self, dets, track_rows: np.ndarray | None = None) -> np.ndarray:
         """[tracks, detections] squared Mahalanobis distances over (x, y, yaw); inf across
         incompatible classes or beyond the gate. Batched over all pairs (numpy, no Python loop).
-        ``dets``: a list of Detection or the arrays of ``_det_arrays``."""
+        ``dets``: a list of Detection or the arrays of ``_det_arrays``; ``track_rows``: only these
+        tracks (rows of the bank), in this order."""
         z_all = dets if isinstance(dets, dict) else _det_arrays(dets)
         b = self._bank
-        n_t, n_d = len(b), z_all["z"].shape[0]
+        x, P, ctrv, t_cls = b.x, b.P, b.ctrv, b.cls()
+        if track_rows is not None:
+            x, P, ctrv, t_cls = x[track_rows], P[track_rows], ctrv[track_rows], t_cls[track_rows]
+        n_t, n_d = x.shape[0], z_all["z"].shape[0]
         cost = np.full((n_t, n_d), np.inf)
         if n_t == 0 or n_d == 0:
             return cost
-        gi = list(GATE_COMPONENTS)
-        H = batch_H(b.x, b.ctrv)[:, gi]  # [T, 3, 5]
-        z_pred = batch_h(b.x, b.ctrv)[:, gi]  # [T, 3]
-        hph = H @ b.P @ H.transpose(0, 2, 1)  # [T, 3, 3]
-        z = z_all["z"][:, gi]  # [D, 3]
+        # h and H over (x, y, yaw) select state entries (x, y and the model's yaw index), so the
+        # predicted measurement is x[:, gi] and H P H^T is the [gi, gi] block of P (exactly).
+        gi = np.zeros((n_t, 3), np.int64)
+        gi[:, 1] = 1
+        gi[:, 2] = yaw_index(ctrv)
+        ar = np.arange(n_t)[:, None]
+        z_pred = x[ar, gi]  # [T, 3]
+        hph = P[ar[:, :, None], gi[:, :, None], gi[:, None, :]]  # [T, 3, 3]
+        z = z_all["z"][:, _GATE]  # [D, 3]
         d_cls = z_all["cls"]
-        r = np.zeros((n_d, 3, 3))
-        r[:, [0, 1, 2], [0, 1, 2]] = self._r_diag[d_cls][:, gi]  # [D, 3, 3]
-        t_cls = b.cls()
+        r_diag = self._r_diag[d_cls][:, _GATE]  # [D, 3]
         compatible = (t_cls[:, None] == d_cls[None, :]) | (_is_vehicle(t_cls)[:, None] & _is_vehicle(d_cls)[None, :])
         # Only pairs that can be inside the gate get the 3x3 solve: for a positive definite S,
         # y_i^2 <= (y^T S^-1 y) S_ii, so |dx| or |dy| beyond sqrt(gate * S_ii) is outside it.
         gate = self.cfg.gate_mahalanobis
-        dxy = z[None, :, :2] - z_pred[:, None, :2]  # [T, D, 2]
-        s_diag = hph[:, None, [0, 1], [0, 1]] + r[None, :, [0, 1], [0, 1]]  # [T, D, 2]
+        dx = z[None, :, 0] - z_pred[:, 0, None]  # [T, D]
+        dy = z[None, :, 1] - z_pred[:, 1, None]
         with np.errstate(invalid="ignore"):
-            near = compatible & (dxy * dxy <= gate * s_diag * (1.0 + 1e-9)).all(2)
-        ti, di = np.nonzero(near)
+            lim = gate * (1.0 + 1e-9)
+            near = compatible & (dx * dx <= lim * (hph[:, 0, 0, None] + r_diag[None, :, 0])) \
+                & (dy * dy <= lim * (hph[:, 1, 1, None] + r_diag[None, :, 1]))
+        ti, di = nonzero2(near)
         if ti.size == 0:
             return cost
         y = z[di] - z_pred[ti]  # [K, 3]
         y[:, 2] = fold_yaw(y[:, 2])
-        sk = hph[ti] + r[di]  # [K, 3, 3]
-        d2 = np.einsum("ki,ki->k", y, np.linalg.solve(sk, y[..., None])[..., 0])
-        ok = np.isfinite(d2) & (d2 <= gate)
+        sk = hph[ti]  # [K, 3, 3], + R (diagonal)
+        sk[:, [0, 1, 2], [0, 1, 2]] += r_diag[di]
+        d2 = _mahalanobis3(sk, y)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(d2) & (d2 <= gate)
         cost[ti[ok], di[ok]] = d2[ok]
         return cost
 
@@ -352,12 +377,11 @@ class MultiObjectTracker:
         none = np.zeros((0, 2), np.int64)
         if n_t == 0 or n_d == 0:
             return none, np.arange(n_t), np.arange(n_d)
-        cost = self.cost_matrix(z)
-        if track_rows is not None:
-            cost = cost[track_rows]
+        cost = self.cost_matrix(z, track_rows)
+        finite = np.isfinite(cost)
         big = self.cfg.gate_mahalanobis * 10.0 + 1.0  # finite stand-in for inf (solver needs finite)
-        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
-        good = np.isfinite(cost[rows, cols])
+        rows, cols = linear_sum_assignment(np.where(finite, cost, big))
+        good = finite[rows, cols]
         matches = np.stack([rows[good], cols[good]], 1).astype(np.int64)
         lone_t, lone_d = np.ones(n_t, bool), np.ones(n_d, bool)
         lone_t[matches[:, 0]] = False
@@ -454,23 +478,19 @@ class MultiObjectTracker:
         twist_cov[:, :2, :2] = v_cov
         twist_cov[ctrv, 5, 5] = P[ctrv, 4, 4]
         w = np.where(ctrv, x[:, 4], 0.0)
-        cls = b.votes[rows].argmax(1)
-        status = b.status[rows]
+        votes = b.votes[rows]
         yaw = x[np.arange(n), yi]
         cols = np.stack([x[:, 0], x[:, 1], yaw, hz[:, 3], hz[:, 4], w, b.size[rows, 0], b.size[rows, 1],
                          b.size[rows, 2], b.existence[rows], now - b.born[rows], now - b.last[rows],
-                         b.score_sum[rows] / b.hits[rows]], 1).tolist()
-        ids = b.ids[rows].tolist()
-        p_real, uuids = b.p_real[rows].tolist(), [u.tobytes() for u in b.uuid[rows]]
-        votes = b.votes[rows]
+                         b.score_sum[rows] / b.hits[rows], b.p_real[rows]]).tolist()  # [14][n] Python floats
         probs = votes / np.maximum(votes.sum(1, keepdims=True), 1e-12)
         class_probs = [{c: p for c, p in enumerate(row) if p > 0} for row in probs.tolist()]  # Python floats
-        return [TrackState(id=ids[k], cls=int(cls[k]), status=_STATUS_NAMES[status[k]], x=c[0], y=c[1], yaw=c[2],
-                           vx=c[3], vy=c[4], yaw_rate=c[5], length=c[6], width=c[7], height=c[8],
-                           pose_cov=pose_cov[k], twist_cov=twist_cov[k], existence=c[9], age_s=c[10],
-                           time_since_update_s=c[11], score=c[12], existence_probability=p_real[k],
-                           uuid=uuids[k], class_probs=class_probs[k])
-                for k, c in enumerate(cols)]
+        status = [_STATUS_NAMES[st] for st in b.status[rows].tolist()]
+        uuids = b.uuid[rows].view("V16").ravel().tolist()  # 16 bytes each
+        # positional, in TrackState's field order (map: the one Python step per track is the constructor)
+        return list(map(TrackState, b.ids[rows].tolist(), votes.argmax(1).tolist(), status, *cols[:9],
+                        list(pose_cov), list(twist_cov), cols[9], cols[10], cols[11], cols[12], cols[13], uuids,
+                        class_probs))
 
 
 def _is_vehicle(cls: np.ndarray) -> np.ndarray:
@@ -486,3 +506,23 @@ def _det_arrays(dets: list[Detection]) -> dict[str, np.ndarray]:
     a = np.array([(d.x, d.y, d.yaw, d.vx, d.vy, d.length, d.width, d.height, d.score) for d in dets],
                  dtype=np.float64).reshape(n, 9)
     return {"z": a[:, :5], "size": a[:, 5:8], "score": a[:, 8], "cls": np.array([d.cls for d in dets], np.int64)}
+
+
+def _rows_arrays(a: np.ndarray, cls: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows ``mask`` of the [n, 10] detection table of ``_valid`` as ``_det_arrays`` returns them."""
+    m = a[mask]
+    return {"z": m[:, [0, 1, 2, 8, 9]], "size": m[:, 3:6], "score": m[:, 6], "cls": cls[mask]}
+
+
+def _mahalanobis3(S: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y^T S^-1 y for [K, 3, 3] symmetric S and [K, 3] y, by the adjugate (a few vector operations
+    instead of a batched LAPACK solve; equal to it within rounding); inf or NaN for a singular S."""
+    a, b, c = S[:, 0, 0], S[:, 0, 1], S[:, 0, 2]
+    d, e, f = S[:, 1, 1], S[:, 1, 2], S[:, 2, 2]
+    A, B, C = d * f - e * e, c * e - b * f, b * e - c * d
+    D, E, F = a * f - c * c, b * c - a * e, a * d - b * b
+    det = a * A + b * B + c * C
+    y0, y1, y2 = y[:, 0], y[:, 1], y[:, 2]
+    q = y0 * y0 * A + y1 * y1 * D + y2 * y2 * F + 2.0 * (y0 * y1 * B + y0 * y2 * C + y1 * y2 * E)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return q / det
