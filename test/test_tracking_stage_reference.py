@@ -46,3 +46,30 @@ def test_tracking_stage_reproduces_the_recording(name):
     np.testing.assert_allclose(got["full"], want["full"], rtol=1e-9, atol=1e-9, err_msg=f"{name}: frames 24, 49")
     decisions = np.bincount(want["decision"] + 1, minlength=5)
     assert decisions[2:].min() > 0 and want["n"].max() >= (100 if n >= 100 else 50)  # every decision, many tracks
+
+
+def test_footprints_returns_counts_the_cells_footprint_returns_counts():
+    """The track rule's all-boxes count against the one-box function, on random and grid-aligned
+    boxes (centres on cell edges, right angles: cell centres on the box edge), inside, across and
+    outside the grid."""
+    import math
+
+    from ssm_perception.config import GridConfig
+    from ssm_perception.tracking.support import footprint_returns, footprints_returns
+
+    rng = np.random.default_rng(0)
+    for g in (GridConfig(length_x=20.0, length_y=20.0, resolution=0.5), GridConfig(length_x=60.0, length_y=40.0)):
+        counts = rng.integers(0, 3, (g.nx, g.ny)).astype(np.int32) * (rng.random((g.nx, g.ny)) < 0.3)
+        n = 400
+        x = np.concatenate([rng.uniform(-40, 40, n), np.round(rng.uniform(-10, 10, n) * 4) / 4])
+        y = np.concatenate([rng.uniform(-30, 30, n), np.round(rng.uniform(-10, 10, n) * 4) / 4])
+        yaw = np.concatenate([rng.uniform(-4, 4, n), rng.choice([0.0, math.pi / 2, math.pi, -math.pi / 2], n)])
+        length = np.concatenate([rng.choice([0.05, 0.6, 1.8, 4.5, 10.0, 16.0], n), rng.choice([4.5, 1.5, 0.5], n)])
+        width = np.concatenate([rng.choice([0.05, 0.6, 1.9, 2.5], n), rng.choice([1.9, 0.5, 1.0], n)])
+        cos, sin = np.array([math.cos(a) for a in yaw]), np.array([math.sin(a) for a in yaw])
+        for margin in (0.0, 0.25, 0.5):
+            got = footprints_returns(counts, g, x, y, cos, sin, length, width, margin)
+            want = [footprint_returns(counts, g, *a, margin) for a in zip(x, y, yaw, length, width, strict=True)]
+            want = np.array([-1 if w is None else w for w in want])
+            assert np.array_equal(got, want)
+            assert (want == -1).any() and (want == 0).any() and (want > 0).any()

@@ -431,28 +431,37 @@ def cap_covariance(P: np.ndarray, max_pos_std: np.ndarray) -> np.ndarray:
 def batch_update(x: np.ndarray, P: np.ndarray, ctrv: np.ndarray, z: np.ndarray, R: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """BoxEKF.update for every row with its own measurement z [T, 5] (NaN components skipped) and
-    R [T, 5, 5]: rows are grouped by which components they have, each group solved at once."""
+    R [T, 5, 5]: rows are grouped by which components they have, each group solved at once (h and
+    H evaluated once for all rows; the common case, every component, without regrouping)."""
     x, P = x.copy(), P.copy()
     use_all = np.isfinite(z)
-    keys = np.packbits(use_all, axis=1)[:, 0]
-    for key in np.unique(keys):
-        rows = np.flatnonzero(keys == key)
-        idx = np.flatnonzero(use_all[rows[0]])
+    hz, H = batch_h(x, ctrv), batch_H(x, ctrv)
+    if use_all.all():
+        groups = [(slice(None), np.arange(MEAS_DIM))]
+    else:
+        keys = np.packbits(use_all, axis=1)[:, 0]
+        groups = []
+        for key in np.unique(keys):
+            rows = np.flatnonzero(keys == key)
+            groups.append((rows, np.flatnonzero(use_all[rows[0]])))
+    for rows, idx in groups:
         if idx.size == 0:
             continue
+        every = idx.size == MEAS_DIM
         xr, Pr, cr = x[rows], P[rows], ctrv[rows]
-        H = batch_H(xr, cr)[:, idx]  # [G, m, 5]
-        y = z[rows][:, idx] - batch_h(xr, cr)[:, idx]
+        Hg = H[rows] if every else H[rows][:, idx]  # [G, m, 5]
+        y = z[rows] - hz[rows] if every else z[rows][:, idx] - hz[rows][:, idx]
         yaw_pos = np.flatnonzero(idx == IDX_YAW_MEAS)
         y[:, yaw_pos] = fold_yaw(y[:, yaw_pos])
-        Rs = R[rows][:, idx][:, :, idx]
-        HP = H @ Pr
-        S = HP @ H.transpose(0, 2, 1) + Rs
+        Rs = R[rows] if every else R[rows][:, idx][:, :, idx]
+        HP = Hg @ Pr
+        S = HP @ Hg.transpose(0, 2, 1) + Rs
         K = np.linalg.solve(S, HP).transpose(0, 2, 1)  # P H^T S^-1 (S symmetric)
         xr = xr + (K @ y[:, :, None])[:, :, 0]
+        n = xr.shape[0]
         yi = yaw_index(cr)
-        xr[np.arange(len(rows)), yi] = _wrap_array(xr[np.arange(len(rows)), yi])
-        IKH = np.eye(5) - K @ H
+        xr[np.arange(n), yi] = _wrap_array(xr[np.arange(n), yi])
+        IKH = np.eye(5) - K @ Hg
         Pr = IKH @ Pr @ IKH.transpose(0, 2, 1) + K @ Rs @ K.transpose(0, 2, 1)
         x[rows], P[rows] = xr, 0.5 * (Pr + Pr.transpose(0, 2, 1))
     return x, P

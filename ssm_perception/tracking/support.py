@@ -83,7 +83,7 @@ def footprint_returns(counts: np.ndarray, grid: GridConfig, x: float, y: float, 
     return int(counts[i0:i1, j0:j1][m].sum())
 
 
-_GROUP_CELLS = (8, 16, 32)  # boxes are counted in groups of similar window size (pedestrian, car, truck)
+_GROUP_CELLS = (8, 16)  # boxes are counted in groups of similar window size (pedestrian, car, truck)
 
 
 def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: np.ndarray, cos_yaw: np.ndarray,
@@ -98,36 +98,45 @@ def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: n
         return out
     hl = 0.5 * np.maximum(length, 0.1) + margin
     hw = 0.5 * np.maximum(width, 0.1) + margin
-    r = np.array([math.hypot(a, b) for a, b in zip(hl.tolist(), hw.tolist(), strict=True)])  # math, as _box_mask
-    i0 = np.maximum(0, np.floor((x - r - g.x_min) / g.resolution)).astype(np.int64)
-    i1 = np.minimum(g.nx, np.ceil((x + r - g.x_min) / g.resolution)).astype(np.int64)
-    j0 = np.maximum(0, np.floor((y - r - g.y_min) / g.resolution)).astype(np.int64)
-    j1 = np.minimum(g.ny, np.ceil((y + r - g.y_min) / g.resolution)).astype(np.int64)
+    # The window: the box's axis-aligned extent (padded by 1 um against rounding), within _box_mask's
+    # circle window. Every cell whose centre is in the box lies in it, so the same cells count.
+    ac, as_ = np.abs(cos_yaw), np.abs(sin_yaw)
+    r = np.hypot(hl, hw)
+    ex = np.minimum(r, hl * ac + hw * as_ + 1e-6)
+    ey = np.minimum(r, hl * as_ + hw * ac + 1e-6)
+    i0 = np.maximum(0, np.floor((x - ex - g.x_min) / g.resolution)).astype(np.int64)
+    i1 = np.minimum(g.nx, np.ceil((x + ex - g.x_min) / g.resolution)).astype(np.int64)
+    j0 = np.maximum(0, np.floor((y - ey - g.y_min) / g.resolution)).astype(np.int64)
+    j1 = np.minimum(g.ny, np.ceil((y + ey - g.y_min) / g.resolution)).astype(np.int64)
     ni, nj = i1 - i0, j1 - j0
     live = (ni > 0) & (nj > 0)
     size = np.maximum(ni, nj)
     cx_all = g.x_min + (np.arange(g.nx) + 0.5) * g.resolution  # cell centres, as _box_mask computes them
     cy_all = g.y_min + (np.arange(g.ny) + 0.5) * g.resolution
+    flat_counts = np.ascontiguousarray(counts).reshape(-1)
+    steps = np.arange(max(int(ni.max()), int(nj.max()), 1))
     lo = 0
     for hi in (*_GROUP_CELLS, None):
         sel = np.flatnonzero(live & (size > lo) & (True if hi is None else size <= hi))
         lo = hi if hi is not None else lo
         if sel.size == 0:
             continue
-        wi, wj = int(ni[sel].max()), int(nj[sel].max())
-        ii = i0[sel, None] + np.arange(wi)  # [k, wi]
-        jj = j0[sel, None] + np.arange(wj)
-        ok_i, ok_j = ii < i1[sel, None], jj < j1[sel, None]
-        ii, jj = np.minimum(ii, g.nx - 1), np.minimum(jj, g.ny - 1)
-        cx = cx_all[ii] - x[sel, None]
-        cy = cy_all[jj] - y[sel, None]
-        c, s = cos_yaw[sel, None, None], sin_yaw[sel, None, None]
-        u = c * cx[:, :, None] + s * cy[:, None, :]
-        v = -s * cx[:, :, None] + c * cy[:, None, :]
-        inside = (np.abs(u) <= hl[sel, None, None]) & (np.abs(v) <= hw[sel, None, None]) \
-            & ok_i[:, :, None] & ok_j[:, None, :]
-        got = np.where(inside, counts[ii[:, :, None], jj[:, None, :]], 0).sum((1, 2))
-        out[sel] = np.where(inside.any((1, 2)), got, -1)
+        k, wi, wj = sel.size, int(ni[sel].max()), int(nj[sel].max())
+        ii = np.minimum(i0[sel, None] + steps[:wi], i1[sel, None] - 1)  # [k, wi]; past the window: its last
+        jj = np.minimum(j0[sel, None] + steps[:wj], j1[sel, None] - 1)  # row/column again, masked out below
+        # cell centre minus box centre, +inf past the window (then no cell there is inside the box)
+        cx = np.where(i0[sel, None] + steps[:wi] < i1[sel, None], cx_all[ii] - x[sel, None], np.inf)
+        cy = np.where(j0[sel, None] + steps[:wj] < j1[sel, None], cy_all[jj] - y[sel, None], np.inf)
+        c, s = cos_yaw[sel, None], sin_yaw[sel, None]
+        with np.errstate(invalid="ignore"):
+            u = (c * cx)[:, :, None] + (s * cy)[:, None, :]  # the box frame, as _box_mask
+            v = (-s * cx)[:, :, None] + (c * cy)[:, None, :]
+            inside = np.abs(u, out=u) <= hl[sel, None, None]
+            inside &= np.abs(v, out=v) <= hw[sel, None, None]
+        got = flat_counts.take((ii * g.ny)[:, :, None] + jj[:, None, :])
+        got *= inside
+        inside = inside.reshape(k, -1)
+        out[sel] = np.where(inside.any(1), got.reshape(k, -1).sum(1), -1)
     return out
 
 

@@ -43,7 +43,6 @@ from ssm_perception.tracking.kalman import (
     batch_predict,
     batch_update,
     fold_yaw,
-    make_filter,
     yaw_index,
 )
 
@@ -227,6 +226,13 @@ class MultiObjectTracker:
         for c, m in self.models.items():
             if 0 <= c < _NCLS:
                 self._r_diag[c] = np.diag(m.R())
+        # per class id: [ctrv, accel_std, yaw_accel_std, max_dt, max_pos_std, max_speed] (births in numpy)
+        self._noise = np.full((_NCLS, 6), np.nan)
+        for c, m in self.models.items():
+            if 0 <= c < _NCLS:
+                nz = m.noise
+                self._noise[c] = (m.kind == "ctrv", nz.accel_std, nz.yaw_accel_std, nz.max_dt, nz.max_pos_std,
+                                  nz.max_speed)
         self.reset()
 
     def reset(self) -> None:
@@ -427,22 +433,14 @@ class MultiObjectTracker:
         n = z["z"].shape[0]
         if n == 0:
             return
-        xs, Ps, ctrv, noise = [], [], [], []
-        for k in range(n):
-            model = self.models[int(z["cls"][k])]
-            kf = make_filter(model.kind, z["z"][k], model.R(), model.noise)
-            xs.append(kf.x)
-            Ps.append(kf.P)
-            ctrv.append(model.kind == "ctrv")
-            noise.append(model.noise)
+        x, P, noise = _initial_states(z["z"], self._r_diag[z["cls"]], self._noise[z["cls"]])
         votes = np.zeros((n, _NCLS))
         votes[np.arange(n), z["cls"]] = z["score"]
         p_real = _bayes(np.full(n, 0.5), self.cfg.detection_probability * z["score"] / _FALSE_ALARM_IN_GATE)
         self._bank.append({
-            "ids": np.array([next(self._ids) for _ in range(n)], np.int64), "x": np.stack(xs), "P": np.stack(Ps),
-            "ctrv": np.array(ctrv), "accel": np.array([m.accel_std for m in noise]),
-            "yaw_accel": np.array([m.yaw_accel_std for m in noise]), "max_dt": np.array([m.max_dt for m in noise]),
-            "max_pos_std": np.array([m.max_pos_std for m in noise]), "size": z["size"].copy(), "votes": votes,
+            "ids": np.array([next(self._ids) for _ in range(n)], np.int64), "x": x, "P": P,
+            "ctrv": noise[:, 0] > 0.5, "accel": noise[:, 1], "yaw_accel": noise[:, 2], "max_dt": noise[:, 3],
+            "max_pos_std": noise[:, 4], "size": z["size"].copy(), "votes": votes,
             "born": np.full(n, stamp), "last": np.full(n, stamp),
             "existence": self.cfg.detection_probability * z["score"], "p_real": p_real,
             "uuid": np.frombuffer(b"".join(uuid.uuid4().bytes for _ in range(n)), np.uint8).reshape(n, 16),
@@ -526,3 +524,41 @@ def _mahalanobis3(S: np.ndarray, y: np.ndarray) -> np.ndarray:
     q = y0 * y0 * A + y1 * y1 * D + y2 * y2 * F + 2.0 * (y0 * y1 * B + y0 * y2 * C + y1 * y2 * E)
     with np.errstate(divide="ignore", invalid="ignore"):
         return q / det
+
+
+def _initial_states(z: np.ndarray, r: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_filter`` (ConstantVelocityEKF / CTRVEKF.from_measurement) for every new track at once:
+    (x [n, 5], P [n, 5, 5], noise). ``r``: the diagonal of R per detection; ``noise``: the class's
+    row of ``MultiObjectTracker._noise``. cos/sin from math, as from_measurement."""
+    n = z.shape[0]
+    ctrv, v_max2 = noise[:, 0] > 0.5, noise[:, 5] ** 2
+    has_v = np.isfinite(z[:, 3]) & np.isfinite(z[:, 4])
+    x, d = np.zeros((n, 5)), np.zeros((n, 5))
+    # CV: [x, y, vx, vy, yaw], variances [R00, R11, R33 | v_max^2, R44 | v_max^2, R22]
+    x[:, 0], x[:, 1] = z[:, 0], z[:, 1]
+    x[:, 2], x[:, 3], x[:, 4] = np.where(has_v, z[:, 3], 0.0), np.where(has_v, z[:, 4], 0.0), z[:, 2]
+    d[:, 0], d[:, 1], d[:, 4] = r[:, 0], r[:, 1], r[:, 2]
+    d[:, 2], d[:, 3] = np.where(has_v, r[:, 3], v_max2), np.where(has_v, r[:, 4], v_max2)
+    if ctrv.any():
+        # CTRV: [x, y, yaw, v, 0]; v along the heading, the heading flipped when v < 0; variances
+        # [R00, R11, R22, max(R33, R44) | v_max^2, 0.5^2]
+        yaw = z[ctrv, 2]
+        hv = has_v[ctrv]
+        cs = np.array([(math.cos(a), math.sin(a)) for a in yaw.tolist()]).reshape(-1, 2)
+        with np.errstate(invalid="ignore"):
+            v = z[ctrv, 3] * cs[:, 0] + z[ctrv, 4] * cs[:, 1]
+            flip = hv & (v < 0.0)
+        yaw = np.where(flip, _wrap_angle(yaw + math.pi), yaw)
+        v = np.where(hv, np.where(flip, -v, v), 0.0)
+        rc = r[ctrv]
+        x[ctrv, 2], x[ctrv, 3], x[ctrv, 4] = yaw, v, 0.0
+        d[ctrv, 2] = rc[:, 2]
+        d[ctrv, 3] = np.where(hv, np.maximum(rc[:, 3], rc[:, 4]), v_max2[ctrv])
+        d[ctrv, 4] = 0.5**2  # yaw rate prior: |w| mostly < 0.5 rad/s
+    P = np.zeros((n, 5, 5))
+    P[:, range(5), range(5)] = d
+    return x, P, noise
+
+
+def _wrap_angle(a: np.ndarray) -> np.ndarray:
+    return (a + math.pi) % (2 * math.pi) - math.pi
