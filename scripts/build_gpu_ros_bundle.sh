@@ -170,10 +170,12 @@ ARCHIVE=$OUTDIR/$NAME.tar.xz
 say "packing $ARCHIVE (xz -9)"
 rm -f "$ARCHIVE"
 (cd "$STAGE" && tar --owner=0 --group=0 --numeric-owner --sort=name -cf - site lib share) | xz -9 -T"$JOBS" > "$ARCHIVE"
-"$PY" - "$ARCHIVE" "$STAGE" "$REQ" "$OUTDIR/MANIFEST.json" <<'EOF'
+"$PY" - "$ARCHIVE" "$STAGE" "$REQ" "$OUTDIR/MANIFEST.json" "$ROOT" <<'EOF'
 import hashlib, json, sys, time
 from pathlib import Path
 archive, stage, req, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+root = Path(sys.argv[5])
+sources = sorted([*root.glob("msg/*.msg"), *root.glob("interfaces/tf2_msgs/msg/*.msg")])
 unpacked = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
 info = {
     "archive": archive.name,
@@ -186,6 +188,8 @@ info = {
     "pins": [ln for ln in req.read_text().split() if ln.startswith("ros-")],
     "site_packages": sorted(p.name for p in (stage / "site").iterdir()),
     "libraries": len(list((stage / "lib").iterdir())),
+    # scripts/gpu_live_check.sh refuses a bundle whose messages differ from the checkout's
+    "msg_sources_sha256": hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest(),
 }
 out.write_text(json.dumps(info, indent=1) + "\n")
 print(f"[gpu-ros-bundle] {archive}: {info['mib']} MiB ({info['unpacked_mib']} MiB unpacked), sha256 {info['sha256'][:16]}...")

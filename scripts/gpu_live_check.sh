@@ -53,6 +53,14 @@ if [ -f "$(dirname "$BUNDLE")/MANIFEST.json" ]; then
   want=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$(dirname "$BUNDLE")/MANIFEST.json")
   have=$(sha256sum "$BUNDLE" | cut -d' ' -f1)
   [ "$want" = "$have" ] || die "$BUNDLE does not match its MANIFEST.json (sha256 $have, expected $want): carried incompletely?"
+  "$PY" - "$(dirname "$BUNDLE")/MANIFEST.json" "$ROOT" <<'EOF' || die "the bundle's messages differ from msg/ here: rebuild it (bash scripts/build_gpu_ros_bundle.sh)"
+import hashlib, json, sys
+from pathlib import Path
+want = json.load(open(sys.argv[1])).get("msg_sources_sha256")
+root = Path(sys.argv[2])
+sources = sorted([*root.glob("msg/*.msg"), *root.glob("interfaces/tf2_msgs/msg/*.msg")])
+sys.exit(0 if want == hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest() else 1)
+EOF
 fi
 
 # ------------------------------------------------------------------ 2. unpack the ROS bundle, install the wheels
