@@ -232,7 +232,8 @@ def main(
         if stats.instances:
             sm = stats.summary()
             console.print(f"{key}: tracks without returns {sm['unsupported_share']:.3f} of {stats.instances}, "
-                          f"withheld {stats.withheld_unsupported} unsupported + {stats.withheld_static} static, "
+                          f"withheld {stats.withheld_unsupported} unsupported + {stats.withheld_static} static + "
+                          f"{stats.withheld_shape} on structure, "
                           f"standing-car recall {sm['standing_car_recall']}")
         print_table(metrics, f"tracking, detections = {key}"
                     f"{' (SYNTHETIC)' if source_name == 'synthetic' else ''}", console)

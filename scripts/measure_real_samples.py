@@ -235,6 +235,7 @@ def _summary(lf: dict) -> dict:
         "track_instances_before_rule": t["before_rule_instances_in_grid"],
         "withheld_unsupported": t["withheld_unsupported_instances"],
         "withheld_static": t["withheld_static_instances"],
+        "withheld_shape": t["withheld_shape_instances"],
     }
     if lab:
         out["far_from_labels_share"] = lab["tracks_far_from_labels_share"]

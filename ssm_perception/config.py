@@ -448,6 +448,15 @@ class TrackSupportConfig(_Section):
         "0: never); pedestrian 0.5 on validation seeds 100000-100001 (0.6 withheld waiting pedestrians: "
         "-0.043 pedestrian MOTA)",
     )
+    shape_check: bool = Field(True, description="withhold tracks that sit on structure going on past their box "
+                              "(a wall, a hedge, a building front): connected cells with returns of the current "
+                              "scan in the evidence height band reaching beyond shape_reach_m of the box")
+    shape_reach_m: float = Field(2.0, gt=0, le=20, description="structure this far outside the track's box belongs "
+                                 "to something larger than the object [m]")
+    shape_max_beyond_m2: float = Field(
+        15.0, gt=0, description="a track is withheld when the structure under its box covers more than this beyond "
+        "shape_reach_m [m^2]; a margin over what tracks within 2 m of real and simulated objects showed "
+        "(scripts/track_shape_stats.py, results/track_shape_stats.json)")
 
 
 class DiagnosticsConfig(_Section):

@@ -524,8 +524,10 @@ class PerceptionPipeline:
         if _finite_pose(out.T_odom_base):
             # the track rule: published tracks need returns of the current scan (tracking/support.py)
             counts = out.evidence.nonground_count if out.evidence is not None and out.sensors.get("lidar") else None
+            band = out.evidence.band_count if counts is not None else None
             out.detections_odom, _, out.tracks, out.track_support = tracking_stage(
-                self.tracker, self.track_support, out.detections_base, out.T_odom_base, out.stamp_ns / NS, counts)
+                self.tracker, self.track_support, out.detections_base, out.T_odom_base, out.stamp_ns / NS, counts,
+                band_count=band)
         out.tracking_pending, self._pending_tracking = False, None
         ms = self._ms(t0)
         out.latency_ms["tracking"] = ms

@@ -179,6 +179,7 @@ def test_pipeline_publishes_only_supported_tracks(rule_on):
         return
     assert xs == [5] and all(t.status == "confirmed" for t in out.tracks)
     assert len(out.track_support.withheld_unsupported) == 1 and out.track_support.published == 1
+    assert out.track_support.shape_checked and out.track_support.withheld_shape == []  # the band reaches the rule
     car_id = out.tracks[0].id
     # the car's returns vanish (occluded) while the network still reports it: withheld, not deleted
     out = p.process(FrameInputs(S + 3 * DT, se2_matrix(0, 0, 0), lidar=_car_cloud(False, 3),
@@ -209,3 +210,83 @@ def test_node_reports_the_track_rule_in_diagnostics(rclpy_context):
         assert values["tracks_withheld_static_on_returns"] == "1" and values["track_rule_checked"] == "True"
     finally:
         n.destroy_node()
+
+
+# ------------------------------------------------------------------------------ the shape check
+BIG = GridConfig(length_x=40.0, length_y=40.0, resolution=0.5)  # 80 x 80 cells, x_min = y_min = -20
+
+
+def _band(cells) -> np.ndarray:
+    """[H, W] band counts (BIG): 3 returns in each listed base_link point's cell."""
+    c = np.zeros((BIG.nx, BIG.ny), np.int32)
+    for x, y in cells:
+        c[int((x - BIG.x_min) / BIG.resolution), int((y - BIG.y_min) / BIG.resolution)] = 3
+    return c
+
+
+def _car_returns(x, y, length=4.5, width=1.9):
+    """An L of returns, as a LiDAR sees a car: its rear and its near side (cells 0.5 m apart)."""
+    xs = np.arange(x - length / 2 + 0.25, x + length / 2, 0.5)
+    ys = np.arange(y - width / 2 + 0.25, y + width / 2, 0.5)
+    return [(float(v), y - width / 2 + 0.25) for v in xs] + [(x - length / 2 + 0.25, float(v)) for v in ys]
+
+
+def _wall(x0, x1, y, rows=2):
+    """A wall or building front along x, ``rows`` cells (0.5 m each) deep from y down."""
+    return [(float(v), y - 0.5 * k) for v in np.arange(x0 + 0.25, x1, 0.5) for k in range(rows)]
+
+
+def _shape_ids(band, tracks, cfg=None):
+    cfg = cfg or TrackSupportConfig()
+    out, rep = TrackSupportRule(cfg, BIG).apply(tracks, band, se2_matrix(0, 0, 0), 1.0, band_count=band)
+    assert rep.checked and rep.shape_checked == cfg.shape_check
+    return sorted(t.id for t in out), rep
+
+
+def test_shape_check_keeps_objects_and_withholds_tracks_on_walls_and_hedges():
+    # a car alone, a row of three parked cars 1 m apart, a pedestrian: all published
+    row = [(-10.0 + 5.5 * k, 8.0) for k in range(3)]
+    cells = _car_returns(8.0, -2.0) + [c for x, y in row for c in _car_returns(x, y)] + [(12.25, 12.25), (12.25, 12.75)]
+    tracks = [_track(1, 8.0, -2.0)] + [_track(10 + k, x, y) for k, (x, y) in enumerate(row)] \
+        + [_track(20, 12.5, 12.5, cls=4, length=0.7, width=0.7)]
+    # a 30 m building front (1 m deep) at y = -12 with a car-sized track on it; a 38 m hedge (1.5 m
+    # deep, returns in 2 of 3 cells, holes in every row and column) with a pedestrian track in it
+    hedge = [(-18.75 + 0.5 * i, -16.25 - 0.5 * j) for i in range(76) for j in range(3) if (i + 2 * j) % 3]
+    cells += _wall(-15.0, 15.0, -12.25) + hedge
+    tracks += [_track(30, 0.0, -12.5), _track(31, -8.0, -16.75, cls=4, length=0.7, width=0.7)]
+    ids, rep = _shape_ids(_band(cells), tracks)
+    assert ids == [1, 10, 11, 12, 20]
+    assert sorted(rep.withheld_shape) == [30, 31] and rep.published == 5
+    # off: all published
+    ids, rep = _shape_ids(_band(cells), tracks, TrackSupportConfig(shape_check=False))
+    assert len(ids) == len(tracks) and rep.withheld_shape == []
+
+
+def test_shape_check_thresholds():
+    # a car parked 1 m from a wall is its own structure; touching the wall, it is part of it
+    car = _car_returns(0.0, 0.0)
+    apart, _ = _shape_ids(_band(car + _wall(-18.0, 18.0, -2.25)), [_track(1, 0.0, 0.0)])
+    touching, _ = _shape_ids(_band(car + _wall(-18.0, 18.0, -1.25)), [_track(1, 0.0, 0.0)])
+    assert apart == [1] and touching == []
+    # a wall ending just past the box is within shape_reach_m: kept
+    assert _shape_ids(_band(_wall(-4.0, 4.0, 0.25)), [_track(1, 0.0, 0.0)])[0] == [1]
+    # the area beyond the reach is what counts: 36 m x 1 m, box (4.5 m + a cell) + 2 m each way
+    beyond = 2 * 2 * (18.0 - 4.5) / 0.5 * 0.25  # m^2: 27
+    wall = _band(_wall(-18.0, 18.0, 0.25))
+    assert _shape_ids(wall, [_track(1, 0.0, 0.0)], TrackSupportConfig(shape_max_beyond_m2=beyond + 0.5))[0] == [1]
+    assert _shape_ids(wall, [_track(1, 0.0, 0.0)], TrackSupportConfig(shape_max_beyond_m2=beyond - 0.5))[0] == []
+    # a 20 m single-cell wall has 5.5 m^2 beyond: below the default, kept (the check is about area)
+    assert _shape_ids(_band(_wall(-10.0, 10.0, 0.0, rows=1)), [_track(1, 0.0, 0.0)])[0] == [1]
+
+
+def test_shape_check_uses_the_band_not_overhangs():
+    """A tree's crown over a parked car is above the evidence band: not in ``band_count``, so the car
+    is its own structure (the non-ground counts, which hold the crown, are not what joins regions)."""
+    car = _car_returns(0.0, 0.0)
+    crown = [(float(x), float(y)) for x in np.arange(-9.75, 10.0, 0.5) for y in np.arange(-3.75, 4.0, 0.5)]
+    band, nonground = _band(car), _band(car + crown)
+    rule = TrackSupportRule(TrackSupportConfig(), BIG)
+    out, rep = rule.apply([_track(1, 0.0, 0.0)], nonground, se2_matrix(0, 0, 0), 1.0, band_count=band)
+    assert [t.id for t in out] == [1] and rep.withheld_shape == []
+    out, rep = rule.apply([_track(1, 0.0, 0.0)], nonground, se2_matrix(0, 0, 0), 1.1, band_count=nonground)
+    assert out == [] and rep.withheld_shape == [1]

@@ -66,7 +66,7 @@ class LabelFreeMetrics:
         self.n = {k: 0 for k in ("frames", "evidence", "evidence_pub", "evidence_net", "nonground", "nonground_pub",
                                  "see_through", "see_through_pub", "track_instances", "track_unsupported",
                                  "confirmed_instances", "confirmed_unsupported", "rule_instances",
-                                 "rule_unsupported", "withheld_unsupported", "withheld_static",
+                                 "rule_unsupported", "withheld_unsupported", "withheld_static", "withheld_shape",
                                  "label_frames", "tracks_near_labels", "tracks_far_from_labels",
                                  "rule_near_labels", "rule_far_from_labels")}
         self.disagreement: list[float] = []
@@ -118,6 +118,7 @@ class LabelFreeMetrics:
         if rule is not None:
             n["withheld_unsupported"] += len(rule.withheld_unsupported)
             n["withheld_static"] += len(rule.withheld_static)
+            n["withheld_shape"] += len(rule.withheld_shape)
 
         def support(tr) -> bool | None:  # None: outside the grid, or nothing to judge with
             if T is None or ev is None:
@@ -219,6 +220,7 @@ class LabelFreeMetrics:
                 "before_rule_unsupported_share": share("rule_unsupported", "rule_instances"),
                 "withheld_unsupported_instances": n["withheld_unsupported"],
                 "withheld_static_instances": n["withheld_static"],
+                "withheld_shape_instances": n["withheld_shape"],
                 "ids": len(lives),
                 "static_on_evidence_ids": len(static),
                 "static_on_evidence_share": len(static) / len(lives) if lives else None,

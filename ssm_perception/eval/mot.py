@@ -74,6 +74,7 @@ class GtFrame:
     # the scan's non-ground returns per cell, sparse (flat cell indices, counts): the track rule's input
     # (tracking/support.py), kept in the detection caches; None: not known
     nonground: tuple[np.ndarray, np.ndarray] | None = None
+    band: tuple[np.ndarray, np.ndarray] | None = None  # the same for its returns in the evidence height band
 
 
 def _distances(gt: Sequence[PlanarObject], hyp: Sequence[PlanarObject]) -> np.ndarray:

@@ -157,6 +157,7 @@ class SupportStats:
     unsupported: int = 0  # ... without a non-ground return in their footprint (eval/labelfree.py's test)
     withheld_unsupported: int = 0  # instances the rule withheld: no support
     withheld_static: int = 0  # ... static on returns, not confident
+    withheld_shape: int = 0  # ... on structure going on past the box
     standing_cars: int = 0  # counted ground-truth cars (>= 1 return, in the grid) standing still
     standing_cars_tracked: int = 0  # ... with a published car track within the match distance
 
@@ -205,16 +206,18 @@ def evaluate_tracking(
             strong, weak = select_two_stage(source(frame), tracking)
             dets = detections_to_odom(strong + weak, frame.T_odom_base)
             tracks = tracker.update(dets, frame.stamp_s)
-            counts = None
+            counts = band = None
             if frame.nonground is not None:
                 counts = dense_counts(frame.nonground, grid)
+                band = None if frame.band is None else dense_counts(frame.band, grid)
             elif getattr(source, "last_nonground", None) is not None:
-                counts = source.last_nonground
+                counts, band = source.last_nonground, getattr(source, "last_band", None)
             if rule is not None:
-                tracks, report = rule.apply(tracks, counts, frame.T_odom_base, frame.stamp_s)
+                tracks, report = rule.apply(tracks, counts, frame.T_odom_base, frame.stamp_s, band_count=band)
                 if stats is not None:
                     stats.withheld_unsupported += len(report.withheld_unsupported)
                     stats.withheld_static += len(report.withheld_static)
+                    stats.withheld_shape += len(report.withheld_shape)
             hyp = [t for t in tracks if t.status != "tentative" and in_grid(t.x, t.y, frame.T_odom_base, grid)]
             if stats is not None and counts is not None:
                 T_base_odom = invert_transform(np.asarray(frame.T_odom_base, np.float64))
@@ -317,18 +320,21 @@ def pipeline_source(config, kind: str) -> DetectionSource:
             sc, fr = frame.sensors
             out = pipeline.process(FrameInputs.from_sim(sc, fr, assembler))
         # the scan's non-ground counts, for the track rule of a tracker run outside the pipeline
-        source.last_nonground = out.evidence.nonground_count \
-            if out.evidence is not None and out.sensors.get("lidar") else None  # type: ignore[attr-defined]
+        lidar = out.evidence is not None and out.sensors.get("lidar")
+        source.last_nonground = out.evidence.nonground_count if lidar else None  # type: ignore[attr-defined]
+        source.last_band = out.evidence.band_count if lidar else None  # type: ignore[attr-defined]
         return out.detections_base
 
     source.last_nonground = None  # type: ignore[attr-defined]
+    source.last_band = None  # type: ignore[attr-defined]
 
     source.model_info = pipeline.model_info  # type: ignore[attr-defined]  # for the results file
     return source
 
 
 # ------------------------------------------------------------------------------ cached detections
-CACHE_VERSION = 2  # 2: frames keep the scan's non-ground counts (the track rule's input)
+# 2: frames keep the scan's non-ground counts (the track rule's input); 3: and its band counts
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -410,8 +416,11 @@ def cache_detections(
         for s, src in srcs.items():
             dets[s].append(src(frame))
         # the scan's counts come from the encoder, the same for every source: the first one's
-        counts = srcs[next(iter(srcs))].last_nonground if srcs else None
-        kept.append(replace(frame, sensors=None, nonground=None if counts is None else sparse_counts(counts)))
+        first = srcs[next(iter(srcs))] if srcs else None
+        counts = None if first is None else first.last_nonground
+        band = None if first is None else first.last_band
+        kept.append(replace(frame, sensors=None, nonground=None if counts is None else sparse_counts(counts),
+                            band=None if band is None else sparse_counts(band)))
     out = CachedSequence(name=name, frames=kept, detections=dets, floor=float(floor), model_info=infos)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

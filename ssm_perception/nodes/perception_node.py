@@ -730,7 +730,8 @@ class PerceptionNode(Node):
             return {}
         return {"track_rule_checked": t.checked, "tracks_published": t.published,
                 "tracks_withheld_no_returns": len(t.withheld_unsupported),
-                "tracks_withheld_static_on_returns": len(t.withheld_static)}
+                "tracks_withheld_static_on_returns": len(t.withheld_static),
+                "tracks_withheld_on_structure": len(t.withheld_shape)}
 
     def publish_diagnostics(self) -> None:
         with self._stats_lock:  # the timer (executor) and the worker (after a reset) both publish

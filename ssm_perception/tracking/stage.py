@@ -14,11 +14,13 @@ from ssm_perception.tracking.tracker import MultiObjectTracker, TrackState
 
 
 def tracking_stage(tracker: MultiObjectTracker, rule: TrackSupportRule, detections_base: list[Detection],
-                   T_odom_base: np.ndarray, stamp_s: float, nonground_count: np.ndarray | None
+                   T_odom_base: np.ndarray, stamp_s: float, nonground_count: np.ndarray | None,
+                   band_count: np.ndarray | None = None
                    ) -> tuple[list[Detection], list[TrackState], list[TrackState], TrackSupportReport]:
     """(detections in odom, the tracker's live tracks, the published tracks, the rule's report).
-    ``nonground_count``: the scan's [H, W] non-ground returns per cell, None without LiDAR."""
+    ``nonground_count``: the scan's [H, W] non-ground returns per cell, None without LiDAR;
+    ``band_count``: its returns in the evidence height band (the rule's shape check; None: not run)."""
     detections_odom = detections_to_odom(detections_base, T_odom_base)
     tracks = tracker.update(detections_odom, stamp_s)
-    published, report = rule.apply(tracks, nonground_count, T_odom_base, stamp_s)
+    published, report = rule.apply(tracks, nonground_count, T_odom_base, stamp_s, band_count=band_count)
     return detections_odom, tracks, published, report

@@ -5,7 +5,7 @@ tracker from publishing objects the LiDAR does not see. After ``MultiObjectTrack
 ``PerceptionPipeline.process`` hands the live tracks, the scan's per-cell non-ground return counts
 (``EvidenceGrids.nonground_count``, the LiDAR encoder's own counts of the deskewed scan) and the
 pose to ``TrackSupportRule.apply``; what it returns is what the node publishes, ``evaluate`` scores
-and the bench times. Two checks (``TrackSupportConfig``, section ``track_support``):
+and the bench times. Three checks (``TrackSupportConfig``, section ``track_support``):
 
 - support: a confirmed or coasting track is published only while at least ``min_returns``
   non-ground returns lie inside its box grown by ``margin_m``, in one of the last
@@ -20,6 +20,17 @@ and the bench times. Two checks (``TrackSupportConfig``, section ``track_support
   a building front. It is published only if its class confidence (the mean detection score of its
   class) reaches ``static_min_score`` for that class; the returns themselves stay occupied in the
   grid (evidence floor), so a withheld wall track loses nothing a planner needs.
+- shape (an object ends at its box): the cells with returns of the current scan in the evidence
+  height band (``EvidenceGrids.band_count``: above the ground, below overhangs) are joined into
+  8-connected regions; a track whose box sits on regions that cover more than
+  ``shape_max_beyond_m2`` farther than ``shape_reach_m`` outside the box is withheld that scan: a
+  wall, a hedge, a fence or a building front goes on past the box, a car, a cyclist or a
+  pedestrian does not (a car parked in a row is its own region when a cell-wide gap separates it
+  from the next, and a tree's crown over it is above the band). Physical, not learned: the false
+  tracks of the network on real scans line building fronts and walls (README, "Your own
+  recordings"); the threshold has a margin over what real and simulated objects showed
+  (scripts/track_shape_stats.py, results/track_shape_stats.json). Like the other checks it only
+  withholds: the returns stay occupied in the grid.
 
 Tentative tracks pass unchanged (published only with ``tracking.publish_tentative``, flagged as
 such). A frame without a LiDAR scan cannot be checked: its tracks pass unchanged and the report
@@ -32,6 +43,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from ssm_perception.config import GridConfig, TrackSupportConfig
 
@@ -140,6 +152,32 @@ def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: n
     return out
 
 
+def connected_structure(band_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels [H, W], cells per label): the 8-connected regions of cells with returns of the current
+    scan in the evidence height band (``EvidenceGrids.band_count``; above the ground, below overhangs,
+    so a tree's crown does not join the cars parked under it). Label 0: no return."""
+    labels, n = ndimage.label(np.asarray(band_count) > 0, structure=np.ones((3, 3), bool))
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)
+
+
+def structure_beyond(labels: np.ndarray, sizes: np.ndarray, grid: GridConfig, x: float, y: float, yaw: float,
+                     length: float, width: float, reach: float) -> int | None:
+    """Cells of the connected structure under the oriented box (base_link; the regions of
+    ``connected_structure`` with a cell in the box) that lie more than ``reach`` outside the box: a
+    car, a cyclist or a pedestrian ends at its box, a wall, a hedge or a building front goes on.
+    None when the box lies outside the grid."""
+    (i0, i1, j0, j1), inner = _box_mask(grid, x, y, yaw, length, width, 0.0)
+    if inner is None or not inner.any():
+        return None
+    ids = np.unique(labels[i0:i1, j0:j1][inner])
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return 0
+    (k0, k1, m0, m1), near = _box_mask(grid, x, y, yaw, length, width, reach)
+    within = np.isin(labels[k0:k1, m0:m1][near], ids).sum()  # near is not None: it contains the box
+    return int(sizes[ids].sum() - within)
+
+
 def to_base(T_base_odom: np.ndarray, x: float, y: float, yaw: float) -> tuple[float, float, float]:
     """An odom pose (x, y, yaw) in base_link."""
     bx = T_base_odom[0, 0] * x + T_base_odom[0, 1] * y + T_base_odom[0, 3]
@@ -155,8 +193,10 @@ class TrackSupportReport:
     published: int = 0  # confirmed + coasting tracks kept
     withheld_unsupported: list[int] = field(default_factory=list)  # track ids without support
     withheld_static: list[int] = field(default_factory=list)  # static tracks on returns, not confident
+    withheld_shape: list[int] = field(default_factory=list)  # on structure that goes on past the box
+    shape_checked: bool = False  # False: no band counts this frame (the shape check did not run)
     returns: dict[int, int] = field(default_factory=dict)  # track id -> returns in its footprint this scan
-    withheld_tracks: list = field(default_factory=list)  # the TrackStates withheld (both reasons)
+    withheld_tracks: list = field(default_factory=list)  # the TrackStates withheld (every reason)
 
 
 _LIFE = {"ids": np.int64, "first_s": np.float64, "x0": np.float64, "y0": np.float64, "last_seen_s": np.float64,
@@ -220,10 +260,20 @@ class TrackSupportRule:
         share = (track.class_probs or {}).get(track.cls, 1.0)
         return track.score * share >= self.cfg.static_min_score.of(int(track.cls), math.inf)
 
+    def on_structure(self, labels, sizes, bx: float, by: float, byaw: float, track) -> bool:
+        """Does the track's box sit on connected structure reaching more than ``shape_max_beyond_m2``
+        beyond ``shape_reach_m`` of the box (a wall, a hedge, a building front)?"""
+        c, g = self.cfg, self.grid
+        n = structure_beyond(labels, sizes, g, bx, by, byaw, track.length + g.resolution, track.width + g.resolution,
+                             c.shape_reach_m)
+        return n is not None and n * g.resolution**2 > c.shape_max_beyond_m2
+
     def apply(self, tracks: list, nonground_count: np.ndarray | None, T_odom_base: np.ndarray | None,
-              stamp_s: float) -> tuple[list, TrackSupportReport]:
+              stamp_s: float, band_count: np.ndarray | None = None) -> tuple[list, TrackSupportReport]:
         """(published tracks, report). ``nonground_count``: [H, W] non-ground returns of the current
-        scan per cell (None: no LiDAR this frame); ``tracks`` in odom, as the tracker returns them."""
+        scan per cell (None: no LiDAR this frame); ``band_count``: its returns in the evidence height
+        band per cell (``EvidenceGrids.band_count``; None: no shape check); ``tracks`` in odom, as the
+        tracker returns them."""
         c = self.cfg
         ok_pose = T_odom_base is not None and np.all(np.isfinite(T_odom_base))
         if not c.enabled or nonground_count is None or not ok_pose:
@@ -234,6 +284,11 @@ class TrackSupportRule:
         self._frame += 1
         k = self._frame
         report = TrackSupportReport(True)
+        shape = c.shape_check and band_count is not None and any(t.status != "tentative" for t in tracks)
+        labels = sizes = None
+        if shape:
+            labels, sizes = connected_structure(band_count)
+            report.shape_checked = True
         out = []
         if tracks:
             a = np.array([(t.x, t.y, t.yaw, t.length, t.width) for t in tracks], np.float64)
@@ -260,7 +315,8 @@ class TrackSupportRule:
             static = (c.static_rule & (stamp_s - lf["first_s"][rows] >= c.static_min_s - 1e-6)
                       & (lf["max_move"][rows] < c.static_move_m)
                       & (lf["supported"][rows] >= c.static_support * lf["frames"][rows])).tolist()
-            for tr, ni, un, st in zip(tracks, np.maximum(n, 0).tolist(), unsupported, static, strict=True):
+            for tr, ni, un, st, bxi, byi, byawi in zip(tracks, np.maximum(n, 0).tolist(), unsupported, static,
+                                                       bx.tolist(), by.tolist(), byaw, strict=True):
                 if tr.status == "tentative":
                     out.append(tr)
                     continue
@@ -270,6 +326,9 @@ class TrackSupportRule:
                     report.withheld_tracks.append(tr)
                 elif st and not self.confident_static(tr):
                     report.withheld_static.append(tr.id)
+                    report.withheld_tracks.append(tr)
+                elif shape and self.on_structure(labels, sizes, bxi, byi, byawi, tr):
+                    report.withheld_shape.append(tr.id)
                     report.withheld_tracks.append(tr)
                 else:
                     out.append(tr)
