@@ -184,3 +184,21 @@ def test_warp_grid_computed_the_device_way_equals_the_host_grid(motion, mode):
     cell_aligned = motion == (1.0, -0.5, 0.0)  # whole cells, no turn: values move exactly
     assert m_host == m_dev and (m_host == "nearest") == (mode == "nearest" or cell_aligned)
     assert torch.allclose(g_host, g_dev, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((480, 640, 3), np.uint8), ((481, 641), np.uint8),
+                                              ((480, 640, 4), np.uint8), ((480, 640, 3), np.uint16)])
+def test_camera_graph_reducing_the_raw_image_equals_the_plain_encoder(shape, dtype):
+    """The camera's graph takes the raw image and reduces it inside (uint16: reduced on the host
+    first): the same features as the plain encoder, bit for bit."""
+    from ssm_perception.bev.camera import encode_camera
+
+    grid = BevGrid.square(40, 0.5)
+    K = np.array([[300.0, 0, 320], [0, 300, 240], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3] = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]]  # optical frame looking along +x
+    T[2, 3] = 1.5
+    img = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    plain, _ = encode_camera(grid, img, K, T)
+    graphed, stats = encode_camera(grid, img, K, T, graphs=GraphCache(pad_on_cpu=True))
+    assert torch.equal(plain, graphed) and int(stats["camera_visible_cells"]) > 0
