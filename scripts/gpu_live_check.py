@@ -38,6 +38,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -261,11 +262,16 @@ def run(args) -> dict:
 
     env = dds_env()
     env["ROS_DOMAIN_ID"] = str(args.domain_id or os.environ.get("ROS_DOMAIN_ID") or random.SystemRandom().randint(120, 230))
-    env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)  # LOCALHOST discovery loses large clouds (launcher.py)
+    if args.discovery_range == "localhost":  # for a host whose interfaces carry no multicast
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    else:
+        env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)  # LOCALHOST discovery loses large clouds (launcher.py)
     env["PYTHONUNBUFFERED"] = "1"
-    for key in ("ROS_DOMAIN_ID", *PROFILE_VARS):  # this process joins the same graph, same transports
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARS):  # same graph, same transports
         if env.get(key):
             os.environ[key] = env[key]
+        else:
+            os.environ.pop(key, None)
     say(f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, RMW={env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')}, "
         f"{dds_summary(env)}; node config {config} (grid {cfg.grid.nx}x{cfg.grid.ny}, {cfg.model.kind}/"
         f"{cfg.model.backend} on {cfg.model.device})")
@@ -313,7 +319,12 @@ def run(args) -> dict:
         lidar = listener.last_values(": sensor lidar")
         latency = listener.last_values(": latency")
         if not state or not output:
-            raise CheckError("no /diagnostics from the node reached the listener")
+            raise CheckError("no /diagnostics from the node reached the listener (DDS discovery between processes "
+                             "failed? interfaces: " + ", ".join(n for _, n in socket.if_nameindex())
+                             + "; try --discovery-range localhost)")
+        if not int(lidar.get("received", 0) or 0):
+            raise CheckError("the node received no LiDAR scan from the replay (DDS discovery or transport between "
+                             "processes failed? try --discovery-range localhost; logs in " + str(work) + ")")
     finally:
         codes = graph.stop()
         for f in files.values():
@@ -384,7 +395,8 @@ def run(args) -> dict:
 
     device = torch.device(cfg.model.device if not cfg.model.device.startswith("cuda") or torch.cuda.is_available()
                           else "cpu")
-    machine = environment(device) | {"hostname": os.uname().nodename, **transport_limits()}
+    machine = environment(device) | {"hostname": os.uname().nodename, **transport_limits(),
+                                     "net_interfaces": [n for _, n in socket.if_nameindex()]}
     passed = dropped <= args.max_drop_pct / 100.0 * n_sent and not self_resets
     result = {
         "format": "ssm_perception.live_check/1",
@@ -397,6 +409,7 @@ def run(args) -> dict:
         "scenario": {"preset": args.scenario, "seed": args.seed, "duration_s": args.duration,
                      "bag": str(bag), "replayed_topics": sorted(t for t in topics if t not in exclude)},
         "dds": {"ros_domain_id": env["ROS_DOMAIN_ID"], "rmw": env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"),
+                "discovery_range": env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET (unset)"),
                 "transports": dds_summary(env)},
         "frames": frames,
         "resets": {"all": resets, "self_resets": self_resets, "counts_from_diagnostics": counts,
@@ -434,6 +447,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-s", type=float, default=2.0, help="also report drops after this many seconds")
     ap.add_argument("--startup-timeout", type=float, default=240.0, help="seconds for the node to become ready")
     ap.add_argument("--domain-id", type=int, default=0, help="ROS_DOMAIN_ID (default: random)")
+    ap.add_argument("--discovery-range", choices=("subnet", "localhost"), default="subnet",
+                    help="ROS_AUTOMATIC_DISCOVERY_RANGE: subnet (unset, Fast DDS multicast; the default) or "
+                         "localhost (for a host without multicast)")
     ap.add_argument("--work", default="", help="folder for the bag and logs (default: a temporary one, removed)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work folder and name the logs in the result")
     ap.add_argument("-o", "--output", default="results/gpu_live_check.json")

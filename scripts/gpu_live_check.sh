@@ -32,7 +32,7 @@ say() { printf '\033[1m[gpu-live]\033[0m %s\n' "$*" | tee -a "$LOG"; }
 copy_out() {
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
-    [ -f "$RESULT" ] && cp "$RESULT" "$OUT/" || true
+    if [ -f "$RESULT" ] && [ "$(realpath "$(dirname "$RESULT")")" != "$(realpath "$OUT")" ]; then cp "$RESULT" "$OUT/"; fi
     for f in "$WORK"/node.log "$WORK"/replay.log; do [ -f "$f" ] && cp "$f" "$OUT/gpu_live_check_$(basename "$f")"; done
     cp "$LOG" "$OUT/gpu_live_check.log" || true
   fi
