@@ -27,13 +27,19 @@ BUNDLE=${GPU_ROS_BUNDLE:-$ROOT/.gpu_ros/ros_kilted_cp312.tar.xz}
 PREFIX=${GPU_ROS_PREFIX:-/tmp/ssm_gpu_ros}
 SITE=${GPU_SITE:-/tmp/ssm_site}
 LOG=$(mktemp /tmp/gpu_live_check.XXXXXX.log)
+START=$(mktemp /tmp/gpu_live_check.XXXXXX.start)  # only files newer than this go to $OUT (no stale results)
+rm -rf "$WORK"
 
 say() { printf '\033[1m[gpu-live]\033[0m %s\n' "$*" | tee -a "$LOG"; }
 copy_out() {
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
-    if [ -f "$RESULT" ] && [ "$(realpath "$(dirname "$RESULT")")" != "$(realpath "$OUT")" ]; then cp "$RESULT" "$OUT/"; fi
-    for f in "$WORK"/node.log "$WORK"/replay.log; do [ -f "$f" ] && cp "$f" "$OUT/gpu_live_check_$(basename "$f")"; done
+    if [ "$RESULT" -nt "$START" ] && [ "$(realpath "$(dirname "$RESULT")")" != "$(realpath "$OUT")" ]; then
+      cp "$RESULT" "$OUT/"
+    fi
+    for f in "$WORK"/node.log "$WORK"/replay.log; do
+      if [ "$f" -nt "$START" ]; then cp "$f" "$OUT/gpu_live_check_$(basename "$f")"; fi
+    done
     cp "$LOG" "$OUT/gpu_live_check.log" || true
   fi
 }
@@ -110,7 +116,6 @@ EOF
 # ------------------------------------------------------------------ 4. the check
 say "node config $CONFIG, ROS_DOMAIN_ID=$ROS_DOMAIN_ID -> $RESULT"
 set +e
-rm -rf "$WORK"
 "$PY" scripts/gpu_live_check.py --config "$CONFIG" -o "$RESULT" --work "$WORK" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
