@@ -246,7 +246,10 @@ class CudaGraphStep:
         if affine is None:
             self.affine.copy_(self.identity)
         else:
-            self.affine.copy_(affine.reshape(1, 6), non_blocking=True)
+            aff = affine.reshape(1, 6)
+            if self.affine.is_cuda and not aff.is_cuda:
+                aff = aff.pin_memory()  # a pageable host-to-device copy may wait for the stream
+            self.affine.copy_(aff, non_blocking=True)
         self.dt.fill_(float(dt_s))
         if reset_mask is None:
             self.reset.zero_()
