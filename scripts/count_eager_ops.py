@@ -289,8 +289,12 @@ def main(argv=None) -> int:
             u()
     res = count(prof, args.frames)
     try:
+        root = Path(__file__).resolve().parents[1]
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parents[1], check=False).stdout.strip()
+                                cwd=root, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "ssm_perception"],
+                               capture_output=True, text=True, cwd=root, check=False).stdout.strip()
+        commit += "+uncommitted changes" if dirty else ""
     except OSError:
         commit = ""
     run = {"label": args.label, "commit": commit, "path": args.path, "cells": args.cells, "frames": args.frames,
