@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from ssm_perception.tracking import kernels
+
 # z = [x, y, yaw, vx, vy]
 MEAS_DIM = 5
 IDX_YAW_MEAS = 2
@@ -406,6 +408,8 @@ def batch_predict(x: np.ndarray, P: np.ndarray, ctrv: np.ndarray, dt: float, acc
     """BoxEKF.predict for every row (same dt; nothing changes for dt <= 0 or non-finite)."""
     if x.shape[0] == 0 or not math.isfinite(dt) or dt <= 0.0:
         return x, P
+    if kernels.available():  # the same equations in one compiled loop (tracking/kernels.py)
+        return kernels.predict(x, P, ctrv, dt, accel, yaw_accel, max_dt, max_pos_std)
     d = np.minimum(dt, max_dt)
     nx, F, Q = np.empty_like(x), np.empty_like(P), np.empty_like(P)
     for rows, fn in ((ctrv, _ctrv_predict), (~ctrv, _cv_predict)):
@@ -432,7 +436,8 @@ def batch_update(x: np.ndarray, P: np.ndarray, ctrv: np.ndarray, z: np.ndarray, 
                  ) -> tuple[np.ndarray, np.ndarray]:
     """BoxEKF.update for every row with its own measurement z [T, 5] (NaN components skipped) and
     R [T, 5, 5]: rows are grouped by which components they have, each group solved at once (h and
-    H evaluated once for all rows; the common case, every component, without regrouping)."""
+    H evaluated once for all rows; the common case, every component, without regrouping).
+    (kernels.update: the same for a diagonal R in one compiled loop; the tracker calls that one.)"""
     x, P = x.copy(), P.copy()
     use_all = np.isfinite(z)
     hz, H = batch_h(x, ctrv), batch_H(x, ctrv)

@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from ssm_perception.config import GridConfig, TrackSupportConfig
+from ssm_perception.tracking import kernels
 
 _FORGET_S = 10.0  # per-track bookkeeping of ids not seen for this long is dropped
 
@@ -120,11 +121,16 @@ def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: n
     i1 = np.minimum(g.nx, np.ceil((x + ex - g.x_min) / g.resolution)).astype(np.int64)
     j0 = np.maximum(0, np.floor((y - ey - g.y_min) / g.resolution)).astype(np.int64)
     j1 = np.minimum(g.ny, np.ceil((y + ey - g.y_min) / g.resolution)).astype(np.int64)
+    cx_all = g.x_min + (np.arange(g.nx) + 0.5) * g.resolution  # cell centres, as _box_mask computes them
+    cy_all = g.y_min + (np.arange(g.ny) + 0.5) * g.resolution
+    if kernels.available():  # the same cell tests in one compiled loop (tracking/kernels.py)
+        f8 = np.ascontiguousarray
+        return kernels.box_returns(f8(counts), cx_all, cy_all, f8(x, np.float64), f8(y, np.float64),
+                                   f8(cos_yaw, np.float64), f8(sin_yaw, np.float64), f8(hl, np.float64),
+                                   f8(hw, np.float64), i0, i1, j0, j1)
     ni, nj = i1 - i0, j1 - j0
     live = (ni > 0) & (nj > 0)
     size = np.maximum(ni, nj)
-    cx_all = g.x_min + (np.arange(g.nx) + 0.5) * g.resolution  # cell centres, as _box_mask computes them
-    cy_all = g.y_min + (np.arange(g.ny) + 0.5) * g.resolution
     flat_counts = np.ascontiguousarray(counts).reshape(-1)
     steps = np.arange(max(int(ni.max()), int(nj.max()), 1))
     lo = 0

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ssm_perception.config import TrackingConfig
+from ssm_perception.tracking import kernels
 from ssm_perception.tracking.detections import (
     VEHICLES,
     Detection,
@@ -218,6 +219,7 @@ class MultiObjectTracker:
 
     def __init__(self, cfg: TrackingConfig | None = None, class_models: dict[int, ClassModel] | None = None):
         self.cfg = cfg or TrackingConfig()
+        kernels.warm()  # compiled (or loaded from numba's cache) now, not on the first frame
         self.models = dict(DEFAULT_CLASS_MODELS if class_models is None else class_models)
         self._ids = itertools.count(1)  # ids are never reused within one tracker's life
         # Per class id (0..4; NaN for classes without a model): motion model and noise, R's diagonal.
@@ -350,10 +352,15 @@ class MultiObjectTracker:
         z = z_all["z"][:, _GATE]  # [D, 3]
         d_cls = z_all["cls"]
         r_diag = self._r_diag[d_cls][:, _GATE]  # [D, 3]
+        gate = self.cfg.gate_mahalanobis
+        if kernels.available():  # the same tests and arithmetic per pair in one compiled loop
+            kernels.gate_cost(np.ascontiguousarray(z_pred), np.ascontiguousarray(hph), t_cls, _is_vehicle(t_cls),
+                              np.ascontiguousarray(z), np.ascontiguousarray(r_diag), d_cls, _is_vehicle(d_cls), gate,
+                              cost)
+            return cost
         compatible = (t_cls[:, None] == d_cls[None, :]) | (_is_vehicle(t_cls)[:, None] & _is_vehicle(d_cls)[None, :])
         # Only pairs that can be inside the gate get the 3x3 solve: for a positive definite S,
         # y_i^2 <= (y^T S^-1 y) S_ii, so |dx| or |dy| beyond sqrt(gate * S_ii) is outside it.
-        gate = self.cfg.gate_mahalanobis
         dx = z[None, :, 0] - z_pred[:, 0, None]  # [T, D]
         dy = z[None, :, 1] - z_pred[:, 1, None]
         with np.errstate(invalid="ignore"):
@@ -398,9 +405,13 @@ class MultiObjectTracker:
         if rows.size == 0:
             return
         b = self._bank
-        R = np.zeros((rows.size, 5, 5))
-        R[:, range(5), range(5)] = self._r_diag[z["cls"]]
-        x, P = batch_update(b.x[rows], b.P[rows], b.ctrv[rows], z["z"], R)
+        r_diag = self._r_diag[z["cls"]]
+        if kernels.available():  # batch_update's equations in one compiled loop
+            x, P = kernels.update(b.x[rows], b.P[rows], b.ctrv[rows], z["z"], r_diag)
+        else:
+            R = np.zeros((rows.size, 5, 5))
+            R[:, range(5), range(5)] = r_diag
+            x, P = batch_update(b.x[rows], b.P[rows], b.ctrv[rows], z["z"], R)
         b.x[rows], b.P[rows] = x, P
         b.size[rows] = (1 - _SIZE_SMOOTHING) * b.size[rows] + _SIZE_SMOOTHING * z["size"]
         b.votes[rows, z["cls"]] += z["score"]

@@ -1,0 +1,86 @@
+"""The tracking stage's compiled kernels (ssm_perception/tracking/kernels.py) against the numpy code
+they replace, and the numpy fallback against the stage's recording (it must stay correct where
+numba is missing)."""
+
+import math
+
+import numpy as np
+import pytest
+import test_tracking_stage_reference as ref
+
+from ssm_perception.tracking import kernels
+from ssm_perception.tracking.kalman import batch_predict, batch_update
+from ssm_perception.tracking.tracker import MultiObjectTracker
+
+
+def test_kernels_compile():
+    assert kernels.warm() and kernels.available()  # numba is pinned in requirements.lock
+
+
+@pytest.fixture
+def numpy_path(monkeypatch):
+    monkeypatch.setattr(kernels, "available", lambda: False)
+
+
+def _bank(rng, n):
+    ctrv = rng.random(n) < 0.6
+    x = np.stack([rng.uniform(-50, 50, n), rng.uniform(-50, 50, n), rng.uniform(-3, 3, n), rng.uniform(-15, 15, n),
+                  np.where(rng.random(n) < 0.3, rng.uniform(-5e-5, 5e-5, n), rng.uniform(-1, 1, n))], 1)
+    A = rng.normal(size=(n, 5, 5)) * rng.uniform(0.1, 40.0, (n, 1, 1))  # some beyond the position cap
+    P = A @ A.transpose(0, 2, 1) + 0.01 * np.eye(5)
+    return x, P, ctrv
+
+
+def test_predict_and_update_kernels_equal_the_numpy_filters(monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 300
+    x, P, ctrv = _bank(rng, n)
+    accel, yaw_accel = rng.uniform(1, 3, n), rng.uniform(0.5, 2, n)
+    max_dt, max_pos = rng.choice([0.05, 2.0], n), rng.choice([5.0, 30.0], n)
+    for dt in (0.1, 0.6, 3.0):
+        got = kernels.predict(x, P, ctrv, dt, accel, yaw_accel, max_dt, max_pos)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "available", lambda: False)
+            want = batch_predict(x, P, ctrv, dt, accel, yaw_accel, max_dt, max_pos)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+        assert np.isclose(got[1][:, 0, 0], max_pos**2, rtol=1e-12).any()  # the cap was exercised
+    z = x + rng.normal(size=(n, 5))
+    z[:, 2] += rng.choice([0.0, math.pi], n)  # flipped boxes: the folded yaw innovation
+    z[rng.random(n) < 0.4, 3:5] = np.nan  # no velocity
+    z[rng.random(n) < 0.05, 2] = np.nan
+    z[:3] = np.nan  # nothing usable: unchanged
+    r = rng.uniform(0.05, 1.0, (n, 5))
+    gx, gP = kernels.update(x, P, ctrv, z, r)
+    R = np.zeros((n, 5, 5))
+    R[:, range(5), range(5)] = r
+    wx, wP = batch_update(x, P, ctrv, z, R)
+    np.testing.assert_allclose(gx, wx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gP, wP, rtol=1e-10, atol=1e-10)
+    assert np.array_equal(gx[:3], x[:3]) and np.array_equal(gP[:3], P[:3])
+
+
+def test_gate_kernel_gives_the_numpy_cost_matrix_exactly(monkeypatch):
+    rng = np.random.default_rng(5)
+    tr = MultiObjectTracker()
+    x, P, ctrv = _bank(rng, 150)
+    b = tr._bank
+    b.x, b.P, b.ctrv = x, P * 0.01, ctrv
+    b.votes = np.eye(5)[rng.integers(0, 5, 150)]
+    zd = {"z": np.concatenate([x[:100] + rng.normal(scale=0.5, size=(100, 5)), rng.uniform(-50, 50, (60, 5))]),
+          "cls": rng.integers(0, 5, 160)}
+    got = tr.cost_matrix(zd)
+    sub = tr.cost_matrix(zd, np.arange(0, 150, 3))
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    want = tr.cost_matrix(zd)
+    assert np.array_equal(got, want) and np.isfinite(want).sum() > 50
+    assert np.array_equal(sub, tr.cost_matrix(zd, np.arange(0, 150, 3)))
+
+
+def test_footprint_count_numpy_path(numpy_path):
+    ref.test_footprints_returns_counts_the_cells_footprint_returns_counts()
+
+
+@pytest.mark.parametrize("name", sorted(ref.stage_configs()))
+def test_numpy_fallback_reproduces_the_recording(name, numpy_path):
+    ref.test_tracking_stage_reproduces_the_recording(name)
