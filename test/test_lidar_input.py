@@ -146,6 +146,26 @@ def test_intensity_modes(mode, expected):
     assert np.allclose(out["intensity"], expected) and "t" in out.dtype.names
 
 
+def test_auto_scale_makes_the_channel_independent_of_the_sensor_scale():
+    """auto mode rescales even a sensor already near the training scale (95th percentile 50 here, a
+    factor 1.6): x 255 and / 255 give the same normalised intensities as the recording (OK for the
+    recording, WARN for the far-off scales)."""
+    rng = np.random.default_rng(0)
+    a = np.zeros(2000, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")])
+    a["x"] = 20.0
+    a["intensity"] = rng.uniform(0.0, 52.6, a.size)  # 95th percentile ~50
+    outs, levels = {}, {}
+    for kind, f in (("original", 1.0), ("x255", 255.0), ("/255", 1 / 255)):
+        b = a.copy()
+        b["intensity"] = a["intensity"] * np.float32(f)
+        li = LidarInput(LidarInputConfig(auto_scans=1, mount_check=False))
+        outs[kind], levels[kind] = li(b, np.eye(4))["intensity"], li.checks["intensity"].level
+    assert np.percentile(outs["original"], 95) == pytest.approx(80.0, rel=1e-3)  # the training 95th percentile
+    for kind in ("x255", "/255"):
+        assert np.allclose(outs[kind], outs["original"], rtol=1e-4), kind
+    assert levels == {"original": OK, "x255": WARN, "/255": WARN}
+
+
 def test_training_features_use_the_same_normalisation():
     """The trainer's encoder (train.dataset.SimFrameEncoder) applies the pipeline's LiDAR input step:
     a simulated sensor with 0..1 intensity trains on the same intensity channel as a 0..255 one."""

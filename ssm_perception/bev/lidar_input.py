@@ -9,9 +9,11 @@ Per cloud (``LidarInput.__call__``, called from ``PerceptionPipeline.process``):
     made relative); ring optional. Output: structured x, y, z, intensity, t (if usable), ring (if any).
   - intensity scale: the simulator the model was trained on gives 0..255 (p95 ~ 80, median ~ 21,
     measured on the urban/highway/parking presets, seeds 0-1, 3 scans each). ``auto`` matches the
-    95th percentile of the first ``auto_scans`` scans to the training one and logs the factor once;
-    a factor within [0.5, 2] is taken as "already 0..255" (1.0), so scene-to-scene variation of
-    in-distribution data does not rescale it. ``fixed`` uses the configured factor.
+    95th percentile of the first ``auto_scans`` scans to the training one and logs the factor once
+    (a WARN when it lies outside [0.5, 2], i.e. the sensor is not on a 0..255-like scale). The
+    factor is applied even inside that band: a sensor's output then does not depend on its scale
+    (x 255, / 255 give the same channel), and training, which ran through this step, saw 95th
+    percentiles across the band. ``fixed`` uses the configured factor.
   - ego footprint: returns inside the configured box (base_link) are dropped (roof, mirrors, hood).
   - mounting checks (diagnostics only; the cloud is never altered by them): the ground plane fitted
     in base_link gives its normal (vs +z) and its height at the base_link origin (base_link sits on
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 TRAIN_INTENSITY_P95 = 80.0
 TRAIN_INTENSITY_MEDIAN = 21.0
 TRAIN_INTENSITY_MAX = 255.0
-_SNAP_TO_ONE = (0.5, 2.0)  # auto factors in this range mean "already on the training scale"
+_ON_SCALE = (0.5, 2.0)  # auto factors in this range: the sensor is on the training scale already (OK, not WARN)
 TIME_FIELDS = ("t", "time", "time_offset", "timestamp", "offset_time", "offset_ns")
 RING_FIELDS = ("ring", "laser_number", "channel")
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
@@ -224,13 +226,10 @@ class LidarInput:
             if vals.size:
                 self._p95.append(float(np.percentile(vals, 95)))
             p95 = float(np.median(self._p95)) if self._p95 else 0.0
-            if p95 <= 0:
-                self.scale = None
-            else:
-                s = TRAIN_INTENSITY_P95 / p95
-                self.scale = 1.0 if _SNAP_TO_ONE[0] <= s <= _SNAP_TO_ONE[1] else s
+            self.scale = TRAIN_INTENSITY_P95 / p95 if p95 > 0 else None
+            on_scale = self.scale is not None and _ON_SCALE[0] <= self.scale <= _ON_SCALE[1]
             if len(self._p95) < self.cfg.auto_scans:
-                self._note("intensity", OK if self.scale == 1.0 else WARN, f"intensity scale being detected "
+                self._note("intensity", OK if on_scale else WARN, f"intensity scale being detected "
                            f"({len(self._p95)} of {self.cfg.auto_scans} scans): 95th percentile {p95:.4g} vs "
                            f"{TRAIN_INTENSITY_P95:g} in training -> x {self.scale if self.scale else 0:.4g} so far",
                            log_once=False)
@@ -239,7 +238,7 @@ class LidarInput:
                     self._note("intensity", WARN, f"intensity is 0 in all of the first {len(self._p95)} scans: "
                                f"treated as absent (training median {TRAIN_INTENSITY_MEDIAN:g})")
                 else:
-                    level = OK if self.scale == 1.0 else WARN
+                    level = OK if on_scale else WARN
                     self._note("intensity", level, f"intensity scale detected from {len(self._p95)} scans: 95th "
                                f"percentile {p95:.4g} vs {TRAIN_INTENSITY_P95:g} in training -> x {self.scale:.4g} "
                                f"(to pin it: lidar_input.intensity_mode fixed, intensity_scale {self.scale:.4g})")

@@ -333,8 +333,9 @@ def pipeline_source(config, kind: str) -> DetectionSource:
 
 
 # ------------------------------------------------------------------------------ cached detections
-# 2: frames keep the scan's non-ground counts (the track rule's input); 3: and its band counts
-CACHE_VERSION = 3
+# 2: frames keep the scan's non-ground counts (the track rule's input); 3: and its band counts;
+# 4: the auto intensity scale is applied inside [0.5, 2] too (bev/lidar_input.py)
+CACHE_VERSION = 4
 
 
 @dataclass
