@@ -84,3 +84,43 @@ def test_footprint_count_numpy_path(numpy_path):
 @pytest.mark.parametrize("name", sorted(ref.stage_configs()))
 def test_numpy_fallback_reproduces_the_recording(name, numpy_path):
     ref.test_tracking_stage_reproduces_the_recording(name)
+
+
+def test_track_outputs_kernel_equals_the_numpy_states(monkeypatch):
+    rng = np.random.default_rng(7)
+    tr = MultiObjectTracker()
+    x, P, ctrv = _bank(rng, 40)
+    tr._birth({"z": x, "cls": np.where(ctrv, 1, 0), "score": np.full(40, 0.9), "size": np.ones((40, 3))}, 0.0)
+    tr._bank.x, tr._bank.P = x, P
+    rows = np.arange(0, 40, 2)
+    got = tr._states(rows, 0.5)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    want = tr._states(rows, 0.5)
+    assert len(got) == len(want) == 20
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.pose_cov, w.pose_cov, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(g.twist_cov, w.twist_cov, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose([g.vx, g.vy, g.yaw, g.yaw_rate], [w.vx, w.vy, w.yaw, w.yaw_rate], rtol=1e-12)
+
+
+def test_selection_kernel_keeps_what_the_numpy_selection_keeps(monkeypatch):
+    from ssm_perception.config import TrackingConfig
+    from ssm_perception.tracking.detections import select_two_stage_masks
+
+    rng = np.random.default_rng(11)
+    cfg = TrackingConfig(low_score_threshold=0.1)  # the second stage on
+    for n in (1, 5, 60, 300):
+        a = np.stack([rng.uniform(-20, 20, n), rng.uniform(-20, 20, n), rng.uniform(-3, 3, n),
+                      rng.choice([0.0, 0.5, 4.5], n), rng.uniform(0.3, 2, n), rng.uniform(0.3, 2, n),
+                      rng.choice([0.05, 0.2, 0.3, 0.5, 0.9], n), rng.choice([np.nan, 0.0, 0.5, 1.0], n)], 1)
+        a[rng.random(n) < 0.05, 0] = np.nan
+        a[n // 2:, :2] = np.round(a[n // 2:, :2])  # clusters and exact ties of position
+        arr = {"a": a, "cls": rng.integers(-1, 6, n)}
+        got = select_two_stage_masks(arr, cfg)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "available", lambda: False)
+            want = select_two_stage_masks(arr, cfg)
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(g, w)
+        if n == 300:
+            assert want[0].any() and want[1].any() and not want[0].all()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ssm_perception.config import GridConfig, TrackingConfig
 from ssm_perception.geometry import wrap_angle, yaw_of
+from ssm_perception.tracking import kernels
 
 # Head channel k of center_logit is object class k + 1 (our class numbering, io/track_fields.py).
 NUM_OBJECT_CLASSES = 4
@@ -205,6 +206,9 @@ def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfi
     a, cls = arr["a"], arr["cls"]
     det_thr = cfg.detection_threshold if detection_threshold is None else detection_threshold
     n = a.shape[0]
+    if n and kernels.available():  # the same selection in one compiled loop
+        return kernels.select(a, cls, NUM_OBJECT_CLASSES, thr, det_thr, cfg.min_evidence,
+                              _thresholds(cfg.nms_radius_m, 0.0), VEHICLES[0], VEHICLES[1])
     keep = np.zeros(n, bool)
     if n == 0:
         return keep

@@ -314,8 +314,123 @@ def _kernels():
                         total += counts[i, j]
             out[n] = total if anyin else -1
 
-    return {"ekf_predict": ekf_predict, "ekf_update": ekf_update, "gate_cost": gate_cost,
-            "box_returns": box_returns}
+    @jit
+    def track_outputs(x, P, ctrv, unobserved, pose_cov, twist_cov, vel):
+        # MultiObjectTracker._states' covariances and velocity: pose_cov/twist_cov [n, 6, 6], vel [n, 2]
+        Hv = np.empty((2, 5))
+        HP = np.empty((2, 5))
+        for t in range(x.shape[0]):
+            for i in range(6):
+                for j in range(6):
+                    u = unobserved if i == j else 0.0
+                    pose_cov[t, i, j] = u
+                    twist_cov[t, i, j] = u
+            yi = 2 if ctrv[t] else 4
+            for a in range(3):
+                ia = a if a < 2 else yi
+                oa = a if a < 2 else 5
+                for b in range(3):
+                    ib = b if b < 2 else yi
+                    ob = b if b < 2 else 5
+                    pose_cov[t, oa, ob] = P[t, ia, ib]
+            for i in range(2):
+                for j in range(5):
+                    Hv[i, j] = 0.0
+            if ctrv[t]:
+                yaw, v = x[t, 2], x[t, 3]
+                sy, cy = math.sin(yaw), math.cos(yaw)
+                vel[t, 0], vel[t, 1] = v * cy, v * sy
+                Hv[0, 2], Hv[0, 3] = -v * sy, cy
+                Hv[1, 2], Hv[1, 3] = v * cy, sy
+                twist_cov[t, 5, 5] = P[t, 4, 4]
+            else:
+                vel[t, 0], vel[t, 1] = x[t, 2], x[t, 3]
+                Hv[0, 2] = Hv[1, 3] = 1.0
+            for i in range(2):
+                for j in range(5):
+                    acc = 0.0
+                    for k in range(5):
+                        acc += Hv[i, k] * P[t, k, j]
+                    HP[i, j] = acc
+            for i in range(2):
+                for j in range(2):
+                    acc = 0.0
+                    for k in range(5):
+                        acc += HP[i, k] * Hv[j, k]
+                    twist_cov[t, i, j] = acc
+
+    @jit
+    def select(a, cls, n_classes, thr, det_thr, min_evidence, radius, veh0, veh1, keep):
+        # detections._select_mask: candidates, then the greedy circle NMS (best score first, ties in
+        # input order) over the candidates with a conflict; keep [n] bool (False on entry)
+        n = a.shape[0]
+        idx = np.empty(n, np.int64)
+        r = np.empty(n)
+        m = 0
+        for i in range(n):
+            known = cls[i] >= 0 and cls[i] <= n_classes
+            ok = True
+            for k in range(7):
+                if not math.isfinite(a[i, k]):
+                    ok = False
+            if not ok or not min(a[i, 3], a[i, 4], a[i, 5]) > 0.0:
+                continue
+            if not a[i, 6] >= (thr[cls[i]] if known else det_thr):
+                continue
+            if math.isfinite(a[i, 7]) and a[i, 7] < min_evidence:
+                continue
+            idx[m] = i
+            r[m] = radius[cls[i]] if known else 0.0
+            m += 1
+        if m == 0:
+            return
+        rmax = r[:m].max()
+        busy = np.zeros(m, np.bool_)
+        conflict = np.zeros((m, m), np.bool_)
+        for p in range(m):
+            ip = idx[p]
+            for q in range(m):
+                if p == q:
+                    continue
+                iq = idx[q]
+                dx = a[ip, 0] - a[iq, 0]
+                if not abs(dx) < rmax:
+                    continue
+                cp, cq = cls[ip], cls[iq]
+                if not (cp == cq or ((cp == veh0 or cp == veh1) and (cq == veh0 or cq == veh1))):
+                    continue
+                rr = max(r[p], r[q])
+                dy = a[ip, 1] - a[iq, 1]
+                if abs(dy) < rr and math.hypot(dx, dy) < rr:
+                    conflict[p, q] = True
+                    busy[p] = True
+        nb = 0
+        for p in range(m):
+            if not busy[p]:
+                keep[idx[p]] = True
+            else:
+                nb += 1
+        if nb == 0:
+            return
+        sub = np.empty(nb, np.int64)
+        neg = np.empty(nb)
+        k = 0
+        for p in range(m):
+            if busy[p]:
+                sub[k] = p
+                neg[k] = -a[idx[p], 6]
+                k += 1
+        blocked = np.zeros(m, np.bool_)
+        for o in np.argsort(neg, kind="mergesort"):
+            p = sub[o]
+            if not blocked[p]:
+                keep[idx[p]] = True
+                for q in range(m):
+                    if conflict[p, q]:
+                        blocked[q] = True
+
+    return {"select": select, "ekf_predict": ekf_predict, "ekf_update": ekf_update, "gate_cost": gate_cost,
+            "box_returns": box_returns, "track_outputs": track_outputs}
 
 
 _failed = False
@@ -353,6 +468,8 @@ def warm() -> bool:
                     one, one, i, i + 1, i, i + 1)
         box_returns(np.zeros((2, 2), np.int32), np.zeros(2), np.zeros(2), np.zeros(1), np.zeros(1), one, one,
                     one, one, i, i + 1, i, i + 1)
+        track_outputs(x, P, ctrv, 1.0)
+        select(np.ones((2, 8)), np.array([1, 2]), 4, np.zeros(5), 0.0, 0.0, np.ones(5), 1, 2)
     except Exception as exc:  # noqa: BLE001 - any compile failure: fall back to numpy for good
         log.warning("tracking kernels unavailable (numba failed: %s); numpy path", exc)
         _failed = True
@@ -381,3 +498,20 @@ def box_returns(counts, cx_all, cy_all, x, y, c, s, hl, hw, i0, i1, j0, j1):
     out = np.empty(x.shape[0], np.int64)
     _get("box_returns")(counts, cx_all, cy_all, x, y, c, s, hl, hw, i0, i1, j0, j1, out)
     return out
+
+
+def track_outputs(x, P, ctrv, unobserved):
+    """(pose_cov [n, 6, 6], twist_cov [n, 6, 6], velocity [n, 2]) of MultiObjectTracker._states."""
+    n = x.shape[0]
+    pose, twist, vel = np.empty((n, 6, 6)), np.empty((n, 6, 6)), np.empty((n, 2))
+    _get("track_outputs")(x, P, ctrv, float(unobserved), pose, twist, vel)
+    return pose, twist, vel
+
+
+def select(a, cls, n_classes, thr, det_thr, min_evidence, radius, veh0, veh1):
+    """The keep mask of detections._select_mask (same tests, same greedy order)."""
+    keep = np.zeros(a.shape[0], bool)
+    _get("select")(np.ascontiguousarray(a, np.float64), np.ascontiguousarray(cls, np.int64), int(n_classes),
+                   np.ascontiguousarray(thr, np.float64), float(det_thr), float(min_evidence),
+                   np.ascontiguousarray(radius, np.float64), int(veh0), int(veh1), keep)
+    return keep

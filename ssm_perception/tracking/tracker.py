@@ -476,20 +476,23 @@ class MultiObjectTracker:
         x, P, ctrv = b.x[rows], b.P[rows], b.ctrv[rows]
         n = rows.size
         yi = yaw_index(ctrv)
-        pos_idx = np.stack([np.zeros(n, int), np.ones(n, int), yi], 1)  # [n, 3]
-        pose_cov = np.broadcast_to(np.diag([UNOBSERVED_VAR] * 6), (n, 6, 6)).copy()
-        pose_cov[:, np.array(_POSE_XY_YAW)[:, None], np.array(_POSE_XY_YAW)[None, :]] = \
-            P[np.arange(n)[:, None, None], pos_idx[:, :, None], pos_idx[:, None, :]]
-        hz = batch_h(x, ctrv)
-        Hv = batch_H(x, ctrv)[:, 3:5]
-        v_cov = Hv @ P @ Hv.transpose(0, 2, 1)
-        twist_cov = np.broadcast_to(np.diag([UNOBSERVED_VAR] * 6), (n, 6, 6)).copy()
-        twist_cov[:, :2, :2] = v_cov
-        twist_cov[ctrv, 5, 5] = P[ctrv, 4, 4]
+        if kernels.available():  # the same entries in one compiled loop
+            pose_cov, twist_cov, vel = kernels.track_outputs(x, P, ctrv, UNOBSERVED_VAR)
+        else:
+            pos_idx = np.stack([np.zeros(n, int), np.ones(n, int), yi], 1)  # [n, 3]
+            pose_cov = np.broadcast_to(np.diag([UNOBSERVED_VAR] * 6), (n, 6, 6)).copy()
+            pose_cov[:, np.array(_POSE_XY_YAW)[:, None], np.array(_POSE_XY_YAW)[None, :]] = \
+                P[np.arange(n)[:, None, None], pos_idx[:, :, None], pos_idx[:, None, :]]
+            vel = batch_h(x, ctrv)[:, 3:5]
+            Hv = batch_H(x, ctrv)[:, 3:5]
+            v_cov = Hv @ P @ Hv.transpose(0, 2, 1)
+            twist_cov = np.broadcast_to(np.diag([UNOBSERVED_VAR] * 6), (n, 6, 6)).copy()
+            twist_cov[:, :2, :2] = v_cov
+            twist_cov[ctrv, 5, 5] = P[ctrv, 4, 4]
         w = np.where(ctrv, x[:, 4], 0.0)
         votes = b.votes[rows]
         yaw = x[np.arange(n), yi]
-        cols = np.stack([x[:, 0], x[:, 1], yaw, hz[:, 3], hz[:, 4], w, b.size[rows, 0], b.size[rows, 1],
+        cols = np.stack([x[:, 0], x[:, 1], yaw, vel[:, 0], vel[:, 1], w, b.size[rows, 0], b.size[rows, 1],
                          b.size[rows, 2], b.existence[rows], now - b.born[rows], now - b.last[rows],
                          b.score_sum[rows] / b.hits[rows], b.p_real[rows]]).tolist()  # [14][n] Python floats
         probs = votes / np.maximum(votes.sum(1, keepdims=True), 1e-12)
