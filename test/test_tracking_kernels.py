@@ -124,3 +124,21 @@ def test_selection_kernel_keeps_what_the_numpy_selection_keeps(monkeypatch):
             assert np.array_equal(g, w)
         if n == 300:
             assert want[0].any() and want[1].any() and not want[0].all()
+
+
+def test_the_tracker_constructor_compiles_every_kernel_the_stage_runs():
+    """No compilation on a frame: the stage calls the kernels only with the types warm() compiled."""
+    from tracker_sequence import STAGE_GRID, stage_inputs
+
+    from ssm_perception.config import GridConfig, TrackingConfig, TrackSupportConfig
+    from ssm_perception.tracking.stage import tracking_stage
+    from ssm_perception.tracking.support import TrackSupportRule
+
+    tracker = MultiObjectTracker(TrackingConfig(low_score_threshold=0.1))
+    rule = TrackSupportRule(TrackSupportConfig(), GridConfig(**STAGE_GRID))
+    before = {k: list(f.signatures) for k, f in kernels._kernels().items()}
+    n = 0
+    for stamp, dets, T, counts in stage_inputs(30, 12):
+        n += len(tracking_stage(tracker, rule, dets, T, stamp, counts)[1])
+    assert n > 100
+    assert {k: list(f.signatures) for k, f in kernels._kernels().items()} == before

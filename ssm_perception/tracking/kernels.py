@@ -298,18 +298,34 @@ def _kernels():
                     cost[t, d] = d2
 
     @jit
-    def box_returns(counts, cx_all, cy_all, x, y, c, s, hl, hw, i0, i1, j0, j1, out):
-        # out[n] = returns under box n (cells whose centre is inside), -1 when no cell is inside
+    def box_returns(counts, cx_all, cy_all, x, y, c, s, length, width, margin, x_min, y_min, res, out):
+        # out[n] = returns under box n (cells whose centre is inside), -1 when no cell is inside;
+        # the window: the box's axis-aligned extent padded by 1 um (any window holding the box's
+        # cells gives the same count: the cell test decides)
+        nx, ny = cx_all.shape[0], cy_all.shape[0]
         for n in range(x.shape[0]):
+            hl = 0.5 * (length[n] if not length[n] < 0.1 else 0.1) + margin
+            hw = 0.5 * (width[n] if not width[n] < 0.1 else 0.1) + margin
+            cn, sn = c[n], s[n]
+            if not (math.isfinite(hl) and math.isfinite(hw) and math.isfinite(x[n]) and math.isfinite(y[n])
+                    and math.isfinite(cn) and math.isfinite(sn)):
+                out[n] = -1  # numpy: no cell passes a NaN test
+                continue
+            ex = hl * abs(cn) + hw * abs(sn) + 1e-6
+            ey = hl * abs(sn) + hw * abs(cn) + 1e-6
+            i0 = max(0, math.floor((x[n] - ex - x_min) / res))
+            i1 = min(nx, math.ceil((x[n] + ex - x_min) / res))
+            j0 = max(0, math.floor((y[n] - ey - y_min) / res))
+            j1 = min(ny, math.ceil((y[n] + ey - y_min) / res))
             total = 0
             anyin = False
-            for i in range(i0[n], i1[n]):
+            for i in range(i0, i1):
                 cx = cx_all[i] - x[n]
-                for j in range(j0[n], j1[n]):
+                for j in range(j0, j1):
                     cy = cy_all[j] - y[n]
-                    u = c[n] * cx + s[n] * cy
-                    v = -s[n] * cx + c[n] * cy
-                    if abs(u) <= hl[n] and abs(v) <= hw[n]:
+                    u = cn * cx + sn * cy
+                    v = -sn * cx + cn * cy
+                    if abs(u) <= hl and abs(v) <= hw:
                         anyin = True
                         total += counts[i, j]
             out[n] = total if anyin else -1
@@ -463,11 +479,9 @@ def warm() -> bool:
         cost = np.full((1, 1), np.inf)
         gate_cost(x[:, :3].copy(), P[:, :3, :3].copy(), np.zeros(1, np.int64), ctrv, np.zeros((1, 3)),
                   np.ones((1, 3)), np.zeros(1, np.int64), ctrv, 11.0, cost)
-        i = np.zeros(1, np.int64)
-        box_returns(np.zeros((2, 2), np.int64), np.zeros(2), np.zeros(2), np.zeros(1), np.zeros(1), one, one,
-                    one, one, i, i + 1, i, i + 1)
-        box_returns(np.zeros((2, 2), np.int32), np.zeros(2), np.zeros(2), np.zeros(1), np.zeros(1), one, one,
-                    one, one, i, i + 1, i, i + 1)
+        for dtype in (np.int32, np.int64):
+            box_returns(np.zeros((2, 2), dtype), np.zeros(2), np.zeros(2), np.zeros(1), np.zeros(1), one, one,
+                        one, one, 0.0, 0.0, 0.0, 0.5)
         track_outputs(x, P, ctrv, 1.0)
         select(np.ones((2, 8)), np.array([1, 2]), 4, np.zeros(5), 0.0, 0.0, np.ones(5), 1, 2)
     except Exception as exc:  # noqa: BLE001 - any compile failure: fall back to numpy for good
@@ -494,9 +508,13 @@ def gate_cost(z_pred, hph, t_cls, t_veh, z, r_diag, d_cls, d_veh, gate, cost):
     _get("gate_cost")(z_pred, hph, t_cls, t_veh, z, r_diag, d_cls, d_veh, float(gate), cost)
 
 
-def box_returns(counts, cx_all, cy_all, x, y, c, s, hl, hw, i0, i1, j0, j1):
+def box_returns(counts, cx_all, cy_all, x, y, c, s, length, width, margin, x_min, y_min, res):
+    """support.footprints_returns: [N] returns under the boxes (-1: no cell inside)."""
     out = np.empty(x.shape[0], np.int64)
-    _get("box_returns")(counts, cx_all, cy_all, x, y, c, s, hl, hw, i0, i1, j0, j1, out)
+    f8 = np.ascontiguousarray
+    _get("box_returns")(f8(counts), cx_all, cy_all, f8(x, np.float64), f8(y, np.float64), f8(c, np.float64),
+                        f8(s, np.float64), f8(length, np.float64), f8(width, np.float64), float(margin),
+                        float(x_min), float(y_min), float(res), out)
     return out
 
 

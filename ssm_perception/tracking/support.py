@@ -39,6 +39,7 @@ says so (the reset policy handles a LiDAR dropout).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -96,6 +97,12 @@ def footprint_returns(counts: np.ndarray, grid: GridConfig, x: float, y: float, 
     return int(counts[i0:i1, j0:j1][m].sum())
 
 
+@functools.lru_cache(maxsize=8)
+def _centres(lo: float, res: float, n: int) -> np.ndarray:
+    """Cell centres along one axis, as _box_mask computes them (shared: never written to)."""
+    return lo + (np.arange(n) + 0.5) * res
+
+
 _GROUP_CELLS = (8, 16)  # boxes are counted in groups of similar window size (pedestrian, car, truck)
 
 
@@ -109,6 +116,9 @@ def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: n
     out = np.full(n, -1, np.int64)
     if n == 0:
         return out
+    if kernels.available():  # the same cell tests in one compiled loop (tracking/kernels.py)
+        return kernels.box_returns(counts, _centres(g.x_min, g.resolution, g.nx), _centres(g.y_min, g.resolution, g.ny),
+                                   x, y, cos_yaw, sin_yaw, length, width, margin, g.x_min, g.y_min, g.resolution)
     hl = 0.5 * np.maximum(length, 0.1) + margin
     hw = 0.5 * np.maximum(width, 0.1) + margin
     # The window: the box's axis-aligned extent (padded by 1 um against rounding), within _box_mask's
@@ -123,11 +133,6 @@ def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: n
     j1 = np.minimum(g.ny, np.ceil((y + ey - g.y_min) / g.resolution)).astype(np.int64)
     cx_all = g.x_min + (np.arange(g.nx) + 0.5) * g.resolution  # cell centres, as _box_mask computes them
     cy_all = g.y_min + (np.arange(g.ny) + 0.5) * g.resolution
-    if kernels.available():  # the same cell tests in one compiled loop (tracking/kernels.py)
-        f8 = np.ascontiguousarray
-        return kernels.box_returns(f8(counts), cx_all, cy_all, f8(x, np.float64), f8(y, np.float64),
-                                   f8(cos_yaw, np.float64), f8(sin_yaw, np.float64), f8(hl, np.float64),
-                                   f8(hw, np.float64), i0, i1, j0, j1)
     ni, nj = i1 - i0, j1 - j0
     live = (ni > 0) & (nj > 0)
     size = np.maximum(ni, nj)
