@@ -177,16 +177,29 @@ def structure_beyond(labels: np.ndarray, sizes: np.ndarray, grid: GridConfig, x:
     ``connected_structure`` with a cell in the box) that lie more than ``reach`` outside the box: a
     car, a cyclist or a pedestrian ends at its box, a wall, a hedge or a building front goes on.
     None when the box lies outside the grid."""
-    (i0, i1, j0, j1), inner = _box_mask(grid, x, y, yaw, length, width, 0.0)
-    if inner is None or not inner.any():
+    # One window (the box grown by ``reach``) serves both masks, and a per-label lookup table replaces
+    # np.unique/np.isin (sorting): this runs for every published track on every scan.
+    g = grid
+    hl, hw = 0.5 * max(length, 0.1), 0.5 * max(width, 0.1)
+    k0, k1, m0, m1 = _window(g, x, y, math.hypot(hl + reach, hw + reach))
+    if k0 >= k1 or m0 >= m1:
         return None
-    ids = np.unique(labels[i0:i1, j0:j1][inner])
-    ids = ids[ids > 0]
-    if ids.size == 0:
+    cx = g.x_min + (np.arange(k0, k1) + 0.5) * g.resolution - x
+    cy = g.y_min + (np.arange(m0, m1) + 0.5) * g.resolution - y
+    c, s = math.cos(yaw), math.sin(yaw)
+    au = np.abs(c * cx[:, None] + s * cy[None, :])
+    av = np.abs(-s * cx[:, None] + c * cy[None, :])
+    inner = (au <= hl) & (av <= hw)
+    if not inner.any():
+        return None
+    win = labels[k0:k1, m0:m1]
+    hit = np.zeros(len(sizes), bool)
+    hit[win[inner]] = True
+    hit[0] = False
+    if not hit.any():
         return 0
-    (k0, k1, m0, m1), near = _box_mask(grid, x, y, yaw, length, width, reach)
-    within = np.isin(labels[k0:k1, m0:m1][near], ids).sum()  # near is not None: it contains the box
-    return int(sizes[ids].sum() - within)
+    near = (au <= hl + reach) & (av <= hw + reach)
+    return int(sizes[hit].sum() - hit[win[near]].sum())
 
 
 def to_base(T_base_odom: np.ndarray, x: float, y: float, yaw: float) -> tuple[float, float, float]:
