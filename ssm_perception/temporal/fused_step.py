@@ -128,6 +128,49 @@ if triton is not None:
         return tl.where(tie & odd, r - 1.0, r)
 
     @triton.jit
+    def _source_index(aff_ptr, bi, fi_, fj_):
+        """Cell (fi_, fj_) of the current grid -> its fractional index (along H, along W) in the previous
+        state, through batch item bi's affine (warp_params)."""
+        a0 = tl.load(aff_ptr + bi * 6 + 0)
+        a1 = tl.load(aff_ptr + bi * 6 + 1)
+        a2 = tl.load(aff_ptr + bi * 6 + 2)
+        a3 = tl.load(aff_ptr + bi * 6 + 3)
+        a4 = tl.load(aff_ptr + bi * 6 + 4)
+        a5 = tl.load(aff_ptr + bi * 6 + 5)
+        return a0 * fi_ + a1 * fj_ + a2, a3 * fi_ + a4 * fj_ + a5
+
+    @triton.jit
+    def _bilinear_taps(fi, fj, m, H, W):
+        """The four bilinear taps of a fractional source index: weights, masks (zeros outside the grid,
+        'border' inside its extent, as grid_sample) and flat source cells."""
+        hf = H * 1.0
+        wf = W * 1.0
+        inside = m & (fi > -0.5) & (fi < hf - 0.5) & (fj > -0.5) & (fj < wf - 0.5)
+        fi = tl.minimum(tl.maximum(fi, 0.0), hf - 1.0)
+        fj = tl.minimum(tl.maximum(fj, 0.0), wf - 1.0)
+        i0f = tl.floor(fi)
+        j0f = tl.floor(fj)
+        wi1 = fi - i0f
+        wj1 = fj - j0f
+        i0 = i0f.to(tl.int32)
+        j0 = j0f.to(tl.int32)
+        ok_i1 = (i0 + 1) < H
+        ok_j1 = (j0 + 1) < W
+        src00 = i0 * W + j0
+        src10 = src00 + W
+        return ((1.0 - wi1) * (1.0 - wj1), (1.0 - wi1) * wj1, wi1 * (1.0 - wj1), wi1 * wj1,
+                inside, inside & ok_j1, inside & ok_i1, inside & ok_i1 & ok_j1,
+                src00, src00 + 1, src10, src10 + 1)
+
+    @triton.jit
+    def _nearest_tap(fi, fj, m, H, W):
+        """(flat source cell, inside the grid) of the nearest cell, rounding half to even as torch."""
+        ri = _round_half_even(fi)
+        rj = _round_half_even(fj)
+        inside = m & (ri > -0.5) & (ri < H * 1.0 - 0.5) & (rj > -0.5) & (rj < W * 1.0 - 0.5)
+        return tl.where(inside, ri.to(tl.int32) * W + rj.to(tl.int32), 0), inside
+
+    @triton.jit
     def _fused_warp_step_kernel(
         prev_ptr, new_ptr, y_ptr, x_ptr, z_ptr, b_ptr, c_ptr, step_ptr, a_ptr, d_ptr, aff_ptr, reset_ptr,
         H, W, HW,
@@ -168,45 +211,11 @@ if triton is not None:
         if WARP:
             fi_ = (offs // W).to(tl.float32)
             fj_ = (offs % W).to(tl.float32)
-            a0 = tl.load(aff_ptr + bi * 6 + 0)
-            a1 = tl.load(aff_ptr + bi * 6 + 1)
-            a2 = tl.load(aff_ptr + bi * 6 + 2)
-            a3 = tl.load(aff_ptr + bi * 6 + 3)
-            a4 = tl.load(aff_ptr + bi * 6 + 4)
-            a5 = tl.load(aff_ptr + bi * 6 + 5)
-            fi = a0 * fi_ + a1 * fj_ + a2  # source index along H (x)
-            fj = a3 * fi_ + a4 * fj_ + a5  # source index along W (y)
-            hf = H * 1.0
-            wf = W * 1.0
+            fi, fj = _source_index(aff_ptr, bi, fi_, fj_)
             if BILINEAR:
-                inside = m & (fi > -0.5) & (fi < hf - 0.5) & (fj > -0.5) & (fj < wf - 0.5)
-                fi = tl.minimum(tl.maximum(fi, 0.0), hf - 1.0)  # 'border' inside the extent
-                fj = tl.minimum(tl.maximum(fj, 0.0), wf - 1.0)
-                i0f = tl.floor(fi)
-                j0f = tl.floor(fj)
-                wi1 = fi - i0f
-                wj1 = fj - j0f
-                i0 = i0f.to(tl.int32)
-                j0 = j0f.to(tl.int32)
-                ok_i1 = (i0 + 1) < H
-                ok_j1 = (j0 + 1) < W
-                m00 = inside
-                m01 = inside & ok_j1
-                m10 = inside & ok_i1
-                m11 = inside & ok_i1 & ok_j1
-                w00 = (1.0 - wi1) * (1.0 - wj1)
-                w01 = (1.0 - wi1) * wj1
-                w10 = wi1 * (1.0 - wj1)
-                w11 = wi1 * wj1
-                src00 = i0 * W + j0
-                src01 = src00 + 1
-                src10 = src00 + W
-                src11 = src10 + 1
+                w00, w01, w10, w11, m00, m01, m10, m11, src00, src01, src10, src11 = _bilinear_taps(fi, fj, m, H, W)
             else:
-                ri = _round_half_even(fi)
-                rj = _round_half_even(fj)
-                inside = m & (ri > -0.5) & (ri < hf - 0.5) & (rj > -0.5) & (rj < wf - 0.5)
-                src = tl.where(inside, ri.to(tl.int32) * W + rj.to(tl.int32), 0)
+                src, inside = _nearest_tap(fi, fj, m, H, W)
         if HAS_RESET:
             rst = tl.load(reset_ptr + bi * HW + offs, mask=m, other=0) != 0
 
@@ -292,47 +301,13 @@ if triton is not None:
             ct = tl.load(c_ptr + bi * s_c_b + (g * DSTATE + n[None, :]) * HW + offs[:, None], mask=m[:, None],
                          other=0.0, eviction_policy=IN_EVICT)
             if WARP:
-                a0 = tl.load(aff_ptr + bi * 6 + 0)
-                a1 = tl.load(aff_ptr + bi * 6 + 1)
-                a2 = tl.load(aff_ptr + bi * 6 + 2)
-                a3 = tl.load(aff_ptr + bi * 6 + 3)
-                a4 = tl.load(aff_ptr + bi * 6 + 4)
-                a5 = tl.load(aff_ptr + bi * 6 + 5)
                 fi_ = ci.to(tl.float32)
                 fj_ = cj.to(tl.float32)
-                fi = a0 * fi_ + a1 * fj_ + a2
-                fj = a3 * fi_ + a4 * fj_ + a5
-                hf = H * 1.0
-                wf = W * 1.0
+                fi, fj = _source_index(aff_ptr, bi, fi_, fj_)
                 if BILINEAR:
-                    inside = m & (fi > -0.5) & (fi < hf - 0.5) & (fj > -0.5) & (fj < wf - 0.5)
-                    fi = tl.minimum(tl.maximum(fi, 0.0), hf - 1.0)
-                    fj = tl.minimum(tl.maximum(fj, 0.0), wf - 1.0)
-                    i0f = tl.floor(fi)
-                    j0f = tl.floor(fj)
-                    wi1 = fi - i0f
-                    wj1 = fj - j0f
-                    i0 = i0f.to(tl.int32)
-                    j0 = j0f.to(tl.int32)
-                    ok_i1 = (i0 + 1) < H
-                    ok_j1 = (j0 + 1) < W
-                    m00 = inside
-                    m01 = inside & ok_j1
-                    m10 = inside & ok_i1
-                    m11 = inside & ok_i1 & ok_j1
-                    w00 = (1.0 - wi1) * (1.0 - wj1)
-                    w01 = (1.0 - wi1) * wj1
-                    w10 = wi1 * (1.0 - wj1)
-                    w11 = wi1 * wj1
-                    src00 = i0 * W + j0
-                    src01 = src00 + 1
-                    src10 = src00 + W
-                    src11 = src10 + 1
+                    w00, w01, w10, w11, m00, m01, m10, m11, src00, src01, src10, src11 = _bilinear_taps(fi, fj, m, H, W)
                 else:
-                    ri = _round_half_even(fi)
-                    rj = _round_half_even(fj)
-                    inside = m & (ri > -0.5) & (ri < hf - 0.5) & (rj > -0.5) & (rj < wf - 0.5)
-                    src = tl.where(inside, ri.to(tl.int32) * W + rj.to(tl.int32), 0)
+                    src, inside = _nearest_tap(fi, fj, m, H, W)
             if HAS_RESET:
                 rst = tl.load(reset_ptr + bi * HW + offs, mask=m, other=0) != 0
             for hh in tl.static_range(HEADS_PER):
