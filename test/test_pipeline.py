@@ -7,16 +7,14 @@ import logging
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from fake_models import PeaksModel
 
 from ssm_perception.config import GridConfig, PerceptionConfig
 from ssm_perception.geometry import make_transform, se2_matrix
-from ssm_perception.heads import HEAD_CHANNELS
 from ssm_perception.io.pointcloud2 import LIDAR_DTYPE, RADAR_DTYPE
 from ssm_perception.model import BevPerceptionModel, CheckpointError
 from ssm_perception.pipeline import FrameInputs, PerceptionPipeline
 from ssm_perception.temporal import reset_policy as rp
-from ssm_perception.temporal.warp import warp_state
 
 S = 1_000_000_000
 DT = S // 10
@@ -135,48 +133,16 @@ def test_bad_inputs_are_masked_not_raised():
     assert any(s.startswith("radar: no valid") for s in out.input_problems)
 
 
-class _PeakModel(nn.Module):
-    """Test double of BevPerceptionModel: an object-centre peak at ``peak`` (i, j), nothing else."""
-
-    kind = "fake"
-
-    def __init__(self, config):
-        super().__init__()
-        self.grid = BevPerceptionModel(config).grid
-        self.peak: tuple[int, int] | None = None
-        self.w = nn.Parameter(torch.zeros(1))
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def init_state(self, batch=1, device=None):
-        return {"h": torch.zeros(batch, 1, *self.grid.shape)}
-
-    def warp(self, state, T_prev_cur, mode="bilinear"):
-        return warp_state(state, T_prev_cur, self.grid, mode)
-
-    def step(self, x, state, dt, reset_mask=None):
-        b, _, h, w = x.shape
-        out = {k: torch.zeros(b, c, h, w) for k, c in HEAD_CHANNELS.items()}
-        out["center_logit"] -= 20.0
-        out["box_yaw"][:, 1] = 1.0
-        out["box_size"] += torch.log(torch.tensor([4.5, 1.9, 1.6])).view(1, 3, 1, 1)
-        if self.peak is not None:
-            out["center_logit"][0, 0, self.peak[0], self.peak[1]] = 5.0  # a car
-        return out, {"h": state["h"] + 1}
-
-
 def test_detections_reach_the_tracker_in_odom():
     rng = np.random.default_rng(4)
     cfg = _cfg()
-    model = _PeakModel(cfg)
+    model = PeaksModel(cfg)
     p = PerceptionPipeline(cfg, model=model)
     assert p.model_info == {"kind": "fake", "source": "given"}
     obj = (6.25, 2.25)  # odom; ego drives +x at 5 m/s, so the object's cell moves back by one per frame
     ids = set()
     for k in range(6):
-        model.peak = (32 - k, 24)
+        model.peaks = [(32 - k, 24)]
         out = p.process(_frame(k, rng))
         d = out.detections_base[0]
         assert d.x == pytest.approx(obj[0] - 0.5 * k) and d.y == pytest.approx(obj[1])
@@ -187,7 +153,7 @@ def test_detections_reach_the_tracker_in_odom():
     assert track.x == pytest.approx(obj[0], abs=0.05) and abs(track.vx) < 0.5
     # A full reset drops every track; the next detection starts a new id.
     p.request_reset("operator")
-    model.peak = (26, 24)
+    model.peaks = [(26, 24)]
     out = p.process(_frame(6, rng))
     fresh = "tentative" if cfg.tracking.confirm_hits > 1 else "confirmed"  # a one-hit birth is confirmed at once
     assert [t.id for t in out.tracks] != [track.id] and all(t.status == fresh for t in out.tracks)

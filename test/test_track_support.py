@@ -6,16 +6,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from fake_models import PeaksModel
 
 from ssm_perception.config import GridConfig, PerceptionConfig, TrackSupportConfig
 from ssm_perception.geometry import make_transform, se2_matrix
-from ssm_perception.heads import HEAD_CHANNELS
 from ssm_perception.io.pointcloud2 import LIDAR_DTYPE
-from ssm_perception.model import BevPerceptionModel
 from ssm_perception.pipeline import FrameInputs, PerceptionPipeline
-from ssm_perception.temporal.warp import warp_state
 from ssm_perception.tracking.support import TrackSupportRule, footprint_returns
 
 GRID = GridConfig(length_x=20.0, length_y=20.0, resolution=0.5)  # 40 x 40 cells, x_min = y_min = -10
@@ -115,39 +111,6 @@ def test_without_lidar_tracks_are_not_checked():
 
 
 # ------------------------------------------------------------------------------ through the pipeline
-class _PeaksModel(nn.Module):
-    """Test double of BevPerceptionModel: car centre peaks at the cells in ``peaks``, nothing else."""
-
-    kind = "fake"
-
-    def __init__(self, config):
-        super().__init__()
-        self.grid = BevPerceptionModel(config).grid
-        self.peaks: list[tuple[int, int]] = []
-        self.w = nn.Parameter(torch.zeros(1))
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def init_state(self, batch=1, device=None):
-        return {"h": torch.zeros(batch, 1, *self.grid.shape)}
-
-    def warp(self, state, T_prev_cur, mode="bilinear"):
-        return warp_state(state, T_prev_cur, self.grid, mode)
-
-    def step(self, x, state, dt, reset_mask=None):
-        b, _, h, w = x.shape
-        out = {k: torch.zeros(b, c, h, w) for k, c in HEAD_CHANNELS.items()}
-        out["center_logit"] -= 20.0
-        out["occupancy_logit"] += 5.0  # the detections' occupancy gate passes everywhere
-        out["box_yaw"][:, 1] = 1.0
-        out["box_size"] += torch.log(torch.tensor([4.5, 1.9, 1.6])).view(1, 3, 1, 1)
-        for i, j in self.peaks:
-            out["center_logit"][0, 0, i, j] = 5.0  # a car
-        return out, {"h": state["h"] + 1}
-
-
 def _car_cloud(with_car: bool, seed: int) -> np.ndarray:
     """Ground returns around the ego, plus (``with_car``) a car body at base_link x 3.5..5.5, |y| < 1."""
     rng = np.random.default_rng(seed)
@@ -166,7 +129,7 @@ def _car_cloud(with_car: bool, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("rule_on", [True, False])
 def test_pipeline_publishes_only_supported_tracks(rule_on):
     cfg = PerceptionConfig(grid=GRID, model={"kind": "logodds"}, track_support={"enabled": rule_on})
-    model = _PeaksModel(cfg)
+    model = PeaksModel(cfg, occupancy_logit=5.0)  # the detections' occupancy gate passes everywhere
     p = PerceptionPipeline(cfg, model=model)
     car, ghost = (29, 20), (10, 8)  # cells: base_link (4.75, 0.25) on the car's returns, (-4.75, -5.75) empty
     model.peaks = [car, ghost]
