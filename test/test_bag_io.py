@@ -67,8 +67,9 @@ def test_clear_errors(tmp_path):
         bag.read_messages(tmp_path / "notabag")
     with pytest.raises(bag.BagError, match="no such file"):
         bag.bag_topics(tmp_path / "missing")
-    with pytest.raises(bag.BagError, match="does not exist"):
-        bag.BagWriter(tmp_path / "no" / "dir" / "b").__enter__()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(bag.BagError, match="afile is not a directory"):
+        bag.BagWriter(tmp_path / "afile" / "dir" / "b").__enter__()
     with pytest.raises(bag.BagError, match="already exists"):
         bag.BagWriter(tmp_path / "notabag").__enter__()
     assert (tmp_path / "notabag" / "hello.txt").exists()
@@ -98,3 +99,13 @@ def test_typestore_hashes_match_the_rosidl_build():
         hashes = json.loads((share / f"{name}.json").read_text())["type_hashes"]
         rosidl = next(h["hash_string"] for h in hashes if h["type_name"] == f"ssm_perception/msg/{name}")
         assert store.hash_rihs01(f"ssm_perception/msg/{name}") == rosidl, name
+
+
+def test_missing_parent_folders_are_made_and_removed_again_on_failure(tmp_path):
+    """`-o out/heldout/bag` works on a fresh checkout (as mkdir -p); a bag that fails leaves no folder."""
+    with bag.BagWriter(tmp_path / "out" / "heldout" / "b") as w:
+        w.add_topic("/tf", "tf2_msgs/msg/TFMessage")
+    assert bag.bag_topics(tmp_path / "out" / "heldout" / "b")["/tf"][1] == 0
+    with pytest.raises(RuntimeError, match="boom"), bag.BagWriter(tmp_path / "new" / "deeper" / "b"):
+        raise RuntimeError("boom")
+    assert not (tmp_path / "new").exists()

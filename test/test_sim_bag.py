@@ -281,7 +281,7 @@ def test_cli(tmp_path):
     assert res.exit_code == 2 and "unknown scenario preset 'mars'" in res.output and "highway" in res.output
     (tmp_path / "file").write_text("")
     res = runner.invoke(app, ["simulate", "--scenario", "demo", "-d", "0.2", "-o", str(tmp_path / "file" / "bag")])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 2 and "is not a directory" in res.output
     assert not (tmp_path / "file" / "bag").exists()
     res = runner.invoke(app, ["simulate", "-s", "urban", "--seed", "3", "-d", "0.3", "--no-progress", "-o",
                               str(tmp_path / "ok")])

@@ -404,6 +404,34 @@ def _qos(latched: bool):
     )
 
 
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above an output path, as ``mkdir -p`` (``-o out/heldout/bag`` on a
+    fresh checkout); returns those created, outermost first, so that a failed write can remove them
+    again. BagError naming the path when a parent is a file or cannot be created."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    missing, p = [], parent
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not p.is_dir():
+        raise BagError(f"{path}: {p} is not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BagError(f"{path}: cannot create directory {parent}: {exc.strerror or exc}") from None
+    return missing[::-1]
+
+
+def remove_made(made: list[Path]) -> None:
+    """Undo ``make_parents``: remove the folders it created, innermost first, where still empty."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 class BagWriter:
     """Context manager around rosbags' Writer (rosbag2 v9). Any exception inside the ``with`` block
     removes the bag directory, so a failed run leaves nothing that looks like a valid bag.
@@ -421,16 +449,17 @@ class BagWriter:
         self.custom_data = dict(custom_data or {})
         self._writer = None
         self._conns: dict[str, object] = {}
+        self._made: list[Path] = []  # parent folders this writer created (removed again on failure)
 
     def __enter__(self) -> Self:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if self.path.exists():
             raise BagError(f"{self.path}: already exists, not overwriting")
+        self._made = make_parents(self.path)
         parent = self.path.parent if str(self.path.parent) else Path(".")
-        if not parent.is_dir():
-            raise BagError(f"{self.path}: parent directory {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
+            remove_made(self._made)
             raise BagError(f"{self.path}: parent directory {parent} is not writable")
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
         self._writer = Writer(self.path, version=9, storage_plugin=plugin)
@@ -440,6 +469,7 @@ class BagWriter:
             self._writer.open()
         except Exception as exc:
             shutil.rmtree(self.path, ignore_errors=True)
+            remove_made(self._made)
             raise BagError(f"{self.path}: cannot create bag: {exc}") from exc
         return self
 
@@ -467,11 +497,13 @@ class BagWriter:
                 return False
             except BaseException:
                 shutil.rmtree(self.path, ignore_errors=True)
+                remove_made(self._made)
                 raise
         try:
             writer.abort()
         finally:
             shutil.rmtree(self.path, ignore_errors=True)
+            remove_made(self._made)
         return False
 
 

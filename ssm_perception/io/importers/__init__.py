@@ -155,15 +155,20 @@ def check_stamps(stamps: list[int]) -> None:
 
 # ------------------------------------------------------------------------------------ writing
 def atomic_output(out: Path):
-    """(temporary bag path, commit()) : the bag is built in a hidden directory next to ``out``."""
+    """(hidden build directory next to ``out``, the bag path inside it, the parent folders created for
+    ``out``): the bag is built there and renamed to ``out`` when complete."""
     out = Path(out)
     if out.exists():
         raise ImportFailure(f"{out}: already exists, not overwriting")
+    from ssm_perception.io.bag import BagError, make_parents
+
+    try:
+        made = make_parents(out)
+    except BagError as exc:
+        raise ImportFailure(str(exc)) from None
     parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ImportFailure(f"{out}: parent directory {parent} does not exist")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    return tmp, tmp / out.name
+    return tmp, tmp / out.name, made
 
 
 def write_recording(rec: Recording, out: Path, opts: ImportOptions, progress: bool = True) -> dict:
@@ -175,7 +180,7 @@ def write_recording(rec: Recording, out: Path, opts: ImportOptions, progress: bo
     if not rec.scans:
         raise ImportFailure("no scans to import")
     check_stamps([s.stamp_ns for s in rec.scans])
-    tmp, bag_path = atomic_output(out)
+    tmp, bag_path, made = atomic_output(out)
     n_points = 0
     try:
         with B.BagWriter(bag_path, storage="mcap", custom_data={"ssm_perception.import": rec.lidar_frame}) as bag:
@@ -199,6 +204,7 @@ def write_recording(rec: Recording, out: Path, opts: ImportOptions, progress: bo
         os.rename(bag_path, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        B.remove_made(made)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return {"bag": str(out), "scans": len(rec.scans), "points": n_points, "boxes": len(rec.boxes),

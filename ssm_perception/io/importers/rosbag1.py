@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ssm_perception.io.bag import remove_made
 from ssm_perception.io.importers import ImportFailure, ImportOptions, atomic_output
 
 
@@ -78,12 +79,13 @@ def convert(src: Path, out: Path, opts: ImportOptions) -> dict:
     if frames and len(unlinked) == len(frames):
         raise ImportFailure(f"no transform from base_link to the PointCloud2 frame(s) "
                             f"{sorted(set(unlinked.values()))} in /tf or /tf_static (found: {found})")
-    tmp, bag_path = atomic_output(out)
+    tmp, bag_path, made = atomic_output(out)
     try:
         rb_convert([src], bag_path, "mcap", 9, None, "file", None, None, [], [], [], [])
         bag_path.rename(out)
     except Exception as exc:  # noqa: BLE001 - any conversion error: clean up, one line
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_made(made)
         raise ImportFailure(f"{src}: conversion failed: {exc}") from None
     shutil.rmtree(tmp, ignore_errors=True)
     notes = [f"{t}: frame {f} has no transform to base_link; the node would drop its scans"
