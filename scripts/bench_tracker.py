@@ -13,6 +13,10 @@ base_link down to the pipeline's decode floor, the scan's non-ground counts, the
 the pipeline's default tracking and track-rule settings. Per
 call: wall time and this thread's CPU time (time.thread_time: what the call cost on its core, less
 sensitive to other processes than the wall clock on a shared machine). The load average is recorded.
+The rule runs with its shape check (``band_count``): the sequences carry one count grid per scan,
+passed as both the non-ground and the band counts (their returns, objects, a wall and clutter, all
+lie in the evidence height band), so the connected regions and the per-track structure test are
+timed as the pipeline runs them.
 
     PYTHONPATH=$PWD nice python3 scripts/bench_tracker.py -o results/bench_tracker.json
     PYTHONPATH=$PWD nice python3 scripts/bench_tracker.py --cache out/tracking_cache/sim_urban_seed200000_*.pkl \
@@ -63,19 +67,19 @@ def main(argv=None) -> int:
         sequences = [_cached(path, grid, tracking) for path in args.cache]
     else:
         grid, tracking, support = GridConfig(**STAGE_GRID), TrackingConfig(), TrackSupportConfig()
-        sequences = [stage_inputs(args.objects, args.frames)]
+        sequences = [[(*f, f[3]) for f in stage_inputs(args.objects, args.frames)]]  # band counts = counts
     times = {m: {"wall": [], "cpu": []} for m in ("stage", "update")}
     tracks, published, loads = [], [], []
     for _, seq, mode in ((r, q, m) for r in range(args.repeats) for q in sequences for m in ("stage", "update")):
         trk, rule = MultiObjectTracker(tracking), TrackSupportRule(support, grid)
-        for k, (stamp, dets_base, T, counts) in enumerate(seq):
+        for k, (stamp, dets_base, T, counts, band) in enumerate(seq):
             dets_odom = None
             if mode == "update":  # not timed: the update's input as the stage makes it
                 dets_odom = detections_to_odom(dets_base, T)
             loads.append(os.getloadavg()[0])
             c0, t0 = time.thread_time(), time.perf_counter()
             if mode == "stage":
-                _, live, pub, _ = tracking_stage(trk, rule, dets_base, T, stamp, counts)
+                _, live, pub, _ = tracking_stage(trk, rule, dets_base, T, stamp, counts, band_count=band)
             else:
                 live = trk.update(dets_odom, stamp)
             w, c = 1e3 * (time.perf_counter() - t0), 1e3 * (time.thread_time() - c0)
@@ -103,8 +107,8 @@ def main(argv=None) -> int:
                                 "max": round(max(loads), 2)},
               "note": "stage = tracking.stage.tracking_stage (what PerceptionPipeline.track runs): detections to "
                       "odom, tracker update (selection, predict, two-stage association, update, lifecycle, "
-                      "TrackState output), track rule; update = MultiObjectTracker.update alone; cpu = this "
-                      "thread's CPU time (time.thread_time)"}
+                      "TrackState output), track rule with its shape check (band counts: the scan's counts); "
+                      "update = MultiObjectTracker.update alone; cpu = this thread's CPU time (time.thread_time)"}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -114,8 +118,8 @@ def main(argv=None) -> int:
 
 
 def _cached(path: str, grid, tracking) -> list:
-    """[(stamp, detections in base_link, T_odom_base, counts)] of a detection cache, the detections
-    down to the floor the pipeline decodes at (PerceptionPipeline._floor)."""
+    """[(stamp, detections in base_link, T_odom_base, counts, band counts)] of a detection cache, the
+    detections down to the floor the pipeline decodes at (PerceptionPipeline._floor)."""
     import pickle
 
     from ssm_perception.eval.tracking import dense_counts
@@ -127,7 +131,8 @@ def _cached(path: str, grid, tracking) -> list:
     if floor < cache.floor:
         raise SystemExit(f"{path}: cached down to {cache.floor}, the pipeline decodes down to {floor}")
     return [(f.stamp_s, [d for d in dets if d.score >= floor], f.T_odom_base,
-             None if f.nonground is None else dense_counts(f.nonground, grid))
+             None if f.nonground is None else dense_counts(f.nonground, grid),
+             None if getattr(f, "band", None) is None else dense_counts(f.band, grid))
             for f, dets in zip(cache.frames, cache.detections["model"], strict=True)]
 
 

@@ -142,3 +142,59 @@ def test_the_tracker_constructor_compiles_every_kernel_the_stage_runs():
         n += len(tracking_stage(tracker, rule, dets, T, stamp, counts)[1])
     assert n > 100
     assert {k: list(f.signatures) for k, f in kernels._kernels().items()} == before
+
+
+def _shape_scene(rng, g):
+    """Band counts with walls, blobs and noise (connected regions of many sizes) on grid g."""
+    from ssm_perception.tracking.support import connected_structure
+
+    band = (rng.random((g.nx, g.ny)) < 0.08).astype(np.int32)
+    for _ in range(6):  # walls along rows and columns
+        i, j, n = rng.integers(0, g.nx), rng.integers(0, g.ny), rng.integers(5, 40)
+        if rng.random() < 0.5:
+            band[i, j:j + n] = 3
+        else:
+            band[i:i + n, j] = 3
+    for _ in range(15):  # car-sized blobs
+        i, j = rng.integers(0, g.nx - 8), rng.integers(0, g.ny - 4)
+        band[i:i + rng.integers(2, 9), j:j + rng.integers(1, 5)] = 2
+    return connected_structure(band)
+
+
+def test_shape_kernel_gives_structure_beyond_for_every_box(monkeypatch):
+    """kernels.shape_beyond (all boxes in one pass) against support.structure_beyond (one box): the same
+    numbers (None as -1), on random and grid-aligned boxes inside, across and outside the grid; and
+    the rule's on_structures decides the same with the kernel and without it."""
+    from ssm_perception.config import GridConfig, TrackSupportConfig
+    from ssm_perception.tracking.support import (
+        TrackSupportRule,
+        _centres,
+        structure_beyond,
+    )
+
+    rng = np.random.default_rng(7)
+    for g in (GridConfig(length_x=20.0, length_y=20.0, resolution=0.5), GridConfig(length_x=60.0, length_y=40.0)):
+        labels, sizes = _shape_scene(rng, g)
+        n = 300
+        x = np.concatenate([rng.uniform(-40, 40, n), np.round(rng.uniform(-10, 10, n) * 4) / 4])
+        y = np.concatenate([rng.uniform(-30, 30, n), np.round(rng.uniform(-10, 10, n) * 4) / 4])
+        yaw = np.concatenate([rng.uniform(-4, 4, n), rng.choice([0.0, math.pi / 2, math.pi, -math.pi / 2], n)])
+        length = np.concatenate([rng.choice([0.05, 0.6, 1.8, 4.5, 10.0], n), rng.choice([4.5, 1.5, 0.5], n)])
+        width = np.concatenate([rng.choice([0.05, 0.6, 1.9, 2.5], n), rng.choice([1.9, 0.5, 1.0], n)])
+        cos, sin = np.array([math.cos(a) for a in yaw]), np.array([math.sin(a) for a in yaw])
+        for reach in (0.5, 2.0):
+            got = kernels.shape_beyond(labels, sizes, _centres(g.x_min, g.resolution, g.nx),
+                                       _centres(g.y_min, g.resolution, g.ny), x, y, cos, sin, length, width, reach,
+                                       g.x_min, g.y_min, g.resolution)
+            want = [structure_beyond(labels, sizes, g, *b, reach) for b in zip(x.tolist(), y.tolist(), yaw.tolist(),
+                                                                               length.tolist(), width.tolist())]
+            want = np.array([-1 if w is None else w for w in want])
+            assert np.array_equal(got, want)
+            assert (want == -1).any() and (want == 0).any() and (want > 0).any() and (want > 20).any()
+            rule = TrackSupportRule(TrackSupportConfig(shape_reach_m=reach, shape_max_beyond_m2=2.0), g)
+            args = (labels, sizes, x, y, yaw, cos, sin, length, width)
+            fast = rule.on_structures(*args)
+            with monkeypatch.context() as m:
+                m.setattr(kernels, "available", lambda: False)
+                slow = rule.on_structures(*args)
+            assert np.array_equal(fast, slow) and fast.any() and not fast.all()

@@ -12,6 +12,7 @@ Each kernel follows its numpy counterpart equation by equation:
     ekf_update    kalman.batch_update (Joseph form; rows with missing components use the finite ones)
     gate_cost     MultiObjectTracker.cost_matrix (prefilter, [x, y, yaw] block, adjugate Mahalanobis)
     box_returns   support.footprints_returns's cell loop (same float operations per cell: same cells)
+    shape_beyond  support.structure_beyond for many boxes (same window, cell tests and label sums)
 
 The filter kernels sum and solve in their own order (plain loops, Gaussian elimination with
 partial pivoting instead of BLAS/LAPACK), so states agree with the numpy path to rounding, not bit
@@ -331,6 +332,55 @@ def _kernels():
             out[n] = total if anyin else -1
 
     @jit
+    def shape_beyond(labels, sizes, cx_all, cy_all, x, y, c, s, length, width, reach, x_min, y_min, res, mark,
+                     out):
+        # out[n] = support.structure_beyond of box n (length/width as passed there), -1 for its None.
+        # mark [len(sizes)]: scratch, all -1 on entry (label -> last box that hit it)
+        nx, ny = cx_all.shape[0], cy_all.shape[0]
+        for n in range(x.shape[0]):
+            hl = 0.5 * (length[n] if not length[n] < 0.1 else 0.1)
+            hw = 0.5 * (width[n] if not width[n] < 0.1 else 0.1)
+            hlr, hwr = hl + reach, hw + reach
+            cn, sn = c[n], s[n]
+            if not (math.isfinite(hl) and math.isfinite(hw) and math.isfinite(x[n]) and math.isfinite(y[n])
+                    and math.isfinite(cn) and math.isfinite(sn)):
+                out[n] = -1
+                continue
+            r = math.hypot(hlr, hwr)  # _window (a window holding the grown box: the cell tests decide)
+            k0 = max(0, math.floor((x[n] - r - x_min) / res))
+            k1 = min(nx, math.ceil((x[n] + r - x_min) / res))
+            m0 = max(0, math.floor((y[n] - r - y_min) / res))
+            m1 = min(ny, math.ceil((y[n] + r - y_min) / res))
+            anyin = False
+            total = 0  # cells of the regions hit by the box
+            for i in range(k0, k1):
+                cx = cx_all[i] - x[n]
+                for j in range(m0, m1):
+                    cy = cy_all[j] - y[n]
+                    if abs(cn * cx + sn * cy) <= hl and abs(-sn * cx + cn * cy) <= hw:
+                        anyin = True
+                        lab = labels[i, j]
+                        if lab != 0 and mark[lab] != n:
+                            mark[lab] = n
+                            total += sizes[lab]
+            if not anyin:
+                out[n] = -1
+                continue
+            if total == 0:
+                out[n] = 0
+                continue
+            near = 0  # of those, cells within reach of the box
+            for i in range(k0, k1):
+                cx = cx_all[i] - x[n]
+                for j in range(m0, m1):
+                    lab = labels[i, j]
+                    if lab != 0 and mark[lab] == n:
+                        cy = cy_all[j] - y[n]
+                        if abs(cn * cx + sn * cy) <= hlr and abs(-sn * cx + cn * cy) <= hwr:
+                            near += 1
+            out[n] = total - near
+
+    @jit
     def track_outputs(x, P, ctrv, unobserved, pose_cov, twist_cov, vel):
         # MultiObjectTracker._states' covariances and velocity: pose_cov/twist_cov [n, 6, 6], vel [n, 2]
         Hv = np.empty((2, 5))
@@ -446,7 +496,7 @@ def _kernels():
                         blocked[q] = True
 
     return {"select": select, "ekf_predict": ekf_predict, "ekf_update": ekf_update, "gate_cost": gate_cost,
-            "box_returns": box_returns, "track_outputs": track_outputs}
+            "box_returns": box_returns, "shape_beyond": shape_beyond, "track_outputs": track_outputs}
 
 
 _failed = False
@@ -482,6 +532,8 @@ def warm() -> bool:
         for dtype in (np.int32, np.int64):
             box_returns(np.zeros((2, 2), dtype), np.zeros(2), np.zeros(2), np.zeros(1), np.zeros(1), one, one,
                         one, one, 0.0, 0.0, 0.0, 0.5)
+        shape_beyond(np.zeros((2, 2), np.int32), np.zeros(1, np.int64), np.zeros(2), np.zeros(2), np.zeros(1),
+                     np.zeros(1), one, one, one, one, 1.0, 0.0, 0.0, 0.5)
         track_outputs(x, P, ctrv, 1.0)
         select(np.ones((2, 8)), np.array([1, 2]), 4, np.zeros(5), 0.0, 0.0, np.ones(5), 1, 2)
     except Exception as exc:  # noqa: BLE001 - any compile failure: fall back to numpy for good
@@ -515,6 +567,17 @@ def box_returns(counts, cx_all, cy_all, x, y, c, s, length, width, margin, x_min
     _get("box_returns")(f8(counts), cx_all, cy_all, f8(x, np.float64), f8(y, np.float64), f8(c, np.float64),
                         f8(s, np.float64), f8(length, np.float64), f8(width, np.float64), float(margin),
                         float(x_min), float(y_min), float(res), out)
+    return out
+
+
+def shape_beyond(labels, sizes, cx_all, cy_all, x, y, c, s, length, width, reach, x_min, y_min, res):
+    """support.structure_beyond for N boxes: [N] cells beyond reach (-1: its None)."""
+    out = np.empty(x.shape[0], np.int64)
+    f8 = np.ascontiguousarray
+    _get("shape_beyond")(f8(labels, np.int32), f8(sizes, np.int64), cx_all, cy_all, f8(x, np.float64),
+                         f8(y, np.float64), f8(c, np.float64), f8(s, np.float64), f8(length, np.float64),
+                         f8(width, np.float64), float(reach), float(x_min), float(y_min), float(res),
+                         np.full(sizes.shape[0], -1, np.int64), out)
     return out
 
 

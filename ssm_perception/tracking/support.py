@@ -223,6 +223,14 @@ class TrackSupportReport:
     withheld_tracks: list = field(default_factory=list)  # the TrackStates withheld (every reason)
 
 
+@dataclass(frozen=True, slots=True)
+class _Box:
+    """The box size ``on_structure`` reads of a track."""
+
+    length: float
+    width: float
+
+
 _LIFE = {"ids": np.int64, "first_s": np.float64, "x0": np.float64, "y0": np.float64, "last_seen_s": np.float64,
          "max_move": np.float64, "frames": np.int64, "supported": np.int64, "last_supported": np.int64}
 
@@ -292,6 +300,22 @@ class TrackSupportRule:
                              c.shape_reach_m)
         return n is not None and n * g.resolution**2 > c.shape_max_beyond_m2
 
+    def on_structures(self, labels, sizes, bx: np.ndarray, by: np.ndarray, byaw: np.ndarray, cos_yaw: np.ndarray,
+                      sin_yaw: np.ndarray, length: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """``on_structure`` for many boxes at once ([N] bool; base_link poses, ``cos_yaw``/``sin_yaw``
+        math.cos/math.sin of ``byaw``, as ``structure_beyond`` computes them): one compiled pass over all
+        boxes (kernels.shape_beyond: the same window, cell tests and sums), else ``structure_beyond``
+        per box."""
+        c, g = self.cfg, self.grid
+        if not kernels.available():
+            return np.array([self.on_structure(labels, sizes, *p, _Box(le, wi)) for *p, le, wi in zip(
+                bx.tolist(), by.tolist(), byaw.tolist(), length.tolist(), width.tolist(), strict=True)], bool)
+        n = kernels.shape_beyond(labels, sizes, _centres(g.x_min, g.resolution, g.nx),
+                                 _centres(g.y_min, g.resolution, g.ny), bx, by, cos_yaw, sin_yaw,
+                                 length + g.resolution, width + g.resolution, c.shape_reach_m, g.x_min, g.y_min,
+                                 g.resolution)
+        return (n >= 0) & (n * g.resolution**2 > c.shape_max_beyond_m2)
+
     def apply(self, tracks: list, nonground_count: np.ndarray | None, T_odom_base: np.ndarray | None,
               stamp_s: float, band_count: np.ndarray | None = None) -> tuple[list, TrackSupportReport]:
         """(published tracks, report). ``nonground_count``: [H, W] non-ground returns of the current
@@ -321,7 +345,8 @@ class TrackSupportRule:
             # to_base for all tracks (the same operations)
             bx = T[0, 0] * x + T[0, 1] * y + T[0, 3]
             by = T[1, 0] * x + T[1, 1] * y + T[1, 3]
-            byaw = (a[:, 2] + math.atan2(T[1, 0], T[0, 0])).tolist()
+            byaw_a = a[:, 2] + math.atan2(T[1, 0], T[0, 0])
+            byaw = byaw_a.tolist()
             cos = np.array([math.cos(v) for v in byaw])  # math, as footprint_returns (numpy's may differ in the last bit)
             sin = np.array([math.sin(v) for v in byaw])
             n = footprints_returns(nonground_count, self.grid, bx, by, cos, sin, a[:, 3], a[:, 4], c.margin_m)
@@ -335,28 +360,35 @@ class TrackSupportRule:
             lf["max_move"][rows] = np.maximum(lf["max_move"][rows], moved)
             last = np.where(supported, k, lf["last_supported"][rows])
             lf["last_supported"][rows] = last
-            unsupported = (k - last >= c.window_frames).tolist()
             static = (c.static_rule & (stamp_s - lf["first_s"][rows] >= c.static_min_s - 1e-6)
                       & (lf["max_move"][rows] < c.static_move_m)
-                      & (lf["supported"][rows] >= c.static_support * lf["frames"][rows])).tolist()
-            for tr, ni, un, st, bxi, byi, byawi in zip(tracks, np.maximum(n, 0).tolist(), unsupported, static,
-                                                       bx.tolist(), by.tolist(), byaw, strict=True):
-                if tr.status == "tentative":
-                    out.append(tr)
-                    continue
-                report.returns[tr.id] = ni
-                if un:
-                    report.withheld_unsupported.append(tr.id)
-                    report.withheld_tracks.append(tr)
-                elif st and not self.confident_static(tr):
-                    report.withheld_static.append(tr.id)
-                    report.withheld_tracks.append(tr)
-                elif shape and self.on_structure(labels, sizes, bxi, byi, byawi, tr):
-                    report.withheld_shape.append(tr.id)
-                    report.withheld_tracks.append(tr)
-                else:
-                    out.append(tr)
-            report.published = len(out) - sum(t.status == "tentative" for t in out)
+                      & (lf["supported"][rows] >= c.static_support * lf["frames"][rows]))
+            # The decisions as masks, in the order the checks apply: unsupported, then static and not
+            # confident, then on structure (run only for the tracks still published, all in one call).
+            tent = np.array([t.status == "tentative" for t in tracks], bool)
+            un = ~tent & (k - last >= c.window_frames)
+            st = np.flatnonzero(~tent & ~un & static)
+            st_out = np.zeros(len(tracks), bool)  # few: a static track seen long enough
+            st_out[st] = [not self.confident_static(tracks[i]) for i in st.tolist()]
+            shape_out = np.zeros(len(tracks), bool)
+            if shape:
+                cand = np.flatnonzero(~tent & ~un & ~st_out)
+                if cand.size:
+                    shape_out[cand] = self.on_structures(labels, sizes, bx[cand], by[cand], byaw_a[cand],
+                                                         cos[cand], sin[cand], a[cand, 3], a[cand, 4])
+            # 0: published (or tentative, passed), 1: unsupported, 2: static, 3: shape
+            decision = np.where(un, 1, np.where(st_out, 2, np.where(shape_out, 3, 0)))
+            ids = [t.id for t in tracks]
+            checked = np.flatnonzero(~tent).tolist()
+            report.returns = dict(zip([ids[i] for i in checked], np.maximum(n, 0)[checked].tolist(), strict=True))
+            dec = decision.tolist()
+            out = [t for t, d in zip(tracks, dec, strict=True) if d == 0]
+            withheld = np.flatnonzero(decision).tolist()
+            report.withheld_tracks = [tracks[i] for i in withheld]
+            report.withheld_unsupported = [ids[i] for i in withheld if dec[i] == 1]
+            report.withheld_static = [ids[i] for i in withheld if dec[i] == 2]
+            report.withheld_shape = [ids[i] for i in withheld if dec[i] == 3]
+            report.published = len(out) - int(tent.sum())
         if k % 50 == 0:  # forget ids long gone (the tracker never reuses an id)
             self._forget(stamp_s)
         return out, report
