@@ -329,6 +329,18 @@ def refine_with_radar(
 def detections_to_odom(dets: list[Detection], T_odom_base: np.ndarray) -> list[Detection]:
     """Move base_link detections into odom: rotate+translate positions, add the heading, rotate velocities.
     All detections at once (numpy), then one Detection per row."""
+    return detections_to_odom_table(dets, T_odom_base)[0]
+
+
+# Columns of the detection table of ``detections_to_odom_table`` (MultiObjectTracker.update_table's input)
+TABLE_COLUMNS = ("x", "y", "yaw", "length", "width", "height", "score", "evidence", "vx", "vy")
+
+
+def detections_to_odom_table(dets: list[Detection], T_odom_base: np.ndarray
+                             ) -> tuple[list[Detection], np.ndarray, list[int]]:
+    """(``detections_to_odom``'s detections, the same as a [n, 10] float64 table of TABLE_COLUMNS,
+    their classes): the table holds the values of the odom detections' fields, so the tracker reads
+    them without a pass over the objects."""
     T = np.asarray(T_odom_base, dtype=np.float64)
     if T.shape != (4, 4) or not np.all(np.isfinite(T)):
         raise ValueError("T_odom_base must be a finite 4x4 transform")
@@ -336,19 +348,22 @@ def detections_to_odom(dets: list[Detection], T_odom_base: np.ndarray) -> list[D
         if d.frame != "base_link":
             raise ValueError(f"detection already in {d.frame!r}; detections_to_odom expects base_link")
     if not dets:
-        return []
+        return [], np.zeros((0, 10)), []
     yaw0 = yaw_of(T)
     c, s = math.cos(yaw0), math.sin(yaw0)
-    a = np.array([(d.x, d.y, d.yaw, d.vx, d.vy) for d in dets], np.float64)
-    x, y, vx, vy = a[:, 0], a[:, 1], a[:, 3], a[:, 4]
+    a = np.array([(d.x, d.y, d.yaw, d.length, d.width, d.height, d.score, d.evidence, d.vx, d.vy) for d in dets],
+                 np.float64)
+    x, y, vx, vy = a[:, 0], a[:, 1], a[:, 8], a[:, 9]
     px = T[0, 0] * x + T[0, 1] * y + T[0, 3]  # z = 0 in base_link
     py = T[1, 0] * x + T[1, 1] * y + T[1, 3]
-    cols = zip(px.tolist(), py.tolist(), wrap_angle(a[:, 2] + yaw0).tolist(), (c * vx - s * vy).tolist(),
-               (s * vx + c * vy).tolist(), strict=True)
-    return [_new_detection({"x": ox, "y": oy, "yaw": oyaw, "length": d.length, "width": d.width, "height": d.height,
-                            "vx": ovx, "vy": ovy, "cls": d.cls, "score": d.score, "frame": "odom",
-                            "evidence": d.evidence})
-            for d, (ox, oy, oyaw, ovx, ovy) in zip(dets, cols, strict=True)]
+    a[:, 0], a[:, 1], a[:, 2] = px, py, wrap_angle(a[:, 2] + yaw0)
+    a[:, 8], a[:, 9] = c * vx - s * vy, s * vx + c * vy
+    cols = zip(*a[:, [0, 1, 2, 8, 9]].T.tolist(), strict=True)
+    out = [_new_detection({"x": ox, "y": oy, "yaw": oyaw, "length": d.length, "width": d.width, "height": d.height,
+                           "vx": ovx, "vy": ovy, "cls": d.cls, "score": d.score, "frame": "odom",
+                           "evidence": d.evidence})
+           for d, (ox, oy, oyaw, ovx, ovy) in zip(dets, cols, strict=True)]
+    return out, a, [d.cls for d in dets]
 
 
 def _new_detection(fields: dict) -> Detection:

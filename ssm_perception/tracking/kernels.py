@@ -346,11 +346,14 @@ def _kernels():
                     and math.isfinite(cn) and math.isfinite(sn)):
                 out[n] = -1
                 continue
-            r = math.hypot(hlr, hwr)  # _window (a window holding the grown box: the cell tests decide)
-            k0 = max(0, math.floor((x[n] - r - x_min) / res))
-            k1 = min(nx, math.ceil((x[n] + r - x_min) / res))
-            m0 = max(0, math.floor((y[n] - r - y_min) / res))
-            m1 = min(ny, math.ceil((y[n] + r - y_min) / res))
+            # the window: the grown box's axis-aligned extent padded by 1 um (within _window's circle;
+            # any window holding the grown box gives the same numbers: the cell tests decide)
+            ex = hlr * abs(cn) + hwr * abs(sn) + 1e-6
+            ey = hlr * abs(sn) + hwr * abs(cn) + 1e-6
+            k0 = max(0, math.floor((x[n] - ex - x_min) / res))
+            k1 = min(nx, math.ceil((x[n] + ex - x_min) / res))
+            m0 = max(0, math.floor((y[n] - ey - y_min) / res))
+            m1 = min(ny, math.ceil((y[n] + ey - y_min) / res))
             anyin = False
             total = 0  # cells of the regions hit by the box
             for i in range(k0, k1):

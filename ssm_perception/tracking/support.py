@@ -163,12 +163,18 @@ def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: n
     return out
 
 
+_EIGHT = np.ones((3, 3), bool)  # 8-connectivity
+
+
 def connected_structure(band_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels [H, W], cells per label): the 8-connected regions of cells with returns of the current
     scan in the evidence height band (``EvidenceGrids.band_count``; above the ground, below overhangs,
     so a tree's crown does not join the cars parked under it). Label 0: no return."""
-    labels, n = ndimage.label(np.asarray(band_count) > 0, structure=np.ones((3, 3), bool))
-    return labels, np.bincount(labels.ravel(), minlength=n + 1)
+    occupied = np.asarray(band_count) > 0
+    labels, n = ndimage.label(occupied, structure=_EIGHT)
+    sizes = np.bincount(labels[occupied], minlength=n + 1)  # the labelled cells only (a fraction of the grid)
+    sizes[0] = occupied.size - sizes.sum()
+    return labels, sizes
 
 
 def structure_beyond(labels: np.ndarray, sizes: np.ndarray, grid: GridConfig, x: float, y: float, yaw: float,
@@ -253,9 +259,9 @@ class TrackSupportRule:
         self._life = {k: np.zeros(64, t) for k, t in _LIFE.items()}
         self._frame = 0
 
-    def _rows(self, tracks: list, x: np.ndarray, y: np.ndarray, stamp_s: float) -> np.ndarray:
+    def _rows(self, ids: list[int], x: np.ndarray, y: np.ndarray, stamp_s: float) -> np.ndarray:
         """Rows of the tracks' ids, new ones started at (stamp_s, x, y)."""
-        rows = [self._row.get(t.id, -1) for t in tracks]
+        rows = [self._row.get(i, -1) for i in ids]
         new = [k for k, r in enumerate(rows) if r < 0]
         if new:
             lf, used = self._life, len(self._row)
@@ -266,10 +272,10 @@ class TrackSupportRule:
                     grown[:used] = arr[:used]
                     lf[key] = grown
             for m, k in enumerate(new):
-                rows[k] = self._row[tracks[k].id] = used + m
+                rows[k] = self._row[ids[k]] = used + m
             fresh = np.arange(used, used + len(new))
             nk = np.array(new)
-            lf["ids"][fresh] = [tracks[k].id for k in new]
+            lf["ids"][fresh] = [ids[k] for k in new]
             lf["first_s"][fresh] = stamp_s
             lf["x0"][fresh], lf["y0"][fresh] = x[nk], y[nk]
             lf["max_move"][fresh] = 0.0
@@ -317,11 +323,12 @@ class TrackSupportRule:
         return (n >= 0) & (n * g.resolution**2 > c.shape_max_beyond_m2)
 
     def apply(self, tracks: list, nonground_count: np.ndarray | None, T_odom_base: np.ndarray | None,
-              stamp_s: float, band_count: np.ndarray | None = None) -> tuple[list, TrackSupportReport]:
+              stamp_s: float, band_count: np.ndarray | None = None, table=None) -> tuple[list, TrackSupportReport]:
         """(published tracks, report). ``nonground_count``: [H, W] non-ground returns of the current
         scan per cell (None: no LiDAR this frame); ``band_count``: its returns in the evidence height
         band per cell (``EvidenceGrids.band_count``; None: no shape check); ``tracks`` in odom, as the
-        tracker returns them."""
+        tracker returns them; ``table``: ``MultiObjectTracker.output_table()`` when ``tracks`` is what
+        the tracker returned (the same values as arrays, read instead of the objects)."""
         c = self.cfg
         ok_pose = T_odom_base is not None and np.all(np.isfinite(T_odom_base))
         if not c.enabled or nonground_count is None or not ok_pose:
@@ -332,16 +339,22 @@ class TrackSupportRule:
         self._frame += 1
         k = self._frame
         report = TrackSupportReport(True)
-        shape = c.shape_check and band_count is not None and any(t.status != "tentative" for t in tracks)
+        shape = c.shape_check and band_count is not None and (
+            any(t.status != "tentative" for t in tracks) if table is None else not table[1].all())
         labels = sizes = None
         if shape:
             labels, sizes = connected_structure(band_count)
             report.shape_checked = True
         out = []
         if tracks:
-            a = np.array([(t.x, t.y, t.yaw, t.length, t.width) for t in tracks], np.float64)
+            if table is None:
+                a = np.array([(t.x, t.y, t.yaw, t.length, t.width) for t in tracks], np.float64)
+                tent = np.array([t.status == "tentative" for t in tracks], bool)
+                ids = [t.id for t in tracks]
+            else:
+                a, tent, ids = table
             x, y = a[:, 0], a[:, 1]
-            rows = self._rows(tracks, x, y, stamp_s)
+            rows = self._rows(ids, x, y, stamp_s)
             # to_base for all tracks (the same operations)
             bx = T[0, 0] * x + T[0, 1] * y + T[0, 3]
             by = T[1, 0] * x + T[1, 1] * y + T[1, 3]
@@ -365,7 +378,6 @@ class TrackSupportRule:
                       & (lf["supported"][rows] >= c.static_support * lf["frames"][rows]))
             # The decisions as masks, in the order the checks apply: unsupported, then static and not
             # confident, then on structure (run only for the tracks still published, all in one call).
-            tent = np.array([t.status == "tentative" for t in tracks], bool)
             un = ~tent & (k - last >= c.window_frames)
             st = np.flatnonzero(~tent & ~un & static)
             st_out = np.zeros(len(tracks), bool)  # few: a static track seen long enough
@@ -378,7 +390,6 @@ class TrackSupportRule:
                                                          cos[cand], sin[cand], a[cand, 3], a[cand, 4])
             # 0: published (or tentative, passed), 1: unsupported, 2: static, 3: shape
             decision = np.where(un, 1, np.where(st_out, 2, np.where(shape_out, 3, 0)))
-            ids = [t.id for t in tracks]
             checked = np.flatnonzero(~tent).tolist()
             report.returns = dict(zip([ids[i] for i in checked], np.maximum(n, 0)[checked].tolist(), strict=True))
             dec = decision.tolist()

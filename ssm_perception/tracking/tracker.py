@@ -241,6 +241,7 @@ class MultiObjectTracker:
         """Drop every track (ids keep counting up, so an old id never comes back with a new meaning)."""
         self._bank = _Bank()
         self._stamp: float | None = None
+        self._out = (np.zeros((0, 5)), np.zeros(0, bool), [])
 
     @property
     def stamp(self) -> float | None:
@@ -251,7 +252,12 @@ class MultiObjectTracker:
         return [_TrackView(self._bank, i, self.models) for i in range(len(self._bank))]
 
     # ------------------------------------------------------------------ public step
-    def update(self, detections_in_odom: list[Detection], stamp_s: float) -> list[TrackState]:
+    def update_table(self, table: np.ndarray, cls: list[int], stamp_s: float) -> list[TrackState]:
+        """``update`` with the detections (in odom) as the [n, 10] table of detections.TABLE_COLUMNS
+        and their classes (``detections_to_odom_table``: what the tracking stage passes)."""
+        return self.update([], stamp_s, table=(table, cls))
+
+    def update(self, detections_in_odom: list[Detection], stamp_s: float, table=None) -> list[TrackState]:
         """Advance to ``stamp_s`` and absorb the detections; returns all live tracks (any status).
 
         Bad input is absorbed, not raised: non-finite detections are dropped; a repeated stamp
@@ -266,7 +272,7 @@ class MultiObjectTracker:
                 return self.tracks()
             if dt < 0.0:
                 self.reset()
-        zd, zw = self._valid(detections_in_odom)
+        zd, zw = self._valid(detections_in_odom) if table is None else self._valid_table(*table)
         b = self._bank
         if self._stamp is not None:
             # Tracks unseen for longer than max_coast_s by now (a gap in the data) are gone before
@@ -318,7 +324,11 @@ class MultiObjectTracker:
         # x, y, yaw, length, width, height, score, evidence (the selection's columns), then vx, vy
         a = np.array([(d.x, d.y, d.yaw, d.length, d.width, d.height, d.score, d.evidence, d.vx, d.vy) for d in dets],
                      dtype=np.float64).reshape(n, 10)
-        cls_list = [d.cls for d in dets]
+        return self._valid_table(a, [d.cls for d in dets])
+
+    def _valid_table(self, a: np.ndarray, cls_list: list[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``_valid`` of the detections as the [n, 10] table of detections.TABLE_COLUMNS."""
+        n = a.shape[0]
         cls = np.array(cls_list, np.int64).reshape(n)
         models = self.models
         if not all(c in models for c in cls_list):
@@ -469,8 +479,14 @@ class MultiObjectTracker:
         return broken | np.where(tentative, b.last < now, stale)  # a tentative track must be seen every frame
 
     # ------------------------------------------------------------------ output
+    def output_table(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The tracks the last ``update`` / ``tracks`` returned, as the track rule reads them: ([n, 5]
+        x, y, yaw, length, width; [n] tentative; ids), the same values as their TrackState fields."""
+        return self._out
+
     def _states(self, rows: np.ndarray, now: float) -> list[TrackState]:
         if rows.size == 0:
+            self._out = (np.zeros((0, 5)), np.zeros(0, bool), [])
             return []
         b = self._bank
         x, P, ctrv = b.x[rows], b.P[rows], b.ctrv[rows]
@@ -495,12 +511,22 @@ class MultiObjectTracker:
         cols = np.stack([x[:, 0], x[:, 1], yaw, vel[:, 0], vel[:, 1], w, b.size[rows, 0], b.size[rows, 1],
                          b.size[rows, 2], b.existence[rows], now - b.born[rows], now - b.last[rows],
                          b.score_sum[rows] / b.hits[rows], b.p_real[rows]]).tolist()  # [14][n] Python floats
+        ids = b.ids[rows].tolist()
+        st_codes = b.status[rows]
+        # what the track rule reads of these tracks, as arrays (output_table)
+        self._out = (np.stack([x[:, 0], x[:, 1], yaw, b.size[rows, 0], b.size[rows, 1]], 1), st_codes == _TENTATIVE, ids)
         probs = votes / np.maximum(votes.sum(1, keepdims=True), 1e-12)
-        class_probs = [{c: p for c, p in enumerate(row) if p > 0} for row in probs.tolist()]  # Python floats
-        status = [_STATUS_NAMES[st] for st in b.status[rows].tolist()]
+        # {class: p} of the classes with p > 0, in class order (Python floats); most tracks have one
+        # class, whose dict is made from its (class, p) pair directly
+        top = votes.argmax(1)
+        one = (probs > 0).sum(1) == 1
+        p_top = probs[np.arange(n), top].tolist()
+        class_probs = [{c: p} if o else {c: p for c, p in enumerate(row) if p > 0}
+                       for c, p, o, row in zip(top.tolist(), p_top, one.tolist(), probs.tolist(), strict=True)]
+        status = [_STATUS_NAMES[st] for st in st_codes.tolist()]
         uuids = b.uuid[rows].view("V16").ravel().tolist()  # 16 bytes each
         # positional, in TrackState's field order (map: the one Python step per track is the constructor)
-        return list(map(TrackState, b.ids[rows].tolist(), votes.argmax(1).tolist(), status, *cols[:9],
+        return list(map(TrackState, ids, top.tolist(), status, *cols[:9],
                         list(pose_cov), list(twist_cov), cols[9], cols[10], cols[11], cols[12], cols[13], uuids,
                         class_probs))
 
