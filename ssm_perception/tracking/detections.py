@@ -359,10 +359,13 @@ def detections_to_odom_table(dets: list[Detection], T_odom_base: np.ndarray
     a[:, 0], a[:, 1], a[:, 2] = px, py, wrap_angle(a[:, 2] + yaw0)
     a[:, 8], a[:, 9] = c * vx - s * vy, s * vx + c * vy
     cols = zip(*a[:, [0, 1, 2, 8, 9]].T.tolist(), strict=True)
-    out = [_new_detection({"x": ox, "y": oy, "yaw": oyaw, "length": d.length, "width": d.width, "height": d.height,
-                           "vx": ovx, "vy": ovy, "cls": d.cls, "score": d.score, "frame": "odom",
-                           "evidence": d.evidence})
-           for d, (ox, oy, oyaw, ovx, ovy) in zip(dets, cols, strict=True)]
+    # Each odom detection: the base one's fields with the moved ones replaced, as the instance's
+    # __dict__ in one step (what _new_detection does; frozen: set through object.__setattr__).
+    out = []
+    for d, (ox, oy, oyaw, ovx, ovy) in zip(dets, cols, strict=True):
+        o = _object_new(Detection)
+        _set(o, "__dict__", dict(d.__dict__, x=ox, y=oy, yaw=oyaw, vx=ovx, vy=ovy, frame="odom"))
+        out.append(o)
     return out, a, [d.cls for d in dets]
 
 
@@ -376,3 +379,4 @@ def _new_detection(fields: dict) -> Detection:
 
 
 _object_new = object.__new__
+_set = object.__setattr__
