@@ -184,7 +184,8 @@ def structure_beyond(labels: np.ndarray, sizes: np.ndarray, grid: GridConfig, x:
     car, a cyclist or a pedestrian ends at its box, a wall, a hedge or a building front goes on.
     None when the box lies outside the grid."""
     # One window (the box grown by ``reach``) serves both masks, and a per-label lookup table replaces
-    # np.unique/np.isin (sorting): this runs for every published track on every scan.
+    # np.unique/np.isin (sorting). The rule runs kernels.shape_beyond (the same numbers for all boxes at
+    # once); this is its definition and the numpy path.
     g = grid
     hl, hw = 0.5 * max(length, 0.1), 0.5 * max(width, 0.1)
     k0, k1, m0, m1 = _window(g, x, y, math.hypot(hl + reach, hw + reach))
