@@ -73,3 +73,35 @@ def test_footprints_returns_counts_the_cells_footprint_returns_counts():
             want = np.array([-1 if w is None else w for w in want])
             assert np.array_equal(got, want)
             assert (want == -1).any() and (want == 0).any() and (want > 0).any()
+
+
+def test_the_stage_hand_offs_carry_the_objects_values():
+    """The stage passes arrays instead of objects: detections_to_odom_table's table holds its odom
+    detections' fields, update_table tracks like update on those detections, and output_table holds
+    the returned tracks' x, y, yaw, length, width, tentative flags and ids."""
+    from ssm_perception.config import TrackingConfig
+    from ssm_perception.tracking.detections import (
+        TABLE_COLUMNS,
+        detections_to_odom,
+        detections_to_odom_table,
+    )
+    from ssm_perception.tracking.tracker import MultiObjectTracker
+
+    cfg = TrackingConfig(confirm_hits=3)  # tentative tracks in the output too
+    a, b = MultiObjectTracker(cfg), MultiObjectTracker(cfg)
+    seen = set()
+    for stamp, dets, T, _ in stage_inputs(60, 12):
+        odom, table, cls = detections_to_odom_table(dets, T)
+        assert list(map(repr, odom)) == list(map(repr, detections_to_odom(dets, T)))  # repr: NaN velocities
+        assert all(d.frame == "odom" for d in odom)
+        want = np.array([[getattr(d, c) for c in TABLE_COLUMNS] for d in odom]).reshape(-1, len(TABLE_COLUMNS))
+        np.testing.assert_array_equal(table, want)
+        assert cls == [d.cls for d in odom]
+        got, ref_tracks = a.update_table(table, cls, stamp), b.update(odom, stamp)
+        assert [(t.id, t.status, t.x, t.existence) for t in got] == \
+            [(t.id, t.status, t.x, t.existence) for t in ref_tracks]
+        arr, tent, ids = a.output_table()
+        np.testing.assert_array_equal(arr, np.array([(t.x, t.y, t.yaw, t.length, t.width) for t in got]).reshape(-1, 5))
+        assert tent.tolist() == [t.status == "tentative" for t in got] and ids == [t.id for t in got]
+        seen.update(t.status for t in got)
+    assert seen == {"tentative", "confirmed", "coasting"}
