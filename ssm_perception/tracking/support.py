@@ -64,6 +64,12 @@ def _window(grid: GridConfig, x: float, y: float, r: float) -> tuple[int, int, i
 def _box_mask(grid: GridConfig, x: float, y: float, yaw: float, length: float, width: float, margin: float):
     """(window, mask): cells of the window (i0, i1, j0, j1) whose centre lies in the oriented box
     (base_link) grown by ``margin``; mask is None when the window is empty (box outside the grid)."""
+    return _box_mask_cs(grid, x, y, math.cos(yaw), math.sin(yaw), length, width, margin)
+
+
+def _box_mask_cs(grid: GridConfig, x: float, y: float, c: float, s: float, length: float, width: float,
+                 margin: float):
+    """``_box_mask`` with the heading given as its cosine and sine."""
     g = grid
     hl, hw = 0.5 * max(length, 0.1) + margin, 0.5 * max(width, 0.1) + margin
     i0, i1, j0, j1 = win = _window(g, x, y, math.hypot(hl, hw))
@@ -71,7 +77,6 @@ def _box_mask(grid: GridConfig, x: float, y: float, yaw: float, length: float, w
         return win, None
     cx = g.x_min + (np.arange(i0, i1) + 0.5) * g.resolution - x
     cy = g.y_min + (np.arange(j0, j1) + 0.5) * g.resolution - y
-    c, s = math.cos(yaw), math.sin(yaw)
     u = c * cx[:, None] + s * cy[None, :]
     v = -s * cx[:, None] + c * cy[None, :]
     return win, (np.abs(u) <= hl) & (np.abs(v) <= hw)
@@ -103,63 +108,21 @@ def _centres(lo: float, res: float, n: int) -> np.ndarray:
     return lo + (np.arange(n) + 0.5) * res
 
 
-_GROUP_CELLS = (8, 16)  # boxes are counted in groups of similar window size (pedestrian, car, truck)
-
-
 def footprints_returns(counts: np.ndarray, grid: GridConfig, x: np.ndarray, y: np.ndarray, cos_yaw: np.ndarray,
                        sin_yaw: np.ndarray, length: np.ndarray, width: np.ndarray, margin: float) -> np.ndarray:
     """``footprint_returns`` for many boxes at once (base_link centres, cos/sin of the headings): [N]
-    int64 returns, -1 where it says None. The same float operations per cell as ``_box_mask``, so the
-    same cells count (tested); boxes of similar window size share one [n, wi, wj] broadcast."""
+    int64 returns, -1 where it says None. One compiled loop over all boxes (kernels.box_returns: the
+    same cell tests, so the same cells count; tested), else ``footprint_returns``'s cells box by box."""
     g = grid
-    n = x.shape[0]
-    out = np.full(n, -1, np.int64)
-    if n == 0:
-        return out
-    if kernels.available():  # the same cell tests in one compiled loop (tracking/kernels.py)
+    if x.shape[0] and kernels.available():
         return kernels.box_returns(counts, _centres(g.x_min, g.resolution, g.nx), _centres(g.y_min, g.resolution, g.ny),
                                    x, y, cos_yaw, sin_yaw, length, width, margin, g.x_min, g.y_min, g.resolution)
-    hl = 0.5 * np.maximum(length, 0.1) + margin
-    hw = 0.5 * np.maximum(width, 0.1) + margin
-    # The window: the box's axis-aligned extent (padded by 1 um against rounding), within _box_mask's
-    # circle window. Every cell whose centre is in the box lies in it, so the same cells count.
-    ac, as_ = np.abs(cos_yaw), np.abs(sin_yaw)
-    r = np.hypot(hl, hw)
-    ex = np.minimum(r, hl * ac + hw * as_ + 1e-6)
-    ey = np.minimum(r, hl * as_ + hw * ac + 1e-6)
-    i0 = np.maximum(0, np.floor((x - ex - g.x_min) / g.resolution)).astype(np.int64)
-    i1 = np.minimum(g.nx, np.ceil((x + ex - g.x_min) / g.resolution)).astype(np.int64)
-    j0 = np.maximum(0, np.floor((y - ey - g.y_min) / g.resolution)).astype(np.int64)
-    j1 = np.minimum(g.ny, np.ceil((y + ey - g.y_min) / g.resolution)).astype(np.int64)
-    cx_all = g.x_min + (np.arange(g.nx) + 0.5) * g.resolution  # cell centres, as _box_mask computes them
-    cy_all = g.y_min + (np.arange(g.ny) + 0.5) * g.resolution
-    ni, nj = i1 - i0, j1 - j0
-    live = (ni > 0) & (nj > 0)
-    size = np.maximum(ni, nj)
-    flat_counts = np.ascontiguousarray(counts).reshape(-1)
-    steps = np.arange(max(int(ni.max()), int(nj.max()), 1))
-    lo = 0
-    for hi in (*_GROUP_CELLS, None):
-        sel = np.flatnonzero(live & (size > lo) & (True if hi is None else size <= hi))
-        lo = hi if hi is not None else lo
-        if sel.size == 0:
-            continue
-        k, wi, wj = sel.size, int(ni[sel].max()), int(nj[sel].max())
-        ii = np.minimum(i0[sel, None] + steps[:wi], i1[sel, None] - 1)  # [k, wi]; past the window: its last
-        jj = np.minimum(j0[sel, None] + steps[:wj], j1[sel, None] - 1)  # row/column again, masked out below
-        # cell centre minus box centre, +inf past the window (then no cell there is inside the box)
-        cx = np.where(i0[sel, None] + steps[:wi] < i1[sel, None], cx_all[ii] - x[sel, None], np.inf)
-        cy = np.where(j0[sel, None] + steps[:wj] < j1[sel, None], cy_all[jj] - y[sel, None], np.inf)
-        c, s = cos_yaw[sel, None], sin_yaw[sel, None]
-        with np.errstate(invalid="ignore"):
-            u = (c * cx)[:, :, None] + (s * cy)[:, None, :]  # the box frame, as _box_mask
-            v = (-s * cx)[:, :, None] + (c * cy)[:, None, :]
-            inside = np.abs(u, out=u) <= hl[sel, None, None]
-            inside &= np.abs(v, out=v) <= hw[sel, None, None]
-        got = flat_counts.take((ii * g.ny)[:, :, None] + jj[:, None, :])
-        got *= inside
-        inside = inside.reshape(k, -1)
-        out[sel] = np.where(inside.any(1), got.reshape(k, -1).sum(1), -1)
+    out = np.full(x.shape[0], -1, np.int64)
+    for k, box in enumerate(zip(x.tolist(), y.tolist(), cos_yaw.tolist(), sin_yaw.tolist(), length.tolist(),
+                                width.tolist(), strict=True)):
+        (i0, i1, j0, j1), m = _box_mask_cs(g, *box, margin)
+        if m is not None and m.any():
+            out[k] = int(counts[i0:i1, j0:j1][m].sum())
     return out
 
 
