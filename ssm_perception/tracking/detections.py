@@ -200,9 +200,8 @@ def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfi
                  detection_threshold: float | None = None) -> np.ndarray:
     """The selection of ``select_detections`` as a boolean mask over the detections, in numpy: the
     candidates by masks, then the greedy circle NMS over a precomputed conflict matrix (one pass in
-    score order; a kept detection blocks its conflicts). A candidate without a conflict is kept
-    without the pass (nothing can block it, it blocks nothing). ``detection_threshold``: instead of
-    the config's (the weak stage)."""
+    score order; a kept detection blocks its conflicts); kernels.select runs the same selection
+    compiled. ``detection_threshold``: instead of the config's (the weak stage)."""
     a, cls = arr["a"], arr["cls"]
     det_thr = cfg.detection_threshold if detection_threshold is None else detection_threshold
     n = a.shape[0]
@@ -226,33 +225,14 @@ def _select_mask(arr: dict[str, np.ndarray], thr: np.ndarray, cfg: TrackingConfi
     r = np.where(known[idx], radius[c[idx]], 0.0)
     ci = cls[idx]
     veh = (ci == VEHICLES[0]) | (ci == VEHICLES[1])
-    # Conflicts: compatible classes closer than the larger radius. hypot(dx, dy) >= |dx|, so only
-    # pairs within the largest radius along x can conflict: the [n, n] work is that one test, the
-    # rest runs on those pairs only.
-    xs, ys = a[idx, 0], a[idx, 1]
-    dx = xs[:, None] - xs[None, :]
-    pi, pj = nonzero2(np.abs(dx) < r.max())
-    pair = pi != pj  # blocking itself changes nothing: it is kept or blocked before
-    pi, pj = pi[pair], pj[pair]
-    rr = np.maximum(r[pi], r[pj])
-    hit = ((ci[pi] == ci[pj]) | (veh[pi] & veh[pj])) & (np.abs(ys[pi] - ys[pj]) < rr)
-    pi, pj, rr = pi[hit], pj[hit], rr[hit]
-    hit = np.hypot(dx[pi, pj], ys[pi] - ys[pj]) < rr
-    pi, pj = pi[hit], pj[hit]
-    busy = np.zeros(idx.size, bool)
-    busy[pi] = True
-    keep[idx[~busy]] = True
-    sub = np.flatnonzero(busy)
-    if sub.size:
-        at = np.full(idx.size, -1)
-        at[sub] = np.arange(sub.size)
-        conflict = np.zeros((sub.size, sub.size), bool)
-        conflict[at[pi], at[pj]] = True
-        blocked = np.zeros(sub.size, bool)
-        for i in np.argsort(-score[idx[sub]], kind="stable").tolist():  # best first, ties in input order
-            if not blocked[i]:
-                keep[idx[sub[i]]] = True
-                blocked |= conflict[i]
+    compatible = (ci[:, None] == ci[None, :]) | (veh[:, None] & veh[None, :])
+    dist = np.hypot(a[idx, 0][:, None] - a[idx, 0][None, :], a[idx, 1][:, None] - a[idx, 1][None, :])
+    conflict = compatible & (dist < np.maximum(r[:, None], r[None, :]))
+    blocked = np.zeros(idx.size, bool)
+    for i in np.argsort(-score[idx], kind="stable").tolist():  # best first, ties in input order
+        if not blocked[i]:
+            keep[idx[i]] = True
+            blocked |= conflict[i]
     return keep
 
 
